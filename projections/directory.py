@@ -1,0 +1,113 @@
+"""Directory: accounts, apps and keys for listings (and, later, the console)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime
+from typing import Any
+
+from projections.projection import Projection, handles
+from projections.store import ViewStore
+from projections.timefmt import from_rfc3339, rfc3339
+from service.domain.accounts import Account
+from service.domain.apps import App
+from service.domain.keys import ApiKey
+
+
+class DirectoryView(Projection):
+    name = "directory"
+    tables = ("directory_accounts", "directory_apps", "directory_keys")
+    ddl = (
+        """CREATE TABLE IF NOT EXISTS directory_accounts (
+            id TEXT PRIMARY KEY, email TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS directory_apps (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, owner_id TEXT NOT NULL, origin TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS directory_apps_by_owner ON directory_apps (owner_id, created_at)",
+        """CREATE TABLE IF NOT EXISTS directory_keys (
+            id TEXT PRIMARY KEY, app_id TEXT NOT NULL, description TEXT NOT NULL, scopes TEXT NOT NULL,
+            created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, display TEXT NOT NULL,
+            origin TEXT NOT NULL, version INTEGER NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS directory_keys_by_app ON directory_keys (app_id, created_at)",
+    )
+
+    @handles(Account.Registered)
+    def _account(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+        db.execute("INSERT OR REPLACE INTO directory_accounts VALUES (?, ?, ?, ?, ?)",
+                   (str(e.originator_id), e.email, e.name, e.role, rfc3339(e.timestamp)))
+
+    @handles(App.Registered)
+    def _app(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+        db.execute("INSERT OR REPLACE INTO directory_apps VALUES (?, ?, ?, ?, ?)",
+                   (e.slug, e.name, e.owner_id, e.origin, rfc3339(e.timestamp)))
+
+    @handles(ApiKey.Issued)
+    def _issued(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+        db.execute("INSERT OR REPLACE INTO directory_keys VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+                   (str(e.originator_id), e.app_id, e.description, json.dumps(e.scopes),
+                    rfc3339(e.timestamp), rfc3339(e.expires_at), e.display, e.origin,
+                    e.originator_version))
+
+    @handles(ApiKey.ScopesChanged)
+    def _scopes(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+        self._update(db, e, scopes=json.dumps(e.scopes))
+
+    @handles(ApiKey.DescriptionChanged)
+    def _description(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+        self._update(db, e, description=e.description)
+
+    @handles(ApiKey.Rolled)
+    def _rolled(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+        self._update(db, e, display=e.display)
+
+    @handles(ApiKey.Revoked)
+    def _revoked(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+        self._update(db, e, revoked_at=rfc3339(e.timestamp))
+
+    @staticmethod
+    def _update(db: sqlite3.Connection, e: Any, **columns: Any) -> None:
+        sets = ", ".join(f"{name} = ?" for name in columns)
+        db.execute(f"UPDATE directory_keys SET {sets}, version = ? WHERE id = ?",
+                   (*columns.values(), e.originator_version, str(e.originator_id)))
+
+
+class Directory:
+    """Queries over the directory view."""
+
+    def __init__(self, store: ViewStore) -> None:
+        self.store = store
+
+    def apps(self, owner_id: str | None = None) -> list[dict]:
+        sql = "SELECT id, name, owner_id, created_at FROM directory_apps"
+        params: tuple = ()
+        if owner_id is not None:
+            sql += " WHERE owner_id = ?"
+            params = (owner_id,)
+        with self.store.read() as db:
+            rows = db.execute(sql + " ORDER BY created_at, id", params).fetchall()
+        return [{"id": r["id"], "name": r["name"], "owner_id": r["owner_id"],
+                 "created_at": from_rfc3339(r["created_at"])} for r in rows]
+
+    def keys(self, app_id: str, now: datetime) -> list[dict]:
+        with self.store.read() as db:
+            rows = db.execute("SELECT * FROM directory_keys WHERE app_id = ? ORDER BY created_at, id",
+                              (app_id,)).fetchall()
+        return [self._key(r, now) for r in rows]
+
+    @staticmethod
+    def _key(r: sqlite3.Row, now: datetime) -> dict:
+        expires_at = from_rfc3339(r["expires_at"])
+        if r["revoked_at"] is not None:
+            status = "revoked"
+        elif expires_at is not None and expires_at <= now:
+            status = "expired"
+        else:
+            status = "active"
+        return {
+            "id": r["id"], "app_id": r["app_id"], "description": r["description"],
+            "scopes": json.loads(r["scopes"]), "created_at": from_rfc3339(r["created_at"]),
+            "status": status, "expires_at": expires_at, "revoked_at": from_rfc3339(r["revoked_at"]),
+            "display": r["display"], "origin": r["origin"], "version": r["version"],
+        }

@@ -1,0 +1,173 @@
+"""Following the notification log: views in SQL, indexes in memory.
+
+``Follower.catch_up()`` reads events after the last position this process has seen,
+applies each batch to every view whose tracking position is behind it (rows and
+position in one ``BEGIN IMMEDIATE`` transaction, so several processes sharing the view
+store apply each event exactly once), then lets in-memory indexes refresh themselves
+from the committed rows. The process that wrote an event calls ``catch_up()`` before it
+answers (read-your-writes); a background thread polls for other processes' events.
+
+On PostgreSQL a subscription can call ``catch_up()`` when notified instead of polling;
+the projections do not change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from projections.projection import Projection
+from projections.store import ViewStore
+
+log = logging.getLogger("keyledger.projections")
+
+
+class EventSource(Protocol):
+    def read_events(self, after: int, limit: int) -> list[tuple[int, Any]]: ...
+
+    def last_position(self) -> int: ...
+
+
+class MemoryIndex(Protocol):
+    """An in-memory read model kept equal to rows of a view."""
+
+    view: str
+
+    def load(self, store: ViewStore) -> int:
+        """Load everything from the view; return the view's position it reflects."""
+
+    def refresh(self, store: ViewStore, events: Sequence[Any]) -> None:
+        """Re-read the rows that ``events`` touched."""
+
+
+class Follower:
+    def __init__(self, source: EventSource, store: ViewStore, projections: Sequence[Projection],
+                 indexes: Sequence[MemoryIndex] = (), *, batch_size: int = 5000) -> None:
+        self.source = source
+        self.store = store
+        self.projections = list(projections)
+        self.indexes = list(indexes)
+        self.batch_size = batch_size
+        self.position = 0  # the last event this process's indexes reflect
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- life ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create missing views, bring them up to date, load the in-memory indexes."""
+        with self._lock:
+            with self.store.write() as db:
+                for projection in self.projections:
+                    projection.create(db)
+            self._apply_to_views(float("inf"))
+            positions = [index.load(self.store) for index in self.indexes]
+            self.position = min(positions) if positions else self._views_floor()
+            self.catch_up()
+
+    def follow(self, interval: float) -> None:
+        """Poll for events written by other processes every ``interval`` seconds."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._follow, args=(interval,),
+                                        name="keyledger-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _follow(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            try:
+                if self.source.last_position() > self.position:
+                    self.catch_up()
+            except Exception:  # keep following; the next poll retries
+                log.exception("following the event log failed; retrying")
+
+    # -- work ----------------------------------------------------------------------
+
+    def catch_up(self) -> int:
+        """Apply every new event to the views and indexes; return how many were read."""
+        with self._lock:
+            total = 0
+            while True:
+                batch = self.source.read_events(self.position, self.batch_size)
+                if not batch:
+                    return total
+                self._write(batch)
+                events = [event for _, event in batch]
+                for index in self.indexes:
+                    index.refresh(self.store, events)
+                self.position = batch[-1][0]
+                total += len(batch)
+                if len(batch) < self.batch_size:
+                    return total
+
+    def lag(self) -> int:
+        return max(0, self.source.last_position() - self.position)
+
+    def rebuild(self, names: Sequence[str] | None = None) -> int:
+        """Drop the named views (all by default) and replay the whole log into them."""
+        chosen = [p for p in self.projections if names is None or p.name in names]
+        unknown = set(names or ()) - {p.name for p in self.projections}
+        if unknown:
+            raise KeyError(f"unknown projection(s): {', '.join(sorted(unknown))}")
+        with self._lock:
+            with self.store.write() as db:
+                for projection in chosen:
+                    projection.drop(db)
+                    projection.create(db)
+                    self.store.set_position(db, projection.name, 0)
+            count = self._apply_to_views(float("inf"), only=chosen)
+            for index in self.indexes:
+                index.load(self.store)
+            return count
+
+    def _apply_to_views(self, until: float, only: Sequence[Projection] | None = None) -> int:
+        projections = list(only) if only is not None else self.projections
+        count = 0
+        while True:
+            start = self._views_floor(projections)
+            if start >= until:
+                return count
+            batch = self.source.read_events(start, self.batch_size)
+            if not batch:
+                return count
+            self._write(batch, projections)
+            count += len(batch)
+            if len(batch) < self.batch_size:
+                return count
+
+    def _views_floor(self, projections: Sequence[Projection] | None = None) -> int:
+        projections = self.projections if projections is None else projections
+        with self.store.read() as db:
+            return min((self.store.position(db, p.name) for p in projections), default=0)
+
+    def _write(self, batch: list[tuple[int, Any]], projections: Sequence[Projection] | None = None) -> None:
+        last = batch[-1][0]
+        with self.store.write() as db:
+            for projection in self.projections if projections is None else projections:
+                done = self.store.position(db, projection.name)
+                if done >= last:
+                    continue
+                for position, event in batch:
+                    if position > done:
+                        projection.process(db, position, event)
+                self.store.set_position(db, projection.name, last)
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass (for tools and tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

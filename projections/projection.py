@@ -1,0 +1,49 @@
+"""The base of every read model: one handler per event type, rows written in SQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+
+def handles(*event_classes: type) -> Callable:
+    """Mark a method as the handler of ``event_classes``."""
+
+    def mark(method: Callable) -> Callable:
+        method._handles = event_classes  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+class Projection:
+    """A read model of the notification log. Subclasses give ``name``, ``tables`` (DDL),
+    and ``@handles(...)`` methods ``(self, db, position, event)``. Events without a
+    handler are ignored, but still move the projection's position."""
+
+    name: ClassVar[str]
+    ddl: ClassVar[tuple[str, ...]] = ()
+    tables: ClassVar[tuple[str, ...]] = ()
+    _handlers: ClassVar[dict[type, str]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._handlers = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                for event_class in getattr(value, "_handles", ()):
+                    cls._handlers[event_class] = attr
+
+    def create(self, db: sqlite3.Connection) -> None:
+        for statement in self.ddl:
+            db.execute(statement)
+
+    def drop(self, db: sqlite3.Connection) -> None:
+        for table in self.tables:
+            db.execute(f"DROP TABLE IF EXISTS {table}")
+
+    def process(self, db: sqlite3.Connection, position: int, event: Any) -> None:
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            getattr(self, handler)(db, position, event)

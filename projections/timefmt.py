@@ -1,0 +1,27 @@
+"""RFC 3339 UTC text for times, the one format every view and response uses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}"
+    return text + "Z"
+
+
+def from_rfc3339(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()

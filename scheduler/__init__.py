@@ -1,0 +1,1 @@
+"""The deprecation campaign's jobs (plain functions) and their APScheduler wiring."""

@@ -1,0 +1,1 @@
+"""Keyledger's write side and HTTP surface."""

@@ -1,0 +1,105 @@
+"""The HTTP surface: ``create_app()`` is the Flask app factory (and gunicorn's entry point)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from flask import Flask, Response, g, request
+
+from service.api import context
+from service.api.errors import KeyledgerApi, error_response, register_error_handlers
+from service.composition import System, build_system
+from service.domain.errors import KeyledgerError
+from service.settings import Settings
+
+log = logging.getLogger("keyledger.access")
+
+# Paths that take no credential of their own.
+PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/v2/verify",
+                   "/v2/auth/check", "/v2/token", "/v2/scopes")
+
+
+def create_app(settings: Settings | None = None, *, system: System | None = None,
+               clock: Callable[[], datetime] | None = None) -> Flask:
+    """Build the Flask app. With no arguments, settings come from the environment."""
+    if system is None:
+        settings = settings or Settings.from_env()
+        system = build_system(settings, **({"clock": clock} if clock else {}))
+    flask_app = Flask("keyledger")
+    flask_app.config.update(
+        API_TITLE="Keyledger",
+        API_VERSION="2",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        MAX_CONTENT_LENGTH=64 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    flask_app.json.sort_keys = False
+    flask_app.extensions["keyledger"] = system
+    api = KeyledgerApi(flask_app, spec_kwargs={
+        "info": {"description": "Scoped API keys with an immutable history. See API.md for the contract."},
+    })
+    flask_app.extensions["keyledger_api"] = api
+    api.spec.components.security_scheme(
+        "personalToken", {"type": "apiKey", "in": "header", "name": "Authorization",
+                          "description": "Authorization: Key pat_…"})
+    register_error_handlers(flask_app)
+    _register_request_hooks(flask_app, system)
+
+    from service.api import accounts, apps, keys, operations
+
+    for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp):
+        api.register_blueprint(blueprint)
+    return flask_app
+
+
+def _register_request_hooks(flask_app: Flask, system: System) -> None:
+    @flask_app.before_request
+    def _begin() -> Response | None:
+        g.started = time.perf_counter()
+        context.assign_request_id()
+        g.actor = None
+        if request.method in ("POST", "PUT", "PATCH") and request.content_length != 0:
+            problem = _body_problem()
+            if problem:
+                return error_response("INVALID_REQUEST", problem, {"body": [problem]}, 400)
+        if request.path.startswith("/v2/") and not request.path.startswith(PUBLIC_PREFIXES):
+            try:
+                g.actor = system.authenticator.actor(request.headers.get("Authorization"))
+            except KeyledgerError as error:
+                return error_response(error.code, error.message, error.details,
+                                      headers={"WWW-Authenticate": 'Key realm="keyledger"'})
+        return None
+
+    @flask_app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-Id"] = getattr(g, "request_id", "")
+        response.headers.setdefault("Cache-Control", "no-store")
+        actor = getattr(g, "actor", None)
+        log.info("%s %s %s %.1fms request_id=%s actor=%s", request.method, request.path,
+                 response.status_code, (time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
+                 g.get("request_id"), actor.ref if actor else "-")
+        return response
+
+
+def _body_problem() -> str | None:
+    """Why a body that should be a JSON object is not one (None if it is)."""
+    data = request.get_data(cache=True)
+    if not data and request.content_length is None:
+        return None
+    if request.mimetype != "application/json":
+        return "Send the body as JSON with 'Content-Type: application/json'."
+    try:
+        parsed = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return "The body is not valid JSON."
+    if not isinstance(parsed, dict):
+        return "The body must be a JSON object."
+    return None

@@ -1,0 +1,86 @@
+"""Apps: each is born with one auto-generated key whose scopes are ["All"]."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from service.api import context
+from service.api.schemas import (
+    AppCreatedSchema,
+    AppCreateSchema,
+    AppListSchema,
+    AppSchema,
+    ErrorSchema,
+    KeyCreatedSchema,
+    KeyCreateSchema,
+    KeyListSchema,
+)
+
+blp = Blueprint("apps", __name__, description="Apps and their keys")
+
+
+@blp.route("/v2/apps")
+class Apps(MethodView):
+    @blp.arguments(AppCreateSchema)
+    @blp.response(201, AppCreatedSchema)
+    @blp.alt_response(400, schema=ErrorSchema)
+    @blp.alt_response(403, schema=ErrorSchema)
+    @blp.alt_response(409, schema=ErrorSchema)
+    @blp.doc(security=[{"personalToken": []}])
+    def post(self, body):
+        """Create an app (owner; an admin may give owner_id). Its default key's secret is in this response only."""
+        system = context.system()
+        app, key, secret = system.keys_app.create_app(
+            name=body["name"], slug=body.get("id"), owner_id=body.get("owner_id"),
+            by=context.actor(), request=context.request_info())
+        system.after_command()
+        return {**app, "default_key": {**key, "key": secret}}
+
+    @blp.response(200, AppListSchema)
+    @blp.doc(security=[{"personalToken": []}])
+    def get(self):
+        """The caller's apps (auditors and admins: every app)."""
+        system = context.system()
+        actor = context.actor()
+        system.keys_app._require_person(actor)
+        owner = None if actor.reads_everything else actor.id
+        return {"apps": system.directory.apps(owner_id=owner)}
+
+
+@blp.route("/v2/apps/<app_id>")
+class AppById(MethodView):
+    @blp.response(200, AppSchema)
+    @blp.alt_response(404, schema=ErrorSchema)
+    @blp.doc(security=[{"personalToken": []}])
+    def get(self, app_id):
+        """One app."""
+        return context.system().keys_app.get_app(app_id, by=context.actor())
+
+
+@blp.route("/v2/apps/<app_id>/keys")
+class AppKeys(MethodView):
+    @blp.arguments(KeyCreateSchema)
+    @blp.response(201, KeyCreatedSchema)
+    @blp.alt_response(400, schema=ErrorSchema)
+    @blp.alt_response(403, schema=ErrorSchema)
+    @blp.alt_response(404, schema=ErrorSchema)
+    @blp.doc(security=[{"personalToken": []}])
+    def post(self, body, app_id):
+        """Create a key with scopes. The secret is in this response only."""
+        system = context.system()
+        key, secret = system.keys_app.issue_key(
+            app_id, description=body["description"], scopes=body["scopes"],
+            expires_at=body.get("expires_at"), by=context.actor(), request=context.request_info())
+        system.after_command()
+        return {**key, "key": secret}, 201, {"ETag": f'"{key["version"]}"',
+                                             "Location": f"/v2/keys/{key['id']}"}
+
+    @blp.response(200, KeyListSchema)
+    @blp.alt_response(404, schema=ErrorSchema)
+    @blp.doc(security=[{"personalToken": []}])
+    def get(self, app_id):
+        """The app's keys (never a secret)."""
+        system = context.system()
+        system.keys_app.get_app(app_id, by=context.actor())
+        return {"keys": system.directory.keys(app_id, system.keys_app.now())}

@@ -1,0 +1,51 @@
+"""Per-request context: the request id, the caller, and the request facts events record."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from flask import current_app, g, request
+
+from service.composition import System
+from service.domain.actors import Actor, RequestInfo
+from service.domain.errors import InvalidRequest
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def system() -> System:
+    return current_app.extensions["keyledger"]
+
+
+def assign_request_id() -> None:
+    offered = request.headers.get("X-Request-Id", "")
+    g.request_id = offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
+
+
+def actor() -> Actor:
+    """The authenticated caller (authentication ran before the view)."""
+    return g.actor
+
+
+def request_info() -> RequestInfo:
+    agent = request.headers.get("User-Agent")
+    return RequestInfo(id=g.request_id, ip=request.remote_addr,
+                       user_agent=agent[:256] if agent else None)
+
+
+def if_match() -> int | None:
+    """The version in ``If-Match`` (quoted or bare); None when absent or ``*``."""
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    value = raw.strip()
+    if value == "*":
+        return None
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip('"')
+    if not value.isdigit():
+        raise InvalidRequest("If-Match must be the key's version, e.g. If-Match: \"3\".",
+                             **{"If-Match": ["Not a version number."]})
+    return int(value)

@@ -1,0 +1,50 @@
+"""Operations: liveness, readiness and the scope catalogue."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from service.api import context
+from service.api.schemas import HealthSchema, ReadinessSchema, ScopesSchema
+from service.domain.errors import Unavailable
+from service.domain.scopes import PRESETS
+
+blp = Blueprint("operations", __name__, description="Operations and the scope catalogue")
+
+# Readiness tolerates a small lag: other processes' events arrive within one poll.
+READY_LAG = 1000
+
+
+@blp.route("/healthz")
+class Health(MethodView):
+    @blp.response(200, HealthSchema)
+    def get(self):
+        """The process is up."""
+        return {"status": "ok"}
+
+
+@blp.route("/readyz")
+class Readiness(MethodView):
+    @blp.response(200, ReadinessSchema)
+    @blp.alt_response(503, schema=ReadinessSchema, description="Store unreachable or projections behind")
+    def get(self):
+        """The store is reachable and the projections have caught up."""
+        system = context.system()
+        try:
+            lag = system.follower.lag()
+        except Unavailable:
+            return {"status": "unavailable", "store": "unreachable", "projections_lag": -1}, 503, {"Retry-After": "1"}
+        if lag > READY_LAG:
+            return {"status": "catching_up", "store": "ok", "projections_lag": lag}, 503, {"Retry-After": "1"}
+        return {"status": "ready", "store": "ok", "projections_lag": lag}
+
+
+@blp.route("/v2/scopes")
+class Scopes(MethodView):
+    @blp.response(200, ScopesSchema)
+    def get(self):
+        """The scope catalogue and the presets. `All` covers every scope, including later ones."""
+        catalogue = context.system().keys_app.scope_catalogue()
+        return {"scopes": [{"name": n, "description": d} for n, d in catalogue.items()],
+                "presets": PRESETS}

@@ -1,0 +1,191 @@
+"""Request and response schemas: they shape plain values, never aggregates."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+
+from projections.timefmt import rfc3339
+from service.application import DESCRIPTION_MAX, MAX_GRACE_SECONDS, NAME_MAX
+from service.domain.actors import ROLES
+
+
+class Rfc3339(fields.AwareDateTime):
+    """RFC 3339 UTC: written with a trailing Z; read with any offset (none means UTC)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(default_timezone=UTC, **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return rfc3339(value)
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+# -- errors ----------------------------------------------------------------------------
+
+class ErrorBodySchema(Schema):
+    code = fields.String(required=True, metadata={"example": "SCOPE_UNKNOWN"})
+    message = fields.String(required=True)
+    details = fields.Dict(required=True)
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorBodySchema, required=True)
+    request_id = fields.String(required=True)
+
+
+# -- accounts ---------------------------------------------------------------------------
+
+class AccountCreateSchema(StrictSchema):
+    email = fields.String(required=True, validate=validate.Length(min=3, max=254))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=NAME_MAX))
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+
+
+class AccountSchema(Schema):
+    id = fields.String(required=True)
+    email = fields.String(required=True)
+    name = fields.String(required=True)
+    role = fields.String(required=True)
+    created_at = Rfc3339()
+
+
+class AccountCreatedSchema(AccountSchema):
+    token = fields.String(required=True, metadata={"description": "The personal token; shown only in this response."})
+
+
+# -- keys --------------------------------------------------------------------------------
+
+class KeySchema(Schema):
+    id = fields.String(required=True)
+    app_id = fields.String(required=True)
+    description = fields.String(required=True)
+    scopes = fields.List(fields.String(), required=True)
+    status = fields.String(required=True, metadata={"enum": ["active", "revoked", "expired"]})
+    created_at = Rfc3339(required=True)
+    expires_at = Rfc3339(allow_none=True)
+    revoked_at = Rfc3339(allow_none=True)
+    last_used_at = Rfc3339(allow_none=True)
+    display = fields.String(required=True, metadata={"example": "ak_…abcd"})
+    origin = fields.String(required=True, metadata={"enum": ["user", "auto", "migration"]})
+    version = fields.Integer(required=True)
+
+
+class KeyCreatedSchema(KeySchema):
+    key = fields.String(required=True, metadata={"description": "The secret; shown only in this response."})
+
+
+class KeyListSchema(Schema):
+    keys = fields.List(fields.Nested(KeySchema), required=True)
+
+
+def _scopes(**kwargs) -> fields.List:
+    return fields.List(
+        fields.String(validate=validate.Length(min=1, max=100)),
+        validate=validate.Length(min=1, max=100, error="Give between 1 and 100 scopes."),
+        metadata={"description": "Scopes from GET /v2/scopes, or [\"All\"]."}, **kwargs)
+
+
+class KeyCreateSchema(StrictSchema):
+    description = fields.String(required=True, validate=validate.Length(max=DESCRIPTION_MAX))
+    scopes = _scopes(required=True)
+    expires_at = Rfc3339(allow_none=True)
+
+
+class KeyChangeSchema(StrictSchema):
+    description = fields.String(validate=validate.Length(max=DESCRIPTION_MAX))
+    scopes = _scopes()
+
+
+class KeyRollSchema(StrictSchema):
+    grace_seconds = fields.Integer(strict=True, load_default=0,
+                                   validate=validate.Range(min=0, max=MAX_GRACE_SECONDS))
+
+
+class AsOfSchema(StrictSchema):
+    as_of = Rfc3339(metadata={"description": "Show the key as it stood at this time."})
+
+
+# -- apps --------------------------------------------------------------------------------
+
+class AppCreateSchema(StrictSchema):
+    id = fields.String(validate=validate.Length(min=1, max=63),
+                       metadata={"description": "A slug (lower-case letters, digits, hyphens); made from the name if left out."})
+    name = fields.String(required=True, validate=validate.Length(min=1, max=NAME_MAX))
+    owner_id = fields.String(metadata={"description": "Admins only: the owner's account id."})
+
+
+class AppSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    owner_id = fields.String(required=True)
+    created_at = Rfc3339(required=True)
+
+
+class AppCreatedSchema(AppSchema):
+    default_key = fields.Nested(KeyCreatedSchema, required=True)
+
+
+class AppListSchema(Schema):
+    apps = fields.List(fields.Nested(AppSchema), required=True)
+
+
+# -- audit-shaped history ------------------------------------------------------------------
+
+class ActorSchema(Schema):
+    kind = fields.String(required=True)
+    id = fields.String(required=True)
+
+
+class RequestInfoSchema(Schema):
+    id = fields.String(allow_none=True)
+    ip = fields.String(allow_none=True)
+    user_agent = fields.String(allow_none=True)
+
+
+class AuditEventSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    seq = fields.Integer(required=True)
+    id = fields.String(required=True)
+    type = fields.String(required=True)
+    occurred_at = fields.String(required=True)
+    actor = fields.Nested(ActorSchema, required=True)
+    app_id = fields.String(allow_none=True)
+    key_id = fields.String(allow_none=True)
+    data = fields.Dict(required=True)
+    request = fields.Nested(RequestInfoSchema, required=True)
+    hash = fields.String(required=True)
+    prev_hash = fields.String(required=True)
+
+
+class HistorySchema(Schema):
+    events = fields.List(fields.Nested(AuditEventSchema), required=True)
+
+
+# -- scopes and operations ---------------------------------------------------------------------
+
+class ScopeSchema(Schema):
+    name = fields.String(required=True)
+    description = fields.String(required=True)
+
+
+class ScopesSchema(Schema):
+    scopes = fields.List(fields.Nested(ScopeSchema), required=True)
+    presets = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(required=True)
+    store = fields.String(required=True)
+    projections_lag = fields.Integer(required=True)

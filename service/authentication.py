@@ -1,0 +1,57 @@
+"""Who is calling: a credential from an ``Authorization`` header becomes an ``Actor``.
+
+No I/O: the credential's format is checked locally, then its digest is looked up in
+the in-memory verification index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from projections.verification import (
+    EXPIRED,
+    NOT_FOUND,
+    PERSONAL_TOKEN,
+    REVOKED,
+    VerificationIndex,
+)
+from service import credentials
+from service.domain.actors import Actor
+from service.domain.errors import CredentialRefused, Unauthenticated
+
+_MESSAGES = {
+    credentials.MALFORMED: "The credential is malformed (wrong length or checksum); copy it again in full.",
+    REVOKED: "This credential has been revoked; use another one.",
+    EXPIRED: "This credential has expired; use another one.",
+}
+
+
+class Authenticator:
+    def __init__(self, digester: credentials.Digester, index: VerificationIndex,
+                 clock: Callable[[], datetime]) -> None:
+        self.digester = digester
+        self.index = index
+        self.clock = clock
+
+    def actor(self, authorization: str | None) -> Actor:
+        if not authorization:
+            raise Unauthenticated("Send a personal token as 'Authorization: Key pat_…'.")
+        scheme, _, credential = authorization.strip().partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "key" or not credential:
+            raise Unauthenticated("Use the 'Authorization: Key <token>' scheme with a personal token.")
+        kind = credentials.classify(credential)
+        if kind == credentials.MALFORMED:
+            raise CredentialRefused("MALFORMED", _MESSAGES[credentials.MALFORMED])
+        if kind == credentials.ACCESS_TOKEN:
+            raise Unauthenticated("Unknown credential; send a personal token (pat_…).")
+        code, entry = self.index.check(self.digester.digest(credential), None, None,
+                                       self.clock().timestamp())
+        if code == NOT_FOUND or entry is None:
+            raise Unauthenticated("Unknown credential; send a valid personal token (pat_…).")
+        if code in (REVOKED, EXPIRED):
+            raise CredentialRefused(code, _MESSAGES[code])
+        if entry.kind == PERSONAL_TOKEN:
+            return Actor(kind="account", id=entry.key_id, role=entry.role)
+        return Actor(kind="key", id=entry.key_id, app_id=entry.app_id)

@@ -1,0 +1,67 @@
+"""The composition root: the one place a process builds its parts.
+
+``build_system(settings)`` constructs the eventsourcing application, the view store,
+the projections and the in-memory verification index, and starts following the log.
+The Flask app factory, the command line and (later) the scheduler call it; nothing
+else constructs these parts, and nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from projections.audit import AuditLog, AuditTrail
+from projections.directory import Directory, DirectoryView
+from projections.follower import Follower
+from projections.store import ViewStore
+from projections.verification import VerificationIndex, VerificationView
+from service import credentials
+from service.application import Keyledger, utc_now
+from service.authentication import Authenticator
+from service.settings import Settings
+
+log = logging.getLogger("keyledger")
+
+
+@dataclass
+class System:
+    settings: Settings
+    keys_app: Keyledger
+    views: ViewStore
+    follower: Follower
+    index: VerificationIndex
+    directory: Directory
+    audit: AuditLog
+    authenticator: Authenticator
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def after_command(self) -> None:
+        """Apply this process's new events to its views and index before answering."""
+        self.follower.catch_up()
+
+    def close(self) -> None:
+        self.follower.stop()
+        self.views.close()
+        self.keys_app.close()
+
+
+def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
+                 follow: bool = True) -> System:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    pepper = credentials.load_or_create_pepper(settings.data_dir, settings.pepper)
+    digester = credentials.Digester(pepper)
+    keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock)
+    views = ViewStore(settings.views_path)
+    index = VerificationIndex()
+    follower = Follower(keys_app, views, [VerificationView(), DirectoryView(), AuditTrail()], [index])
+    follower.start()
+    if follow:
+        follower.follow(settings.follow_interval)
+    return System(
+        settings=settings, keys_app=keys_app, views=views, follower=follower, index=index,
+        directory=Directory(views), audit=AuditLog(views),
+        authenticator=Authenticator(digester, index, clock),
+    )

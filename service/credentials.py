@@ -1,0 +1,126 @@
+"""Secrets: generation, the key format and keyed digests.
+
+Format: ``ak_`` (API key) or ``pat_`` (personal token), 32 random base62 characters, and
+6 base62 characters of the CRC32 of everything before them. A mistyped or truncated key
+fails the checksum and is refused as ``MALFORMED`` without any look-up; secret scanners
+can match ``\\b(ak|pat)_[0-9A-Za-z]{38}\\b``.
+
+Only ``HMAC-SHA256(pepper, secret)`` is ever stored, with a display hint ``ak_…abcd``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import zlib
+from pathlib import Path
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_VALUE = {c: i for i, c in enumerate(ALPHABET)}
+BODY_LENGTH = 32
+CHECKSUM_LENGTH = 6
+
+API_KEY_PREFIX = "ak_"
+PERSONAL_TOKEN_PREFIX = "pat_"
+KIND_BY_PREFIX = {API_KEY_PREFIX: "api_key", PERSONAL_TOKEN_PREFIX: "personal_token"}
+
+# Credential kinds
+API_KEY = "api_key"
+PERSONAL_TOKEN = "personal_token"
+ACCESS_TOKEN = "access_token"
+MALFORMED = "malformed"
+
+
+def _base62(number: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        number, rest = divmod(number, 62)
+        chars.append(ALPHABET[rest])
+    return "".join(reversed(chars))
+
+
+def _checksum(text: str) -> str:
+    return _base62(zlib.crc32(text.encode("ascii")), CHECKSUM_LENGTH)
+
+
+def generate(prefix: str) -> str:
+    """A new secret with ``prefix`` (``ak_`` or ``pat_``)."""
+    body = "".join(secrets.choice(ALPHABET) for _ in range(BODY_LENGTH))
+    head = prefix + body
+    return head + _checksum(head)
+
+
+def classify(credential: str) -> str:
+    """``api_key``, ``personal_token``, ``malformed`` (known prefix, wrong length or
+    checksum) or ``access_token`` (no known prefix: a legacy token). No I/O."""
+    if credential.startswith(API_KEY_PREFIX):
+        prefix_length = 3
+        kind = API_KEY
+    elif credential.startswith(PERSONAL_TOKEN_PREFIX):
+        prefix_length = 4
+        kind = PERSONAL_TOKEN
+    else:
+        return ACCESS_TOKEN
+    if len(credential) != prefix_length + BODY_LENGTH + CHECKSUM_LENGTH:
+        return MALFORMED
+    # Decode the 6 checksum characters to an int instead of encoding the CRC (cheaper).
+    value = 0
+    values = _VALUE
+    for char in credential[-CHECKSUM_LENGTH:]:
+        digit = values.get(char)
+        if digit is None:
+            return MALFORMED
+        value = value * 62 + digit
+    head = credential[:-CHECKSUM_LENGTH]
+    if value != zlib.crc32(head.encode("ascii", "replace")):
+        return MALFORMED
+    return kind
+
+
+def display_hint(secret: str) -> str:
+    """What may be shown of a secret: its prefix and last four characters."""
+    prefix = next((p for p in KIND_BY_PREFIX if secret.startswith(p)), "")
+    return f"{prefix}…{secret[-4:]}"
+
+
+class Digester:
+    """HMAC-SHA256 under the server's pepper. ``digest`` returns raw bytes for the hot
+    path; ``hexdigest`` is what events and views store."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, pepper: bytes) -> None:
+        if len(pepper) < 32:
+            raise ValueError("the pepper must be at least 32 bytes")
+        self._keyed = hmac.new(pepper, digestmod=hashlib.sha256)
+
+    def digest(self, secret: str) -> bytes:
+        mac = self._keyed.copy()
+        mac.update(secret.encode("utf-8", "surrogateescape"))
+        return mac.digest()
+
+    def hexdigest(self, secret: str) -> str:
+        return self.digest(secret).hex()
+
+
+def load_or_create_pepper(data_dir: Path, configured: str | None) -> bytes:
+    """The pepper from ``KEYLEDGER_PEPPER`` if set, else from ``<data_dir>/pepper``,
+    created on first start with mode 0600. Losing it invalidates every credential."""
+    if configured:
+        return configured.encode("utf-8")
+    path = data_dir / "pepper"
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pepper = secrets.token_hex(32).encode("ascii")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as f:
+        f.write(pepper + b"\n")
+    return pepper

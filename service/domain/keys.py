@@ -1,0 +1,127 @@
+"""API keys: scoped credentials of one app that can be changed, rolled and revoked."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from eventsourcing.domain import event
+
+from service.domain.aggregate import LedgerAggregate
+from service.domain.errors import KeyExpired, KeyRevoked
+
+ORIGINS = ("user", "auto", "migration")
+
+
+class ApiKey(LedgerAggregate):
+    class Issued(LedgerAggregate.Created):
+        app_id: str
+        description: str
+        scopes: list
+        expires_at: datetime | None
+        digest: str
+        display: str
+        origin: str
+
+    class ScopesChanged(LedgerAggregate.Event):
+        scopes: list
+        previous_scopes: list
+
+    class DescriptionChanged(LedgerAggregate.Event):
+        description: str
+
+    class Rolled(LedgerAggregate.Event):
+        digest: str
+        display: str
+        previous_digest: str
+        previous_display: str
+        previous_valid_until: datetime
+
+    class Revoked(LedgerAggregate.Event):
+        pass
+
+    @event(Issued)
+    def __init__(
+        self, app_id: str, description: str, scopes: list, expires_at: datetime | None,
+        digest: str, display: str, origin: str, by: str, request: dict,
+    ) -> None:
+        self.app_id = app_id
+        self.description = description
+        self.scopes = list(scopes)
+        self.expires_at = expires_at
+        self.digest = digest
+        self.display = display
+        self.origin = origin
+        self.revoked_at: datetime | None = None
+        # Secrets replaced by a roll that still verify until their grace period ends:
+        # [digest, display, valid_until] each.
+        self.retiring: list[list] = []
+
+    # -- reading -------------------------------------------------------------
+
+    def status_at(self, now: datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+    def _require_changeable(self, now: datetime) -> None:
+        status = self.status_at(now)
+        if status == "revoked":
+            raise KeyRevoked("This key has been revoked and can no longer be changed; create a new key.")
+        if status == "expired":
+            raise KeyExpired("This key has expired and can no longer be changed; create a new key.")
+
+    # -- commands ------------------------------------------------------------
+
+    def change_scopes(self, scopes: list[str], *, by: str, request: dict, at: datetime) -> bool:
+        self._require_changeable(at)
+        if scopes == self.scopes:
+            return False
+        self._change_scopes(scopes=list(scopes), previous_scopes=list(self.scopes), by=by,
+                            request=request, timestamp=at)
+        return True
+
+    @event(ScopesChanged)
+    def _change_scopes(self, scopes: list, previous_scopes: list, by: str, request: dict,
+                       timestamp: datetime) -> None:
+        self.scopes = list(scopes)
+
+    def change_description(self, description: str, *, by: str, request: dict, at: datetime) -> bool:
+        self._require_changeable(at)
+        if description == self.description:
+            return False
+        self._change_description(description=description, by=by, request=request, timestamp=at)
+        return True
+
+    @event(DescriptionChanged)
+    def _change_description(self, description: str, by: str, request: dict, timestamp: datetime) -> None:
+        self.description = description
+
+    def roll(self, *, digest: str, display: str, grace_until: datetime, by: str, request: dict,
+             at: datetime) -> None:
+        self._require_changeable(at)
+        self._roll(digest=digest, display=display, previous_digest=self.digest,
+                   previous_display=self.display, previous_valid_until=grace_until, by=by,
+                   request=request, timestamp=at)
+
+    @event(Rolled)
+    def _roll(self, digest: str, display: str, previous_digest: str, previous_display: str,
+              previous_valid_until: datetime, by: str, request: dict, timestamp: datetime) -> None:
+        self.retiring = [r for r in self.retiring if r[2] > timestamp]
+        if previous_valid_until > timestamp:
+            self.retiring.append([previous_digest, previous_display, previous_valid_until])
+        self.digest = digest
+        self.display = display
+
+    def revoke(self, *, by: str, request: dict, at: datetime) -> bool:
+        """Revoke the key and every secret it still honours; revoking twice is a no-op."""
+        if self.revoked_at is not None:
+            return False
+        self._revoke(by=by, request=request, timestamp=at)
+        return True
+
+    @event(Revoked)
+    def _revoke(self, by: str, request: dict, timestamp: datetime) -> None:
+        self.revoked_at = timestamp
+        self.retiring = []

@@ -1,0 +1,104 @@
+"""Every setting is an environment variable, read once by the composition root."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be understood; the message names the variable."""
+
+
+def parse_duration(text: str, name: str) -> timedelta:
+    match = _DURATION.match(text)
+    if not match:
+        raise SettingsError(f"{name}={text!r}: expected a number and a unit (s, m, h, d), e.g. 30d")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_time(text: str, name: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise SettingsError(f"{name}={text!r}: expected an RFC 3339 time such as 2018-01-01T00:00:00Z") from None
+    if value.tzinfo is None:
+        raise SettingsError(f"{name}={text!r}: the time needs a zone, e.g. a trailing Z")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    pepper: str | None = field(default=None, repr=False)
+    legacy_sunset_at: datetime = parse_time("2018-01-01T00:00:00Z", "default")
+    reminders: tuple[timedelta, ...] = (timedelta(days=90), timedelta(days=30), timedelta(days=7), timedelta(days=1))
+    legacy_use_window: timedelta = timedelta(hours=1)
+    access_token_ttl: timedelta = timedelta(hours=48)
+    smtp_url: str | None = None
+    mail_from: str = "keyledger@localhost"
+    audit_signing_key: str | None = field(default=None, repr=False)
+    follow_interval: float = 0.2  # seconds between polls for other processes' events
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        kwargs: dict = {}
+        if (v := get("KEYLEDGER_DATA_DIR")) is not None:
+            kwargs["data_dir"] = Path(v)
+        kwargs["database_url"] = get("KEYLEDGER_DATABASE_URL")
+        kwargs["pepper"] = get("KEYLEDGER_PEPPER")
+        if (v := get("KEYLEDGER_LEGACY_SUNSET_AT")) is not None:
+            kwargs["legacy_sunset_at"] = parse_time(v, "KEYLEDGER_LEGACY_SUNSET_AT")
+        if (v := get("KEYLEDGER_REMINDERS")) is not None:
+            kwargs["reminders"] = tuple(
+                parse_duration(part, "KEYLEDGER_REMINDERS") for part in v.split(",") if part.strip()
+            )
+        if (v := get("KEYLEDGER_LEGACY_USE_WINDOW")) is not None:
+            kwargs["legacy_use_window"] = parse_duration(v, "KEYLEDGER_LEGACY_USE_WINDOW")
+        if (v := get("KEYLEDGER_ACCESS_TOKEN_TTL")) is not None:
+            kwargs["access_token_ttl"] = parse_duration(v, "KEYLEDGER_ACCESS_TOKEN_TTL")
+        kwargs["smtp_url"] = get("KEYLEDGER_SMTP_URL")
+        if (v := get("KEYLEDGER_MAIL_FROM")) is not None:
+            kwargs["mail_from"] = v
+        kwargs["audit_signing_key"] = get("KEYLEDGER_AUDIT_SIGNING_KEY")
+        if (v := get("KEYLEDGER_FOLLOW_INTERVAL")) is not None:
+            try:
+                kwargs["follow_interval"] = float(v)
+            except ValueError:
+                raise SettingsError(f"KEYLEDGER_FOLLOW_INTERVAL={v!r}: expected seconds, e.g. 0.2") from None
+        return cls(**kwargs)
+
+    @property
+    def events_path(self) -> Path:
+        return self.data_dir / "events.sqlite"
+
+    @property
+    def views_path(self) -> Path:
+        return self.data_dir / "views.sqlite"
+
+    def eventsourcing_env(self) -> dict[str, str]:
+        """The ``env=`` for the eventsourcing application (never via os.environ)."""
+        if self.database_url:
+            raise SettingsError(
+                "KEYLEDGER_DATABASE_URL is set, but the PostgreSQL store is not available in this "
+                "version yet; unset it to use the embedded SQLite store."
+            )
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(self.events_path),
+            "SQLITE_LOCK_TIMEOUT": "5",
+        }

@@ -1,0 +1,222 @@
+"""Fixtures shared by every layer of tests.
+
+* freezegun: the eventsourcing transcoder is taught freezegun's ``FakeDatetime`` (same
+  name as ``DatetimeAsISO``, so the stored format is unchanged).
+* Every secret generated during the run is remembered; each test's data directory and the
+  run's log file are scanned for them at teardown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from eventsourcing.persistence import DatetimeAsISO
+from freezegun.api import FakeDatetime
+
+from service import credentials
+from service.api import create_app
+from service.application import Keyledger
+from service.composition import System, build_system
+from service.domain.actors import NO_REQUEST, Actor
+from service.settings import Settings
+
+# -- freezegun and the eventsourcing transcoder ------------------------------------------
+
+
+class FakeDatetimeAsISO(DatetimeAsISO):
+    type = FakeDatetime
+    name = "datetime_iso"
+
+
+_register_transcodings = Keyledger.register_transcodings
+
+
+def _register_with_freezegun(self, transcoder):  # type: ignore[no-untyped-def]
+    _register_transcodings(self, transcoder)
+    transcoder.register(FakeDatetimeAsISO())
+    transcoder.register(DatetimeAsISO())  # decoding by name stays with the real type
+
+
+Keyledger.register_transcodings = _register_with_freezegun  # type: ignore[method-assign]
+
+# -- every secret issued during the run ------------------------------------------------------
+
+ISSUED_SECRETS: list[str] = []
+_generate = credentials.generate
+
+
+def _remembering_generate(prefix: str) -> str:
+    secret = _generate(prefix)
+    ISSUED_SECRETS.append(secret)
+    return secret
+
+
+credentials.generate = _remembering_generate
+
+
+def secrets_in(blob: bytes | str, secrets: list[str] | None = None) -> list[str]:
+    text = blob.decode("utf-8", "replace") if isinstance(blob, bytes) else blob
+    return [s for s in (ISSUED_SECRETS if secrets is None else secrets) if s in text]
+
+
+def secrets_in_files(folder: Path, secrets: list[str] | None = None) -> dict[str, list[str]]:
+    found = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            hits = secrets_in(path.read_bytes(), secrets)
+            if hits:
+                found[str(path)] = hits
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Everything logged during the run, in a file that is scanned for secrets at the end."""
+    path = tmp_path_factory.mktemp("logs") / "keyledger-tests.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield path
+    root.removeHandler(handler)
+    handler.close()
+    leaked = secrets_in(path.read_bytes())
+    assert not leaked, f"{len(leaked)} secret(s) were written to the log during the run"
+
+
+def require(what: str, available: bool, reason: str) -> None:
+    """Skip when a heavy dependency is missing on a developer's machine; fail in CI."""
+    if available:
+        return
+    if os.environ.get("KEYLEDGER_REQUIRE_ALL") == "1":
+        pytest.fail(f"{what} is required (KEYLEDGER_REQUIRE_ALL=1): {reason}")
+    pytest.skip(f"{what} not available: {reason}")
+
+
+# -- the system under test -------------------------------------------------------------------
+
+TEST_PEPPER = "test-pepper-0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "var"
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05)
+
+
+@pytest.fixture
+def system(settings: Settings) -> Iterator[System]:
+    built = build_system(settings)
+    yield built
+    built.close()
+    leaked = secrets_in_files(settings.data_dir)
+    assert not leaked, f"secrets found at rest: {leaked}"
+
+
+@pytest.fixture
+def flask_app(system: System):
+    return create_app(system=system)
+
+
+@pytest.fixture
+def client(flask_app):
+    return flask_app.test_client()
+
+
+class Caller:
+    """A test client that sends one credential."""
+
+    def __init__(self, client, token: str | None = None, **identity: str) -> None:
+        self.client = client
+        self.token = token
+        self.id = identity.get("id")
+        self.role = identity.get("role")
+
+    def headers(self, extra: dict | None = None) -> dict:
+        headers = {"Authorization": f"Key {self.token}"} if self.token else {}
+        headers.update(extra or {})
+        return headers
+
+    def get(self, path: str, headers: dict | None = None, **kw):
+        return self.client.get(path, headers=self.headers(headers), **kw)
+
+    def post(self, path: str, json=None, headers: dict | None = None, **kw):
+        return self.client.post(path, json=json, headers=self.headers(headers), **kw)
+
+    def patch(self, path: str, json=None, headers: dict | None = None, **kw):
+        return self.client.patch(path, json=json, headers=self.headers(headers), **kw)
+
+    def delete(self, path: str, headers: dict | None = None, **kw):
+        return self.client.delete(path, headers=self.headers(headers), **kw)
+
+
+def make_account(system: System, role: str, email: str, name: str | None = None) -> dict:
+    account, token = system.keys_app.register_account(
+        email=email, name=name or email.split("@")[0], role=role, by=Actor.system("test"),
+        request=NO_REQUEST)
+    system.after_command()
+    return {**account, "token": token}
+
+
+@pytest.fixture
+def admin(system: System, client) -> Caller:
+    a = make_account(system, "admin", "admin@example.com", "Admin")
+    return Caller(client, a["token"], id=a["id"], role="admin")
+
+
+@pytest.fixture
+def auditor(system: System, client) -> Caller:
+    a = make_account(system, "auditor", "auditor@example.com", "Auditor")
+    return Caller(client, a["token"], id=a["id"], role="auditor")
+
+
+@pytest.fixture
+def owner(system: System, client) -> Caller:
+    a = make_account(system, "owner", "owner@example.com", "Owner")
+    return Caller(client, a["token"], id=a["id"], role="owner")
+
+
+@pytest.fixture
+def other_owner(system: System, client) -> Caller:
+    a = make_account(system, "owner", "other@example.com", "Other Owner")
+    return Caller(client, a["token"], id=a["id"], role="owner")
+
+
+@pytest.fixture
+def anonymous(client) -> Caller:
+    return Caller(client, None)
+
+
+@pytest.fixture
+def owner_app(owner: Caller) -> dict:
+    """An app of ``owner``'s, with its default key (secret under ``default_key.key``)."""
+    response = owner.post("/v2/apps", json={"id": "vision", "name": "Vision"})
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+@pytest.fixture
+def read_only_key(owner: Caller, owner_app: dict) -> dict:
+    response = owner.post("/v2/apps/vision/keys",
+                          json={"description": "read only", "scopes": ["Predict", "Search"]})
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+@pytest.fixture
+def api_key_caller(client, read_only_key: dict) -> Caller:
+    return Caller(client, read_only_key["key"], id=read_only_key["id"], role="key")
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    shutil.copytree(source, target)
