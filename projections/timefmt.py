@@ -25,3 +25,7 @@ def from_rfc3339(text: str | None) -> datetime | None:
 
 def epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
+
+
+def rfc3339_from_epoch(value: float | None) -> str | None:
+    return None if value is None else rfc3339(datetime.fromtimestamp(value, UTC))

@@ -16,12 +16,14 @@ from datetime import datetime
 from projections.audit import AuditLog, AuditTrail
 from projections.directory import Directory, DirectoryView
 from projections.follower import Follower
+from projections.last_used import LastUsed
 from projections.store import ViewStore
 from projections.verification import VerificationIndex, VerificationView
 from service import credentials
 from service.application import Keyledger, utc_now
 from service.authentication import Authenticator
 from service.settings import Settings
+from service.verification import Verifier
 
 log = logging.getLogger("keyledger")
 
@@ -36,6 +38,8 @@ class System:
     directory: Directory
     audit: AuditLog
     authenticator: Authenticator
+    last_used: LastUsed
+    verifier: Verifier
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def after_command(self) -> None:
@@ -44,6 +48,7 @@ class System:
 
     def close(self) -> None:
         self.follower.stop()
+        self.last_used.stop()
         self.views.close()
         self.keys_app.close()
 
@@ -58,10 +63,13 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     index = VerificationIndex()
     follower = Follower(keys_app, views, [VerificationView(), DirectoryView(), AuditTrail()], [index])
     follower.start()
+    last_used = LastUsed(views)
     if follow:
         follower.follow(settings.follow_interval)
+        last_used.run_every(settings.last_used_interval)
     return System(
         settings=settings, keys_app=keys_app, views=views, follower=follower, index=index,
         directory=Directory(views), audit=AuditLog(views),
         authenticator=Authenticator(digester, index, clock),
+        last_used=last_used, verifier=Verifier(digester, index, clock, last_used),
     )

@@ -47,6 +47,7 @@ class Settings:
     mail_from: str = "keyledger@localhost"
     audit_signing_key: str | None = field(default=None, repr=False)
     follow_interval: float = 0.2  # seconds between polls for other processes' events
+    last_used_interval: float = 60.0  # seconds between writes of keys' last-used times
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -21,6 +21,8 @@ log = logging.getLogger("keyledger.access")
 # Paths that take no credential of their own.
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/v2/verify",
                    "/v2/auth/check", "/v2/token", "/v2/scopes")
+# Paths whose views read their own bodies (the hot path parses JSON once; OAuth2 takes forms).
+SELF_PARSING = ("/v2/verify", "/v2/token")
 
 
 def create_app(settings: Settings | None = None, *, system: System | None = None,
@@ -53,9 +55,10 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
     register_error_handlers(flask_app)
     _register_request_hooks(flask_app, system)
 
-    from service.api import accounts, apps, keys, operations
+    from service.api import accounts, apps, keys, operations, verify
 
-    for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp):
+    verify.register_schemas(api)
+    for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp, verify.blp):
         api.register_blueprint(blueprint)
     return flask_app
 
@@ -66,7 +69,8 @@ def _register_request_hooks(flask_app: Flask, system: System) -> None:
         g.started = time.perf_counter()
         context.assign_request_id()
         g.actor = None
-        if request.method in ("POST", "PUT", "PATCH") and request.content_length != 0:
+        if (request.method in ("POST", "PUT", "PATCH") and request.content_length != 0
+                and request.path not in SELF_PARSING):
             problem = _body_problem()
             if problem:
                 return error_response("INVALID_REQUEST", problem, {"body": [problem]}, 400)

@@ -83,4 +83,6 @@ class AppKeys(MethodView):
         """The app's keys (never a secret)."""
         system = context.system()
         system.keys_app.get_app(app_id, by=context.actor())
-        return {"keys": system.directory.keys(app_id, system.keys_app.now())}
+        keys = system.directory.keys(app_id, system.keys_app.now())
+        context.with_last_used(*keys)
+        return {"keys": keys}

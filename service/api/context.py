@@ -49,3 +49,10 @@ def if_match() -> int | None:
         raise InvalidRequest("If-Match must be the key's version, e.g. If-Match: \"3\".",
                              **{"If-Match": ["Not a version number."]})
     return int(value)
+
+
+def with_last_used(*keys: dict) -> None:
+    """Fill ``last_used_at`` of key objects from the last-used records (in place)."""
+    used = system().last_used.of(k["id"] for k in keys)
+    for key in keys:
+        key["last_used_at"] = used.get(key["id"])

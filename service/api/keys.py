@@ -31,7 +31,10 @@ class KeyById(MethodView):
     @blp.doc(security=[{"personalToken": []}])
     def get(self, query, key_id):
         """A key now, or as it stood at `as_of` (404 if it did not exist yet)."""
-        key = context.system().keys_app.get_key(key_id, by=context.actor(), as_of=query.get("as_of"))
+        as_of = query.get("as_of")
+        key = context.system().keys_app.get_key(key_id, by=context.actor(), as_of=as_of)
+        if as_of is None:
+            context.with_last_used(key)
         return key, 200, _etag(key)
 
     @blp.arguments(KeyChangeSchema)
@@ -48,6 +51,7 @@ class KeyById(MethodView):
             key_id, scopes=body.get("scopes"), description=body.get("description"),
             if_match=context.if_match(), by=context.actor(), request=context.request_info())
         system.after_command()
+        context.with_last_used(key)
         return key, 200, _etag(key)
 
     @blp.response(204)

@@ -189,3 +189,23 @@ class ReadinessSchema(Schema):
     status = fields.String(required=True)
     store = fields.String(required=True)
     projections_lag = fields.Integer(required=True)
+
+
+# -- verification (documented here; the hot path validates by hand) -----------------------------
+
+class VerifyRequestSchema(StrictSchema):
+    key = fields.String(required=True, metadata={"description": "The API key or legacy access token to check."})
+    scope = fields.String(metadata={"description": "The scope the request needs, e.g. Predict."})
+    app_id = fields.String(metadata={"description": "The app the request is for; another app's key is APP_MISMATCH."})
+
+
+class VerifyResultSchema(Schema):
+    valid = fields.Boolean(required=True)
+    code = fields.String(required=True, metadata={"enum": [
+        "VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE", "APP_MISMATCH",
+        "LEGACY_TOKEN_SUNSET"]})
+    kind = fields.String(allow_none=True, metadata={"enum": ["api_key", "access_token", "personal_token"]})
+    key_id = fields.String(allow_none=True)
+    app_id = fields.String(allow_none=True)
+    scopes = fields.List(fields.String(), allow_none=True)
+    expires_at = Rfc3339(allow_none=True)

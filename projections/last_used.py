@@ -1,0 +1,87 @@
+"""When each key was last used, without an event per verification.
+
+Verifications note the time in memory (one dictionary store); ``flush()`` writes the
+batch to the view store every ``interval`` seconds, keeping the latest time per key, so
+``last_used_at`` is accurate to within that interval. Not derived from events, so a
+rebuild of the views leaves it alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from projections.store import ViewStore
+
+log = logging.getLogger("keyledger.last_used")
+
+DDL = """CREATE TABLE IF NOT EXISTS key_last_used (
+    key_id TEXT PRIMARY KEY, last_used_at REAL NOT NULL) WITHOUT ROWID"""
+
+
+class LastUsed:
+    def __init__(self, store: ViewStore) -> None:
+        self.store = store
+        self.pending: dict[str, float] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        with store.write() as db:
+            db.execute(DDL)
+
+    def touch(self, key_id: str, at: float) -> None:
+        """Hot path: remember the use; no I/O."""
+        self.pending[key_id] = at
+
+    def flush(self) -> int:
+        pending, self.pending = self.pending, {}
+        if not pending:
+            return 0
+        with self.store.write() as db:
+            db.executemany(
+                "INSERT INTO key_last_used (key_id, last_used_at) VALUES (?, ?) "
+                "ON CONFLICT (key_id) DO UPDATE SET last_used_at = MAX(last_used_at, excluded.last_used_at)",
+                pending.items())
+        return len(pending)
+
+    def of(self, key_ids: Iterable[str]) -> dict[str, datetime]:
+        """The last use of each key (that has one), including uses not flushed yet."""
+        ids = list(key_ids)
+        found: dict[str, float] = {}
+        if ids:
+            with self.store.read() as db:
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start:start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    found.update(db.execute(
+                        f"SELECT key_id, last_used_at FROM key_last_used WHERE key_id IN ({marks})",
+                        chunk).fetchall())
+        for key_id in ids:
+            pending = self.pending.get(key_id)
+            if pending is not None and pending > found.get(key_id, 0):
+                found[key_id] = pending
+        return {k: datetime.fromtimestamp(v, UTC) for k, v in found.items()}
+
+    def run_every(self, interval: float) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, args=(interval,),
+                                            name="keyledger-last-used", daemon=True)
+            self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            try:
+                self.flush()
+            except Exception:
+                log.exception("writing last-used times failed; retrying next round")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        try:
+            self.flush()
+        except Exception:
+            log.exception("writing last-used times at shutdown failed")

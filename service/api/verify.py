@@ -1,0 +1,142 @@
+"""Verification for gateways: ``POST /v2/verify`` and the forward-auth ``GET /v2/auth/check``.
+
+This is the hot path, so both views validate by hand and write JSON directly (the
+schemas in ``schemas.py`` document the same shapes in /openapi.json). No store access,
+no per-request logging beyond the access log.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from flask import Response, request
+from flask.views import MethodView
+from flask_smorest import Api, Blueprint
+
+from projections.timefmt import rfc3339_from_epoch
+from projections.verification import APP_MISMATCH, INSUFFICIENT_SCOPE, NOT_FOUND, VALID
+from service.api import context
+from service.api.errors import error_response
+from service.api.schemas import ErrorSchema, VerifyRequestSchema, VerifyResultSchema
+
+blp = Blueprint("verification", __name__, description="Verification for gateways (no credential of its own)")
+
+_FIELDS = frozenset(("key", "scope", "app_id"))
+_MAX = {"key": 1024, "scope": 100, "app_id": 100}
+_MESSAGES_401 = {
+    "MALFORMED": "The credential is malformed (wrong length or checksum).",
+    "NOT_FOUND": "Unknown credential.",
+    "REVOKED": "This credential has been revoked.",
+    "EXPIRED": "This credential has expired.",
+}
+
+
+def register_schemas(api: Api) -> None:
+    api.spec.components.schema("VerifyRequest", schema=VerifyRequestSchema)
+    api.spec.components.schema("VerifyResult", schema=VerifyResultSchema)
+
+
+@lru_cache(maxsize=4096)
+def _scope_forms(scopes: frozenset) -> tuple[list[str], str]:
+    ordered = sorted(scopes)
+    return ordered, " ".join(ordered)
+
+
+def _invalid(problems: dict) -> Response:
+    names = ", ".join(sorted(problems))
+    return error_response("INVALID_REQUEST", f"Invalid request: check {names}.", problems, 400)
+
+
+def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status, headers,
+                    mimetype="application/json")
+
+
+@blp.route("/v2/verify")
+class Verify(MethodView):
+    @blp.doc(
+        requestBody={"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/VerifyRequest"}}}},
+        responses={
+            "200": {"description": "The verdict (also for refused credentials)",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VerifyResult"}}}},
+            "400": {"description": "Not a well-formed request",
+                    "content": {"application/json": {"schema": ErrorSchema}}},
+        },
+    )
+    def post(self):
+        """May this credential perform this scope (on this app), now? Always 200 for a well-formed request."""
+        if request.mimetype != "application/json":
+            return _invalid({"body": ["Send a JSON object with 'Content-Type: application/json'."]})
+        try:
+            body = json.loads(request.get_data())
+        except (ValueError, UnicodeDecodeError):
+            return _invalid({"body": ["Not valid JSON."]})
+        if not isinstance(body, dict):
+            return _invalid({"body": ["Must be a JSON object."]})
+        problems = {}
+        for name in body.keys() - _FIELDS:
+            problems[name] = ["Unknown field."]
+        key = body.get("key")
+        if not isinstance(key, str) or not key:
+            problems["key"] = ["Required: the credential to check, as a string."]
+        for name in ("key", "scope", "app_id"):
+            value = body.get(name)
+            if value is not None and (not isinstance(value, str) or len(value) > _MAX[name]):
+                problems[name] = [f"A string of at most {_MAX[name]} characters."]
+        if problems:
+            return _invalid(problems)
+        code, kind, entry = context.system().verifier.verify(key, body.get("scope"), body.get("app_id"))
+        if entry is None:
+            return _json({"valid": False, "code": code, "kind": kind, "key_id": None, "app_id": None,
+                          "scopes": None, "expires_at": None})
+        is_key = kind == "api_key"
+        return _json({
+            "valid": code == VALID, "code": code, "kind": kind,
+            "key_id": entry.key_id if is_key else None, "app_id": entry.app_id,
+            "scopes": _scope_forms(entry.scopes)[0] if is_key else [],
+            "expires_at": rfc3339_from_epoch(entry.expires_at),
+        })
+
+
+@blp.route("/v2/auth/check")
+class AuthCheck(MethodView):
+    @blp.doc(
+        parameters=[
+            {"in": "query", "name": "scope", "schema": {"type": "string"},
+             "description": "The scope the request needs (or the X-Required-Scope header)."},
+            {"in": "query", "name": "app_id", "schema": {"type": "string"},
+             "description": "The app the request is for (or the X-Required-App-Id header)."},
+        ],
+        responses={
+            "200": {"description": "Allowed. Headers X-Keyledger-App-Id, X-Keyledger-Key-Id, X-Keyledger-Scopes."},
+            "401": {"description": "No, malformed, unknown, revoked or expired credential",
+                    "content": {"application/json": {"schema": ErrorSchema}}},
+            "403": {"description": "Valid credential without the scope (or for another app)",
+                    "content": {"application/json": {"schema": ErrorSchema}}},
+        },
+    )
+    def get(self):
+        """Forward-auth for nginx auth_request, Traefik forwardAuth and the like: checks the caller's own Authorization header."""
+        authorization = request.headers.get("Authorization", "")
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        if scheme not in ("Key", "Bearer", "key", "bearer") or not credential:
+            return error_response("UNAUTHENTICATED", "Send 'Authorization: Key <api key>'.", None, 401,
+                                  {"WWW-Authenticate": 'Key realm="keyledger"'})
+        args = request.args
+        scope = args.get("scope") or request.headers.get("X-Required-Scope")
+        app_id = args.get("app_id") or request.headers.get("X-Required-App-Id")
+        code, kind, entry = context.system().verifier.verify(credential, scope, app_id)
+        if code == VALID:
+            _, scope_text = _scope_forms(entry.scopes)
+            return Response(b"", 200, {"X-Keyledger-App-Id": entry.app_id or "",
+                                       "X-Keyledger-Key-Id": entry.key_id,
+                                       "X-Keyledger-Scopes": scope_text})
+        if code in (INSUFFICIENT_SCOPE, APP_MISMATCH):
+            message = ("This credential may not perform this scope." if code == INSUFFICIENT_SCOPE
+                       else "This key belongs to another app.")
+            return error_response("FORBIDDEN", message, {"reason": code, "scope": scope}, 403)
+        return error_response("UNAUTHENTICATED" if code == NOT_FOUND else code, _MESSAGES_401[code],
+                              None, 401, {"WWW-Authenticate": 'Key realm="keyledger"'})

@@ -1,0 +1,55 @@
+"""Verifying a credential for a gateway: may it do this scope (on this app), now?
+
+The hot path: a local format check (prefix, length, CRC32), one HMAC, one dictionary
+look-up in the in-memory index, a few comparisons, and a note of the use in memory.
+No I/O, no logging, no store access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from projections.last_used import LastUsed
+from projections.verification import (
+    API_KEY,
+    INSUFFICIENT_SCOPE,
+    NOT_FOUND,
+    PERSONAL_TOKEN,
+    VALID,
+    Credential,
+    VerificationIndex,
+)
+from service import credentials
+
+MALFORMED = "MALFORMED"
+
+
+class Verifier:
+    __slots__ = ("_digest", "_check", "_clock", "_touch")
+
+    def __init__(self, digester: credentials.Digester, index: VerificationIndex,
+                 clock: Callable[[], datetime], last_used: LastUsed) -> None:
+        self._digest = digester.digest
+        self._check = index.check
+        self._clock = clock
+        self._touch = last_used.touch
+
+    def verify(self, credential: str, scope: str | None = None, app_id: str | None = None
+               ) -> tuple[str, str | None, Credential | None]:
+        """(code, kind, entry): the verdict, the credential's kind if known, its entry if found."""
+        kind = credentials.classify(credential)
+        if kind == credentials.MALFORMED:
+            return MALFORMED, None, None
+        now = self._clock().timestamp()
+        code, entry = self._check(self._digest(credential), scope, app_id, now)
+        if entry is None:
+            # A string without a known prefix is treated as a legacy access token.
+            return NOT_FOUND, kind, None
+        if code == VALID:
+            if entry.kind == API_KEY:
+                self._touch(entry.key_id, now)
+            elif entry.kind == PERSONAL_TOKEN:
+                # Personal tokens manage keys; they carry no API scopes.
+                return INSUFFICIENT_SCOPE, entry.kind, entry
+        return code, entry.kind, entry
