@@ -56,10 +56,12 @@ class AuditTrail(Projection):
             seq INTEGER PRIMARY KEY, id TEXT NOT NULL, type TEXT NOT NULL, occurred_at TEXT NOT NULL,
             actor_kind TEXT NOT NULL, actor_id TEXT NOT NULL, app_id TEXT, key_id TEXT,
             data TEXT NOT NULL, request TEXT NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL)""",
+        "CREATE TABLE IF NOT EXISTS audit_key_apps (key_id TEXT PRIMARY KEY, app_id TEXT NOT NULL)",
+    )
+    indexes = (
         "CREATE INDEX IF NOT EXISTS audit_by_key ON audit_events (key_id, seq)",
         "CREATE INDEX IF NOT EXISTS audit_by_app ON audit_events (app_id, seq)",
         "CREATE INDEX IF NOT EXISTS audit_by_time ON audit_events (occurred_at, seq)",
-        "CREATE TABLE IF NOT EXISTS audit_key_apps (key_id TEXT PRIMARY KEY, app_id TEXT NOT NULL)",
     )
 
     def process(self, db: sqlite3.Connection, position: int, event: Any) -> None:

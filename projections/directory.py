@@ -25,11 +25,13 @@ class DirectoryView(Projection):
         """CREATE TABLE IF NOT EXISTS directory_apps (
             id TEXT PRIMARY KEY, name TEXT NOT NULL, owner_id TEXT NOT NULL, origin TEXT NOT NULL,
             created_at TEXT NOT NULL)""",
-        "CREATE INDEX IF NOT EXISTS directory_apps_by_owner ON directory_apps (owner_id, created_at)",
         """CREATE TABLE IF NOT EXISTS directory_keys (
             id TEXT PRIMARY KEY, app_id TEXT NOT NULL, description TEXT NOT NULL, scopes TEXT NOT NULL,
             created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, display TEXT NOT NULL,
             origin TEXT NOT NULL, version INTEGER NOT NULL)""",
+    )
+    indexes = (
+        "CREATE INDEX IF NOT EXISTS directory_apps_by_owner ON directory_apps (owner_id, created_at)",
         "CREATE INDEX IF NOT EXISTS directory_keys_by_app ON directory_keys (app_id, created_at)",
     )
 

@@ -45,12 +45,14 @@ class MemoryIndex(Protocol):
 
 class Follower:
     def __init__(self, source: EventSource, store: ViewStore, projections: Sequence[Projection],
-                 indexes: Sequence[MemoryIndex] = (), *, batch_size: int = 5000) -> None:
+                 indexes: Sequence[MemoryIndex] = (), *, batch_size: int = 1000,
+                 bulk_size: int = 50_000) -> None:
         self.source = source
         self.store = store
         self.projections = list(projections)
         self.indexes = list(indexes)
         self.batch_size = batch_size
+        self.bulk_size = bulk_size
         self.position = 0  # the last event this process's indexes reflect
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -113,8 +115,9 @@ class Follower:
     def lag(self) -> int:
         return max(0, self.source.last_position() - self.position)
 
-    def rebuild(self, names: Sequence[str] | None = None) -> int:
-        """Drop the named views (all by default) and replay the whole log into them."""
+    def rebuild(self, names: Sequence[str] | None = None, *, reload: bool = True) -> int:
+        """Drop the named views (all by default) and replay the whole log into them; then
+        reload the in-memory indexes from the rebuilt views (unless ``reload`` is false)."""
         chosen = [p for p in self.projections if names is None or p.name in names]
         unknown = set(names or ()) - {p.name for p in self.projections}
         if unknown:
@@ -123,26 +126,48 @@ class Follower:
             with self.store.write() as db:
                 for projection in chosen:
                     projection.drop(db)
-                    projection.create(db)
+                    projection.create(db, with_indexes=False)  # bulk rows first, indexes after
                     self.store.set_position(db, projection.name, 0)
             count = self._apply_to_views(float("inf"), only=chosen)
-            for index in self.indexes:
-                index.load(self.store)
+            with self.store.write() as db:
+                for projection in chosen:
+                    projection.create_indexes(db)
+            if reload:
+                for index in self.indexes:
+                    index.load(self.store)
             return count
 
     def _apply_to_views(self, until: float, only: Sequence[Projection] | None = None) -> int:
+        """Bring views up to date in large transactions (start-up and rebuild): events are
+        read and decoded ``batch_size`` at a time, written ``bulk_size`` per commit."""
         projections = list(only) if only is not None else self.projections
         count = 0
         while True:
             start = self._views_floor(projections)
             if start >= until:
                 return count
-            batch = self.source.read_events(start, self.batch_size)
-            if not batch:
-                return count
-            self._write(batch, projections)
-            count += len(batch)
-            if len(batch) < self.batch_size:
+            written = 0
+            with self.store.write() as db:
+                positions = {p.name: self.store.position(db, p.name) for p in projections}
+                after = start
+                while written < self.bulk_size:
+                    batch = self.source.read_events(after, self.batch_size)
+                    if not batch:
+                        break
+                    for projection in projections:
+                        done = positions[projection.name]
+                        todo = batch if batch[0][0] > done else [i for i in batch if i[0] > done]
+                        if todo:
+                            projection.process_batch(db, todo)
+                            positions[projection.name] = todo[-1][0]
+                    after = batch[-1][0]
+                    written += len(batch)
+                    if len(batch) < self.batch_size:
+                        break
+                for name, position in positions.items():
+                    self.store.set_position(db, name, position)
+            count += written
+            if written < self.bulk_size:
                 return count
 
     def _views_floor(self, projections: Sequence[Projection] | None = None) -> int:
@@ -157,9 +182,8 @@ class Follower:
                 done = self.store.position(db, projection.name)
                 if done >= last:
                     continue
-                for position, event in batch:
-                    if position > done:
-                        projection.process(db, position, event)
+                todo = batch if batch[0][0] > done else [item for item in batch if item[0] > done]
+                projection.process_batch(db, todo)
                 self.store.set_position(db, projection.name, last)
 
 

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from uuid import UUID
 
 from projections.store import ViewStore
 
@@ -24,14 +25,14 @@ DDL = """CREATE TABLE IF NOT EXISTS key_last_used (
 class LastUsed:
     def __init__(self, store: ViewStore) -> None:
         self.store = store
-        self.pending: dict[str, float] = {}
+        self.pending: dict[bytes, float] = {}  # key UUID bytes → time of last use
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         with store.write() as db:
             db.execute(DDL)
 
-    def touch(self, key_id: str, at: float) -> None:
-        """Hot path: remember the use; no I/O."""
+    def touch(self, key_id: bytes, at: float) -> None:
+        """Hot path: remember the use (the key's UUID as 16 bytes); no I/O."""
         self.pending[key_id] = at
 
     def flush(self) -> int:
@@ -42,7 +43,7 @@ class LastUsed:
             db.executemany(
                 "INSERT INTO key_last_used (key_id, last_used_at) VALUES (?, ?) "
                 "ON CONFLICT (key_id) DO UPDATE SET last_used_at = MAX(last_used_at, excluded.last_used_at)",
-                pending.items())
+                [(str(UUID(bytes=k)), t) for k, t in pending.items()])
         return len(pending)
 
     def of(self, key_ids: Iterable[str]) -> dict[str, datetime]:
@@ -58,7 +59,7 @@ class LastUsed:
                         f"SELECT key_id, last_used_at FROM key_last_used WHERE key_id IN ({marks})",
                         chunk).fetchall())
         for key_id in ids:
-            pending = self.pending.get(key_id)
+            pending = self.pending.get(UUID(key_id).bytes)
             if pending is not None and pending > found.get(key_id, 0):
                 found[key_id] = pending
         return {k: datetime.fromtimestamp(v, UTC) for k, v in found.items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 
@@ -24,6 +24,7 @@ class Projection:
 
     name: ClassVar[str]
     ddl: ClassVar[tuple[str, ...]] = ()
+    indexes: ClassVar[tuple[str, ...]] = ()  # built after the rows when rebuilding
     tables: ClassVar[tuple[str, ...]] = ()
     _handlers: ClassVar[dict[type, str]]
 
@@ -35,8 +36,14 @@ class Projection:
                 for event_class in getattr(value, "_handles", ()):
                     cls._handlers[event_class] = attr
 
-    def create(self, db: sqlite3.Connection) -> None:
+    def create(self, db: sqlite3.Connection, *, with_indexes: bool = True) -> None:
         for statement in self.ddl:
+            db.execute(statement)
+        if with_indexes:
+            self.create_indexes(db)
+
+    def create_indexes(self, db: sqlite3.Connection) -> None:
+        for statement in self.indexes:
             db.execute(statement)
 
     def drop(self, db: sqlite3.Connection) -> None:
@@ -47,3 +54,8 @@ class Projection:
         handler = self._handlers.get(type(event))
         if handler is not None:
             getattr(self, handler)(db, position, event)
+
+    def process_batch(self, db: sqlite3.Connection, batch: Sequence[tuple[int, Any]]) -> None:
+        """Apply events in order; a projection may override this to write rows in bulk."""
+        for position, event in batch:
+            self.process(db, position, event)

@@ -35,6 +35,7 @@ class ViewStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
+            db.execute("PRAGMA cache_size=-65536")  # 64 MiB: bulk view writes stay in memory
             db.row_factory = sqlite3.Row
             self._local.db = db
             with self._all_lock:

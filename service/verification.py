@@ -48,7 +48,7 @@ class Verifier:
             return NOT_FOUND, kind, None
         if code == VALID:
             if entry.kind == API_KEY:
-                self._touch(entry.key_id, now)
+                self._touch(entry.id, now)
             elif entry.kind == PERSONAL_TOKEN:
                 # Personal tokens manage keys; they carry no API scopes.
                 return INSUFFICIENT_SCOPE, entry.kind, entry

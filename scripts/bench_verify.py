@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Benchmark the verification path; every figure is printed next to a baseline from the same run.
+
+    .venv/bin/python scripts/bench_verify.py [--keys 1000000] [--seconds 10] [--workers 2]
+
+1. seeds N keys into a fresh SQLite store (events written in batches of 1,000 per save);
+2. rebuilds the verification view from the log: events/s next to a raw SELECT of the same rows;
+3. starts a process on that store: start-up time, resident memory per loaded key (against the
+   same process on an empty store);
+4. in-process verifications: median cost per call next to the bare HMAC + dict look-up;
+5. over HTTP (gunicorn sync workers, wrk on the same machine): GET /v2/auth/check and
+   POST /v2/verify against an empty Flask route served by the same server and workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import uuid4
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service import credentials  # noqa: E402
+from service.composition import build_system  # noqa: E402
+from service.domain.actors import NO_REQUEST, Actor  # noqa: E402
+from service.domain.keys import ApiKey  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+PEPPER = "bench-pepper-0123456789abcdef0123456789abcdef"
+SCOPE_SETS = (["All"], ["Predict", "Search"], ["Models:Add", "Models:Patch"], ["Predict"])
+
+
+def settings_for(data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir, pepper=PEPPER)
+
+
+def seed(data_dir: Path, count: int) -> list[str]:
+    """N keys in the store; returns the secrets of a handful made through the normal use case."""
+    system = build_system(settings_for(data_dir), follow=False)
+    app = system.keys_app
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    batch = []
+    for i in range(count):
+        body = os.urandom(24).hex()[:32]  # fast filler secrets: only their digests are stored
+        secret = credentials.API_KEY_PREFIX + body
+        batch.append(ApiKey._create(
+            ApiKey.Issued, id=uuid4(), app_id=f"app-{i % 5000}", description="bench",
+            scopes=SCOPE_SETS[i % len(SCOPE_SETS)], expires_at=None,
+            digest=app.digester.hexdigest(secret), display=credentials.display_hint(secret),
+            origin="migration", by="system:bench", request={}, timestamp=now))
+        if len(batch) == 1000:
+            app.save(*batch)
+            batch = []
+    if batch:
+        app.save(*batch)
+    elapsed = time.perf_counter() - started
+    # A few real keys through the use cases, to verify with.
+    system.follower.catch_up()
+    admin = Actor.system("bench")
+    owner, _ = app.register_account(email="bench-owner@example.com", name="Bench", role="owner",
+                                    by=admin, request=NO_REQUEST)
+    _, _, all_key = app.create_app(name="Bench", slug="bench", owner_id=owner["id"], by=admin,
+                                   request=NO_REQUEST)
+    _, read_only = app.issue_key("bench", description="ro", scopes=["Predict", "Search"], by=admin,
+                                 request=NO_REQUEST)
+    system.follower.catch_up()
+    system.close()
+    print(f"seeded {count:,} keys in {elapsed:.1f} s ({count / elapsed:,.0f} keys/s, 1,000 per save)")
+    return [all_key, read_only]
+
+
+def bench_rebuild(data_dir: Path) -> None:
+    system = build_system(settings_for(data_dir), follow=False)
+    events = system.keys_app.last_position()
+    started = time.perf_counter()
+    system.follower.rebuild(["verification"])
+    rebuild = time.perf_counter() - started
+    system.close()
+    db = sqlite3.connect(data_dir / "events.sqlite")
+    started = time.perf_counter()
+    rows = 0
+    for _ in db.execute("SELECT rowid, * FROM stored_events ORDER BY rowid"):
+        rows += 1
+    raw = time.perf_counter() - started
+    db.close()
+    print(f"rebuild of the verification view: {events / rebuild:,.0f} events/s "
+          f"({events:,} events in {rebuild:.2f} s, index reload included); "
+          f"raw SELECT of the same rows: {rows / raw:,.0f} rows/s; ratio {raw / rebuild:.2f}")
+
+
+PROBE = r"""
+import gc, json, resource, statistics, sys, time, timeit
+started = time.perf_counter()
+sys.path.insert(0, {root!r})
+from service.composition import build_system
+from service.settings import Settings
+system = build_system(Settings(data_dir=__import__("pathlib").Path({data_dir!r}), pepper={pepper!r}), follow=False)
+ready = time.perf_counter() - started
+rss_kb = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+out = {{"startup_s": ready, "rss_kb": rss_kb, "keys": len(system.index)}}
+secrets = {secrets!r}
+if secrets:
+    verify = system.verifier.verify
+    digest = system.authenticator.digester.digest
+    table = system.index.by_digest
+    key = secrets[1]
+    assert verify(key, "Predict")[0] == "VALID", verify(key, "Predict")
+    assert verify(key, "Models:Add")[0] == "INSUFFICIENT_SCOPE"
+    def per_call(fn, number=2000, repeat=200):
+        return statistics.median(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
+    out["verify_us"] = per_call(lambda: verify(key, "Predict"))
+    out["baseline_us"] = per_call(lambda: table.get(digest(key)))
+print(json.dumps(out))
+"""
+
+
+def probe(data_dir: Path, secrets: list[str]) -> dict:
+    code = PROBE.format(root=str(ROOT), data_dir=str(data_dir), pepper=PEPPER, secrets=secrets)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wrk(url: str, seconds: int, headers: dict, script: str | None = None) -> float:
+    command = ["wrk", "-t1", "-c4", f"-d{seconds}s", "--latency"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    if script:
+        command += ["-s", script]
+    output = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if errors and "empty" in url:
+        raise SystemExit(f"the baseline route answered errors: {output}")
+    return float(match.group(1))
+
+
+def bench_http(data_dir: Path, secrets: list[str], seconds: int, workers: int) -> None:
+    if shutil.which("wrk") is None:
+        print("HTTP: skipped, wrk is not installed (apt-get install wrk)")
+        return
+    port = free_port()
+    env = {**os.environ, "KEYLEDGER_DATA_DIR": str(data_dir), "KEYLEDGER_PEPPER": PEPPER,
+           "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}"}
+    log = open(data_dir / "bench-server.log", "w")
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    server = subprocess.Popen([str(gunicorn), "-w", str(workers), "-k", "sync", "-b", f"127.0.0.1:{port}",
+                               "--timeout", "120", "bench_app:create_bench_app()"],
+                              env=env, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(base + "/readyz", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise SystemExit(f"server did not start; see {data_dir / 'bench-server.log'}") from None
+                time.sleep(0.5)
+        time.sleep(1)  # let every worker finish loading
+        body = json.dumps({"key": secrets[1], "scope": "Predict"})
+        lua = Path(tempfile.mkstemp(suffix=".lua")[1])
+        lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                       f"wrk.body = '{body}'\n")
+        try:
+            wrk(base + "/bench/empty", 2, {})  # warm-up
+            results = {}
+            for _ in range(2):  # interleave rounds: a noisy neighbour hits every route alike
+                results.setdefault("empty", []).append(wrk(base + "/bench/empty", seconds, {}))
+                results.setdefault("check", []).append(wrk(
+                    base + "/v2/auth/check?scope=Predict", seconds, {"Authorization": f"Key {secrets[1]}"}))
+                results.setdefault("verify", []).append(wrk(base + "/v2/verify", seconds, {}, str(lua)))
+        finally:
+            lua.unlink()
+        empty = statistics.mean(results["empty"])
+        check = statistics.mean(results["check"])
+        verify = statistics.mean(results["verify"])
+        print(f"HTTP (gunicorn, {workers} sync workers, wrk -t1 -c4, {seconds} s x 2 rounds):")
+        print(f"  empty Flask route       {empty:8,.0f} req/s  (baseline)")
+        print(f"  GET /v2/auth/check      {check:8,.0f} req/s  {check / empty:6.1%} of baseline (target >= 85 %)")
+        print(f"  POST /v2/verify         {verify:8,.0f} req/s  {verify / empty:6.1%} of baseline (target >= 70 %)")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip-http", action="store_true")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="keyledger-bench-"))
+    try:
+        empty_dir, full_dir = workdir / "empty", workdir / "full"
+        build_system(settings_for(empty_dir), follow=False).close()
+        secrets = seed(full_dir, args.keys)
+        bench_rebuild(full_dir)
+        empty = probe(empty_dir, [])
+        full = probe(full_dir, secrets)
+        per_key = (full["rss_kb"] - empty["rss_kb"]) * 1024 / full["keys"]
+        print(f"start-up with {full['keys']:,} keys: {full['startup_s']:.2f} s "
+              f"(empty store: {empty['startup_s']:.2f} s; target <= 10 s)")
+        print(f"resident memory per loaded key: {per_key:.0f} bytes "
+              f"(RSS {full['rss_kb'] / 1024:,.0f} MiB vs {empty['rss_kb'] / 1024:,.0f} MiB empty; target <= 300)")
+        print(f"in-process verification: median {full['verify_us']:.2f} us per call "
+              f"({1e6 / full['verify_us']:,.0f}/s); bare HMAC + dict look-up {full['baseline_us']:.2f} us; "
+              f"ratio {full['verify_us'] / full['baseline_us']:.2f} (target <= 5 us)")
+        if not args.skip_http:
+            bench_http(full_dir, secrets, args.seconds, args.workers)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
