@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from projections.beacon import ChangeBeacon
 from projections.projection import Projection
 from projections.store import ViewStore
 
@@ -46,13 +47,14 @@ class MemoryIndex(Protocol):
 class Follower:
     def __init__(self, source: EventSource, store: ViewStore, projections: Sequence[Projection],
                  indexes: Sequence[MemoryIndex] = (), *, batch_size: int = 1000,
-                 bulk_size: int = 50_000) -> None:
+                 bulk_size: int = 50_000, beacon: ChangeBeacon | None = None) -> None:
         self.source = source
         self.store = store
         self.projections = list(projections)
         self.indexes = list(indexes)
         self.batch_size = batch_size
         self.bulk_size = bulk_size
+        self.beacon = beacon
         self.position = 0  # the last event this process's indexes reflect
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -95,13 +97,21 @@ class Follower:
 
     # -- work ----------------------------------------------------------------------
 
+    def sync(self) -> None:
+        """Catch up if another process on this machine has published newer events (cheap)."""
+        if self.beacon is not None and self.beacon.value() > self.position:
+            self.catch_up()
+
     def catch_up(self) -> int:
-        """Apply every new event to the views and indexes; return how many were read."""
+        """Apply every new event to the views and indexes; return how many were read.
+        Publishes the new position on the beacon for the other processes."""
         with self._lock:
             total = 0
             while True:
                 batch = self.source.read_events(self.position, self.batch_size)
                 if not batch:
+                    if total and self.beacon is not None:
+                        self.beacon.publish(self.position)
                     return total
                 self._write(batch)
                 events = [event for _, event in batch]
@@ -110,6 +120,8 @@ class Follower:
                 self.position = batch[-1][0]
                 total += len(batch)
                 if len(batch) < self.batch_size:
+                    if self.beacon is not None:
+                        self.beacon.publish(self.position)
                     return total
 
     def lag(self) -> int:

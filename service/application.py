@@ -40,6 +40,7 @@ Clock = Callable[[], datetime]
 DESCRIPTION_MAX = 200
 NAME_MAX = 100
 MAX_GRACE_SECONDS = 604_800
+MAX_KEY_LIFETIME = timedelta(days=36_525)  # 100 years
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _COMMAND_ATTEMPTS = 5
@@ -53,6 +54,20 @@ def _slugify(name: str) -> str:
     base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-") or "app"
     suffix = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(6))
     return f"{base}-{suffix}"
+
+
+def _text_problem(value: str, maximum: int, *, required: bool = True) -> str | None:
+    """Why ``value`` is not acceptable text (None if it is): length, control characters,
+    or lone surrogates (which cannot be stored as UTF-8)."""
+    if required and not value.strip():
+        return f"Give 1 to {maximum} characters."
+    if len(value) > maximum:
+        return f"At most {maximum} characters."
+    for char in value:
+        code = ord(char)
+        if code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+            return "Contains a control character or an invalid (surrogate) code point."
+    return None
 
 
 def _parse_uuid(text: str, what: str) -> UUID:
@@ -90,10 +105,10 @@ class Keyledger(Application):
             raise Forbidden("Only an admin can create accounts.")
         email = email.strip()
         errors = {}
-        if not _EMAIL.match(email) or len(email) > 254:
+        if not _EMAIL.fullmatch(email) or _text_problem(email, 254):
             errors["email"] = ["Not a valid e-mail address."]
-        if not name.strip() or len(name) > NAME_MAX:
-            errors["name"] = [f"Give a name of 1 to {NAME_MAX} characters."]
+        if problem := _text_problem(name, NAME_MAX):
+            errors["name"] = [problem]
         if role not in ROLES:
             errors["role"] = [f"Must be one of: {', '.join(ROLES)}."]
         if errors:
@@ -134,13 +149,17 @@ class Keyledger(Application):
             raise Forbidden("Only an admin can create an app for another owner; leave out owner_id.")
         owner_id = owner_id or by.id
         errors = {}
-        if not name.strip() or len(name) > NAME_MAX:
-            errors["name"] = [f"Give a name of 1 to {NAME_MAX} characters."]
-        if slug is not None and not _SLUG.match(slug):
+        if problem := _text_problem(name, NAME_MAX):
+            errors["name"] = [problem]
+        if slug is not None and not _SLUG.fullmatch(slug):
             errors["id"] = ["Use 1 to 63 lower-case letters, digits and inner hyphens."]
+        try:
+            owner_uuid = UUID(owner_id)
+        except (ValueError, TypeError, AttributeError):
+            errors["owner_id"] = ["Not an account id."]
         if errors:
             raise InvalidRequest("The app could not be created; see details.", **errors)
-        owner = self._find(Account, _parse_uuid(owner_id, "owner"))
+        owner = self._find(Account, owner_uuid)
         if owner is None or owner.role != "owner":
             if by.is_admin and owner_id != by.id:
                 raise InvalidRequest("owner_id must name an existing account with the owner role.",
@@ -281,11 +300,7 @@ class Keyledger(Application):
         scopes = self._checked_scopes(scopes)
         self._check_description(description)
         if expires_at is not None:
-            if expires_at.tzinfo is None:
-                expires_at = expires_at.replace(tzinfo=UTC)
-            if expires_at <= now:
-                raise InvalidExpiry("expires_at must be in the future.",
-                                    expires_at=["Must be later than now."])
+            expires_at = self._checked_expiry(expires_at, now)
         secret = credentials.generate(credentials.API_KEY_PREFIX)
         key = ApiKey._create(
             ApiKey.Issued, id=uuid4(), app_id=app_id, description=description, scopes=scopes,
@@ -294,6 +309,22 @@ class Keyledger(Application):
             request=request.as_dict(), timestamp=now,
         )
         return key, secret
+
+    @staticmethod
+    def _checked_expiry(expires_at: datetime, now: datetime) -> datetime:
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        try:
+            expires_at = expires_at.astimezone(UTC)
+            latest = now + MAX_KEY_LIFETIME
+        except OverflowError:
+            expires_at = latest = None
+        if expires_at is None or expires_at > latest:
+            raise InvalidExpiry("expires_at must be at most 100 years from now.",
+                                expires_at=["Too far in the future."])
+        if expires_at <= now:
+            raise InvalidExpiry("expires_at must be in the future.", expires_at=["Must be later than now."])
+        return expires_at
 
     @staticmethod
     def _checked_scopes(scopes: Iterable[Any]) -> list[str]:
@@ -312,9 +343,8 @@ class Keyledger(Application):
 
     @staticmethod
     def _check_description(description: str) -> None:
-        if len(description) > DESCRIPTION_MAX:
-            raise InvalidRequest(f"The description is at most {DESCRIPTION_MAX} characters.",
-                                 description=[f"Longer than {DESCRIPTION_MAX} characters."])
+        if problem := _text_problem(description, DESCRIPTION_MAX, required=False):
+            raise InvalidRequest(f"The description is not acceptable: {problem}", description=[problem])
 
     def _update_key(self, key_id: str, by: Actor, change: Callable[[ApiKey, datetime], None],
                     if_match: int | None) -> dict:
@@ -368,7 +398,7 @@ class Keyledger(Application):
     def _visible_app(self, slug: str, by: Actor) -> App:
         self._require_person(by)
         missing = NotFound(f"No app with id {slug!r}.")
-        if not isinstance(slug, str) or not _SLUG.match(slug):
+        if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
             raise missing
         app = self._find(App, App.create_id(slug))
         if app is None:

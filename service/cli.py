@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             self.cfg.set("accesslog", None)
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("control_socket_disable", True)
 
         def load(self):
             return create_app(settings)

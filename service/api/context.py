@@ -12,6 +12,7 @@ from service.domain.actors import Actor, RequestInfo
 from service.domain.errors import InvalidRequest
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_VERSION = re.compile(r"^[0-9]{1,18}$")
 
 
 def system() -> System:
@@ -45,7 +46,7 @@ def if_match() -> int | None:
     if value.startswith("W/"):
         value = value[2:]
     value = value.strip('"')
-    if not value.isdigit():
+    if not _VERSION.fullmatch(value):
         raise InvalidRequest("If-Match must be the key's version, e.g. If-Match: \"3\".",
                              **{"If-Match": ["Not a version number."]})
     return int(value)

@@ -26,7 +26,7 @@ _FIELDS = frozenset(("key", "scope", "app_id"))
 _MAX = {"key": 1024, "scope": 100, "app_id": 100}
 _MESSAGES_401 = {
     "MALFORMED": "The credential is malformed (wrong length or checksum).",
-    "NOT_FOUND": "Unknown credential.",
+    "UNAUTHENTICATED": "Unknown credential.",
     "REVOKED": "This credential has been revoked.",
     "EXPIRED": "This credential has expired.",
 }
@@ -73,6 +73,8 @@ class Verify(MethodView):
             body = json.loads(request.get_data())
         except (ValueError, UnicodeDecodeError):
             return _invalid({"body": ["Not valid JSON."]})
+        except RecursionError:
+            return _invalid({"body": ["Nested too deeply."]})
         if not isinstance(body, dict):
             return _invalid({"body": ["Must be a JSON object."]})
         problems = {}
@@ -124,7 +126,8 @@ class AuthCheck(MethodView):
         credential = credential.strip()
         if scheme not in ("Key", "Bearer", "key", "bearer") or not credential:
             return error_response("UNAUTHENTICATED", "Send 'Authorization: Key <api key>'.", None, 401,
-                                  {"WWW-Authenticate": 'Key realm="keyledger"'})
+                                  {"WWW-Authenticate": 'Key realm="keyledger"',
+                                   "X-Keyledger-Code": "UNAUTHENTICATED"})
         args = request.args
         scope = args.get("scope") or request.headers.get("X-Required-Scope")
         app_id = args.get("app_id") or request.headers.get("X-Required-App-Id")
@@ -137,6 +140,8 @@ class AuthCheck(MethodView):
         if code in (INSUFFICIENT_SCOPE, APP_MISMATCH):
             message = ("This credential may not perform this scope." if code == INSUFFICIENT_SCOPE
                        else "This key belongs to another app.")
-            return error_response("FORBIDDEN", message, {"reason": code, "scope": scope}, 403)
-        return error_response("UNAUTHENTICATED" if code == NOT_FOUND else code, _MESSAGES_401[code],
-                              None, 401, {"WWW-Authenticate": 'Key realm="keyledger"'})
+            return error_response("FORBIDDEN", message, {"reason": code, "scope": scope}, 403,
+                                  {"X-Keyledger-Code": code})
+        code = "UNAUTHENTICATED" if code == NOT_FOUND else code
+        return error_response(code, _MESSAGES_401[code], None, 401,
+                              {"WWW-Authenticate": 'Key realm="keyledger"', "X-Keyledger-Code": code})
