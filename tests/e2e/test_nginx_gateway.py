@@ -1,0 +1,129 @@
+"""nginx auth_request in front of a dummy API, asking a real Keyledger server (scripts/gateway/)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+from tests.e2e.conftest import REPO_ROOT, ServerProcess, free_port, http
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+class EchoHandler(BaseHTTPRequestHandler):
+    """The protected API: answers with the request headers it received."""
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        body = json.dumps({"path": self.path, "headers": dict(self.headers.items())}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def upstream():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, server: ServerProcess, upstream: str):
+    require("nginx", NGINX is not None, "install the Debian package nginx")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render", REPO_ROOT / "scripts/gateway/render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    port = free_port()
+    prefix = tmp_path / "nginx"
+    config = render.render(prefix, f"127.0.0.1:{port}", f"127.0.0.1:{server.port}", upstream)
+    check = subprocess.run([NGINX, "-t", "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    process = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            http("GET", url + "/v2/predict", timeout=1)
+            break
+        except OSError:
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "nginx did not start listening"
+            time.sleep(0.05)
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def keys(server: ServerProcess) -> dict:
+    admin = server.create_account("admin", "admin@example.com", "Admin")["token"]
+    owner = server.post("/v2/accounts", {"email": "o@example.com", "name": "O", "role": "owner"},
+                        token=admin).json["token"]
+    app = server.post("/v2/apps", {"id": "vision", "name": "Vision"}, token=owner).json
+    read_only = server.post("/v2/apps/vision/keys", {"description": "ro", "scopes": ["Predict", "Search"]},
+                            token=owner).json
+    revoked = server.post("/v2/apps/vision/keys", {"description": "gone", "scopes": ["All"]}, token=owner).json
+    assert server.delete(f"/v2/keys/{revoked['id']}", token=owner).status == 204
+    return {"all": app["default_key"], "read_only": read_only, "revoked": revoked}
+
+
+def call(gateway: str, method: str, path: str, key: str | None):
+    headers = {"Authorization": f"Key {key}"} if key else {}
+    return http(method, gateway + path, headers=headers, json_body={} if method != "GET" else None)
+
+
+def test_all_key_passes_and_the_upstream_learns_who_called(gateway, keys):
+    response = call(gateway, "POST", "/v2/models", keys["all"]["key"])
+    assert response.status == 200
+    seen = response.json["headers"]
+    assert seen["X-Keyledger-App-Id"] == "vision"
+    assert seen["X-Keyledger-Key-Id"] == keys["all"]["id"]
+    assert seen["X-Keyledger-Scopes"] == "All"
+    assert "Authorization" not in seen  # the upstream never sees the key
+
+
+def test_read_only_key_may_predict_but_not_add_models(gateway, keys):
+    predict = call(gateway, "GET", "/v2/predict", keys["read_only"]["key"])
+    assert predict.status == 200
+    assert predict.json["headers"]["X-Keyledger-Scopes"] == "Predict Search"
+    refused = call(gateway, "POST", "/v2/models", keys["read_only"]["key"])
+    assert refused.status == 403
+    assert refused.json["error"]["code"] == "FORBIDDEN"
+    assert refused.json["error"]["details"] == {"reason": "INSUFFICIENT_SCOPE", "scope": "Models:Add"}
+
+
+def test_revoked_key_is_refused_with_401(gateway, keys):
+    response = call(gateway, "GET", "/v2/predict", keys["revoked"]["key"])
+    assert response.status == 401
+    assert response.json["error"]["code"] == "REVOKED"
+
+
+def test_no_key_is_refused_with_401(gateway, keys):
+    response = call(gateway, "GET", "/v2/search", None)
+    assert response.status == 401
+    assert response.json["error"]["code"] == "UNAUTHENTICATED"
