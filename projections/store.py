@@ -8,6 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+CACHE_KIB = 64 * 1024  # page cache per connection while serving
+BULK_CACHE_KIB = 512 * 1024  # while rebuilding: a million-key view's B-trees fit
+
 TRACKING_DDL = """
 CREATE TABLE IF NOT EXISTS projection_tracking (
     projection TEXT PRIMARY KEY,
@@ -35,7 +38,7 @@ class ViewStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
-            db.execute("PRAGMA cache_size=-65536")  # 64 MiB: bulk view writes stay in memory
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.row_factory = sqlite3.Row
             self._local.db = db
             with self._all_lock:
@@ -63,6 +66,18 @@ class ViewStore:
             yield db
         finally:
             db.execute("COMMIT")
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """A big page cache on this thread's connection for a bulk pass (rebuild, start-up
+        catch-up), so random B-tree inserts stay in memory; given back afterwards."""
+        db = self._connection()
+        db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+        try:
+            yield
+        finally:
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            db.execute("PRAGMA shrink_memory")
 
     def position(self, db: sqlite3.Connection, projection: str) -> int:
         row = db.execute("SELECT position FROM projection_tracking WHERE projection = ?",

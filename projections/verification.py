@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
+from projections.follower import collector_paused
 from projections.projection import Projection, handles
 from projections.store import ViewStore
 from projections.timefmt import epoch
@@ -186,7 +187,7 @@ class VerificationIndex:
 
     def load(self, store: ViewStore) -> int:
         fresh: dict[bytes, Credential] = {}
-        with store.read() as db:
+        with collector_paused(), store.read() as db:
             position = store.position(db, self.view)
             cursor = db.cursor()
             cursor.row_factory = None  # plain tuples: no Row object per key

@@ -88,8 +88,11 @@ def bench_rebuild(data_dir: Path) -> None:
     system = build_system(settings_for(data_dir), follow=False)
     events = system.keys_app.last_position()
     started = time.perf_counter()
-    system.follower.rebuild(["verification"])
+    system.follower.rebuild(["verification"], reload=False)
     rebuild = time.perf_counter() - started
+    started = time.perf_counter()
+    system.index.load(system.views)
+    reload = time.perf_counter() - started
     system.close()
     db = sqlite3.connect(data_dir / "events.sqlite")
     started = time.perf_counter()
@@ -98,9 +101,10 @@ def bench_rebuild(data_dir: Path) -> None:
         rows += 1
     raw = time.perf_counter() - started
     db.close()
-    print(f"rebuild of the verification view: {events / rebuild:,.0f} events/s "
-          f"({events:,} events in {rebuild:.2f} s, index reload included); "
-          f"raw SELECT of the same rows: {rows / raw:,.0f} rows/s; ratio {raw / rebuild:.2f}")
+    print(f"rebuild of the verification view from the log: {events / rebuild:,.0f} events/s "
+          f"({events:,} events in {rebuild:.2f} s; target >= 50,000/s); "
+          f"raw SELECT of the same rows: {rows / raw:,.0f} rows/s (rebuild = {raw / rebuild:.1%} of it); "
+          f"loading the in-memory index from the rebuilt view: {reload:.2f} s")
 
 
 PROBE = r"""

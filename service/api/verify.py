@@ -102,46 +102,45 @@ class Verify(MethodView):
         })
 
 
-@blp.route("/v2/auth/check")
-class AuthCheck(MethodView):
-    @blp.doc(
-        parameters=[
-            {"in": "query", "name": "scope", "schema": {"type": "string"},
-             "description": "The scope the request needs (or the X-Required-Scope header)."},
-            {"in": "query", "name": "app_id", "schema": {"type": "string"},
-             "description": "The app the request is for (or the X-Required-App-Id header)."},
-        ],
-        responses={
-            "200": {"description": "Allowed. Headers X-Keyledger-App-Id, X-Keyledger-Key-Id, X-Keyledger-Scopes."},
-            "401": {"description": "No, malformed, unknown, revoked or expired credential",
-                    "content": {"application/json": {"schema": ErrorSchema}}},
-            "403": {"description": "Valid credential without the scope (or for another app)",
-                    "content": {"application/json": {"schema": ErrorSchema}}},
-        },
-    )
-    def get(self):
-        """Forward-auth for nginx auth_request, Traefik forwardAuth and the like: checks the caller's own Authorization header."""
-        authorization = request.headers.get("Authorization", "")
-        scheme, _, credential = authorization.partition(" ")
-        credential = credential.strip()
-        if scheme not in ("Key", "Bearer", "key", "bearer") or not credential:
-            return error_response("UNAUTHENTICATED", "Send 'Authorization: Key <api key>'.", None, 401,
-                                  {"WWW-Authenticate": 'Key realm="keyledger"',
-                                   "X-Keyledger-Code": "UNAUTHENTICATED"})
-        args = request.args
-        scope = args.get("scope") or request.headers.get("X-Required-Scope")
-        app_id = args.get("app_id") or request.headers.get("X-Required-App-Id")
-        code, kind, entry = context.system().verifier.verify(credential, scope, app_id)
-        if code == VALID:
-            _, scope_text = _scope_forms(entry.scopes)
-            return Response(b"", 200, {"X-Keyledger-App-Id": entry.app_id or "",
-                                       "X-Keyledger-Key-Id": entry.key_id,
-                                       "X-Keyledger-Scopes": scope_text})
-        if code in (INSUFFICIENT_SCOPE, APP_MISMATCH):
-            message = ("This credential may not perform this scope." if code == INSUFFICIENT_SCOPE
-                       else "This key belongs to another app.")
-            return error_response("FORBIDDEN", message, {"reason": code, "scope": scope}, 403,
-                                  {"X-Keyledger-Code": code})
-        code = "UNAUTHENTICATED" if code == NOT_FOUND else code
-        return error_response(code, _MESSAGES_401[code], None, 401,
-                              {"WWW-Authenticate": 'Key realm="keyledger"', "X-Keyledger-Code": code})
+@blp.route("/v2/auth/check", methods=["GET"])
+@blp.doc(
+    parameters=[
+        {"in": "query", "name": "scope", "schema": {"type": "string"},
+         "description": "The scope the request needs (or the X-Required-Scope header)."},
+        {"in": "query", "name": "app_id", "schema": {"type": "string"},
+         "description": "The app the request is for (or the X-Required-App-Id header)."},
+    ],
+    responses={
+        "200": {"description": "Allowed. Headers X-Keyledger-App-Id, X-Keyledger-Key-Id, X-Keyledger-Scopes."},
+        "401": {"description": "No, malformed, unknown, revoked or expired credential",
+                "content": {"application/json": {"schema": ErrorSchema}}},
+        "403": {"description": "Valid credential without the scope (or for another app)",
+                "content": {"application/json": {"schema": ErrorSchema}}},
+    },
+)
+def auth_check():
+    """Forward-auth for nginx auth_request, Traefik forwardAuth and the like: checks the caller's own Authorization header."""
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, credential = authorization.partition(" ")
+    credential = credential.strip()
+    if scheme not in ("Key", "Bearer", "key", "bearer") or not credential:
+        return error_response("UNAUTHENTICATED", "Send 'Authorization: Key <api key>'.", None, 401,
+                              {"WWW-Authenticate": 'Key realm="keyledger"',
+                               "X-Keyledger-Code": "UNAUTHENTICATED"})
+    args = request.args
+    scope = args.get("scope") or request.headers.get("X-Required-Scope")
+    app_id = args.get("app_id") or request.headers.get("X-Required-App-Id")
+    code, kind, entry = context.system().verifier.verify(credential, scope, app_id)
+    if code == VALID:
+        _, scope_text = _scope_forms(entry.scopes)
+        return Response(b"", 200, {"X-Keyledger-App-Id": entry.app_id or "",
+                                   "X-Keyledger-Key-Id": entry.key_id,
+                                   "X-Keyledger-Scopes": scope_text})
+    if code in (INSUFFICIENT_SCOPE, APP_MISMATCH):
+        message = ("This credential may not perform this scope." if code == INSUFFICIENT_SCOPE
+                   else "This key belongs to another app.")
+        return error_response("FORBIDDEN", message, {"reason": code, "scope": scope}, 403,
+                              {"X-Keyledger-Code": code})
+    code = "UNAUTHENTICATED" if code == NOT_FOUND else code
+    return error_response(code, _MESSAGES_401[code], None, 401,
+                          {"WWW-Authenticate": 'Key realm="keyledger"', "X-Keyledger-Code": code})

@@ -1,0 +1,64 @@
+"""The credential format: prefix, 32 base62 characters, 6 base62 characters of CRC32."""
+
+from __future__ import annotations
+
+import re
+import stat
+
+import pytest
+
+from service import credentials
+
+SCANNER = re.compile(r"\b(ak|pat)_[0-9A-Za-z]{38}\b")
+
+
+@pytest.mark.parametrize("prefix, kind", [("ak_", "api_key"), ("pat_", "personal_token")])
+def test_generated_credentials_have_the_documented_shape(prefix, kind):
+    secret = credentials.generate(prefix)
+    assert SCANNER.fullmatch(secret)
+    assert credentials.classify(secret) == kind
+
+
+def test_every_single_character_typo_is_malformed():
+    secret = credentials.generate("ak_")
+    for position in range(3, len(secret)):
+        for replacement in "0aZ":
+            if secret[position] == replacement:
+                continue
+            typo = secret[:position] + replacement + secret[position + 1:]
+            assert credentials.classify(typo) == credentials.MALFORMED, (position, replacement)
+
+
+@pytest.mark.parametrize("text", ["ak_", "ak_" + "a" * 37, "ak_" + "a" * 39, "pat_!!!!", "ak_" + "é" * 38])
+def test_wrong_length_or_alphabet_is_malformed(text):
+    assert credentials.classify(text) == credentials.MALFORMED
+
+
+def test_strings_without_a_known_prefix_are_legacy_tokens():
+    assert credentials.classify("2YotnFZFEjr1zCsicMWpAA") == credentials.ACCESS_TOKEN
+
+
+def test_display_hint_shows_prefix_and_last_four():
+    secret = credentials.generate("pat_")
+    assert credentials.display_hint(secret) == "pat_…" + secret[-4:]
+
+
+def test_digests_depend_on_the_pepper():
+    secret = credentials.generate("ak_")
+    one = credentials.Digester(b"a" * 32)
+    two = credentials.Digester(b"b" * 32)
+    assert one.digest(secret) == one.digest(secret)
+    assert one.digest(secret) != two.digest(secret)
+    assert len(one.digest(secret)) == 32 and one.hexdigest(secret) == one.digest(secret).hex()
+
+
+def test_pepper_file_is_made_once_with_mode_0600(tmp_path):
+    first = credentials.load_or_create_pepper(tmp_path, None)
+    again = credentials.load_or_create_pepper(tmp_path, None)
+    assert first == again and len(first) >= 32
+    assert stat.S_IMODE((tmp_path / "pepper").stat().st_mode) == 0o600
+
+
+def test_configured_pepper_wins_and_writes_no_file(tmp_path):
+    assert credentials.load_or_create_pepper(tmp_path, "from-the-environment-" * 2) == b"from-the-environment-" * 2
+    assert not (tmp_path / "pepper").exists()
