@@ -1,4 +1,5 @@
-# Sourced by scripts/serve and scripts/test: make .venv with Python 3.11+ and install the
+# Sourced by scripts/serve and scripts/test (BOOTSTRAP_EXTRAS=test for the test tools): make .venv
+# with Python 3.11+ and install the
 # project into it (again only when pyproject.toml changed).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +17,7 @@ if [ -z "$PYTHON" ]; then
   echo "Keyledger needs Python 3.11 or newer on the PATH (python3 --version)." >&2
   exit 1
 fi
-EXTRAS="${1:-}"
+EXTRAS="${BOOTSTRAP_EXTRAS:-}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
