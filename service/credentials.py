@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import zlib
 from pathlib import Path
@@ -77,6 +78,15 @@ def classify(credential: str) -> str:
     if value != zlib.crc32(head.encode("ascii", "replace")):
         return MALFORMED
     return kind
+
+
+_LOOKS_LIKE_A_SECRET = re.compile(r"(ak|pat)_[0-9A-Za-z]{8,}")
+
+
+def redact(text: str) -> str:
+    """``text`` with anything shaped like a key or token replaced by ``ak_…[redacted]``: for
+    log lines and error messages that echo what a caller sent (a key pasted into a URL)."""
+    return _LOOKS_LIKE_A_SECRET.sub(lambda m: f"{m.group(1)}_…[redacted]", text)
 
 
 def display_hint(secret: str) -> str:

@@ -14,6 +14,7 @@ from flask import Flask, Response, g, request
 from service.api import context
 from service.api.errors import KeyledgerApi, error_response, register_error_handlers
 from service.composition import System, build_system
+from service.credentials import redact
 from service.domain.errors import KeyledgerError
 from service.settings import Settings
 
@@ -92,7 +93,7 @@ def _register_request_hooks(flask_app: Flask, system: System) -> None:
         response.headers["X-Request-Id"] = getattr(g, "request_id", "")
         response.headers.setdefault("Cache-Control", "no-store")
         actor = getattr(g, "actor", None)
-        log.info("%s %s %s %.1fms request_id=%s actor=%s", request.method, request.path,
+        log.info("%s %s %s %.1fms request_id=%s actor=%s", request.method, redact(request.path),
                  response.status_code, (time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
                  g.get("request_id"), actor.ref if actor else "-")
         return response

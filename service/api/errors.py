@@ -9,6 +9,7 @@ from flask import Flask, Response, g, jsonify
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
+from service.credentials import redact
 from service.domain.errors import KeyledgerError
 
 log = logging.getLogger("keyledger.api")
@@ -53,6 +54,7 @@ def error_response(code: str, message: str, details: dict | None = None,
     body = {"error": {"code": code, "message": message, "details": details or {}},
             "request_id": getattr(g, "request_id", None)}
     response = jsonify(body)
+    response.set_data(redact(response.get_data(as_text=True)))  # never echo a key back
     response.status_code = status or STATUS_BY_CODE.get(code, 400)
     for name, value in (headers or {}).items():
         response.headers[name] = value

@@ -136,3 +136,15 @@ def test_no_secret_leaks_anywhere(system, settings, client, admin, owner, audito
         text = rec.getMessage() + repr(rec.args) + (rec.exc_text or "") + repr(rec.__dict__)
         assert not secrets_in(text, secrets), f"a secret was logged by {rec.name}: {rec.levelname}"
     assert not secrets_in(caplog.text, secrets)
+
+
+def test_a_key_pasted_into_a_url_is_not_echoed_or_logged(owner, read_only_key, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    secret = read_only_key["key"]
+    response = owner.get(f"/v2/keys/{secret}")
+    assert response.status_code == 404
+    assert secret not in response.get_data(as_text=True)
+    assert "ak_…[redacted]" in response.json["error"]["message"]
+    assert all(secret not in record.getMessage() for record in caplog.records)
