@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        OPENAPI_SWAGGER_UI_URL="/docs/assets/",
         MAX_CONTENT_LENGTH=64 * 1024,
         JSON_SORT_KEYS=False,
     )
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
                           "description": "Authorization: Key pat_…"})
     register_error_handlers(flask_app)
     _register_request_hooks(flask_app, system)
+    _serve_docs_assets(flask_app)
 
     from service.api import accounts, apps, keys, operations, verify
 
@@ -66,6 +67,18 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
     for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp, verify.blp):
         api.register_blueprint(blueprint)
     return flask_app
+
+
+def _serve_docs_assets(flask_app: Flask) -> None:
+    """Swagger UI's files from the swagger-ui-bundle package: /docs needs no CDN."""
+    from flask import send_from_directory
+    from swagger_ui_bundle import swagger_ui_path
+
+    @flask_app.get("/docs/assets/<path:filename>")
+    def docs_assets(filename: str) -> Response:
+        response = send_from_directory(swagger_ui_path, filename, max_age=3600)
+        response.headers["Cache-Control"] = "public, max-age=3600"
+        return response
 
 
 def _register_request_hooks(flask_app: Flask, system: System) -> None:

@@ -6,7 +6,8 @@ import re
 
 KEY_FIELDS = {"id", "app_id", "description", "scopes", "status", "created_at", "expires_at", "revoked_at",
               "last_used_at", "display", "origin", "version"}
-UNDOCUMENTED = {"/openapi.json", "/docs", "/docs/<path:filename>", "/static/<path:filename>"}
+UNDOCUMENTED = {"/openapi.json", "/docs", "/docs/<path:filename>", "/docs/assets/<path:filename>",
+                "/static/<path:filename>"}
 
 
 def served_routes(flask_app) -> dict[str, set[str]]:
@@ -38,6 +39,9 @@ def test_error_responses_are_documented_with_the_envelope(client):
     assert set(spec["components"]["schemas"]["Error"]["properties"]) == {"error", "request_id"}
 
 
-def test_docs_page_is_served(client):
+def test_docs_page_is_served_with_its_own_assets(client):
     response = client.get("/docs")
-    assert response.status_code == 200 and b"swagger" in response.data.lower()
+    assert response.status_code == 200 and b"/docs/assets/swagger-ui-bundle.js" in response.data
+    assert b"cdn" not in response.data.lower()
+    script = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.data) > 100_000
