@@ -50,6 +50,10 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def rfc3339_text(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _slugify(name: str) -> str:
     base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-") or "app"
     suffix = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(6))
@@ -207,14 +211,17 @@ class Keyledger(Application):
         if as_of.tzinfo is None:
             as_of = as_of.replace(tzinfo=UTC)
         version = None
-        for domain_event in self.events.get(key.id):
-            if domain_event.timestamp <= as_of:
-                version = domain_event.originator_version
-            else:
-                break
-        if version is None:
-            raise NotFound(f"Key {key_id} did not exist at {as_of.isoformat()}.")
-        past = self.repository.get(key.id, version=version)
+        try:
+            for domain_event in self.events.get(key.id):
+                if domain_event.timestamp <= as_of:
+                    version = domain_event.originator_version
+                else:
+                    break
+            if version is None:
+                raise NotFound(f"Key {key_id} did not exist at {rfc3339_text(as_of)}.")
+            past = self.repository.get(key.id, version=version)
+        except PersistenceError as error:
+            raise Unavailable("The event store cannot be read right now; retry shortly.") from error
         return self.key_view(past, as_of)
 
     def change_key(self, key_id: str, *, by: Actor, request: RequestInfo,
@@ -364,6 +371,8 @@ class Keyledger(Application):
                 self.save(key)
             except IntegrityError:
                 continue
+            except PersistenceError as error:
+                raise Unavailable("The event store cannot be written right now; retry shortly.") from error
             return self.key_view(key, now)
         raise Conflict("The key is being changed by someone else right now; retry.")
 

@@ -48,6 +48,7 @@ class Settings:
     audit_signing_key: str | None = field(default=None, repr=False)
     follow_interval: float = 0.2  # seconds between polls for other processes' events
     last_used_interval: float = 60.0  # seconds between writes of keys' last-used times
+    store_lock_timeout: int = 5  # whole seconds a write waits for SQLite's lock before 503
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -101,5 +102,5 @@ class Settings:
         return {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(self.events_path),
-            "SQLITE_LOCK_TIMEOUT": "5",
+            "SQLITE_LOCK_TIMEOUT": str(self.store_lock_timeout),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from flask import Flask, Response, g, jsonify
@@ -103,6 +104,12 @@ def register_error_handlers(flask_app: Flask) -> None:
     def _domain_error(error: KeyledgerError) -> Response:
         headers = {"Retry-After": "1"} if error.code == "UNAVAILABLE" else None
         return error_response(error.code, error.message, error.details, headers=headers)
+
+    @flask_app.errorhandler(sqlite3.Error)
+    def _view_store_error(error: sqlite3.Error) -> Response:
+        log.error("view store error (request %s): %s", getattr(g, "request_id", None), error)
+        return error_response("UNAVAILABLE", "The read store is unavailable right now; retry shortly.",
+                              None, 503, {"Retry-After": "1"})
 
     @flask_app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
