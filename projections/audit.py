@@ -22,7 +22,7 @@ from service.domain.keys import ApiKey
 
 GENESIS = "0" * 64
 _NOT_DATA = {"originator_id", "originator_version", "originator_topic", "timestamp", "by", "request"}
-_SECRET_LIKE = {"digest", "previous_digest", "token_digest"}
+_SECRET_LIKE = {"digest", "digests", "previous_digest", "token_digest"}  # not secrets, but of no use here
 
 
 def canonical(record: dict) -> bytes:
@@ -115,7 +115,8 @@ class AuditLog:
         self.store = store
 
     def events(self, *, key_id: str | None = None, app_id: str | None = None,
-               after_seq: int = 0, limit: int = 1000) -> list[dict]:
+               after_seq: int = 0, limit: int | None = 1000) -> list[dict]:
+        """Events oldest first, filtered; ``limit=None`` for all of them."""
         where, params = ["seq > ?"], [after_seq]
         if key_id is not None:
             where.append("key_id = ?")
@@ -125,7 +126,7 @@ class AuditLog:
             params.append(app_id)
         sql = f"SELECT * FROM audit_events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
         with self.store.read() as db:
-            rows = db.execute(sql, (*params, limit)).fetchall()
+            rows = db.execute(sql, (*params, -1 if limit is None else limit)).fetchall()
         return [self._event(r) for r in rows]
 
     @staticmethod

@@ -42,6 +42,14 @@ class ChangeBeacon:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def reset(self, position: int) -> None:
+        """Lower the beacon to ``position``: for a value left by another (restored) log."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            self._map[:_SIZE] = position.to_bytes(_SIZE, "little")
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     def close(self) -> None:
         try:
             self._map.close()

@@ -12,7 +12,7 @@ from projections.store import ViewStore
 from projections.timefmt import from_rfc3339, rfc3339
 from service.domain.accounts import Account
 from service.domain.apps import App
-from service.domain.keys import ApiKey
+from service.domain.keys import ApiKey, key_status
 
 
 class DirectoryView(Projection):
@@ -101,12 +101,7 @@ class Directory:
     @staticmethod
     def _key(r: sqlite3.Row, now: datetime) -> dict:
         expires_at = from_rfc3339(r["expires_at"])
-        if r["revoked_at"] is not None:
-            status = "revoked"
-        elif expires_at is not None and expires_at <= now:
-            status = "expired"
-        else:
-            status = "active"
+        status = key_status(r["revoked_at"], expires_at, now)
         return {
             "id": r["id"], "app_id": r["app_id"], "description": r["description"],
             "scopes": json.loads(r["scopes"]), "created_at": from_rfc3339(r["created_at"]),

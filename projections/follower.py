@@ -1,14 +1,26 @@
-"""Following the notification log: views in SQL, indexes in memory.
+"""Following the notification log: views in SQL, indexes in memory, kept apart.
 
-``Follower.catch_up()`` reads events after the last position this process has seen,
-applies each batch to every view whose tracking position is behind it (rows and
-position in one ``BEGIN IMMEDIATE`` transaction, so several processes sharing the view
-store apply each event exactly once), then lets in-memory indexes refresh themselves
-from the committed rows. The process that wrote an event calls ``catch_up()`` before it
-answers (read-your-writes); a background thread polls for other processes' events.
+*In-memory indexes* (the verification index) are loaded once from their view at start,
+then follow the log themselves: ``catch_up()`` reads new events and applies them in
+memory. It never waits for the view store, so a command's effect reaches this process's
+index before the command answers, and a request never blocks behind a view write.
 
-On PostgreSQL a subscription can call ``catch_up()`` when notified instead of polling;
-the projections do not change.
+*Views* (SQL rows with a tracking position each) are written by ``update_views()``: in
+one ``BEGIN IMMEDIATE`` transaction it reads each view's position, reads the events after
+the lowest, applies them to every view still behind, and moves the positions. Rows and
+positions commit together, so several processes sharing the view store apply each event
+exactly once, and a process killed half-way leaves nothing half-applied. Because the
+positions are read inside the transaction that writes, no view can skip events.
+
+``rebuild()`` drops views and replays the whole log into them in a single transaction:
+other processes keep reading the old rows until it commits, and never see a half-built
+view. A view whose position is beyond the log (a store restored from an older backup)
+is rebuilt at start.
+
+The process that wrote an event calls ``catch_up()`` and ``update_views()`` before it
+answers; processes on the same machine learn of new events from the change beacon on
+their next request; a background thread polls as the fallback (and, with PostgreSQL, a
+subscription can call the same two methods).
 """
 
 from __future__ import annotations
@@ -16,9 +28,8 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
 
 from projections.beacon import ChangeBeacon
@@ -35,15 +46,15 @@ class EventSource(Protocol):
 
 
 class MemoryIndex(Protocol):
-    """An in-memory read model kept equal to rows of a view."""
+    """An in-memory read model: loaded from its view, then fed events directly."""
 
     view: str
 
     def load(self, store: ViewStore) -> int:
-        """Load everything from the view; return the view's position it reflects."""
+        """Load everything from the view; return the position of the view it reflects."""
 
-    def refresh(self, store: ViewStore, events: Sequence[Any]) -> None:
-        """Re-read the rows that ``events`` touched."""
+    def apply(self, events: Sequence[Any]) -> None:
+        """Apply new events, in order."""
 
 
 class Follower:
@@ -54,11 +65,13 @@ class Follower:
         self.store = store
         self.projections = list(projections)
         self.indexes = list(indexes)
-        self.batch_size = batch_size
-        self.bulk_size = bulk_size
+        self.batch_size = batch_size  # events read and decoded at a time
+        self.bulk_size = bulk_size  # events per commit when views are far behind
         self.beacon = beacon
-        self.position = 0  # the last event this process's indexes reflect
-        self._lock = threading.RLock()
+        self.position = 0  # the last event this process's in-memory indexes reflect
+        self.views_position = 0  # the lowest view position seen in the last view write
+        self._memory_lock = threading.RLock()
+        self._views_lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -66,14 +79,21 @@ class Follower:
 
     def start(self) -> None:
         """Create missing views, bring them up to date, load the in-memory indexes."""
-        with self._lock:
+        last = self.source.last_position()
+        with self._views_lock:
             with self.store.write() as db:
                 for projection in self.projections:
                     projection.create(db)
-            self._apply_to_views()
-            positions = [index.load(self.store) for index in self.indexes]
-            self.position = min(positions) if positions else self._views_floor()
-            self.catch_up()
+                ahead = [p for p in self.projections if self.store.position(db, p.name) > last]
+            if ahead:
+                log.warning("views %s are ahead of the event log (a store restored from a backup?); "
+                            "rebuilding them", ", ".join(p.name for p in ahead))
+                self._rebuild(ahead)
+            self._update_views(bulk=True)
+        self._load_indexes()
+        if self.beacon is not None and self.beacon.value() > last:
+            self.beacon.reset(last)  # left by another log: it would make every request look
+        self.catch_up()
 
     def follow(self, interval: float) -> None:
         """Poll for events written by other processes every ``interval`` seconds."""
@@ -92,116 +112,124 @@ class Follower:
     def _follow(self, interval: float) -> None:
         while not self._stopping.wait(interval):
             try:
-                if self.source.last_position() > self.position:
+                last = self.source.last_position()
+                if last > self.position:
                     self.catch_up()
+                if last > self.views_position:
+                    self.update_views()
             except Exception:  # keep following; the next poll retries
                 log.exception("following the event log failed; retrying")
 
-    # -- work ----------------------------------------------------------------------
+    # -- memory --------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Catch up if another process on this machine has published newer events (cheap)."""
+        """Catch up if another process on this machine published newer events (a memory read)."""
         if self.beacon is not None and self.beacon.value() > self.position:
             self.catch_up()
 
     def catch_up(self) -> int:
-        """Apply every new event to the views and indexes; return how many were read.
+        """Apply new events to the in-memory indexes (reads the log; no view lock).
         Publishes the new position on the beacon for the other processes."""
-        with self._lock:
+        with self._memory_lock:
             total = 0
             while True:
                 batch = self.source.read_events(self.position, self.batch_size)
                 if not batch:
-                    if total and self.beacon is not None:
-                        self.beacon.publish(self.position)
-                    return total
-                self._write(batch)
+                    break
                 events = [event for _, event in batch]
                 for index in self.indexes:
-                    index.refresh(self.store, events)
+                    index.apply(events)
                 self.position = batch[-1][0]
                 total += len(batch)
                 if len(batch) < self.batch_size:
-                    if self.beacon is not None:
-                        self.beacon.publish(self.position)
-                    return total
+                    break
+            if total and self.beacon is not None:
+                self.beacon.publish(self.position)
+            return total
+
+    def _load_indexes(self) -> None:
+        with self._memory_lock:
+            positions = [index.load(self.store) for index in self.indexes]
+            self.position = min(positions) if positions else self.source.last_position()
 
     def lag(self) -> int:
-        return max(0, self.source.last_position() - self.position)
+        """How far this process's indexes or the views are behind the log."""
+        return max(0, self.source.last_position() - min(self.position, self.views_position))
+
+    # -- views ---------------------------------------------------------------------
+
+    def update_views(self, *, timeout: float | None = None) -> int:
+        """Apply new events to every view that is behind; ``timeout`` bounds the wait for
+        another writer's lock (sqlite3.OperationalError when it runs out)."""
+        with self._views_lock:
+            return self._update_views(bulk=False, timeout=timeout)
 
     def rebuild(self, names: Sequence[str] | None = None, *, reload: bool = True) -> int:
-        """Drop the named views (all by default) and replay the whole log into them; then
-        reload the in-memory indexes from the rebuilt views (unless ``reload`` is false)."""
+        """Drop the named views (all by default) and replay the whole log into them, in one
+        transaction; then reload the in-memory indexes from the views (unless told not to)."""
         chosen = [p for p in self.projections if names is None or p.name in names]
         unknown = set(names or ()) - {p.name for p in self.projections}
         if unknown:
             raise KeyError(f"unknown projection(s): {', '.join(sorted(unknown))}")
-        with self._lock:
-            with self.store.write() as db:
-                for projection in chosen:
-                    projection.drop(db)
-                    projection.create(db, with_indexes=False)  # bulk rows first, indexes after
-                    self.store.set_position(db, projection.name, 0)
-            count = self._apply_to_views(only=chosen)
-            with self.store.write() as db:
-                for projection in chosen:
-                    projection.create_indexes(db)
-            if reload:
-                for index in self.indexes:
-                    index.load(self.store)
-            return count
+        with self._views_lock:
+            count = self._rebuild(chosen)
+        if reload:
+            self._load_indexes()
+            self.catch_up()
+        return count
 
-    def _apply_to_views(self, only: Sequence[Projection] | None = None) -> int:
-        """Bring views up to date in large transactions (start-up and rebuild): events are
-        read and decoded ``batch_size`` at a time (small batches keep decoding cache-friendly),
-        written ``bulk_size`` per commit (each commit rewrites the B-tree pages it touched, so
-        fewer, larger commits write far less)."""
-        with collector_paused(), self.store.bulk():
-            return self._apply_in_bulk(list(only) if only is not None else self.projections)
+    def _rebuild(self, chosen: list[Projection]) -> int:
+        with collector_paused(), self.store.bulk(), self.store.write() as db:
+            positions = {}
+            for projection in chosen:
+                projection.drop(db)
+                projection.create(db, with_indexes=False)  # rows first, indexes after: faster
+                positions[projection.name] = 0
+            count, _ = self._fill(db, chosen, positions, limit=None)
+            for projection in chosen:
+                projection.create_indexes(db)
+                self.store.set_position(db, projection.name, positions[projection.name])
+        return count
 
-    def _apply_in_bulk(self, projections: list[Projection]) -> int:
+    def _update_views(self, *, bulk: bool, timeout: float | None = None) -> int:
         count = 0
-        while True:
-            start = self._views_floor(projections)
-            written = 0
-            with self.store.write() as db:
-                positions = {p.name: self.store.position(db, p.name) for p in projections}
-                after = start
-                while written < self.bulk_size:
-                    batch = self.source.read_events(after, self.batch_size)
-                    if not batch:
-                        break
-                    for projection in projections:
-                        done = positions[projection.name]
-                        todo = batch if batch[0][0] > done else [i for i in batch if i[0] > done]
-                        if todo:
-                            projection.process_batch(db, todo)
-                            positions[projection.name] = todo[-1][0]
-                    after = batch[-1][0]
-                    written += len(batch)
-                    if len(batch) < self.batch_size:
-                        break
-                for name, position in positions.items():
-                    self.store.set_position(db, name, position)
-            count += written
-            if written < self.bulk_size:
-                return count
+        with ExitStack() as stack:
+            if bulk:
+                stack.enter_context(collector_paused())
+                stack.enter_context(self.store.bulk())
+            while True:
+                with self.store.write(timeout=timeout) as db:
+                    positions = {p.name: self.store.position(db, p.name) for p in self.projections}
+                    written, finished = self._fill(db, self.projections, positions, limit=self.bulk_size)
+                    for name, position in positions.items():
+                        self.store.set_position(db, name, position)
+                count += written
+                self.views_position = min(positions.values(), default=0)
+                if finished:
+                    return count
 
-    def _views_floor(self, projections: Sequence[Projection] | None = None) -> int:
-        projections = self.projections if projections is None else projections
-        with self.store.read() as db:
-            return min((self.store.position(db, p.name) for p in projections), default=0)
-
-    def _write(self, batch: list[tuple[int, Any]], projections: Sequence[Projection] | None = None) -> None:
-        last = batch[-1][0]
-        with self.store.write() as db:
-            for projection in self.projections if projections is None else projections:
-                done = self.store.position(db, projection.name)
+    def _fill(self, db: Any, projections: Sequence[Projection], positions: dict[str, int],
+              limit: int | None) -> tuple[int, bool]:
+        """Read events after the lowest of ``positions`` and apply each to the views still
+        behind it, updating ``positions``; stop after ``limit`` events. Returns (read, done)."""
+        after = min(positions.values(), default=0)
+        written = 0
+        while limit is None or written < limit:
+            batch = self.source.read_events(after, self.batch_size)
+            if not batch:
+                return written, True
+            first, last = batch[0][0], batch[-1][0]
+            for projection in projections:
+                done = positions[projection.name]
                 if done >= last:
                     continue
-                todo = batch if batch[0][0] > done else [item for item in batch if item[0] > done]
-                projection.process_batch(db, todo)
-                self.store.set_position(db, projection.name, last)
+                projection.process_batch(db, batch if first > done else [i for i in batch if i[0] > done])
+                positions[projection.name] = last
+            after = last
+            written += len(batch)
+            if len(batch) < self.batch_size:
+                return written, True
+        return written, False
 
 
 @contextmanager
@@ -216,13 +244,3 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds pass (for tools and tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

@@ -37,6 +37,9 @@ class LastUsed:
 
     def flush(self) -> int:
         pending, self.pending = self.pending, {}
+        # A verification racing the swap may still add to the old dict: copy it in one
+        # step (atomic under the GIL); such a late use is simply written next time.
+        pending = dict(pending)
         if not pending:
             return 0
         with self.store.write() as db:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+BUSY_TIMEOUT_MS = 10_000
 CACHE_KIB = 64 * 1024  # page cache per connection while serving
 BULK_CACHE_KIB = 512 * 1024  # while rebuilding: a million-key view's B-trees fit
 
@@ -37,7 +38,7 @@ class ViewStore:
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=10000")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.row_factory = sqlite3.Row
             self._local.db = db
@@ -46,10 +47,17 @@ class ViewStore:
         return db
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: rows and tracking commit together or not at all."""
+    def write(self, timeout: float | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction: rows and tracking commit together or not at all.
+        ``timeout`` (seconds) bounds the wait for another writer; default 10 s."""
         db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
+        if timeout is not None:
+            db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        finally:
+            if timeout is not None:
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
             yield db
         except BaseException:

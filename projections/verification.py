@@ -2,16 +2,17 @@
 
 The SQL view ``verification`` is the materialised form (one row per digest: a key's
 current secret, secrets still in a roll's grace period, personal tokens). Each serving
-process loads it once at start into ``VerificationIndex`` and refreshes the rows each
-new batch of events touched. A verification is then a dictionary look-up and a few
-comparisons: no I/O, no store access.
+process loads it once at start into ``VerificationIndex`` and from then on applies new
+events to it directly, by the same rules (a test rebuilds the view and compares). A
+verification is then a dictionary look-up and a few comparisons: no I/O, no store access.
+The index is keyed by the first 128 bits of each HMAC-SHA256 digest.
 """
 
 from __future__ import annotations
 
 import ctypes
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -49,8 +50,8 @@ class VerificationView(Projection):
             expires_at REAL,
             ends_at    REAL
         ) WITHOUT ROWID""",
+        "DROP INDEX IF EXISTS verification_by_key",  # no longer used: events name their digests
     )
-    indexes = ("CREATE INDEX IF NOT EXISTS verification_by_key ON verification (key_id)",)
 
     @handles(Account.Registered)
     def _account(self, db: sqlite3.Connection, position: int, e: Any) -> None:
@@ -84,8 +85,9 @@ class VerificationView(Projection):
 
     @handles(ApiKey.ScopesChanged)
     def _scopes(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        db.execute("UPDATE verification SET scopes = ? WHERE key_id = ?",
-                   (" ".join(e.scopes), str(e.originator_id)))
+        scopes = " ".join(e.scopes)
+        db.executemany("UPDATE verification SET scopes = ? WHERE digest = ?",
+                       [(scopes, bytes.fromhex(d)) for d in e.digests])
 
     @handles(ApiKey.Rolled)
     def _rolled(self, db: sqlite3.Connection, position: int, e: Any) -> None:
@@ -101,8 +103,8 @@ class VerificationView(Projection):
     @handles(ApiKey.Revoked)
     def _revoked(self, db: sqlite3.Connection, position: int, e: Any) -> None:
         at = epoch(e.timestamp)
-        db.execute("UPDATE verification SET ends_at = MIN(COALESCE(ends_at, ?), ?) WHERE key_id = ?",
-                   (at, at, str(e.originator_id)))
+        db.executemany("UPDATE verification SET ends_at = MIN(COALESCE(ends_at, ?), ?) WHERE digest = ?",
+                       [(at, at, bytes.fromhex(d)) for d in e.digests])
 
 
 DIGEST_BYTES = 16  # the index is keyed by the first 128 bits of the HMAC-SHA256 digest
@@ -175,10 +177,10 @@ class VerificationIndex:
             return REVOKED, entry
         if entry.expires_at is not None and now >= entry.expires_at:
             return EXPIRED, entry
+        if entry.kind == PERSONAL_TOKEN:  # manages keys; carries no API scopes and no app
+            return (INSUFFICIENT_SCOPE, entry) if scope is not None or app_id is not None else (VALID, entry)
         if app_id is not None and entry.app_id != app_id:
             return APP_MISMATCH, entry
-        if entry.kind == PERSONAL_TOKEN:
-            return (INSUFFICIENT_SCOPE, entry) if scope is not None else (VALID, entry)
         if scope is not None and scope not in entry.scopes and ALL not in entry.scopes:
             return INSUFFICIENT_SCOPE, entry
         return VALID, entry
@@ -198,26 +200,49 @@ class VerificationIndex:
         release_free_memory()
         return position
 
-    def refresh(self, store: ViewStore, events: Sequence[Any]) -> None:
-        ids = list({str(e.originator_id) for e in events
-                    if isinstance(e, (Account.Registered, ApiKey.Event))})
-        if not ids:
-            return
-        with store.read() as db:
-            for chunk in _chunks(ids, 500):
-                marks = ",".join("?" * len(chunk))
-                for row in db.execute(f"SELECT * FROM verification WHERE key_id IN ({marks})", chunk):
-                    self.by_digest[row[0][:DIGEST_BYTES]] = self._entry(row)
+    def apply(self, events: Sequence[Any]) -> None:
+        """Apply new events directly (the same rules as ``VerificationView``, in memory)."""
+        table = self.by_digest
+        for e in events:
+            kind = type(e)
+            if kind is ApiKey.Issued:
+                table[bytes.fromhex(e.digest)[:DIGEST_BYTES]] = KeyEntry(
+                    e.originator_id.bytes, self._intern(e.app_id), self._scope_set(" ".join(e.scopes)),
+                    epoch(e.expires_at), None)
+            elif kind is Account.Registered:
+                table[bytes.fromhex(e.token_digest)[:DIGEST_BYTES]] = TokenEntry(
+                    e.originator_id.bytes, self._intern(e.role), None)
+            elif kind is ApiKey.ScopesChanged:
+                scopes = self._scope_set(" ".join(e.scopes))
+                for digest in e.digests:
+                    if (entry := table.get(bytes.fromhex(digest)[:DIGEST_BYTES])) is not None:
+                        entry.scopes = scopes
+            elif kind is ApiKey.Rolled:
+                old = table.get(bytes.fromhex(e.previous_digest)[:DIGEST_BYTES])
+                if old is not None:
+                    table[bytes.fromhex(e.digest)[:DIGEST_BYTES]] = KeyEntry(
+                        old.id, old.app_id, old.scopes, old.expires_at, None)
+                    old.ends_at = _earliest(old.ends_at, epoch(e.previous_valid_until))
+            elif kind is ApiKey.Revoked:
+                at = epoch(e.timestamp)
+                for digest in e.digests:
+                    if (entry := table.get(bytes.fromhex(digest)[:DIGEST_BYTES])) is not None:
+                        entry.ends_at = _earliest(entry.ends_at, at)
 
-    def _entry(self, row: sqlite3.Row | tuple) -> Credential:
-        _, kind, key_id, app_id, role, scopes, expires_at, ends_at = row
-        intern = self._strings.setdefault
-        if kind == PERSONAL_TOKEN:
-            return TokenEntry(UUID(key_id).bytes, intern(role, role), ends_at)
+    def _intern(self, text: str) -> str:
+        return self._strings.setdefault(text, text)
+
+    def _scope_set(self, scopes: str) -> frozenset:
         scope_set = self._scope_sets.get(scopes)
         if scope_set is None:
             scope_set = self._scope_sets[scopes] = frozenset(scopes.split())
-        return KeyEntry(UUID(key_id).bytes, intern(app_id, app_id), scope_set, expires_at, ends_at)
+        return scope_set
+
+    def _entry(self, row: sqlite3.Row | tuple) -> Credential:
+        _, kind, key_id, app_id, role, scopes, expires_at, ends_at = row
+        if kind == PERSONAL_TOKEN:
+            return TokenEntry(UUID(key_id).bytes, self._intern(role), ends_at)
+        return KeyEntry(UUID(key_id).bytes, self._intern(app_id), self._scope_set(scopes), expires_at, ends_at)
 
 
 def release_free_memory() -> None:
@@ -228,6 +253,5 @@ def release_free_memory() -> None:
         pass
 
 
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _earliest(current: float | None, candidate: float) -> float:
+    return candidate if current is None or candidate < current else current

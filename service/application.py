@@ -50,9 +50,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def rfc3339_text(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def _slugify(name: str) -> str:
     base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-") or "app"
@@ -85,6 +82,8 @@ class Keyledger(Application):
     """Accounts, apps and their scoped API keys, as immutable events."""
 
     name = "keyledger"
+    # A key changed many times still loads in a fraction of a millisecond.
+    snapshotting_intervals = {ApiKey: 50}
 
     def __init__(self, env: dict[str, str] | None = None, *, digester: credentials.Digester,
                  clock: Clock = utc_now) -> None:
@@ -130,12 +129,6 @@ class Keyledger(Application):
         account = self._get(Account, _parse_uuid(account_id, "account"), "account")
         return self._account_view(account)
 
-    def find_account_by_email(self, email: str) -> dict | None:
-        try:
-            return self._account_view(self.repository.get(Account.create_id(email)))
-        except AggregateNotFoundError:
-            return None
-
     @staticmethod
     def _account_view(account: Account) -> dict:
         return {"id": str(account.id), "email": account.email, "name": account.name,
@@ -163,6 +156,7 @@ class Keyledger(Application):
             errors["owner_id"] = ["Not an account id."]
         if errors:
             raise InvalidRequest("The app could not be created; see details.", **errors)
+        owner_id = str(owner_uuid)  # canonical form, whatever spelling was sent
         owner = self._find(Account, owner_uuid)
         if owner is None or owner.role != "owner":
             if by.is_admin and owner_id != by.id:
@@ -210,6 +204,10 @@ class Keyledger(Application):
             return self.key_view(key, self.now())
         if as_of.tzinfo is None:
             as_of = as_of.replace(tzinfo=UTC)
+        try:
+            as_of.astimezone(UTC)
+        except OverflowError:  # before year 1 or after 9999 in UTC: no key existed then
+            raise NotFound(f"Key {key_id} did not exist at {as_of.isoformat()}.") from None
         version = None
         try:
             for domain_event in self.events.get(key.id):
@@ -218,7 +216,7 @@ class Keyledger(Application):
                 else:
                     break
             if version is None:
-                raise NotFound(f"Key {key_id} did not exist at {rfc3339_text(as_of)}.")
+                raise NotFound(f"Key {key_id} did not exist at {as_of.isoformat()}.")
             past = self.repository.get(key.id, version=version)
         except PersistenceError as error:
             raise Unavailable("The event store cannot be read right now; retry shortly.") from error
@@ -265,9 +263,15 @@ class Keyledger(Application):
 
         return self._update_key(key_id, by, roll, if_match), new_secret
 
-    def key_app_id(self, key_id: str, *, by: Actor) -> str:
-        """The app of a key the caller may see (for authorising reads of its history)."""
-        return self._visible_key(key_id, by).app_id
+    def visible_key_id(self, key_id: str, *, by: Actor) -> str:
+        """The canonical id of a key the caller may see (NotFound otherwise): for reads of
+        its history from the audit trail."""
+        return str(self._visible_key(key_id, by).id)
+
+    def listing_owner(self, *, by: Actor) -> str | None:
+        """Whose apps the caller may list: their own (owners), or everyone's (None)."""
+        self._require_person(by)
+        return None if by.reads_everything else by.id
 
     @staticmethod
     def key_view(key: ApiKey, now: datetime) -> dict:
@@ -323,10 +327,10 @@ class Keyledger(Application):
             expires_at = expires_at.replace(tzinfo=UTC)
         try:
             expires_at = expires_at.astimezone(UTC)
-            latest = now + MAX_KEY_LIFETIME
-        except OverflowError:
-            expires_at = latest = None
-        if expires_at is None or expires_at > latest:
+        except OverflowError:  # outside years 1 to 9999 once in UTC
+            raise InvalidExpiry("expires_at must be a time in the next 100 years.",
+                                expires_at=["Out of range."]) from None
+        if expires_at > now + MAX_KEY_LIFETIME:
             raise InvalidExpiry("expires_at must be at most 100 years from now.",
                                 expires_at=["Too far in the future."])
         if expires_at <= now:

@@ -29,6 +29,8 @@ from service.verification import Verifier
 
 log = logging.getLogger("keyledger")
 
+VIEW_WRITE_TIMEOUT = 2.0  # seconds a command waits for the view store's lock
+
 
 @dataclass
 class System:
@@ -45,15 +47,17 @@ class System:
     _closed: bool = field(default=False, repr=False)
 
     def after_command(self) -> None:
-        """Apply this process's new events to its views and index before answering.
+        """Bring this process's index and the views up to date before answering.
 
-        The command has been recorded by now; should a view fail to apply it, the answer
-        stays a success (the event is the truth), the failure is logged, and /readyz
-        reports the lag until the view catches up."""
+        The index is updated from the log in memory and cannot be held up by the view
+        store, so a revoked key is refused before DELETE answers. Should the views be
+        locked for longer than VIEW_WRITE_TIMEOUT (a rebuild in progress), the command
+        still answers — the event is recorded — and the follower writes them later."""
+        self.follower.catch_up()
         try:
-            self.follower.catch_up()
+            self.follower.update_views(timeout=VIEW_WRITE_TIMEOUT)
         except Exception:
-            log.exception("a projection could not apply a new event; /readyz reports the lag")
+            log.exception("the views could not be brought up to date now; the follower retries")
 
     def close(self) -> None:
         if self._closed:

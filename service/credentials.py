@@ -108,7 +108,7 @@ class Digester:
 
     def digest(self, secret: str) -> bytes:
         mac = self._keyed.copy()
-        mac.update(secret.encode("utf-8", "surrogateescape"))
+        mac.update(secret.encode("utf-8", "surrogatepass"))  # any str, even a lone surrogate
         return mac.digest()
 
     def hexdigest(self, secret: str) -> str:
@@ -127,10 +127,19 @@ def load_or_create_pepper(data_dir: Path, configured: str | None) -> bytes:
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
     pepper = secrets.token_hex(32).encode("ascii")
+    # Write a private temporary file, then link it into place: the pepper file appears
+    # complete or not at all, and of processes starting together exactly one pepper wins.
+    temporary = data_dir / f".pepper-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as f:
-        f.write(pepper + b"\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(pepper + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process made it first: use theirs
+            return path.read_bytes().strip()
+    finally:
+        temporary.unlink(missing_ok=True)
     return pepper

@@ -48,6 +48,7 @@ class Settings:
     audit_signing_key: str | None = field(default=None, repr=False)
     follow_interval: float = 0.2  # seconds between polls for other processes' events
     last_used_interval: float = 60.0  # seconds between writes of keys' last-used times
+    proxy_hops: int = 0  # trusted reverse proxies in front (X-Forwarded-For/-Proto/-Host)
     store_lock_timeout: int = 5  # whole seconds a write waits for SQLite's lock before 503
 
     @classmethod
@@ -63,6 +64,9 @@ class Settings:
             kwargs["data_dir"] = Path(v)
         kwargs["database_url"] = get("KEYLEDGER_DATABASE_URL")
         kwargs["pepper"] = get("KEYLEDGER_PEPPER")
+        if kwargs["pepper"] is not None and len(kwargs["pepper"].encode("utf-8")) < 32:
+            raise SettingsError("KEYLEDGER_PEPPER is too short: use at least 32 random bytes "
+                                "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_hex(32))')")
         if (v := get("KEYLEDGER_LEGACY_SUNSET_AT")) is not None:
             kwargs["legacy_sunset_at"] = parse_time(v, "KEYLEDGER_LEGACY_SUNSET_AT")
         if (v := get("KEYLEDGER_REMINDERS")) is not None:
@@ -77,6 +81,10 @@ class Settings:
         if (v := get("KEYLEDGER_MAIL_FROM")) is not None:
             kwargs["mail_from"] = v
         kwargs["audit_signing_key"] = get("KEYLEDGER_AUDIT_SIGNING_KEY")
+        if (v := get("KEYLEDGER_PROXY_HOPS")) is not None:
+            if not v.isdigit() or int(v) > 10:
+                raise SettingsError(f"KEYLEDGER_PROXY_HOPS={v!r}: expected how many proxies are in front, 0 to 10")
+            kwargs["proxy_hops"] = int(v)
         if (v := get("KEYLEDGER_FOLLOW_INTERVAL")) is not None:
             try:
                 kwargs["follow_interval"] = float(v)

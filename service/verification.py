@@ -44,7 +44,8 @@ class Verifier:
         now = self._clock().timestamp()
         code, entry = self._check(self._digest(credential), scope, app_id, now)
         if entry is None:
-            # A string without a known prefix is treated as a legacy access token.
+            # ``kind`` is what the string looks like; one without a known prefix counts as
+            # a legacy access token (unknown ones are NOT_FOUND).
             return NOT_FOUND, kind, None
         if code == VALID:
             if entry.kind == API_KEY:

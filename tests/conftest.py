@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -218,5 +218,11 @@ def api_key_caller(client, read_only_key: dict) -> Caller:
     return Caller(client, read_only_key["key"], id=read_only_key["id"], role="key")
 
 
-def copy_tree(source: Path, target: Path) -> None:
-    shutil.copytree(source, target)
+def wait_until(predicate, timeout: float, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

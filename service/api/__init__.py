@@ -49,7 +49,13 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
         JSON_SORT_KEYS=False,
     )
     flask_app.json.sort_keys = False
+    flask_app.url_map.merge_slashes = False  # "//" would be an HTML redirect, not a JSON 404
     flask_app.extensions["keyledger"] = system
+    if system.settings.proxy_hops:  # events record the client's address, not the proxy's
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = system.settings.proxy_hops
+        flask_app.wsgi_app = ProxyFix(flask_app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     api = KeyledgerApi(flask_app, spec_kwargs={
         "info": {"description": "Scoped API keys with an immutable history. See API.md for the contract."},
     })

@@ -8,6 +8,7 @@ import uuid
 from flask import current_app, g, request
 
 from service.composition import System
+from service.credentials import redact
 from service.domain.actors import Actor, RequestInfo
 from service.domain.errors import InvalidRequest
 
@@ -21,7 +22,8 @@ def system() -> System:
 
 def assign_request_id() -> None:
     offered = request.headers.get("X-Request-Id", "")
-    g.request_id = offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
+    acceptable = _REQUEST_ID.fullmatch(offered) and redact(offered) == offered  # never echo a key
+    g.request_id = offered if acceptable else uuid.uuid4().hex
 
 
 def actor() -> Actor:
@@ -32,7 +34,7 @@ def actor() -> Actor:
 def request_info() -> RequestInfo:
     agent = request.headers.get("User-Agent")
     return RequestInfo(id=g.request_id, ip=request.remote_addr,
-                       user_agent=agent[:256] if agent else None)
+                       user_agent=redact(agent[:256]) if agent else None)
 
 
 def if_match() -> int | None:

@@ -94,5 +94,5 @@ class KeyHistory(MethodView):
     def get(self, key_id):
         """Every change to the key, oldest first, in the audit-event shape."""
         system = context.system()
-        system.keys_app.key_app_id(key_id, by=context.actor())
-        return {"events": system.audit.events(key_id=key_id)}
+        key_id = system.keys_app.visible_key_id(key_id, by=context.actor())
+        return {"events": system.audit.events(key_id=key_id, limit=None)}

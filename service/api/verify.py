@@ -123,13 +123,14 @@ def auth_check():
     authorization = request.headers.get("Authorization", "")
     scheme, _, credential = authorization.partition(" ")
     credential = credential.strip()
-    if scheme not in ("Key", "Bearer", "key", "bearer") or not credential:
+    if scheme.lower() not in ("key", "bearer") or not credential:
         return error_response("UNAUTHENTICATED", "Send 'Authorization: Key <api key>'.", None, 401,
                               {"WWW-Authenticate": 'Key realm="keyledger"',
                                "X-Keyledger-Code": "UNAUTHENTICATED"})
     args = request.args
-    scope = args.get("scope") or request.headers.get("X-Required-Scope")
-    app_id = args.get("app_id") or request.headers.get("X-Required-App-Id")
+    # The gateway's header wins over the query, which a gateway might copy from the client.
+    scope = request.headers.get("X-Required-Scope") or args.get("scope")
+    app_id = request.headers.get("X-Required-App-Id") or args.get("app_id")
     code, kind, entry = context.system().verifier.verify(credential, scope, app_id)
     if code == VALID:
         _, scope_text = _scope_forms(entry.scopes)

@@ -9,7 +9,14 @@ from eventsourcing.domain import event
 from service.domain.aggregate import LedgerAggregate
 from service.domain.errors import KeyExpired, KeyRevoked
 
-ORIGINS = ("user", "auto", "migration")
+
+def key_status(revoked_at: datetime | None, expires_at: datetime | None, now: datetime) -> str:
+    """A key's status: ``revoked``, ``expired`` (its expiry has passed) or ``active``."""
+    if revoked_at is not None:
+        return "revoked"
+    if expires_at is not None and expires_at <= now:
+        return "expired"
+    return "active"
 
 
 class ApiKey(LedgerAggregate):
@@ -25,6 +32,7 @@ class ApiKey(LedgerAggregate):
     class ScopesChanged(LedgerAggregate.Event):
         scopes: list
         previous_scopes: list
+        digests: list  # the secrets (digests) the change applies to: current and in grace
 
     class DescriptionChanged(LedgerAggregate.Event):
         description: str
@@ -37,7 +45,7 @@ class ApiKey(LedgerAggregate):
         previous_valid_until: datetime
 
     class Revoked(LedgerAggregate.Event):
-        pass
+        digests: list  # every secret the key still honoured
 
     @event(Issued)
     def __init__(
@@ -52,18 +60,20 @@ class ApiKey(LedgerAggregate):
         self.display = display
         self.origin = origin
         self.revoked_at: datetime | None = None
-        # Secrets replaced by a roll that still verify until their grace period ends:
-        # [digest, display, valid_until] each.
+        # Secrets replaced by a roll, still honoured until their grace period ends:
+        # [digest, display, valid_until] each. Events that change what every secret of the
+        # key may do name them all (``digests``), so read models need no look-up.
         self.retiring: list[list] = []
 
     # -- reading -------------------------------------------------------------
 
     def status_at(self, now: datetime) -> str:
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at is not None and self.expires_at <= now:
-            return "expired"
-        return "active"
+        return key_status(self.revoked_at, self.expires_at, now)
+
+    @property
+    def digests(self) -> list[str]:
+        """The digests of the current secret and of those still in a roll's grace period."""
+        return [self.digest] + [digest for digest, _, _ in self.retiring]
 
     def _require_changeable(self, now: datetime) -> None:
         status = self.status_at(now)
@@ -78,13 +88,13 @@ class ApiKey(LedgerAggregate):
         self._require_changeable(at)
         if scopes == self.scopes:
             return False
-        self._change_scopes(scopes=list(scopes), previous_scopes=list(self.scopes), by=by,
-                            request=request, timestamp=at)
+        self._change_scopes(scopes=list(scopes), previous_scopes=list(self.scopes), digests=self.digests,
+                            by=by, request=request, timestamp=at)
         return True
 
     @event(ScopesChanged)
-    def _change_scopes(self, scopes: list, previous_scopes: list, by: str, request: dict,
-                       timestamp: datetime) -> None:
+    def _change_scopes(self, scopes: list, previous_scopes: list, digests: list, by: str,
+                       request: dict, timestamp: datetime) -> None:
         self.scopes = list(scopes)
 
     def change_description(self, description: str, *, by: str, request: dict, at: datetime) -> bool:
@@ -118,10 +128,10 @@ class ApiKey(LedgerAggregate):
         """Revoke the key and every secret it still honours; revoking twice is a no-op."""
         if self.revoked_at is not None:
             return False
-        self._revoke(by=by, request=request, timestamp=at)
+        self._revoke(digests=self.digests, by=by, request=request, timestamp=at)
         return True
 
     @event(Revoked)
-    def _revoke(self, by: str, request: dict, timestamp: datetime) -> None:
+    def _revoke(self, digests: list, by: str, request: dict, timestamp: datetime) -> None:
         self.revoked_at = timestamp
         self.retiring = []

@@ -2,9 +2,9 @@
 
     python crash_follower.py DATA_DIR MODE KILL_AT
 
-MODE ``after-commit``: SIGKILL right after the KILL_AT-th batch committed (between the view
-write and the next batch). MODE ``mid-batch``: SIGKILL inside a transaction, after KILL_AT
-events of the current batch were written but not committed.
+MODE ``after-commit``: SIGKILL right after the KILL_AT-th view transaction committed
+(between the view write and the next batch). MODE ``mid-batch``: SIGKILL inside a
+transaction, after KILL_AT events were written but not committed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import signal
 import sqlite3
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,29 @@ class CountingProjection(Projection):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def build(data_dir: Path, projection: Projection, follower_class: type = Follower) -> tuple:
+class KillingStore(ViewStore):
+    """Dies right after its ``kill_after``-th write transaction commits."""
+
+    kill_after = 0  # armed by main(), once the tables exist
+    commits = 0
+
+    @contextmanager
+    def write(self, timeout=None):
+        with super().write(timeout) as db:
+            yield db
+        if KillingStore.kill_after:
+            KillingStore.commits += 1
+            if KillingStore.commits == KillingStore.kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def build(data_dir: Path, projection: Projection, store_class: type = ViewStore) -> tuple:
     keys_app = Keyledger(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite",
                               "SQLITE_DBNAME": str(data_dir / "events.sqlite")},
                          digester=credentials.Digester(PEPPER))
-    store = ViewStore(data_dir / "views.sqlite")
-    return keys_app, store, follower_class(keys_app, store, [projection], batch_size=10)
+    store = store_class(data_dir / "views.sqlite")
+    # Ten events a transaction, so the kill lands between two of them.
+    return keys_app, store, Follower(keys_app, store, [projection], batch_size=10, bulk_size=10)
 
 
 def main() -> None:
@@ -57,19 +75,11 @@ def main() -> None:
     if mode == "mid-batch":
         _, _, follower = build(data_dir, CountingProjection(kill_mid_batch_after=kill_at))
     else:
-        class KillingFollower(Follower):
-            batches = 0
-
-            def _write(self, batch, projections=None):
-                super()._write(batch, projections)
-                KillingFollower.batches += 1
-                if KillingFollower.batches == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        _, _, follower = build(data_dir, CountingProjection(), KillingFollower)
+        _, _, follower = build(data_dir, CountingProjection(), KillingStore)
     with follower.store.write() as db:
         follower.projections[0].create(db)
-    follower.catch_up()
+    KillingStore.kill_after = kill_at
+    follower.update_views()
     raise SystemExit("the follower was meant to be killed before it finished")
 
 

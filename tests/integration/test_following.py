@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from projections.follower import wait_until
 from service.composition import build_system
 from service.domain.actors import NO_REQUEST, Actor
 from service.settings import Settings
-from tests.conftest import TEST_PEPPER
+from tests.conftest import TEST_PEPPER, wait_until
 
 
 def two_systems(data_dir, interval=0.05):
