@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from uuid import UUID
 
 from flask import Response, request
 from flask.views import MethodView
@@ -41,6 +42,11 @@ def register_schemas(api: Api) -> None:
 def _scope_forms(scopes: frozenset) -> tuple[list[str], str]:
     ordered = sorted(scopes)
     return ordered, " ".join(ordered)
+
+
+@lru_cache(maxsize=65_536)
+def _key_id_text(key_id: bytes) -> str:
+    return str(UUID(bytes=key_id))
 
 
 def _invalid(problems: dict) -> Response:
@@ -120,23 +126,25 @@ class Verify(MethodView):
 )
 def auth_check():
     """Forward-auth for nginx auth_request, Traefik forwardAuth and the like: checks the caller's own Authorization header."""
-    authorization = request.headers.get("Authorization", "")
-    scheme, _, credential = authorization.partition(" ")
+    environ = request.environ  # read the WSGI environ directly: this view runs per gateway request
+    scheme, _, credential = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     credential = credential.strip()
     if scheme.lower() not in ("key", "bearer") or not credential:
         return error_response("UNAUTHENTICATED", "Send 'Authorization: Key <api key>'.", None, 401,
                               {"WWW-Authenticate": 'Key realm="keyledger"',
                                "X-Keyledger-Code": "UNAUTHENTICATED"})
-    args = request.args
     # The gateway's header wins over the query, which a gateway might copy from the client.
-    scope = request.headers.get("X-Required-Scope") or args.get("scope")
-    app_id = request.headers.get("X-Required-App-Id") or args.get("app_id")
+    scope = environ.get("HTTP_X_REQUIRED_SCOPE")
+    app_id = environ.get("HTTP_X_REQUIRED_APP_ID")
+    if environ.get("QUERY_STRING") and (scope is None or app_id is None):
+        args = request.args
+        scope = scope or args.get("scope")
+        app_id = app_id or args.get("app_id")
     code, kind, entry = context.system().verifier.verify(credential, scope, app_id)
     if code == VALID:
-        _, scope_text = _scope_forms(entry.scopes)
-        return Response(b"", 200, {"X-Keyledger-App-Id": entry.app_id or "",
-                                   "X-Keyledger-Key-Id": entry.key_id,
-                                   "X-Keyledger-Scopes": scope_text})
+        return Response(b"", 200, [("X-Keyledger-App-Id", entry.app_id or ""),
+                                   ("X-Keyledger-Key-Id", _key_id_text(entry.id)),
+                                   ("X-Keyledger-Scopes", _scope_forms(entry.scopes)[1])])
     if code in (INSUFFICIENT_SCOPE, APP_MISMATCH):
         message = ("This credential may not perform this scope." if code == INSUFFICIENT_SCOPE
                    else "This key belongs to another app.")
