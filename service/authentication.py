@@ -19,12 +19,7 @@ from projections.verification import (
 from service import credentials
 from service.domain.actors import Actor
 from service.domain.errors import CredentialRefused, Unauthenticated
-
-_MESSAGES = {
-    credentials.MALFORMED: "The credential is malformed (wrong length or checksum); copy it again in full.",
-    REVOKED: "This credential has been revoked; use another one.",
-    EXPIRED: "This credential has expired; use another one.",
-}
+from service.verification import MALFORMED, REFUSALS
 
 
 class Authenticator:
@@ -43,7 +38,7 @@ class Authenticator:
             raise Unauthenticated("Use the 'Authorization: Key <token>' scheme with a personal token.")
         kind = credentials.classify(credential)
         if kind == credentials.MALFORMED:
-            raise CredentialRefused("MALFORMED", _MESSAGES[credentials.MALFORMED])
+            raise CredentialRefused(MALFORMED, REFUSALS[MALFORMED])
         if kind == credentials.ACCESS_TOKEN:
             raise Unauthenticated("Unknown credential; send a personal token (pat_…).")
         code, entry = self.index.check(self.digester.digest(credential), None, None,
@@ -51,7 +46,7 @@ class Authenticator:
         if code == NOT_FOUND or entry is None:
             raise Unauthenticated("Unknown credential; send a valid personal token (pat_…).")
         if code in (REVOKED, EXPIRED):
-            raise CredentialRefused(code, _MESSAGES[code])
+            raise CredentialRefused(code, REFUSALS[code])
         if entry.kind == PERSONAL_TOKEN:
             return Actor(kind="account", id=entry.key_id, role=entry.role)
         return Actor(kind="key", id=entry.key_id, app_id=entry.app_id)

@@ -24,6 +24,14 @@ from service import credentials
 
 MALFORMED = "MALFORMED"
 
+# What a refused credential is told (management API and forward-auth alike), by code.
+REFUSALS = {
+    MALFORMED: "The credential is malformed (wrong length or checksum); copy it again in full.",
+    "UNAUTHENTICATED": "Unknown credential; check that it is complete and still exists.",
+    "REVOKED": "This credential has been revoked; use another one.",
+    "EXPIRED": "This credential has expired; use another one.",
+}
+
 
 class Verifier:
     __slots__ = ("_digest", "_check", "_clock", "_touch")

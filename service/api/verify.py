@@ -20,17 +20,12 @@ from projections.verification import APP_MISMATCH, INSUFFICIENT_SCOPE, NOT_FOUND
 from service.api import context
 from service.api.errors import error_response
 from service.api.schemas import ErrorSchema, VerifyRequestSchema, VerifyResultSchema
+from service.verification import REFUSALS
 
 blp = Blueprint("verification", __name__, description="Verification for gateways (no credential of its own)")
 
 _FIELDS = frozenset(("key", "scope", "app_id"))
 _MAX = {"key": 1024, "scope": 100, "app_id": 100}
-_MESSAGES_401 = {
-    "MALFORMED": "The credential is malformed (wrong length or checksum).",
-    "UNAUTHENTICATED": "Unknown credential.",
-    "REVOKED": "This credential has been revoked.",
-    "EXPIRED": "This credential has expired.",
-}
 
 
 def register_schemas(api: Api) -> None:
@@ -151,5 +146,5 @@ def auth_check():
         return error_response("FORBIDDEN", message, {"reason": code, "scope": scope}, 403,
                               {"X-Keyledger-Code": code})
     code = "UNAUTHENTICATED" if code == NOT_FOUND else code
-    return error_response(code, _MESSAGES_401[code], None, 401,
+    return error_response(code, REFUSALS[code], None, 401,
                           {"WWW-Authenticate": 'Key realm="keyledger"', "X-Keyledger-Code": code})
