@@ -50,7 +50,6 @@ class VerificationView(Projection):
             expires_at REAL,
             ends_at    REAL
         ) WITHOUT ROWID""",
-        "DROP INDEX IF EXISTS verification_by_key",  # no longer used: events name their digests
     )
 
     @handles(Account.Registered)
