@@ -16,6 +16,7 @@ from datetime import datetime
 
 from projections.audit import AuditLog, AuditTrail
 from projections.beacon import ChangeBeacon
+from projections.campaign import CampaignProgress, CampaignView
 from projections.directory import Directory, DirectoryView
 from projections.follower import Follower
 from projections.last_used import LastUsed
@@ -24,7 +25,8 @@ from projections.verification import VerificationIndex, VerificationView
 from service import credentials
 from service.application import Keyledger, utc_now
 from service.authentication import Authenticator
-from service.settings import Settings
+from service.domain.campaign import CampaignPlan
+from service.settings import Settings, duration_name
 from service.verification import Verifier
 
 log = logging.getLogger("keyledger")
@@ -44,6 +46,8 @@ class System:
     authenticator: Authenticator
     last_used: LastUsed
     verifier: Verifier
+    campaign: CampaignProgress
+    plan: CampaignPlan
     _closed: bool = field(default=False, repr=False)
 
     def after_command(self) -> None:
@@ -80,7 +84,7 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     views = ViewStore(settings.views_path)
     index = VerificationIndex()
     beacon = ChangeBeacon(settings.data_dir / "changes.beacon")
-    follower = Follower(keys_app, views, [VerificationView(), DirectoryView(), AuditTrail()], [index],
+    follower = Follower(keys_app, views, [VerificationView(), DirectoryView(), AuditTrail(), CampaignView()], [index],
                         beacon=beacon)
     follower.start()
     last_used = LastUsed(views)
@@ -92,7 +96,15 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         directory=Directory(views), audit=AuditLog(views),
         authenticator=Authenticator(digester, index, clock),
         last_used=last_used, verifier=Verifier(digester, index, clock, last_used),
+        campaign=CampaignProgress(views), plan=campaign_plan(settings),
     )
     if follow:  # a serving process: flush last-used times and close stores on a normal exit
         atexit.register(system.close)
     return system
+
+
+def campaign_plan(settings: Settings) -> CampaignPlan:
+    """The deprecation campaign the settings describe: the sunset, the reminder stages, the look-back."""
+    return CampaignPlan.of(settings.legacy_sunset_at,
+                           {duration_name(before): before for before in settings.reminders},
+                           settings.legacy_lookback)

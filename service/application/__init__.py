@@ -12,14 +12,15 @@ from __future__ import annotations
 from service.application.accounts import AccountUseCases
 from service.application.apps import AppUseCases
 from service.application.base import DESCRIPTION_MAX, NAME_MAX, Clock, utc_now
+from service.application.campaign import CampaignUseCases
 from service.application.keys import MAX_GRACE_SECONDS, KeyUseCases
 from service.domain.keys import ApiKey
 
 __all__ = ["DESCRIPTION_MAX", "MAX_GRACE_SECONDS", "NAME_MAX", "Clock", "Keyledger", "utc_now"]
 
 
-class Keyledger(AccountUseCases, AppUseCases, KeyUseCases):
-    """Accounts, apps and their scoped API keys, as immutable events."""
+class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, CampaignUseCases):
+    """Accounts, apps and their scoped API keys, and the deprecation campaign, as immutable events."""
 
     name = "keyledger"
     # A key changed many times still loads in a fraction of a millisecond.
