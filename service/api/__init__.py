@@ -67,10 +67,10 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
     _register_request_hooks(flask_app, system)
     _serve_docs_assets(flask_app)
 
-    from service.api import accounts, apps, keys, operations, verify
+    from service.api import accounts, apps, campaign, keys, operations, verify
 
     verify.register_schemas(api)
-    for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp, verify.blp):
+    for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp, verify.blp, campaign.blp):
         api.register_blueprint(blueprint)
     return flask_app
 
