@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     projections = commands.add_parser("projections", help="read models")
     projection_commands = projections.add_subparsers(dest="projection_command", required=True)
     rebuild = projection_commands.add_parser("rebuild", help="drop and rebuild views from the event log")
-    rebuild.add_argument("name", nargs="?", choices=["verification", "directory", "audit"])
+    rebuild.add_argument("name", nargs="?", choices=["verification", "directory", "audit", "legacy_usage"])
     rebuild.set_defaults(handler=_projections_rebuild)
     return parser
 
