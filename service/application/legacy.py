@@ -69,7 +69,8 @@ class LegacyUseCases(LedgerApplication):
         app = self._visible_app(app_id, by)
         now = self.now()
         if not self.legacy_open(now):
-            raise LegacyAccessEnded("Legacy OAuth2 ended at the sunset; give the app an API key instead.")
+            raise Conflict("Legacy OAuth2 ended at the sunset: no more client credentials are issued; "
+                           "give the app an API key instead.")
         secret = credentials.generate_opaque(credentials.CLIENT_SECRET_LENGTH)
         client = self._new_client(app, credentials.new_client_id(), secret, origin="admin", by=by,
                                   request=request, now=now)
