@@ -1,9 +1,12 @@
-"""When each key was last used, without an event per verification.
+"""When each key was last used, and how often legacy access tokens are used, without an
+event per verification.
 
 Verifications note the time in memory (one dictionary store); ``flush()`` writes the
 batch to the view store every ``interval`` seconds, keeping the latest time per key, so
-``last_used_at`` is accurate to within that interval. Not derived from events, so a
-rebuild of the views leaves it alone.
+``last_used_at`` is accurate to within that interval. Legacy access tokens are counted the
+same way, per client and use window (the window itself is recorded as a ``LegacyTokenUsed``
+event on its first use; these counts say how many uses followed). Not derived from events,
+so a rebuild of the views leaves them alone.
 """
 
 from __future__ import annotations
@@ -20,34 +23,56 @@ log = logging.getLogger("keyledger.last_used")
 
 DDL = """CREATE TABLE IF NOT EXISTS key_last_used (
     key_id TEXT PRIMARY KEY, last_used_at REAL NOT NULL) WITHOUT ROWID"""
+LEGACY_DDL = """CREATE TABLE IF NOT EXISTS legacy_use_counts (
+    client_id TEXT NOT NULL, window_start REAL NOT NULL, uses INTEGER NOT NULL,
+    last_used_at REAL NOT NULL, PRIMARY KEY (client_id, window_start)) WITHOUT ROWID"""
 
 
 class LastUsed:
     def __init__(self, store: ViewStore) -> None:
         self.store = store
         self.pending: dict[bytes, float] = {}  # key UUID bytes → time of last use
+        # (legacy client's UUID bytes, window start) → [uses, time of last use]
+        self.legacy_pending: dict[tuple[bytes, float], list] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         with store.write() as db:
             db.execute(DDL)
+            db.execute(LEGACY_DDL)
 
     def touch(self, key_id: bytes, at: float) -> None:
         """Hot path: remember the use (the key's UUID as 16 bytes); no I/O."""
         self.pending[key_id] = at
 
+    def count_legacy(self, client_id: bytes, window_start: float, at: float) -> None:
+        """Hot path: count a use of a legacy client's access token; no I/O."""
+        counted = self.legacy_pending.get((client_id, window_start))
+        if counted is None:
+            self.legacy_pending[(client_id, window_start)] = [1, at]
+        else:
+            counted[0] += 1
+            counted[1] = at
+
     def flush(self) -> int:
         pending, self.pending = self.pending, {}
+        legacy, self.legacy_pending = self.legacy_pending, {}
         # A verification racing the swap may still add to the old dict: copy it in one
         # step (atomic under the GIL); such a late use is simply written next time.
         pending = dict(pending)
-        if not pending:
+        legacy = {k: tuple(v) for k, v in dict(legacy).items()}
+        if not pending and not legacy:
             return 0
         with self.store.write() as db:
             db.executemany(
                 "INSERT INTO key_last_used (key_id, last_used_at) VALUES (?, ?) "
                 "ON CONFLICT (key_id) DO UPDATE SET last_used_at = MAX(last_used_at, excluded.last_used_at)",
                 [(str(UUID(bytes=k)), t) for k, t in pending.items()])
-        return len(pending)
+            db.executemany(
+                "INSERT INTO legacy_use_counts (client_id, window_start, uses, last_used_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (client_id, window_start) DO UPDATE SET "
+                "uses = uses + excluded.uses, last_used_at = MAX(last_used_at, excluded.last_used_at)",
+                [(str(UUID(bytes=c)), w, n, t) for (c, w), (n, t) in legacy.items()])
+        return len(pending) + len(legacy)
 
     def of(self, key_ids: Iterable[str]) -> dict[str, datetime]:
         """The last use of each key (that has one), including uses not flushed yet."""

@@ -22,10 +22,12 @@ from projections.store import ViewStore
 from projections.timefmt import epoch
 from service.domain.accounts import Account
 from service.domain.keys import ApiKey
+from service.domain.legacy import LegacyClient, LegacyUseWindow
 from service.domain.scopes import ALL
 
 API_KEY = "api_key"
 PERSONAL_TOKEN = "personal_token"
+ACCESS_TOKEN = "access_token"
 
 # Verdict codes
 VALID = "VALID"
@@ -34,11 +36,12 @@ REVOKED = "REVOKED"
 EXPIRED = "EXPIRED"
 INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
 APP_MISMATCH = "APP_MISMATCH"
+LEGACY_TOKEN_SUNSET = "LEGACY_TOKEN_SUNSET"
 
 
 class VerificationView(Projection):
     name = "verification"
-    tables = ("verification",)
+    tables = ("verification", "verification_legacy_clients")
     ddl = (
         """CREATE TABLE IF NOT EXISTS verification (
             digest     BLOB PRIMARY KEY,
@@ -50,12 +53,48 @@ class VerificationView(Projection):
             expires_at REAL,
             ends_at    REAL
         ) WITHOUT ROWID""",
+        # Legacy OAuth2 clients: their access tokens are rows of ``verification`` (kind
+        # access_token, key_id the client's id); disabling a client ends every one of them.
+        """CREATE TABLE IF NOT EXISTS verification_legacy_clients (
+            id        TEXT PRIMARY KEY,
+            client_id TEXT NOT NULL,
+            app_id    TEXT NOT NULL,
+            ends_at   REAL
+        ) WITHOUT ROWID""",
     )
 
     @handles(Account.Registered)
     def _account(self, db: sqlite3.Connection, position: int, e: Any) -> None:
         db.execute("INSERT OR REPLACE INTO verification VALUES (?, ?, ?, NULL, ?, '', NULL, NULL)",
                    (bytes.fromhex(e.token_digest), PERSONAL_TOKEN, str(e.originator_id), e.role))
+
+    @handles(Account.TokenReplaced)
+    def _token_replaced(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+        old = bytes.fromhex(e.previous_digest)
+        db.execute(
+            "INSERT OR REPLACE INTO verification "
+            "SELECT ?, kind, key_id, app_id, role, scopes, expires_at, NULL FROM verification WHERE digest = ?",
+            (bytes.fromhex(e.token_digest), old))
+        at = epoch(e.timestamp)
+        db.execute("UPDATE verification SET ends_at = MIN(COALESCE(ends_at, ?), ?) WHERE digest = ?",
+                   (at, at, old))
+
+    @handles(LegacyClient.CredentialsIssued)
+    def _legacy_client(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+        db.execute("INSERT OR REPLACE INTO verification_legacy_clients VALUES (?, ?, ?, NULL)",
+                   (str(e.originator_id), e.client_id, e.app_id))
+
+    @handles(LegacyClient.AccessTokenIssued)
+    def _access_token(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+        db.execute("INSERT OR REPLACE INTO verification VALUES (?, ?, ?, ?, NULL, ?, ?, NULL)",
+                   (bytes.fromhex(e.token_digest), ACCESS_TOKEN, str(e.originator_id), e.app_id, ALL,
+                    epoch(e.expires_at)))
+
+    @handles(LegacyClient.AccessDisabled)
+    def _legacy_disabled(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+        at = epoch(e.timestamp)
+        db.execute("UPDATE verification_legacy_clients SET ends_at = MIN(COALESCE(ends_at, ?), ?) WHERE id = ?",
+                   (at, at, str(e.originator_id)))
 
     _INSERT_KEY = "INSERT OR REPLACE INTO verification VALUES (?, ?, ?, ?, NULL, ?, ?, NULL)"
 
@@ -151,13 +190,58 @@ class TokenEntry(Credential):
         self.ends_at = ends_at
 
 
+class LegacyClientState:
+    """A legacy OAuth2 client as every one of its access tokens sees it."""
+
+    __slots__ = ("id", "client_id", "app_id", "ends_at", "recorded_until", "retry_at")
+
+    def __init__(self, id: bytes, client_id: str, app_id: str, ends_at: float | None) -> None:
+        self.id = id
+        self.client_id = client_id
+        self.app_id = app_id
+        self.ends_at = ends_at  # disabled (or the sunset): every token ends
+        self.recorded_until = 0.0  # the end of the last use window recorded as an event
+        self.retry_at = 0.0  # after a failed attempt to record a use: when to try again
+
+
+ALL_SCOPES = frozenset((ALL,))
+
+
+class AccessTokenEntry(Credential):
+    """A legacy access token: no scopes of its own, so it may do everything (``All``) for its
+    app until it expires, or until the sunset or its client is disabled."""
+
+    __slots__ = ("client", "expires_at")
+    kind = ACCESS_TOKEN
+    role = None
+    scopes = ALL_SCOPES
+
+    def __init__(self, client: LegacyClientState, expires_at: float | None) -> None:
+        self.client = client
+        self.expires_at = expires_at
+
+    @property
+    def id(self) -> bytes:  # type: ignore[override]
+        return self.client.id
+
+    @property
+    def app_id(self) -> str:  # type: ignore[override]
+        return self.client.app_id
+
+    @property
+    def ends_at(self) -> float | None:
+        return self.client.ends_at
+
+
 class VerificationIndex:
     """The in-memory verification index of one process."""
 
     view = VerificationView.name
 
-    def __init__(self) -> None:
+    def __init__(self, legacy_sunset_at: float | None = None) -> None:
         self.by_digest: dict[bytes, Credential] = {}
+        self.clients: dict[bytes, LegacyClientState] = {}
+        self.legacy_sunset_at = legacy_sunset_at  # access tokens end then, whatever the events say
         self._scope_sets: dict[str, frozenset] = {}
         self._strings: dict[str, str] = {}
 
@@ -173,7 +257,7 @@ class VerificationIndex:
         if entry is None:
             return NOT_FOUND, None
         if entry.ends_at is not None and now >= entry.ends_at:
-            return REVOKED, entry
+            return (LEGACY_TOKEN_SUNSET if entry.kind == ACCESS_TOKEN else REVOKED), entry
         if entry.expires_at is not None and now >= entry.expires_at:
             return EXPIRED, entry
         if entry.kind == PERSONAL_TOKEN:  # manages keys; carries no API scopes and no app
@@ -188,14 +272,21 @@ class VerificationIndex:
 
     def load(self, store: ViewStore) -> int:
         fresh: dict[bytes, Credential] = {}
+        clients: dict[bytes, LegacyClientState] = {}
         with collector_paused(), store.read() as db:
             position = store.position(db, self.view)
             cursor = db.cursor()
             cursor.row_factory = None  # plain tuples: no Row object per key
+            for client_id, client, app_id, ends_at in cursor.execute(
+                    "SELECT * FROM verification_legacy_clients"):
+                state = self._client(UUID(client_id).bytes, client, app_id)
+                state.ends_at = _earliest(state.ends_at, ends_at)
+                clients[state.id] = state
             for row in cursor.execute("SELECT * FROM verification"):
-                fresh[row[0][:DIGEST_BYTES]] = self._entry(row)
+                fresh[row[0][:DIGEST_BYTES]] = self._entry(row, clients)
             db.execute("PRAGMA shrink_memory")  # give back the page cache the full scan filled
         self.by_digest = fresh
+        self.clients = clients
         release_free_memory()
         return position
 
@@ -227,6 +318,25 @@ class VerificationIndex:
                 for digest in e.digests:
                     if (entry := table.get(bytes.fromhex(digest)[:DIGEST_BYTES])) is not None:
                         entry.ends_at = _earliest(entry.ends_at, at)
+            elif kind is Account.TokenReplaced:
+                old = table.get(bytes.fromhex(e.previous_digest)[:DIGEST_BYTES])
+                if old is not None:
+                    table[bytes.fromhex(e.token_digest)[:DIGEST_BYTES]] = TokenEntry(old.id, old.role, None)
+                    old.ends_at = _earliest(old.ends_at, epoch(e.timestamp))
+            elif kind is LegacyClient.AccessTokenIssued:
+                client = self.clients.get(e.originator_id.bytes)
+                if client is not None:
+                    table[bytes.fromhex(e.token_digest)[:DIGEST_BYTES]] = AccessTokenEntry(
+                        client, epoch(e.expires_at))
+            elif kind is LegacyClient.CredentialsIssued:
+                self.clients[e.originator_id.bytes] = self._client(e.originator_id.bytes, e.client_id, e.app_id)
+            elif kind is LegacyClient.AccessDisabled:
+                if (client := self.clients.get(e.originator_id.bytes)) is not None:
+                    client.ends_at = _earliest(client.ends_at, epoch(e.timestamp))
+            elif kind is LegacyUseWindow.LegacyTokenUsed:
+                client = self.clients.get(LegacyClient.create_id(e.client_id).bytes)
+                if client is not None:  # recorded (here or elsewhere): no second event this window
+                    client.recorded_until = max(client.recorded_until, epoch(e.window_end))
 
     def _intern(self, text: str) -> str:
         return self._strings.setdefault(text, text)
@@ -237,10 +347,15 @@ class VerificationIndex:
             scope_set = self._scope_sets[scopes] = frozenset(scopes.split())
         return scope_set
 
-    def _entry(self, row: sqlite3.Row | tuple) -> Credential:
+    def _client(self, id: bytes, client_id: str, app_id: str) -> LegacyClientState:
+        return LegacyClientState(id, client_id, self._intern(app_id), self.legacy_sunset_at)
+
+    def _entry(self, row: sqlite3.Row | tuple, clients: dict[bytes, LegacyClientState]) -> Credential:
         _, kind, key_id, app_id, role, scopes, expires_at, ends_at = row
         if kind == PERSONAL_TOKEN:
             return TokenEntry(UUID(key_id).bytes, self._intern(role), ends_at)
+        if kind == ACCESS_TOKEN:
+            return AccessTokenEntry(clients[UUID(key_id).bytes], expires_at)
         return KeyEntry(UUID(key_id).bytes, self._intern(app_id), self._scope_set(scopes), expires_at, ends_at)
 
 
@@ -252,5 +367,7 @@ def release_free_memory() -> None:
         pass
 
 
-def _earliest(current: float | None, candidate: float) -> float:
+def _earliest(current: float | None, candidate: float | None) -> float | None:
+    if candidate is None:
+        return current
     return candidate if current is None or candidate < current else current

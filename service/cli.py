@@ -126,6 +126,40 @@ def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _accounts_token(args: argparse.Namespace, settings: Settings) -> int:
+    from service.composition import build_system
+
+    system = build_system(settings, follow=False)
+    try:
+        account, token = system.keys_app.replace_personal_token(
+            args.email, by=Actor.system("cli"), request=NO_REQUEST)
+        system.after_command()
+    finally:
+        system.close()
+    if args.json:
+        print(json.dumps({**{k: account[k] for k in ("id", "email", "name", "role")}, "token": token}))
+    else:
+        print(f"New personal token for {account['email']} (the previous one no longer works; shown once):")
+        print(token)
+    return 0
+
+
+def _import_legacy(args: argparse.Namespace, settings: Settings) -> int:
+    from service.composition import build_system
+    from service.legacy_import import import_file
+
+    if not os.path.isfile(args.file):
+        print(f"keyledger: import-legacy: no such file: {args.file}", file=sys.stderr)
+        return 2
+    system = build_system(settings, follow=False)
+    try:
+        summary = import_file(system, args.file, progress=sys.stderr)
+    finally:
+        system.close()
+    print(summary.sentence())
+    return 1 if summary.refused else 0
+
+
 def _projections_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
@@ -172,10 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="print one JSON line")
     create.set_defaults(handler=_accounts_create)
 
+    token = account_commands.add_parser(
+        "token", help="give an account a new personal token (the old one stops) and print it once")
+    token.add_argument("--email", required=True)
+    token.add_argument("--json", action="store_true", help="print one JSON line")
+    token.set_defaults(handler=_accounts_token)
+
+    importer = commands.add_parser(
+        "import-legacy", help="bring existing apps over from a JSON Lines file (owners, apps, legacy "
+                              "clients, auto-generated All keys); running it twice creates nothing new")
+    importer.add_argument("file", help='one JSON object per line: {"app_id", "app_name", "owner_email", '
+                                       '"owner_name", "client_id", "client_secret"}')
+    importer.set_defaults(handler=_import_legacy)
+
     projections = commands.add_parser("projections", help="read models")
     projection_commands = projections.add_subparsers(dest="projection_command", required=True)
     rebuild = projection_commands.add_parser("rebuild", help="drop and rebuild views from the event log")
-    rebuild.add_argument("name", nargs="?", choices=["verification", "directory", "audit", "campaign"])
+    rebuild.add_argument("name", nargs="?",
+                         choices=["verification", "directory", "audit", "legacy_usage", "campaign"])
     rebuild.set_defaults(handler=_projections_rebuild)
     return parser
 

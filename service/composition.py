@@ -12,7 +12,8 @@ import atexit
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from uuid import UUID
 
 from projections.audit import AuditLog, AuditTrail
 from projections.beacon import ChangeBeacon
@@ -20,11 +21,13 @@ from projections.campaign import CampaignProgress, CampaignView
 from projections.directory import Directory, DirectoryView
 from projections.follower import Follower
 from projections.last_used import LastUsed
+from projections.legacy_usage import LegacyUsage, LegacyUsageView
 from projections.store import ViewStore
 from projections.verification import VerificationIndex, VerificationView
 from service import credentials
-from service.application import Keyledger, utc_now
+from service.application import Keyledger, LegacyPolicy, utc_now
 from service.authentication import Authenticator
+from service.domain.actors import RequestInfo
 from service.domain.campaign import CampaignPlan
 from service.settings import Settings, duration_name
 from service.verification import Verifier
@@ -46,6 +49,7 @@ class System:
     authenticator: Authenticator
     last_used: LastUsed
     verifier: Verifier
+    legacy_usage: LegacyUsage
     campaign: CampaignProgress
     plan: CampaignPlan
     _closed: bool = field(default=False, repr=False)
@@ -80,22 +84,35 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     pepper = credentials.load_or_create_pepper(settings.data_dir, settings.pepper)
     digester = credentials.Digester(pepper)
-    keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock)
+    legacy = LegacyPolicy(sunset_at=settings.legacy_sunset_at, token_ttl=settings.access_token_ttl,
+                          use_window=settings.legacy_use_window)
+    keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock, legacy=legacy)
     views = ViewStore(settings.views_path)
-    index = VerificationIndex()
+    index = VerificationIndex(legacy_sunset_at=settings.legacy_sunset_at.timestamp())
     beacon = ChangeBeacon(settings.data_dir / "changes.beacon")
-    follower = Follower(keys_app, views, [VerificationView(), DirectoryView(), AuditTrail(), CampaignView()], [index],
+    follower = Follower(keys_app, views,
+                        [VerificationView(), DirectoryView(), AuditTrail(), LegacyUsageView(), CampaignView()],
+                        [index],
                         beacon=beacon)
     follower.start()
     last_used = LastUsed(views)
     if follow:
         follower.follow(settings.follow_interval)
         last_used.run_every(settings.last_used_interval)
+
+    def record_legacy_use(client_id: bytes, token_display: str, at: float, request: RequestInfo) -> None:
+        if keys_app.record_legacy_use(UUID(bytes=client_id), token_display=token_display,
+                                      at=datetime.fromtimestamp(at, UTC), request=request):
+            follower.catch_up()  # and tell this machine's other processes: no second record
+
     system = System(
         settings=settings, keys_app=keys_app, views=views, follower=follower, index=index,
         directory=Directory(views), audit=AuditLog(views),
         authenticator=Authenticator(digester, index, clock),
-        last_used=last_used, verifier=Verifier(digester, index, clock, last_used),
+        last_used=last_used,
+        verifier=Verifier(digester, index, clock, last_used, record_use=record_legacy_use,
+                          legacy_window=settings.legacy_use_window.total_seconds()),
+        legacy_usage=LegacyUsage(views),
         campaign=CampaignProgress(views), plan=campaign_plan(settings),
     )
     if follow:  # a serving process: flush last-used times and close stores on a normal exit

@@ -53,6 +53,26 @@ def generate(prefix: str) -> str:
     return head + _checksum(head)
 
 
+def _random_base62(length: int) -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+
+
+CLIENT_SECRET_LENGTH = 40
+ACCESS_TOKEN_LENGTH = 30
+
+
+def generate_opaque(length: int) -> str:
+    """A legacy OAuth2 secret (client secret or access token): ``length`` random base62
+    characters and no prefix, like the 2017 originals. It never contains ``_``, so
+    ``classify`` calls it an access token, never a key."""
+    return _random_base62(length)
+
+
+def new_client_id() -> str:
+    """A legacy OAuth2 client id (an identifier, not a secret)."""
+    return _random_base62(32)
+
+
 def classify(credential: str) -> str:
     """``api_key``, ``personal_token``, ``malformed`` (known prefix, wrong length or
     checksum) or ``access_token`` (no known prefix: a legacy token). No I/O."""
@@ -90,7 +110,7 @@ def redact(text: str) -> str:
 
 
 def display_hint(secret: str) -> str:
-    """What may be shown of a secret: its prefix and last four characters."""
+    """What may be shown of a secret: its prefix (if any) and last four characters."""
     prefix = next((p for p in KIND_BY_PREFIX if secret.startswith(p)), "")
     return f"{prefix}…{secret[-4:]}"
 

@@ -91,6 +91,8 @@ class Settings:
     database_url: str | None = None
     pepper: str | None = field(default=None, repr=False)
     legacy_sunset_at: datetime = parse_time("2018-01-01T00:00:00Z", "default")
+    legacy_deprecated_at_setting: datetime | None = None  # default: the first reminder's time
+    migration_guide_url: str = "/docs/migration"
     reminders: tuple[timedelta, ...] = (timedelta(days=90), timedelta(days=30), timedelta(days=7), timedelta(days=1))
     legacy_use_window: timedelta = timedelta(hours=1)
     access_token_ttl: timedelta = timedelta(hours=48)
@@ -124,6 +126,13 @@ class Settings:
                                 "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_hex(32))')")
         if (v := get("KEYLEDGER_LEGACY_SUNSET_AT")) is not None:
             kwargs["legacy_sunset_at"] = parse_time(v, "KEYLEDGER_LEGACY_SUNSET_AT")
+        if (v := get("KEYLEDGER_LEGACY_DEPRECATED_AT")) is not None:
+            kwargs["legacy_deprecated_at_setting"] = parse_time(v, "KEYLEDGER_LEGACY_DEPRECATED_AT")
+        if (v := get("KEYLEDGER_MIGRATION_GUIDE_URL")) is not None:
+            if any(ord(c) < 0x21 or c in '<>"' for c in v):
+                raise SettingsError(f"KEYLEDGER_MIGRATION_GUIDE_URL={v!r}: expected a URL without spaces, "
+                                    "quotes or angle brackets")
+            kwargs["migration_guide_url"] = v
         if (v := get("KEYLEDGER_REMINDERS")) is not None:
             reminders = tuple(
                 parse_duration(part, "KEYLEDGER_REMINDERS") for part in v.split(",") if part.strip()
@@ -183,6 +192,14 @@ class Settings:
     @property
     def scheduler_lock_path(self) -> Path:
         return self.data_dir / "scheduler.lock"
+
+    @property
+    def legacy_deprecated_at(self) -> datetime:
+        """Since when access tokens are deprecated (the ``Deprecation`` header): as set, or the
+        time of the first reminder before the sunset."""
+        if self.legacy_deprecated_at_setting is not None:
+            return self.legacy_deprecated_at_setting
+        return self.legacy_sunset_at - max(self.reminders, default=timedelta(0))
 
     @property
     def events_path(self) -> Path:

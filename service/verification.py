@@ -7,6 +7,7 @@ No I/O, no logging, no store access.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 
@@ -17,10 +18,19 @@ from projections.verification import (
     NOT_FOUND,
     PERSONAL_TOKEN,
     VALID,
+    AccessTokenEntry,
     Credential,
     VerificationIndex,
 )
 from service import credentials
+from service.domain.actors import RequestInfo
+
+log = logging.getLogger("keyledger.verification")
+
+# record_use(client's UUID bytes, token display hint, time of use, the request) writes the
+# LegacyTokenUsed event of that time's window (or finds it written); it raises if it cannot.
+RecordUse = Callable[[bytes, str, float, RequestInfo], None]
+RETRY_RECORD_AFTER = 1.0  # seconds before a failed record of a legacy use is tried again
 
 MALFORMED = "MALFORMED"
 
@@ -30,22 +40,30 @@ REFUSALS = {
     "UNAUTHENTICATED": "Unknown credential; check that it is complete and still exists.",
     "REVOKED": "This credential has been revoked; use another one.",
     "EXPIRED": "This credential has expired; use another one.",
+    "LEGACY_TOKEN_SUNSET": "Access tokens stopped working at the sunset; send an API key as "
+                           "'Authorization: Key <api key>' instead.",
 }
 
 
 class Verifier:
-    __slots__ = ("_digest", "_check", "_clock", "_touch")
+    __slots__ = ("_digest", "_check", "_clock", "_touch", "_count_legacy", "_record_use", "_window")
 
     def __init__(self, digester: credentials.Digester, index: VerificationIndex,
-                 clock: Callable[[], datetime], last_used: LastUsed) -> None:
+                 clock: Callable[[], datetime], last_used: LastUsed,
+                 record_use: RecordUse | None = None, legacy_window: float = 3600.0) -> None:
         self._digest = digester.digest
         self._check = index.check
         self._clock = clock
         self._touch = last_used.touch
+        self._count_legacy = last_used.count_legacy
+        self._record_use = record_use
+        self._window = legacy_window
 
-    def verify(self, credential: str, scope: str | None = None, app_id: str | None = None
+    def verify(self, credential: str, scope: str | None = None, app_id: str | None = None,
+               request: Callable[[], RequestInfo] | None = None
                ) -> tuple[str, str | None, Credential | None]:
-        """(code, kind, entry): the verdict, the credential's kind if known, its entry if found."""
+        """(code, kind, entry): the verdict, the credential's kind if known, its entry if found.
+        ``request`` gives the facts of the request, should a legacy token's use be recorded."""
         kind = credentials.classify(credential)
         if kind == credentials.MALFORMED:
             return MALFORMED, None, None
@@ -61,4 +79,25 @@ class Verifier:
             elif entry.kind == PERSONAL_TOKEN:
                 # Personal tokens manage keys; they carry no API scopes.
                 return INSUFFICIENT_SCOPE, entry.kind, entry
+            else:
+                self._legacy_use(entry, credential, now, request)
         return code, entry.kind, entry
+
+    def _legacy_use(self, entry: AccessTokenEntry, token: str, now: float,
+                    request: Callable[[], RequestInfo] | None) -> None:
+        """Count the use; the first in its window (in any process) is recorded as an event
+        before the answer goes out."""
+        client = entry.client
+        window_start = now - now % self._window
+        self._count_legacy(client.id, window_start, now)
+        if now < client.recorded_until or now < client.retry_at or self._record_use is None:
+            return
+        try:
+            self._record_use(client.id, credentials.display_hint(token), now,
+                             request() if request is not None else RequestInfo())
+        except Exception:  # the store is unavailable: answer, and try again shortly
+            client.retry_at = now + RETRY_RECORD_AFTER
+            log.warning("could not record a legacy token use of client %s; retrying in %.0f s",
+                        client.client_id, RETRY_RECORD_AFTER, exc_info=True)
+            return
+        client.recorded_until = window_start + self._window

@@ -57,6 +57,16 @@ def _remembering_generate(prefix: str) -> str:
 
 
 credentials.generate = _remembering_generate
+_generate_opaque = credentials.generate_opaque
+
+
+def _remembering_generate_opaque(length: int) -> str:
+    secret = _generate_opaque(length)
+    ISSUED_SECRETS.append(secret)
+    return secret
+
+
+credentials.generate_opaque = _remembering_generate_opaque
 
 
 def secrets_in(blob: bytes | str, secrets: list[str] | None = None) -> list[str]:

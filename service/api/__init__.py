@@ -63,16 +63,33 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
     api.spec.components.security_scheme(
         "personalToken", {"type": "apiKey", "in": "header", "name": "Authorization",
                           "description": "Authorization: Key pat_…"})
+    api.spec.components.security_scheme(
+        "clientCredentials", {"type": "http", "scheme": "basic",
+                              "description": "Legacy OAuth2: HTTP Basic client_id:client_secret"})
     register_error_handlers(flask_app)
     _register_request_hooks(flask_app, system)
     _serve_docs_assets(flask_app)
 
-    from service.api import accounts, apps, campaign, keys, operations, verify
+    from service.api import accounts, apps, campaign, keys, legacy, operations, verify
 
     verify.register_schemas(api)
-    for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp, verify.blp, campaign.blp):
+    for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp, verify.blp, legacy.blp, campaign.blp):
         api.register_blueprint(blueprint)
+    _serve_migration_guide(flask_app)
     return flask_app
+
+
+def _serve_migration_guide(flask_app: Flask) -> None:
+    """The migration guide the ``Link: <…>; rel="deprecation"`` header of legacy answers points to."""
+    from importlib.resources import files
+
+    guide = files("service.api").joinpath("migration.md").read_bytes()
+
+    @flask_app.get("/docs/migration")
+    def migration_guide() -> Response:
+        response = Response(guide, 200, mimetype="text/markdown")
+        response.headers["Cache-Control"] = "public, max-age=3600"
+        return response
 
 
 def _serve_docs_assets(flask_app: Flask) -> None:

@@ -26,6 +26,10 @@ def assign_request_id() -> None:
     g.request_id = offered if acceptable else uuid.uuid4().hex
 
 
+def request_id() -> str | None:
+    return g.get("request_id")
+
+
 def actor() -> Actor:
     """The authenticated caller (authentication ran before the view)."""
     return g.actor

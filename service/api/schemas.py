@@ -199,6 +199,19 @@ class VerifyRequestSchema(StrictSchema):
     app_id = fields.String(metadata={"description": "The app the request is for; another app's key is APP_MISMATCH."})
 
 
+class DeprecationSchema(Schema):
+    deprecated_at = Rfc3339(required=True, metadata={"description": "Since when access tokens are deprecated."})
+    sunset_at = Rfc3339(required=True, metadata={"description": "When access tokens stop working."})
+    link = fields.String(required=True, metadata={"description": "The migration guide."})
+
+
+class LegacyStatusSchema(Schema):
+    code = fields.Integer(required=True, metadata={"example": 11001})
+    description = fields.String(required=True)
+    details = fields.String()
+
+
+
 class VerifyResultSchema(Schema):
     valid = fields.Boolean(required=True)
     code = fields.String(required=True, metadata={"enum": [
@@ -209,3 +222,64 @@ class VerifyResultSchema(Schema):
     app_id = fields.String(allow_none=True)
     scopes = fields.List(fields.String(), allow_none=True)
     expires_at = Rfc3339(allow_none=True)
+    client_id = fields.String(allow_none=True, metadata={
+        "description": "Legacy access tokens only: the OAuth2 client that holds it."})
+    deprecation = fields.Nested(DeprecationSchema, metadata={
+        "description": "Legacy access tokens only: when they stop working, and how to move to API keys."})
+    status = fields.Nested(LegacyStatusSchema, metadata={
+        "description": "Legacy access tokens only: the status object 2017-era clients read "
+                       "(code 11001 with details 'expired token' tells them to fetch a new token)."})
+
+
+# -- legacy OAuth2 ----------------------------------------------------------------------------
+
+class LegacyCredentialsSchema(Schema):
+    app_id = fields.String(required=True)
+    client_id = fields.String(required=True)
+    client_secret = fields.String(required=True, metadata={"description": "Shown only in this response."})
+    created_at = Rfc3339(required=True)
+
+
+class TokenRequestSchema(Schema):
+    grant_type = fields.String(required=True, metadata={"enum": ["client_credentials"]})
+    client_id = fields.String(metadata={"description": "Only when not sent with HTTP Basic."})
+    client_secret = fields.String(metadata={"description": "Only when not sent with HTTP Basic."})
+    scope = fields.String(metadata={"description": "Ignored: access tokens carry no scopes."})
+
+
+class TokenSchema(Schema):
+    access_token = fields.String(required=True)
+    token_type = fields.String(required=True, metadata={"enum": ["Bearer"]})
+    expires_in = fields.Integer(required=True, metadata={"description": "Seconds until the token expires."})
+    scope = fields.String(required=True, metadata={"example": "api_access_write api_access api_access_read"})
+    status = fields.Nested(LegacyStatusSchema, required=True)
+
+
+class OAuthErrorSchema(Schema):
+    error = fields.String(required=True, metadata={"enum": [
+        "invalid_request", "invalid_client", "unsupported_grant_type", "unauthorized_client"]})
+    error_description = fields.String(required=True)
+    status = fields.Nested(LegacyStatusSchema, required=True)
+    request_id = fields.String(required=True)
+
+
+class LegacyUsageAppSchema(Schema):
+    app_id = fields.String(required=True)
+    app_name = fields.String(allow_none=True)
+    owner_id = fields.String(allow_none=True)
+    owner_email = fields.String(allow_none=True)
+    client_id = fields.String(required=True)
+    last_used_at = Rfc3339(allow_none=True, metadata={"description": "The last use of an access token."})
+    uses = fields.Integer(required=True, metadata={"description": "Access-token uses counted."})
+    windows = fields.Integer(required=True, metadata={"description": "Use windows (e.g. hours) with at least one use."})
+    uses_api_keys = fields.Boolean(required=True, metadata={"description": "Whether any of the app's API keys has been used."})
+    api_keys_last_used_at = Rfc3339(allow_none=True)
+    tokens_issued = fields.Integer(required=True)
+    last_token_at = Rfc3339(allow_none=True)
+    first_used_at = Rfc3339(allow_none=True)
+    disabled_at = Rfc3339(allow_none=True)
+
+
+class LegacyUsageSchema(Schema):
+    sunset_at = Rfc3339(required=True)
+    apps = fields.List(fields.Nested(LegacyUsageAppSchema), required=True)

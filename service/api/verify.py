@@ -16,9 +16,17 @@ from flask.views import MethodView
 from flask_smorest import Api, Blueprint
 
 from projections.timefmt import rfc3339_from_epoch
-from projections.verification import APP_MISMATCH, INSUFFICIENT_SCOPE, NOT_FOUND, VALID
+from projections.verification import (
+    ACCESS_TOKEN,
+    APP_MISMATCH,
+    EXPIRED,
+    INSUFFICIENT_SCOPE,
+    NOT_FOUND,
+    VALID,
+)
 from service.api import context
 from service.api.errors import error_response
+from service.api.legacy import EXPIRED_TOKEN, notice
 from service.api.schemas import ErrorSchema, VerifyRequestSchema, VerifyResultSchema
 from service.verification import REFUSALS
 
@@ -90,17 +98,26 @@ class Verify(MethodView):
                 problems[name] = [f"A string of at most {_MAX[name]} characters."]
         if problems:
             return _invalid(problems)
-        code, kind, entry = context.system().verifier.verify(key, body.get("scope"), body.get("app_id"))
+        code, kind, entry = context.system().verifier.verify(key, body.get("scope"), body.get("app_id"),
+                                                             context.request_info)
         if entry is None:
             return _json({"valid": False, "code": code, "kind": kind, "key_id": None, "app_id": None,
                           "scopes": None, "expires_at": None})
         is_key = kind == "api_key"
-        return _json({
+        answer = {
             "valid": code == VALID, "code": code, "kind": kind,
             "key_id": entry.key_id if is_key else None, "app_id": entry.app_id,
-            "scopes": _scope_forms(entry.scopes)[0] if is_key else [],
+            "scopes": _scope_forms(entry.scopes)[0] if is_key or kind == ACCESS_TOKEN else [],
             "expires_at": rfc3339_from_epoch(entry.expires_at),
-        })
+        }
+        if kind != ACCESS_TOKEN:
+            return _json(answer)
+        legacy = notice()
+        answer["client_id"] = entry.client.client_id
+        answer["deprecation"] = legacy.body
+        if code == EXPIRED:
+            answer["status"] = EXPIRED_TOKEN
+        return _json(answer, headers=legacy.headers)
 
 
 @blp.route("/v2/auth/check", methods=["GET"])
@@ -135,7 +152,9 @@ def auth_check():
         args = request.args
         scope = scope or args.get("scope")
         app_id = app_id or args.get("app_id")
-    code, kind, entry = context.system().verifier.verify(credential, scope, app_id)
+    code, kind, entry = context.system().verifier.verify(credential, scope, app_id, context.request_info)
+    if kind == ACCESS_TOKEN and entry is not None:
+        return _legacy_auth_check(code, entry, scope)
     if code == VALID:
         return Response(b"", 200, [("X-Keyledger-App-Id", entry.app_id or ""),
                                    ("X-Keyledger-Key-Id", _key_id_text(entry.id)),
@@ -148,3 +167,25 @@ def auth_check():
     code = "UNAUTHENTICATED" if code == NOT_FOUND else code
     return error_response(code, REFUSALS[code], None, 401,
                           {"WWW-Authenticate": 'Key realm="keyledger"', "X-Keyledger-Code": code})
+
+
+def _legacy_auth_check(code: str, entry, scope: str | None) -> Response:
+    """Forward-auth for a legacy access token: its answers carry the deprecation headers, and an
+    expired token's 401 carries the status 2017-era clients take as "fetch a new token"."""
+    headers = dict(notice().headers)
+    if code == VALID:
+        headers.update({"X-Keyledger-App-Id": entry.app_id, "X-Keyledger-Key-Id": "",
+                        "X-Keyledger-Client-Id": entry.client.client_id, "X-Keyledger-Scopes": "All",
+                        "X-Keyledger-Credential": ACCESS_TOKEN})
+        return Response(b"", 200, headers)
+    headers["X-Keyledger-Code"] = code
+    if code == APP_MISMATCH:
+        return error_response("FORBIDDEN", "This access token belongs to another app.",
+                              {"reason": code, "scope": scope}, 403, headers)
+    headers["WWW-Authenticate"] = 'Bearer realm="keyledger", error="invalid_token"'
+    response = error_response(code, REFUSALS[code], None, 401, headers)
+    if code == EXPIRED:  # old clients look for status.details == "expired token", then refresh
+        body = json.loads(response.get_data())
+        body["status"] = EXPIRED_TOKEN
+        response.set_data(json.dumps(body))
+    return response

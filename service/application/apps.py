@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from service.application.base import NAME_MAX, LedgerApplication, text_problem
@@ -53,6 +55,14 @@ class AppUseCases(LedgerApplication):
                 raise Forbidden("Only owners and admins can create apps.")
         now = self.now()
         slug = slug or _slugify(name)
+        app, key, secret = self._new_app(slug=slug, name=name, owner_id=owner_id, origin=origin, by=by,
+                                         request=request, now=now)
+        self._save_new(app, key, conflict=f"An app with id {slug!r} already exists; choose another id.")
+        return self._app_view(app), self.key_view(key, now), secret
+
+    def _new_app(self, *, slug: str, name: str, owner_id: str, origin: str, by: Actor,
+                 request: RequestInfo, now: datetime) -> tuple[App, Any, str]:
+        """An app and its auto-generated ``All`` key (origin ``migration`` for imported apps)."""
         app = App._create(App.Registered, id=App.create_id(slug), slug=slug, name=name.strip(),
                           owner_id=owner_id, origin=origin, by=by.ref, request=request.as_dict(),
                           timestamp=now)
@@ -60,8 +70,7 @@ class AppUseCases(LedgerApplication):
             app_id=slug, description="Default key (auto-generated)", scopes=["All"], expires_at=None,
             origin="migration" if origin == "migration" else "auto", by=by, request=request, now=now,
         )
-        self._save_new(app, key, conflict=f"An app with id {slug!r} already exists; choose another id.")
-        return self._app_view(app), self.key_view(key, now), secret
+        return app, key, secret
 
     def get_app(self, app_id: str, *, by: Actor) -> dict:
         return self._app_view(self._visible_app(app_id, by))

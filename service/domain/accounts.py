@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import event
@@ -17,6 +18,11 @@ class Account(LedgerAggregate):
         token_digest: str
         token_display: str
 
+    class TokenReplaced(LedgerAggregate.Event):
+        token_digest: str
+        token_display: str
+        previous_digest: str
+
     @event(Registered)
     def __init__(
         self, email: str, name: str, role: str, token_digest: str, token_display: str,
@@ -25,6 +31,17 @@ class Account(LedgerAggregate):
         self.email = email
         self.name = name
         self.role = role
+        self.token_digest = token_digest
+        self.token_display = token_display
+
+    def replace_token(self, *, digest: str, display: str, by: str, request: dict, at: datetime) -> None:
+        """A new personal token; the previous one stops working at once."""
+        self._replace_token(token_digest=digest, token_display=display, previous_digest=self.token_digest,
+                            by=by, request=request, timestamp=at)
+
+    @event(TokenReplaced)
+    def _replace_token(self, token_digest: str, token_display: str, previous_digest: str, by: str,
+                       request: dict, timestamp: datetime) -> None:
         self.token_digest = token_digest
         self.token_display = token_display
 

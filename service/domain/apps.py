@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import event
 
 from service.domain.aggregate import LedgerAggregate
+from service.domain.errors import Conflict
 
 
 class App(LedgerAggregate):
@@ -16,12 +18,27 @@ class App(LedgerAggregate):
         owner_id: str
         origin: str
 
+    class LegacyClientAttached(LedgerAggregate.Event):
+        client_id: str
+
     @event(Registered)
     def __init__(self, slug: str, name: str, owner_id: str, origin: str, by: str, request: dict) -> None:
         self.slug = slug
         self.name = name
         self.owner_id = owner_id
         self.origin = origin
+        self.legacy_client_id: str | None = None
+
+    def attach_legacy_client(self, client_id: str, *, by: str, request: dict, at: datetime) -> None:
+        """Give the app its (one) set of legacy OAuth2 client credentials."""
+        if self.legacy_client_id is not None:
+            raise Conflict(f"App {self.slug!r} already has legacy client credentials "
+                           f"(client id {self.legacy_client_id}); move it to API keys instead.")
+        self._attach_legacy_client(client_id=client_id, by=by, request=request, timestamp=at)
+
+    @event(LegacyClientAttached)
+    def _attach_legacy_client(self, client_id: str, by: str, request: dict, timestamp: datetime) -> None:
+        self.legacy_client_id = client_id
 
     @staticmethod
     def create_id(slug: str, **_: object) -> UUID:

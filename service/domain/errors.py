@@ -62,6 +62,18 @@ class KeyExpired(Conflict):
     """Changing a key whose expiry has passed."""
 
 
+class LegacyAccessEnded(KeyledgerError):
+    """Legacy OAuth2 after the sunset (or once an app's legacy access is disabled)."""
+
+    code = "LEGACY_TOKEN_SUNSET"
+
+
+class InvalidClient(KeyledgerError):
+    """Unknown client id, or a client secret that does not match (OAuth2 ``invalid_client``)."""
+
+    code = "UNAUTHENTICATED"
+
+
 class PreconditionFailed(KeyledgerError):
     code = "PRECONDITION_FAILED"
 

@@ -6,7 +6,7 @@ import re
 
 KEY_FIELDS = {"id", "app_id", "description", "scopes", "status", "created_at", "expires_at", "revoked_at",
               "last_used_at", "display", "origin", "version"}
-UNDOCUMENTED = {"/openapi.json", "/docs", "/docs/<path:filename>", "/docs/assets/<path:filename>",
+UNDOCUMENTED = {"/openapi.json", "/docs", "/docs/<path:filename>", "/docs/assets/<path:filename>", "/docs/migration",
                 "/static/<path:filename>"}
 
 
