@@ -1,28 +1,23 @@
-"""What the campaign's tests share: a real SMTP server (aiosmtpd on 127.0.0.1) and a stand-in
-for the legacy half.
-
-``LegacyStandIn`` stands in for what the legacy issue adds and the campaign consumes —
-``LegacyUsage.owners_using_tokens(since)``, ``LegacyUsage.clients()`` and
-``keys_app.disable_legacy_access(app_id, by=, request=)`` — with the same signatures and
-shapes, kept in a JSON file so that separate scheduler processes see the same usage.
-Once the legacy half is merged, tests switch to the real projection and aggregate.
-"""
+"""What the campaign's tests share: a real SMTP server (aiosmtpd on 127.0.0.1), owners whose
+apps use legacy access tokens (through the real legacy use cases), and one pass of the jobs."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import socket
 import threading
 import time
 from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from service.domain.actors import NO_REQUEST, Actor
+from service.domain.legacy import LegacyClient
+
+ADMIN = Actor.system("test")
 
 
 def free_port() -> int:
@@ -111,83 +106,55 @@ class SmtpServer:
         return self.mailbox.messages
 
 
-class LegacyStandIn:
-    """The legacy half's interface to the campaign, over a JSON file (see the module docstring)."""
+class LegacyWorld:
+    """Owners, apps with legacy client credentials, and their token use, made with the real
+    use cases (``issue_legacy_credentials``, ``record_legacy_use``) on a test's system."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
-            self._save({})
+    def __init__(self, system: Any) -> None:
+        self.system = system
+        self.clients: dict[str, str] = {}  # app id → client id
+        self.secrets: dict[str, str] = {}  # app id → client secret
+        self.api_keys: dict[str, str] = {}  # app id → its default key's secret
 
-    # -- arranging usage (tests) ------------------------------------------------------------
+    def owner(self, name: str) -> dict:
+        account, token = self.system.keys_app.register_account(
+            email=f"{name}@example.com", name=name.title(), role="owner", by=ADMIN, request=NO_REQUEST)
+        self.system.after_command()
+        return account
 
-    def use(self, *, owner: dict, app_id: str, at: datetime, uses: int = 1, app_name: str | None = None,
-            uses_api_keys: bool = False) -> None:
-        """``owner``'s app ``app_id`` used an access token at ``at`` (``uses`` times)."""
-        apps = self._load()
-        app = apps.setdefault(app_id, {
-            "app_id": app_id, "app_name": app_name or app_id.title(), "client_id": f"client-{app_id}",
-            "owner_id": owner["id"], "owner_email": owner["email"], "owner_name": owner["name"],
-            "last_used_at": None, "uses": 0, "windows": 0, "uses_api_keys": False, "disabled_at": None,
-        })
-        app["last_used_at"] = max(filter(None, [app["last_used_at"], at.isoformat()]))
-        app["uses"] += uses
-        app["windows"] += 1
-        app["uses_api_keys"] = uses_api_keys
-        self._save(apps)
+    def app(self, owner: dict, app_id: str, name: str | None = None) -> str:
+        """An app of ``owner``'s with client credentials; returns the client id."""
+        keys_app = self.system.keys_app
+        _, _, key_secret = keys_app.create_app(name=name or app_id.title(), slug=app_id, owner_id=owner["id"],
+                                               by=ADMIN, request=NO_REQUEST)
+        client, secret = keys_app.issue_legacy_credentials(app_id, by=ADMIN, request=NO_REQUEST)
+        self.system.after_command()
+        self.clients[app_id], self.secrets[app_id], self.api_keys[app_id] = client["client_id"], secret, key_secret
+        return client["client_id"]
 
-    # -- LegacyUsage ------------------------------------------------------------------------
+    def use(self, app_id: str, at: datetime) -> None:
+        """The app's access token was used at ``at`` (recorded for that time's window)."""
+        self.system.keys_app.record_legacy_use(LegacyClient.create_id(self.clients[app_id]),
+                                               token_display="…test", at=at, request=NO_REQUEST)
+        self.system.after_command()
 
-    def owners_using_tokens(self, since: datetime) -> list[dict]:
-        owners: dict[str, dict] = {}
-        for app in self._load().values():
-            if app["last_used_at"] is None or datetime.fromisoformat(app["last_used_at"]) < since:
-                continue
-            owner = owners.setdefault(app["owner_id"], {
-                "owner_id": app["owner_id"], "owner_email": app["owner_email"],
-                "owner_name": app["owner_name"], "apps": []})
-            owner["apps"].append({
-                "app_id": app["app_id"], "app_name": app["app_name"], "client_id": app["client_id"],
-                "last_used_at": datetime.fromisoformat(app["last_used_at"]), "uses": app["uses"],
-                "windows": app["windows"], "uses_api_keys": app["uses_api_keys"]})
-        return sorted(owners.values(), key=lambda o: o["owner_email"])
-
-    def clients(self) -> list[dict]:
-        return [{"app_id": a["app_id"], "client_id": a["client_id"],
-                 "disabled_at": datetime.fromisoformat(a["disabled_at"]) if a["disabled_at"] else None}
-                for a in self._load().values()]
-
-    # -- keys_app.disable_legacy_access ---------------------------------------------------------
-
-    def disable_legacy_access(self, app_id: str, *, by: Any, request: Any, at: datetime) -> bool:
-        apps = self._load()
-        if apps[app_id]["disabled_at"] is not None:
-            return False
-        apps[app_id]["disabled_at"] = at.isoformat()
-        self._save(apps)
-        return True
-
-    # -- the file ----------------------------------------------------------------------------
-
-    def _load(self) -> dict:
-        return json.loads(self.path.read_text())
-
-    def _save(self, apps: dict) -> None:
-        partial = self.path.with_suffix(".partial")
-        partial.write_text(json.dumps(apps))
-        os.replace(partial, self.path)
+    def use_api_key(self, app_id: str) -> None:
+        """The app's default API key was used (now, by the application's clock)."""
+        code, _, _ = self.system.verifier.verify(self.api_keys[app_id])
+        assert code == "VALID", code
+        self.system.last_used.flush()
 
 
-class KeysAppWithLegacy:
-    """The real application, plus the stand-in's ``disable_legacy_access`` (timed by the
-    application's clock, as the real use case will be)."""
+def run_campaign(system: Any, mailer: Any) -> None:
+    """One pass of every job, as the scheduler makes it, at the application's ``now``."""
+    from scheduler import jobs
 
-    def __init__(self, keys_app: Any, legacy: LegacyStandIn) -> None:
-        self._keys_app = keys_app
-        self._legacy = legacy
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._keys_app, name)
-
-    def disable_legacy_access(self, app_id: str, *, by: Any, request: Any) -> bool:
-        return self._legacy.disable_legacy_access(app_id, by=by, request=request, at=self._keys_app.now())
+    keys_app, usage, progress, plan = system.keys_app, system.legacy_usage, system.campaign, system.plan
+    jobs.send_due_reminders(keys_app, usage, progress, plan, keys_app.now())
+    system.after_command()
+    jobs.execute_sunset(keys_app, usage, plan, keys_app.now())
+    system.after_command()
+    jobs.send_final_notice(keys_app, usage, progress, plan, keys_app.now())
+    system.after_command()
+    jobs.deliver_pending_mail(keys_app, progress, mailer, keys_app.now())
+    system.after_command()

@@ -9,7 +9,7 @@ from freezegun import freeze_time
 
 from scheduler import jobs
 from scheduler.transport import OutboxFolder
-from tests.campaign_support import LegacyStandIn
+from tests.campaign_support import LegacyWorld
 
 
 @pytest.mark.parametrize("caller, expected", [
@@ -22,15 +22,14 @@ def test_only_admins_and_auditors_read_the_campaign(request, caller, expected):
         assert response.json["error"]["code"] == {401: "UNAUTHENTICATED", 403: "FORBIDDEN"}[expected]
 
 
-def test_the_campaign_shows_its_stages_deliveries_and_owners_on_tokens(system, admin, owner, tmp_path):
-    legacy = LegacyStandIn(tmp_path / "legacy.json")
-    system.legacy_usage = legacy
+def test_the_campaign_shows_its_stages_deliveries_and_owners_on_tokens(system, admin, owner):
+    world = LegacyWorld(system)
     mailer = jobs.Mailer(OutboxFolder(system.settings.outbox_path), "k@example.com", timedelta(days=30))
     with freeze_time("2017-12-02T06:00:00", ignore=["asyncio"]):
-        legacy.use(owner={"id": owner.id, "email": "owner@example.com", "name": "Owner"}, app_id="vision",
-                   at=datetime(2017, 12, 1, 9, tzinfo=UTC), uses=7)
+        world.app({"id": owner.id}, "vision", "Vision")
+        world.use("vision", datetime(2017, 12, 1, 9, tzinfo=UTC))
         now = system.keys_app.now()
-        jobs.send_due_reminders(system.keys_app, legacy, system.campaign, system.plan, now)
+        jobs.send_due_reminders(system.keys_app, system.legacy_usage, system.campaign, system.plan, now)
         system.after_command()
         jobs.deliver_pending_mail(system.keys_app, system.campaign, mailer, now)
         system.after_command()
@@ -47,7 +46,7 @@ def test_the_campaign_shows_its_stages_deliveries_and_owners_on_tokens(system, a
     assert body["stages"][0]["ran_at"] is None
     [on_tokens] = body["owners_on_tokens"]
     assert on_tokens["owner_id"] == owner.id and on_tokens["stages_recorded"] == ["30d"]
-    assert on_tokens["apps"][0] == {"app_id": "vision", "app_name": "Vision", "client_id": "client-vision",
-                                    "last_used_at": "2017-12-01T09:00:00Z", "uses": 7, "windows": 1,
+    assert on_tokens["apps"][0] == {"app_id": "vision", "app_name": "Vision", "client_id": world.clients["vision"],
+                                    "last_used_at": "2017-12-01T09:00:00Z", "uses": 1, "windows": 1,
                                     "uses_api_keys": False}
     assert body["undelivered"] == []

@@ -15,10 +15,11 @@ from freezegun import freeze_time
 from scheduler import jobs
 from scheduler.transport import OutboxFolder, SmtpTransport
 from service.composition import build_system
+from service.domain.actors import NO_REQUEST
 from service.domain.campaign import FINAL
 from service.settings import Settings
-from tests.campaign_support import KeysAppWithLegacy, LegacyStandIn, SmtpServer
-from tests.conftest import TEST_PEPPER, make_account, secrets_in_files
+from tests.campaign_support import LegacyWorld, SmtpServer, run_campaign
+from tests.conftest import TEST_PEPPER, secrets_in_files
 
 SUNSET = datetime(2018, 1, 1, tzinfo=UTC)
 FROZEN = {"ignore": ["asyncio", "aiosmtpd"]}  # the SMTP server's event loop keeps real time
@@ -42,10 +43,8 @@ def settings(data_dir, smtp) -> Settings:
 
 
 @pytest.fixture
-def legacy(tmp_path, system) -> LegacyStandIn:
-    standin = LegacyStandIn(tmp_path / "legacy.json")
-    system.keys_app = KeysAppWithLegacy(system.keys_app, standin)
-    return standin
+def world(system) -> LegacyWorld:
+    return LegacyWorld(system)
 
 
 @pytest.fixture
@@ -55,67 +54,57 @@ def mailer(settings) -> jobs.Mailer:
 
 
 @pytest.fixture
-def owners(system) -> dict:
-    return {name: make_account(system, "owner", f"{name}@example.com", name.title())
-            for name in ("olga", "oscar", "never")}
-
-
-def run_campaign(system, legacy, mailer) -> None:
-    """One pass of every job, as the scheduler makes it, at the application's ``now``."""
-    now = system.keys_app.now()
-    jobs.send_due_reminders(system.keys_app, legacy, system.campaign, system.plan, now)
-    system.after_command()
-    jobs.execute_sunset(system.keys_app, legacy, system.plan, now)
-    system.after_command()
-    jobs.send_final_notice(system.keys_app, legacy, system.campaign, system.plan, now)
-    system.after_command()
-    jobs.deliver_pending_mail(system.keys_app, system.campaign, mailer, now)
-    system.after_command()
+def owners(world) -> dict:
+    """Olga (app vision), Oscar (app atlas) and Nora (app idle, whose token is never used)."""
+    with freeze_time("2017-06-23T09:00:00", **FROZEN):
+        made = {name: world.owner(name) for name in ("olga", "oscar", "nora")}
+        for name, app_id in (("olga", "vision"), ("oscar", "atlas"), ("nora", "idle")):
+            world.app(made[name], app_id)
+    return made
 
 
 def stages_of(mailbox, address: str) -> list[str]:
     return [m["X-Keyledger-Stage"] for m in mailbox.to(address)]
 
 
-def test_each_stage_mails_each_owner_on_tokens_once_and_never_one_who_is_not(system, legacy, mailer, smtp,
+def test_each_stage_mails_each_owner_on_tokens_once_and_never_one_who_is_not(system, world, mailer, smtp,
                                                                             owners):
-    olga = owners["olga"]
     with freeze_time("2017-09-01", **FROZEN) as clock:
         for day in range(0, 122, 3):  # Olga's app uses a token every few days until the sunset
             clock.move_to(at("2017-09-01T10:00:00") + timedelta(days=day))
-            legacy.use(owner=olga, app_id="vision", at=system.keys_app.now(), uses=40)
+            world.use("vision", system.keys_app.now())
             for _rerun in range(2):  # every run twice: a rerun sends nothing again
-                run_campaign(system, legacy, mailer)
+                run_campaign(system, mailer)
         for moment in ("2017-12-31T00:00:00", "2017-12-31T23:59:59"):
             clock.move_to(moment)
-            run_campaign(system, legacy, mailer)
+            run_campaign(system, mailer)
 
     assert stages_of(smtp.mailbox, "olga@example.com") == ["90d", "30d", "7d", "1d"]
-    assert smtp.mailbox.to("never@example.com") == [] and smtp.mailbox.to("oscar@example.com") == []
+    assert smtp.mailbox.to("nora@example.com") == [] and smtp.mailbox.to("oscar@example.com") == []
 
 
-def test_an_owner_who_stopped_using_tokens_is_not_mailed_at_later_stages(system, legacy, mailer, smtp, owners):
+def test_an_owner_who_stopped_using_tokens_is_not_mailed_at_later_stages(system, world, mailer, smtp, owners):
     with freeze_time("2017-10-01T12:00:00", **FROZEN) as clock:
-        legacy.use(owner=owners["oscar"], app_id="atlas", at=system.keys_app.now())  # last use ever
-        legacy.use(owner=owners["olga"], app_id="vision", at=system.keys_app.now())
+        world.use("atlas", system.keys_app.now())  # last use ever
+        world.use("vision", system.keys_app.now())
         for moment in ("2017-10-03T00:00:01", "2017-11-15T00:00:00", "2017-12-02T00:00:01"):
             clock.move_to(moment)
             if moment.startswith("2017-11"):
-                legacy.use(owner=owners["olga"], app_id="vision", at=system.keys_app.now())
-            run_campaign(system, legacy, mailer)
+                world.use("vision", system.keys_app.now())
+            run_campaign(system, mailer)
 
     assert stages_of(smtp.mailbox, "oscar@example.com") == ["90d"]  # 30d: no use for 60 days
     assert stages_of(smtp.mailbox, "olga@example.com") == ["90d", "30d"]
 
 
-def test_after_downtime_only_the_latest_overdue_stage_is_mailed(system, legacy, mailer, smtp, owners):
+def test_after_downtime_only_the_latest_overdue_stage_is_mailed(system, world, mailer, smtp, owners):
     with freeze_time("2017-09-30T00:00:00", **FROZEN) as clock:
-        legacy.use(owner=owners["olga"], app_id="vision", at=system.keys_app.now())
-        run_campaign(system, legacy, mailer)  # before the first stage: nothing
+        world.use("vision", system.keys_app.now())
+        run_campaign(system, mailer)  # before the first stage: nothing
         clock.move_to("2017-12-26T08:00:00")  # down through 90d, 30d and 7d
-        legacy.use(owner=owners["olga"], app_id="vision", at=system.keys_app.now())
-        run_campaign(system, legacy, mailer)
-        run_campaign(system, legacy, mailer)
+        world.use("vision", system.keys_app.now())
+        run_campaign(system, mailer)
+        run_campaign(system, mailer)
 
     assert stages_of(smtp.mailbox, "olga@example.com") == ["7d"]
     stages = {s["name"]: s for s in system.campaign.status(system.plan, [])["stages"]}
@@ -123,59 +112,68 @@ def test_after_downtime_only_the_latest_overdue_stage_is_mailed(system, legacy, 
     assert stages["7d"]["ran_at"] == at("2017-12-26T08:00:00") and stages["7d"]["owners_mailed"] == 1
 
 
-def test_after_the_sunset_only_the_sunset_and_its_final_notice_happen(system, legacy, mailer, smtp, owners):
+def test_after_the_sunset_only_the_sunset_and_its_final_notice_happen(system, world, mailer, smtp, owners):
     with freeze_time("2017-12-20T00:00:00", **FROZEN) as clock:
-        legacy.use(owner=owners["olga"], app_id="vision", at=system.keys_app.now())
-        legacy.use(owner=owners["oscar"], app_id="atlas", at=at("2017-11-01T00:00:00"))  # before the window
+        world.use("vision", system.keys_app.now())
+        world.use("atlas", at("2017-11-01T00:00:00"))  # before the window
         clock.move_to("2018-01-02T09:00:00")  # the scheduler was down across the 7d and 1d stages and the sunset
-        run_campaign(system, legacy, mailer)
-        run_campaign(system, legacy, mailer)
+        run_campaign(system, mailer)
+        run_campaign(system, mailer)
 
     assert stages_of(smtp.mailbox, "olga@example.com") == [FINAL]
     assert smtp.mailbox.to("oscar@example.com") == []  # no token use in the 30 days before the sunset
-    assert all(client["disabled_at"] is not None for client in legacy.clients())
+    assert all(client["disabled_at"] is not None for client in system.legacy_usage.clients())
     status = system.campaign.status(system.plan, [])
     assert status["sunset_executed_at"] == at("2018-01-02T09:00:00")
 
 
-def test_the_sunset_disables_tokens_at_its_instant_and_not_a_second_before(system, legacy, mailer, owners):
-    with freeze_time("2017-12-31T23:59:59", **FROZEN) as clock:
-        legacy.use(owner=owners["olga"], app_id="vision", at=system.keys_app.now())
-        assert jobs.execute_sunset(system.keys_app, legacy, system.plan, system.keys_app.now()) == 0
-        assert [c["disabled_at"] for c in legacy.clients()] == [None]
+def test_the_sunset_disables_tokens_at_its_instant_and_not_a_second_before(system, world, mailer, owners):
+    with freeze_time("2017-12-31T23:00:00", **FROZEN) as clock:
+        token, _, _ = system.keys_app.issue_access_token(world.clients["vision"], world.secrets["vision"],
+                                                         request=NO_REQUEST)
+        clock.move_to("2017-12-31T23:59:59")
+        assert jobs.execute_sunset(system.keys_app, system.legacy_usage, system.plan, system.keys_app.now()) == 0
+        system.after_command()
+        assert [c["disabled_at"] for c in system.legacy_usage.clients()] == [None, None, None]
+        assert system.verifier.verify(token)[0] == "VALID"
         assert not system.keys_app.sunset_recorded(SUNSET)
+
         clock.move_to("2018-01-01T00:00:00")
-        assert jobs.execute_sunset(system.keys_app, legacy, system.plan, system.keys_app.now()) == 1
-        assert jobs.execute_sunset(system.keys_app, legacy, system.plan, system.keys_app.now()) == 0
+        assert jobs.execute_sunset(system.keys_app, system.legacy_usage, system.plan, system.keys_app.now()) == 3
+        system.after_command()
+        assert jobs.execute_sunset(system.keys_app, system.legacy_usage, system.plan, system.keys_app.now()) == 0
+        assert system.verifier.verify(token)[0] == "LEGACY_TOKEN_SUNSET"
 
-    assert [c["disabled_at"] for c in legacy.clients()] == [SUNSET]
+    assert [c["disabled_at"] for c in system.legacy_usage.clients()] == [SUNSET, SUNSET, SUNSET]
     assert system.keys_app.sunset_recorded(SUNSET)
+    disabled = [e for e in system.audit.events(limit=None) if e["type"] == "LegacyClient.AccessDisabled"]
+    assert len(disabled) == 3 and {e["actor"]["id"] for e in disabled} == {"scheduler"}
 
 
-def test_a_reminder_not_delivered_before_the_sunset_is_withdrawn_not_sent_late(system, legacy, mailer, smtp, owners):
+def test_a_reminder_not_delivered_before_the_sunset_is_withdrawn_not_sent_late(system, world, mailer, smtp, owners):
     with freeze_time("2017-12-31T12:00:00", **FROZEN) as clock:
-        legacy.use(owner=owners["olga"], app_id="vision", at=system.keys_app.now())
+        world.use("vision", system.keys_app.now())
         smtp.stop()
-        run_campaign(system, legacy, mailer)  # 1d recorded, SMTP down
+        run_campaign(system, mailer)  # 1d recorded, SMTP down
         smtp.start()
         clock.move_to("2018-01-01T00:00:30")
-        run_campaign(system, legacy, mailer)
-        run_campaign(system, legacy, mailer)
+        run_campaign(system, mailer)
+        run_campaign(system, mailer)
 
     assert stages_of(smtp.mailbox, "olga@example.com") == [FINAL]
     stages = {s["name"]: s for s in system.campaign.status(system.plan, [])["stages"]}
     assert stages["1d"]["withdrawn"] == 1 and stages["1d"]["delivery_attempts_failed"] == 1
 
 
-def test_smtp_down_for_a_while_delays_mail_without_losing_or_duplicating_it(system, legacy, mailer, smtp, owners):
+def test_smtp_down_for_a_while_delays_mail_without_losing_or_duplicating_it(system, world, mailer, smtp, owners):
     with freeze_time("2017-12-02T06:00:00", **FROZEN) as clock:
-        for name in ("olga", "oscar"):
-            legacy.use(owner=owners[name], app_id=f"{name}-app", at=system.keys_app.now())
+        for app_id in ("vision", "atlas"):
+            world.use(app_id, system.keys_app.now())
         smtp.stop()
         down_since = system.keys_app.now()
         for seconds in range(0, 600, 5):  # ten minutes of downtime, a run every five seconds
             clock.move_to(down_since + timedelta(seconds=seconds))
-            run_campaign(system, legacy, mailer)
+            run_campaign(system, mailer)
         status = system.campaign.status(system.plan, [])
         stage = next(s for s in status["stages"] if s["name"] == "30d")
         assert (stage["owners_mailed"], stage["deliveries_pending"]) == (0, 2)
@@ -186,7 +184,7 @@ def test_smtp_down_for_a_while_delays_mail_without_losing_or_duplicating_it(syst
         smtp.start()
         for seconds in range(600, 600 + 16 * 60, 5):  # the longest back-off is 15 minutes
             clock.move_to(down_since + timedelta(seconds=seconds))
-            run_campaign(system, legacy, mailer)
+            run_campaign(system, mailer)
 
     assert stages_of(smtp.mailbox, "olga@example.com") == ["30d"]
     assert stages_of(smtp.mailbox, "oscar@example.com") == ["30d"]
@@ -194,12 +192,15 @@ def test_smtp_down_for_a_while_delays_mail_without_losing_or_duplicating_it(syst
     assert (stage["owners_mailed"], stage["deliveries_pending"], stage["deliveries_failed"]) == (2, 0, 0)
 
 
-def test_the_email_says_what_the_owner_needs_to_act(system, legacy, mailer, smtp, owners):
-    with freeze_time("2017-12-25T10:30:00", **FROZEN):
-        olga = owners["olga"]
-        legacy.use(owner=olga, app_id="vision", app_name="Vision Prod", at=at("2017-12-24T08:15:00"), uses=1234)
-        legacy.use(owner=olga, app_id="atlas", app_name="Atlas", at=at("2017-12-20T00:00:00"), uses_api_keys=True)
-        run_campaign(system, legacy, mailer)
+def test_the_email_says_what_the_owner_needs_to_act(system, world, mailer, smtp, owners):
+    with freeze_time("2017-12-20T10:30:00", **FROZEN) as clock:
+        world.app(owners["olga"], "prod", "Vision Prod")
+        for hour in range(12):  # twelve windows of use
+            world.use("prod", at("2017-12-23T20:15:00") + timedelta(hours=hour))
+        world.use("vision", at("2017-12-20T00:00:00"))
+        world.use_api_key("vision")
+        clock.move_to("2017-12-25T10:30:00")
+        run_campaign(system, mailer)
 
     [message] = smtp.wait_for(1)
     assert message["To"] == "Olga <olga@example.com>" and message["From"] == "keyledger@example.com"
@@ -211,22 +212,22 @@ def test_the_email_says_what_the_owner_needs_to_act(system, legacy, mailer, smtp
     text = message.get_body(("plain",)).get_content()
     html = message.get_body(("html",)).get_content()
     for body in (text, html):
-        assert "Vision Prod" in body and "Atlas" in body and "client-vision" in body
-        assert "2017-12-24 08:15 UTC" in body and "1234" in body
+        assert "Vision Prod" in body and "Vision" in body and world.clients["prod"] in body
+        assert "2017-12-24 07:15 UTC" in body and "12" in body
         assert "2018-01-01 00:00 UTC" in body
         assert "POST /v2/keys/" in body and "/roll" in body and "Authorization: Key" in body
     assert "already uses API keys: no" in text and "already uses API keys: yes" in text
 
 
-def test_a_second_scheduler_on_the_same_store_records_nothing_twice(system, settings, legacy, mailer, smtp, owners):
+def test_a_second_scheduler_on_the_same_store_records_nothing_twice(system, settings, world, mailer, smtp, owners):
     other = build_system(settings, follow=False)
     try:
         with freeze_time("2017-12-02T06:00:00", **FROZEN):
-            legacy.use(owner=owners["olga"], app_id="vision", at=system.keys_app.now())
+            world.use("vision", system.keys_app.now())
             now = system.keys_app.now()
-            first = jobs.send_due_reminders(system.keys_app, legacy, system.campaign, system.plan, now)
+            first = jobs.send_due_reminders(system.keys_app, system.legacy_usage, system.campaign, system.plan, now)
             # The other process's view has not seen that record: the store's unique id refuses it.
-            second = jobs.send_due_reminders(other.keys_app, legacy, other.campaign, other.plan, now)
+            second = jobs.send_due_reminders(other.keys_app, other.legacy_usage, other.campaign, other.plan, now)
             system.after_command()
             jobs.deliver_pending_mail(system.keys_app, system.campaign, mailer, now)
     finally:
@@ -235,21 +236,21 @@ def test_a_second_scheduler_on_the_same_store_records_nothing_twice(system, sett
     assert len(smtp.mailbox.to("olga@example.com")) == 1
 
 
-def test_a_message_the_server_refuses_for_good_is_not_retried(system, legacy, mailer, smtp, owners):
+def test_a_message_the_server_refuses_for_good_is_not_retried(system, world, mailer, smtp, owners):
     async def refuse(server, session, envelope, address, rcpt_options):
         return "550 5.1.1 no such mailbox"
 
     smtp.mailbox.handle_RCPT = refuse
     with freeze_time("2017-12-02T06:00:00", **FROZEN) as clock:
-        legacy.use(owner=owners["olga"], app_id="vision", at=system.keys_app.now())
+        world.use("vision", system.keys_app.now())
         for minutes in range(0, 60, 5):
             clock.move_to(at("2017-12-02T06:00:00") + timedelta(minutes=minutes))
-            run_campaign(system, legacy, mailer)
+            run_campaign(system, mailer)
     stage = next(s for s in system.campaign.status(system.plan, [])["stages"] if s["name"] == "30d")
     assert (stage["deliveries_failed"], stage["delivery_attempts_failed"], stage["owners_mailed"]) == (1, 1, 0)
 
 
-def test_smtp_login_comes_from_the_url_and_its_password_is_never_recorded(tmp_path, owners, legacy, system):
+def test_smtp_login_comes_from_the_url_and_its_password_is_never_recorded(tmp_path, owners, world, system):
     server = SmtpServer(auth=("mailer", "pw-hunter2-never-shown")).start()
     try:
         good = jobs.Mailer(SmtpTransport(Settings(smtp_url=server.url).smtp_server), "k@example.com",
@@ -258,8 +259,8 @@ def test_smtp_login_comes_from_the_url_and_its_password_is_never_recorded(tmp_pa
         wrong = jobs.Mailer(SmtpTransport(Settings(smtp_url=wrong_url).smtp_server), "k@example.com",
                             timedelta(days=30))
         with freeze_time("2017-12-02T06:00:00", **FROZEN) as clock:
-            legacy.use(owner=owners["olga"], app_id="vision", at=system.keys_app.now())
-            jobs.send_due_reminders(system.keys_app, legacy, system.campaign, system.plan, system.keys_app.now())
+            world.use("vision", system.keys_app.now())
+            jobs.send_due_reminders(system.keys_app, system.legacy_usage, system.campaign, system.plan, system.keys_app.now())
             system.after_command()
             jobs.deliver_pending_mail(system.keys_app, system.campaign, wrong, system.keys_app.now())
             system.after_command()
@@ -275,13 +276,13 @@ def test_smtp_login_comes_from_the_url_and_its_password_is_never_recorded(tmp_pa
     assert secrets_in_files(system.settings.data_dir, ["pw-hunter2-never-shown", "pw-wrong-never-shown"]) == {}
 
 
-def test_without_an_smtp_server_mail_is_written_to_the_outbox_folder(system, legacy, owners):
+def test_without_an_smtp_server_mail_is_written_to_the_outbox_folder(system, world, owners):
     outbox = system.settings.data_dir / "outbox"
     mailer = jobs.Mailer(OutboxFolder(outbox), "keyledger@example.com", timedelta(days=30))
     with freeze_time("2017-12-31T06:00:00", **FROZEN):
-        legacy.use(owner=owners["olga"], app_id="vision", at=system.keys_app.now())
-        run_campaign(system, legacy, mailer)
-        run_campaign(system, legacy, mailer)
+        world.use("vision", system.keys_app.now())
+        run_campaign(system, mailer)
+        run_campaign(system, mailer)
 
     [path] = list(outbox.iterdir())
     assert path.name.endswith(".eml") and "-1d-" in path.name
