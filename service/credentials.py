@@ -101,12 +101,18 @@ def classify(credential: str) -> str:
 
 
 _LOOKS_LIKE_A_SECRET = re.compile(r"(ak|pat)_[0-9A-Za-z]{8,}")
+# A legacy client secret or access token has no prefix: 30 or more base62 characters mixing upper
+# case, lower case and digits. Slugs (lower case), UUIDs and request ids (hex) never look so.
+_LOOKS_LIKE_A_LEGACY_SECRET = re.compile(
+    r"(?<![0-9A-Za-z])(?=[0-9a-z]*[A-Z])(?=[0-9A-Z]*[a-z])(?=[A-Za-z]*[0-9])[0-9A-Za-z]{30,}(?![0-9A-Za-z])")
 
 
 def redact(text: str) -> str:
-    """``text`` with anything shaped like a key or token replaced by ``ak_…[redacted]``: for
-    log lines and error messages that echo what a caller sent (a key pasted into a URL)."""
-    return _LOOKS_LIKE_A_SECRET.sub(lambda m: f"{m.group(1)}_…[redacted]", text)
+    """``text`` with anything shaped like a key or token replaced by ``ak_…[redacted]`` (or
+    ``…[redacted]`` for a legacy secret): for log lines and error messages that echo what a
+    caller sent (a key pasted into a URL)."""
+    text = _LOOKS_LIKE_A_SECRET.sub(lambda m: f"{m.group(1)}_…[redacted]", text)
+    return _LOOKS_LIKE_A_LEGACY_SECRET.sub("…[redacted]", text)
 
 
 def display_hint(secret: str) -> str:

@@ -30,7 +30,7 @@ class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, Campa
     name = "keyledger"
     # A key changed many times still loads in a fraction of a millisecond; so does a legacy
     # client that has issued thousands of access tokens.
-    snapshotting_intervals = {ApiKey: 50, LegacyClient: 50}
+    snapshotting_intervals = {ApiKey: 50, LegacyClient: 8}
 
     def __init__(self, env: dict[str, str] | None = None, *, digester: credentials.Digester,
                  clock: Clock = utc_now, legacy: LegacyPolicy | None = None) -> None:

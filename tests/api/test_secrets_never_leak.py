@@ -148,3 +148,70 @@ def test_a_key_pasted_into_a_url_is_not_echoed_or_logged(owner, read_only_key, c
     assert secret not in response.get_data(as_text=True)
     assert "ak_…[redacted]" in response.json["error"]["message"]
     assert all(secret not in record.getMessage() for record in caplog.records)
+
+
+def test_no_client_secret_or_access_token_leaks_anywhere(system, settings, client, admin, owner, auditor,
+                                                         caplog) -> None:
+    """The legacy half: a client secret and access tokens appear in the responses that create
+    them and nowhere else — not in events, views, logs, other responses or error bodies."""
+    import base64
+
+    from freezegun import freeze_time
+
+    caplog.set_level(logging.INFO)
+    issued_before = len(ISSUED_SECRETS)
+    assert owner.post("/v2/apps", json={"id": "legacy", "name": "Legacy"}).status_code == 201
+    with freeze_time("2017-06-23T10:00:00Z") as frozen:
+        created = admin.post("/v2/apps/legacy/legacy-credentials")
+        assert created.status_code == 201
+        client_id, client_secret = created.json["client_id"], created.json["client_secret"]
+        basic = {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()}
+        form = client.post("/v2/token", data={"grant_type": "client_credentials"}, headers=basic)
+        by_json = client.post("/v2/token", json={"grant_type": "client_credentials", "client_id": client_id,
+                                                 "client_secret": client_secret})
+        assert form.status_code == by_json.status_code == 200
+        token, other_token = form.json["access_token"], by_json.json["access_token"]
+        secrets = sorted(set(ISSUED_SECRETS[issued_before:]))
+        assert {client_secret, token, other_token} <= set(secrets)
+        for response, secret in ((created, client_secret), (form, token), (by_json, other_token)):
+            assert response.get_data(as_text=True).count(secret) == 1
+            assert not secrets_in(response.get_data(), [s for s in secrets if s != secret])
+
+        responses = {
+            "verify": client.post("/v2/verify", json={"key": token, "scope": "Predict"}),
+            "auth check": client.get("/v2/auth/check", headers={"Authorization": f"Bearer {token}"}),
+            "secret as a key": client.post("/v2/verify", json={"key": client_secret}),
+            "secret in a path": owner.get(f"/v2/keys/{client_secret}"),
+            "token in a path": owner.get(f"/v2/apps/{token}/keys"),
+            "token as a personal token": client.get("/v2/apps", headers={"Authorization": f"Bearer {token}"}),
+            "wrong secret": client.post("/v2/token", data={"grant_type": "client_credentials"}, headers={
+                "Authorization": "Basic " + base64.b64encode(f"{client_id}:{client_secret[:-1]}x".encode()).decode()}),
+            "secret in grant_type": client.post("/v2/token", data={"grant_type": client_secret}, headers=basic),
+            "second credentials": admin.post("/v2/apps/legacy/legacy-credentials"),
+            "usage": admin.get("/v2/legacy/usage"),
+            "usage (auditor)": auditor.get("/v2/legacy/usage"),
+        }
+        frozen.tick(60 * 60 * 49)
+        responses["expired verify"] = client.post("/v2/verify", json={"key": token})
+        responses["expired check"] = client.get("/v2/auth/check", headers={"Authorization": f"Bearer {token}"})
+        frozen.move_to("2018-01-01T00:00:01Z")
+        responses["after the sunset"] = client.post("/v2/token", data={"grant_type": "client_credentials"},
+                                                    headers=basic)
+        responses["sunset verify"] = client.post("/v2/verify", json={"key": other_token})
+
+    assert responses["verify"].json["valid"] is True
+    assert responses["expired check"].json["status"]["details"] == "expired token"
+    assert responses["after the sunset"].json["error"] == "unauthorized_client"
+    leaks = {name: _leaks(response, secrets) for name, response in responses.items()}
+    assert not {name: found for name, found in leaks.items() if found}, "secrets in responses"
+
+    system.after_command()
+    system.last_used.flush()
+    assert secrets_in_files(settings.data_dir, secrets) == {}
+    events = repr([vars(e) for _, e in system.keys_app.read_events(0, 100_000)])
+    assert not secrets_in(events, secrets)
+    records = caplog.get_records("call")
+    assert any("/v2/token" in r.getMessage() for r in records)
+    for rec in records:
+        text = rec.getMessage() + repr(rec.args) + (rec.exc_text or "") + repr(rec.__dict__)
+        assert not secrets_in(text, secrets), f"a secret was logged by {rec.name}: {rec.levelname}"

@@ -19,13 +19,15 @@ NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").e
 
 
 class EchoHandler(BaseHTTPRequestHandler):
-    """The protected API: answers with the request headers it received."""
+    """The protected API: answers with the request headers it received (and, for 2017-era
+    clients that list models when constructed, an empty page of models)."""
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
-        body = json.dumps({"path": self.path, "headers": dict(self.headers.items())}).encode()
+        body = json.dumps({"path": self.path, "headers": dict(self.headers.items()),
+                           "status": {"code": 10000, "description": "Ok"}, "models": []}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -49,34 +51,47 @@ def upstream():
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, server: ServerProcess, upstream: str):
+def gateway_for(tmp_path: Path, upstream: str):
+    """``gateway_for(server)`` → the URL of nginx, run from scripts/gateway/, in front of
+    ``server`` and the dummy API."""
     require("nginx", NGINX is not None, "install the Debian package nginx")
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("render", REPO_ROOT / "scripts/gateway/render.py")
     render = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(render)
-    port = free_port()
-    prefix = tmp_path / "nginx"
-    config = render.render(prefix, f"127.0.0.1:{port}", f"127.0.0.1:{server.port}", upstream)
-    check = subprocess.run([NGINX, "-t", "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")],
-                           capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
-    process = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            http("GET", url + "/v2/predict", timeout=1)
-            break
-        except OSError:
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "nginx did not start listening"
-            time.sleep(0.05)
-    yield url
-    process.terminate()
-    process.wait(10)
+    processes = []
+
+    def start(server: ServerProcess) -> str:
+        port = free_port()
+        prefix = tmp_path / f"nginx{len(processes)}"
+        config = render.render(prefix, f"127.0.0.1:{port}", f"127.0.0.1:{server.port}", upstream)
+        check = subprocess.run([NGINX, "-t", "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")],
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        process = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                http("GET", url + "/v2/predict", timeout=1)
+                return url
+            except OSError:
+                assert process.poll() is None, process.stderr.read()
+                assert time.monotonic() < deadline, "nginx did not start listening"
+                time.sleep(0.05)
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def gateway(server: ServerProcess, gateway_for) -> str:
+    return gateway_for(server)
 
 
 @pytest.fixture

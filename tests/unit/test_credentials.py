@@ -62,3 +62,19 @@ def test_pepper_file_is_made_once_with_mode_0600(tmp_path):
 def test_configured_pepper_wins_and_writes_no_file(tmp_path):
     assert credentials.load_or_create_pepper(tmp_path, "from-the-environment-" * 2) == b"from-the-environment-" * 2
     assert not (tmp_path / "pepper").exists()
+
+
+def test_redact_hides_legacy_secrets_but_not_ids_or_slugs():
+    secret = credentials.generate_opaque(credentials.CLIENT_SECRET_LENGTH)
+    while not (any(c.isupper() for c in secret) and any(c.islower() for c in secret)
+               and any(c.isdigit() for c in secret)):
+        secret = credentials.generate_opaque(credentials.CLIENT_SECRET_LENGTH)
+    assert credentials.redact(f"/v2/keys/{secret}/roll") == "/v2/keys/…[redacted]/roll"
+    for harmless in ("334d0d32-fa03-5609-b79c-cb0bda8fe195", "my-app-slug-with-a-long-name-0123456789",
+                     "fd6863e0905d42dbbee5372475775f08", "short1Ab"):
+        assert credentials.redact(harmless) == harmless
+
+
+def test_legacy_secrets_are_never_classified_as_keys():
+    for _ in range(200):
+        assert credentials.classify(credentials.generate_opaque(30)) == credentials.ACCESS_TOKEN
