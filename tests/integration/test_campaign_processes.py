@@ -4,6 +4,7 @@ scheduler started after a stage's time or after the sunset."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from service.composition import build_system
 from service.settings import Settings
 from tests.campaign_support import LegacyWorld, SmtpServer
 from tests.conftest import TEST_PEPPER, wait_until
-from tests.e2e.conftest import KEYLEDGER, REPO_ROOT, base_environment
+from tests.e2e.conftest import KEYLEDGER, REPO_ROOT, base_environment, run_cli
 
 
 def rfc3339(value: datetime) -> str:
@@ -136,6 +137,22 @@ def test_killed_between_recording_and_delivering_the_mail_goes_out_once_on_resta
     reminders, _ = campaign_state(data_dir, sunset)
     assert [r["state"] for r in reminders] == ["delivered", "delivered"]
     assert second.stop() == 0
+
+    shown = run_cli(["campaign", "status", "--json"], second.env)
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    [stage] = [s for s in status["stages"] if s["name"] == "2h"]
+    assert (stage["owners_mailed"], stage["deliveries_pending"], stage["delivery_attempts_failed"]) == (2, 0, 0)
+    assert sorted(o["owner_email"] for o in status["owners_on_tokens"]) == ["ada@example.com", "ben@example.com"]
+    assert all(o["stages_recorded"] == ["2h"] for o in status["owners_on_tokens"])
+
+
+def test_a_bad_campaign_setting_stops_the_scheduler_with_one_line_and_status_2(tmp_path):
+    env = base_environment(tmp_path / "var", {"KEYLEDGER_SMTP_URL": "smtp://mailer:pw-not-shown@:25x"})
+    done = run_cli(["scheduler"], env, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "KEYLEDGER_SMTP_URL" in done.stderr
+    assert "pw-not-shown" not in done.stderr
 
 
 def test_two_schedulers_on_one_store_mail_each_owner_once_per_stage_and_one_takes_over(campaign, smtp):
