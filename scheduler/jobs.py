@@ -26,6 +26,7 @@ from scheduler.messages import compose
 from scheduler.transport import DeliveryFailed, MailTransport
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.campaign import FINAL, CampaignPlan, Stage
+from service.domain.errors import KeyledgerError
 
 log = logging.getLogger("keyledger.campaign")
 
@@ -76,18 +77,24 @@ def send_due_reminders(keys_app: Any, usage: LegacyUsageReader, progress: Campai
 
 def execute_sunset(keys_app: Any, usage: LegacyUsageReader, plan: CampaignPlan, now: datetime) -> int:
     """From the sunset on: disable legacy access for every client still enabled, then record the
-    sunset (once). Returns how many clients this run disabled."""
+    sunset (once, when every client is disabled). Returns how many clients this run disabled."""
     if not plan.sunset_due(now):
         return 0
-    disabled = 0
+    disabled, failed = 0, 0
     clients = usage.clients()
     for client in clients:
-        if client.get("disabled_at") is None and keys_app.disable_legacy_access(
-                client["app_id"], by=SCHEDULER, request=NO_REQUEST):
-            disabled += 1
+        if client.get("disabled_at") is not None:
+            continue
+        try:
+            if keys_app.disable_legacy_access(client["app_id"], by=SCHEDULER, request=NO_REQUEST):
+                disabled += 1
+        except KeyledgerError as error:  # one client must not hold up the others; the next run retries
+            failed += 1
+            log.error("sunset: legacy access of app %s could not be disabled yet: %s %s", client["app_id"],
+                      error.code, error.message)
     if disabled:
         log.info("sunset: legacy access disabled for %d client(s)", disabled)
-    if not keys_app.sunset_recorded(plan.sunset_at):
+    if not failed and not keys_app.sunset_recorded(plan.sunset_at):
         if keys_app.record_sunset(sunset_at=plan.sunset_at, clients_disabled=len(clients), by=SCHEDULER):
             log.info("sunset of %s executed: %d legacy client(s) disabled", plan.sunset_at.isoformat(),
                      len(clients))

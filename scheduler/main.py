@@ -62,6 +62,8 @@ class CampaignRuns:
             s = self.system
             count = jobs.send_due_reminders(s.keys_app, self.usage, s.campaign, s.plan, s.keys_app.now())
             s.after_command()
+            if count:
+                self.mail()  # deliver now rather than at the mail job's next run
             return count
 
         return self._run("reminders", work)
@@ -73,6 +75,8 @@ class CampaignRuns:
             s.after_command()
             notices = jobs.send_final_notice(s.keys_app, self.usage, s.campaign, s.plan, s.keys_app.now())
             s.after_command()
+            if notices:
+                self.mail()
             return disabled + notices
 
         return self._run("sunset", work)

@@ -292,3 +292,16 @@ def test_without_an_smtp_server_mail_is_written_to_the_outbox_folder(system, wor
     assert message.get_body(("html",)) is not None and message.get_body(("plain",)) is not None
     [reminder] = system.campaign.reminders(SUNSET)
     assert reminder["state"] == "delivered"
+
+
+def test_a_client_that_cannot_be_disabled_does_not_hold_up_the_others(system, world, owners):
+    class UsageWithAGhost:  # the real view, plus a client whose app the store does not know
+        def clients(self):
+            return system.legacy_usage.clients() + [{"app_id": "ghost", "client_id": "c", "disabled_at": None}]
+
+    with freeze_time("2018-01-01T00:00:05", **FROZEN):
+        disabled = jobs.execute_sunset(system.keys_app, UsageWithAGhost(), system.plan, system.keys_app.now())
+        system.after_command()
+    assert disabled == 3
+    assert all(c["disabled_at"] is not None for c in system.legacy_usage.clients())
+    assert not system.keys_app.sunset_recorded(SUNSET)  # recorded once every client is disabled
