@@ -149,7 +149,8 @@ def _import_legacy(args: argparse.Namespace, settings: Settings) -> int:
     from service.legacy_import import import_file
 
     if not os.path.isfile(args.file):
-        print(f"keyledger: import-legacy: no such file: {args.file}", file=sys.stderr)
+        why = "is a directory" if os.path.isdir(args.file) else "no such file"
+        print(f"keyledger: import-legacy: {args.file}: {why} (give a JSON Lines file)", file=sys.stderr)
         return 2
     system = build_system(settings, follow=False)
     try:

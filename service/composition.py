@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from uuid import UUID
 
 from projections.audit import AuditLog, AuditTrail
@@ -79,6 +80,14 @@ class System:
             self.follower.beacon.close()
 
 
+def _owner_only(data_dir: Path) -> None:
+    """Every file in the data directory readable by its owner only (SQLite makes its -wal and
+    -shm files with the database file's mode, so they follow)."""
+    for path in data_dir.iterdir():
+        if path.is_file() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+
+
 def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
                  follow: bool = True) -> System:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +105,7 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
                         beacon=beacon)
     follower.start()
     last_used = LastUsed(views)
+    _owner_only(settings.data_dir)
     if follow:
         follower.follow(settings.follow_interval)
         last_used.run_every(settings.last_used_interval)

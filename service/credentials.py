@@ -69,8 +69,9 @@ def generate_opaque(length: int) -> str:
 
 
 def new_client_id() -> str:
-    """A legacy OAuth2 client id (an identifier, not a secret)."""
-    return _random_base62(32)
+    """A legacy OAuth2 client id: an identifier, not a secret, so it is lower case and never
+    mistaken for one (``redact`` leaves it alone)."""
+    return "".join(secrets.choice("0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(32))
 
 
 def classify(credential: str) -> str:
@@ -102,9 +103,14 @@ def classify(credential: str) -> str:
 
 _LOOKS_LIKE_A_SECRET = re.compile(r"(ak|pat)_[0-9A-Za-z]{8,}")
 # A legacy client secret or access token has no prefix: 30 or more base62 characters mixing upper
-# case, lower case and digits. Slugs (lower case), UUIDs and request ids (hex) never look so.
+# and lower case. Slugs and client ids (lower case), UUIDs and request ids (hex) never look so.
 _LOOKS_LIKE_A_LEGACY_SECRET = re.compile(
-    r"(?<![0-9A-Za-z])(?=[0-9a-z]*[A-Z])(?=[0-9A-Z]*[a-z])(?=[A-Za-z]*[0-9])[0-9A-Za-z]{30,}(?![0-9A-Za-z])")
+    r"(?<![0-9A-Za-z])(?=[0-9a-z]*[A-Z])(?=[0-9A-Z]*[a-z])[0-9A-Za-z]{30,}(?![0-9A-Za-z])")
+
+
+def looks_like_a_secret(text: str) -> bool:
+    """Whether ``text`` contains something shaped like a key, token or client secret."""
+    return bool(_LOOKS_LIKE_A_SECRET.search(text) or _LOOKS_LIKE_A_LEGACY_SECRET.search(text))
 
 
 def redact(text: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from service.composition import System
+from service.credentials import redact
 from service.domain.actors import Actor
 from service.domain.errors import KeyledgerError
 
@@ -48,7 +49,7 @@ class Progress:
 
     def __init__(self, out: TextIO | None, total: int) -> None:
         self.out = out
-        self.total = max(total, 1)
+        self.total = total
         self.tty = bool(out is not None and out.isatty())
         self.last = 0.0
 
@@ -62,7 +63,7 @@ class Progress:
         counts = f"{done}/{self.total} lines: {summary.created} created, {summary.present} present, " \
                  f"{len(summary.refused)} refused"
         if self.tty:
-            filled = int(30 * done / self.total)
+            filled = int(30 * done / self.total) if self.total else 30
             self.out.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {counts}" + ("\n" if final else ""))
         else:
             self.out.write(f"import-legacy: {counts}\n")
@@ -98,7 +99,7 @@ def import_file(system: System, path: str | Path, *, progress: TextIO | None = N
 
 def _import_line(system: System, raw: bytes, by: Actor) -> str:
     try:
-        record = json.loads(raw.decode("utf-8"))
+        record = json.loads(raw.decode("utf-8").removeprefix("\ufeff"))  # a BOM on the first line
     except (UnicodeDecodeError, ValueError, RecursionError):
         return "not a JSON object (or not UTF-8)"
     if not isinstance(record, dict):
@@ -106,4 +107,4 @@ def _import_line(system: System, raw: bytes, by: Actor) -> str:
     try:
         return system.keys_app.import_legacy_app(record, by=by)
     except KeyledgerError as error:
-        return f"{error.code}: {error.message}"
+        return redact(f"{error.code}: {error.message}")

@@ -15,11 +15,12 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qsl, unquote_plus
 
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from projections.timefmt import rfc3339
 from service.api import context
@@ -31,7 +32,7 @@ from service.api.schemas import (
     TokenRequestSchema,
     TokenSchema,
 )
-from service.domain.errors import Forbidden, InvalidClient, LegacyAccessEnded
+from service.domain.errors import Forbidden, InvalidClient, LegacyAccessEnded, Unavailable
 from service.settings import Settings
 
 blp = Blueprint("legacy", __name__, description="Legacy OAuth2 (until the sunset)")
@@ -44,8 +45,9 @@ _STATUS = {  # the ``status`` object of each OAuth2 error, as 2017-era clients e
     "unsupported_grant_type": {"code": 11102, "description": "Invalid request"},
     "invalid_client": {"code": 11002, "description": "Invalid client credentials"},
     "unauthorized_client": {"code": 11007, "description": "Access tokens are no longer issued"},
+    "temporarily_unavailable": {"code": 99009, "description": "Temporarily unavailable; retry shortly"},
 }
-_BODY_MAX = 8 * 1024
+_BODY_MAX = 8 * 1024  # a token request is a few dozen bytes
 
 
 @dataclass(frozen=True)
@@ -120,22 +122,34 @@ class _Refused(Exception):
 
 
 def _token_parameters() -> dict[str, str]:
-    """The request's parameters from a form or a JSON object; each at most once (RFC 6749 §3.2)."""
-    if request.content_length is not None and request.content_length > _BODY_MAX:
+    """The request's parameters from a form or a JSON object; each at most once (RFC 6749 §3.2).
+    The body is read up to a bound whatever its framing (Content-Length or chunked)."""
+    try:
+        data = request.stream.read(_BODY_MAX + 1)
+    except RequestEntityTooLarge:
+        data = b"x" * (_BODY_MAX + 1)
+    if len(data) > _BODY_MAX:
         raise _Refused(_oauth_error("invalid_request", f"The body is larger than {_BODY_MAX} bytes."))
-    data = request.get_data(cache=True)
     if not data:
         return {}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refused(_oauth_error("invalid_request", "The body is not UTF-8.")) from None
     if request.mimetype == "application/x-www-form-urlencoded":
-        form = request.form
-        repeated = sorted(name for name in form if len(form.getlist(name)) > 1)
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict")
+        except (ValueError, UnicodeDecodeError):
+            raise _Refused(_oauth_error("invalid_request", "The form is not valid (percent-encoded UTF-8).")) from None
+        names = [name for name, _ in pairs]
+        repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
-            raise _Refused(_oauth_error("invalid_request", f"Give each parameter once: {', '.join(repeated)}."))
-        return {name: form[name] for name in form}
+            raise _Refused(_oauth_error("invalid_request", "Give each parameter once."))
+        return dict(pairs)
     if request.mimetype == "application/json":
         try:
-            body = json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            body = json.loads(text)
+        except (ValueError, RecursionError):
             raise _Refused(_oauth_error("invalid_request", "The body is not valid JSON.")) from None
         if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
             raise _Refused(_oauth_error("invalid_request", "The body must be a JSON object of strings."))
@@ -144,19 +158,19 @@ def _token_parameters() -> dict[str, str]:
         "invalid_request", "Send grant_type=client_credentials as application/x-www-form-urlencoded or JSON."))
 
 
-def _basic_credentials(header: str) -> tuple[str, str] | None:
-    """``client_id, client_secret`` from an HTTP Basic header (each form-urlencoded, RFC 6749 §2.3.1)."""
+def _basic_credentials(header: str) -> tuple[str, str]:
+    """``client_id, client_secret`` from an HTTP Basic header (each form-urlencoded, RFC 6749
+    §2.3.1). Anything else is a failed client authentication: 401 ``invalid_client`` (§5.2)."""
     scheme, _, encoded = header.strip().partition(" ")
     if scheme.lower() != "basic":
         raise _Refused(_invalid_client("Send the client id and secret with HTTP Basic authentication."))
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise _Refused(_oauth_error("invalid_request", "The Basic credentials are not valid base64 of "
-                                                       "client_id:client_secret.")) from None
+        raise _Refused(_invalid_client("The Basic credentials must be base64 of client_id:client_secret.")) from None
     client_id, colon, secret = decoded.partition(":")
     if not colon:
-        raise _Refused(_oauth_error("invalid_request", "The Basic credentials must be client_id:client_secret."))
+        raise _Refused(_invalid_client("The Basic credentials must be base64 of client_id:client_secret."))
     return unquote_plus(client_id), unquote_plus(secret)
 
 
@@ -200,14 +214,15 @@ def token():
     if not client_id or not secret:
         return _invalid_client("Send the client id and secret with HTTP Basic authentication.")
     try:
-        access_token, _client, _expires_at = system.keys_app.issue_access_token(
+        access_token, _expires_at, expires_in = system.keys_app.issue_access_token(
             client_id, secret, request=context.request_info())
     except InvalidClient:
         return _invalid_client("Unknown client or wrong client secret.")
     except LegacyAccessEnded as error:
         return _oauth_error("unauthorized_client", error.message, 400, notice().headers)
+    except Unavailable as error:
+        return _oauth_error("temporarily_unavailable", error.message, 503, {"Retry-After": "1"})
     system.after_command()  # the token verifies here before this answer goes out
-    expires_in = int(system.keys_app.legacy.token_ttl.total_seconds())
     body = {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in,
             "scope": TOKEN_SCOPE, "status": OK}
     response = Response(json.dumps(body), 200, notice().headers, mimetype="application/json")

@@ -31,9 +31,10 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def text_problem(value: str, maximum: int, *, required: bool = True) -> str | None:
+def text_problem(value: str, maximum: int, *, required: bool = True, secret: bool = False) -> str | None:
     """Why ``value`` is not acceptable text (None if it is): length, control characters,
-    or lone surrogates (which cannot be stored as UTF-8)."""
+    lone surrogates (which cannot be stored as UTF-8), or — unless it is a ``secret`` itself —
+    something shaped like a credential: a pasted secret must never become an event."""
     if required and not value.strip():
         return f"Give 1 to {maximum} characters."
     if len(value) > maximum:
@@ -42,6 +43,9 @@ def text_problem(value: str, maximum: int, *, required: bool = True) -> str | No
         code = ord(char)
         if code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
             return "Contains a control character or an invalid (surrogate) code point."
+    if not secret and credentials.looks_like_a_secret(value):
+        return ("Looks like a credential (an API key, token or client secret): never paste a secret "
+                "here; if one was exposed, revoke or roll it.")
     return None
 
 

@@ -37,6 +37,7 @@ from service.domain.legacy import LegacyClient, LegacyUseWindow
 CLIENT_ID_MAX = 128
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 SECRET_MAX = 256
+TOKEN_ATTEMPTS = 20  # clients of one app ask for tokens at once; each retry is a reload and a save
 OAUTH2 = "system:oauth2"  # who issues and uses access tokens: the client, through OAuth2
 
 
@@ -78,14 +79,16 @@ class LegacyUseCases(LedgerApplication):
         return self.legacy_client_view(client), secret
 
     def issue_access_token(self, client_id: str, client_secret: str, *, request: RequestInfo
-                           ) -> tuple[str, LegacyClient, datetime]:
-        """Exchange client credentials for an access token: (token, client, expires_at)."""
-        if not client_id or not client_secret or len(client_id) > CLIENT_ID_MAX or len(client_secret) > SECRET_MAX:
+                           ) -> tuple[str, datetime, int]:
+        """Exchange client credentials for an access token: (token, expires_at, seconds it lives).
+        No token outlives the sunset."""
+        if (not isinstance(client_id, str) or not isinstance(client_secret, str)
+                or not _CLIENT_ID.fullmatch(client_id) or not 0 < len(client_secret) <= SECRET_MAX):
             raise InvalidClient("Unknown client or wrong client secret.")
         digest = self.digester.hexdigest(client_secret)
         token = credentials.generate_opaque(credentials.ACCESS_TOKEN_LENGTH)
         token_digest = self.digester.hexdigest(token)
-        for _attempt in range(COMMAND_ATTEMPTS):
+        for _attempt in range(TOKEN_ATTEMPTS):
             client = self._find(LegacyClient, LegacyClient.create_id(client_id))
             if client is None or client.client_id != client_id or not hmac.compare_digest(
                     client.secret_digest, digest):
@@ -94,7 +97,7 @@ class LegacyUseCases(LedgerApplication):
             if not self.legacy_open(now):
                 raise LegacyAccessEnded("Access tokens ended at the sunset; use an API key "
                                         "('Authorization: Key …') instead.")
-            expires_at = now + self.legacy.token_ttl
+            expires_at = min(now + self.legacy.token_ttl, self.legacy.sunset_at)  # nothing outlives the sunset
             client.issue_access_token(digest=token_digest, display=credentials.display_hint(token),
                                       expires_at=expires_at, by=OAUTH2, request=request.as_dict(),
                                       at=now)
@@ -104,8 +107,8 @@ class LegacyUseCases(LedgerApplication):
                 continue
             except PersistenceError as error:
                 raise Unavailable("The event store cannot be written right now; retry shortly.") from error
-            return token, client, expires_at
-        raise Conflict("Too many token requests for this client at once; retry.")
+            return token, expires_at, round((expires_at - now).total_seconds())
+        raise Unavailable("Too many token requests for this client at once; retry shortly.")
 
     def record_legacy_use(self, client_aggregate_id: UUID, *, token_display: str, at: datetime,
                           request: RequestInfo) -> bool:
@@ -210,8 +213,9 @@ class LegacyUseCases(LedgerApplication):
         for name in self._IMPORT_FIELDS:
             if not isinstance(record.get(name), str) or not record[name]:
                 problems[name] = ["Required: a non-empty string."]
-        for name in sorted(set(record) - set(self._IMPORT_FIELDS)):
-            problems[name] = ["Unknown field."]
+        unknown = set(record) - set(self._IMPORT_FIELDS)
+        if unknown:  # not named: a pasted secret could be a field's name
+            problems["fields"] = [f"{len(unknown)} unknown field(s); expected only: {', '.join(self._IMPORT_FIELDS)}."]
         if problems:
             return problems
         if not SLUG.fullmatch(record["app_id"]):
@@ -225,7 +229,8 @@ class LegacyUseCases(LedgerApplication):
             problems["owner_name"] = account["name"]
         if not _CLIENT_ID.fullmatch(record["client_id"]):
             problems["client_id"] = [f"1 to {CLIENT_ID_MAX} letters, digits, '-', '_' or '.'."]
-        if not 8 <= len(record["client_secret"]) <= SECRET_MAX or text_problem(record["client_secret"], SECRET_MAX):
+        if not 8 <= len(record["client_secret"]) <= SECRET_MAX or text_problem(
+                record["client_secret"], SECRET_MAX, secret=True):
             problems["client_secret"] = [f"8 to {SECRET_MAX} printable characters."]
         return problems
 

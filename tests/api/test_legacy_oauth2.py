@@ -160,9 +160,10 @@ def test_credentials_in_header_and_body_at_once_are_refused(client, credentials)
 
 @pytest.mark.parametrize("header", ["Basic !!!notbase64", "Basic " + base64.b64encode(b"no-colon").decode(),
                                     "Basic " + base64.b64encode(b"\xff\xfe:x").decode()])
-def test_broken_basic_headers_are_invalid_request(client, header):
+def test_broken_basic_headers_are_a_failed_client_authentication(client, header):
     response = client.post("/v2/token", data={"grant_type": "client_credentials"}, headers={"Authorization": header})
-    assert response.status_code == 400 and response.json["error"] == "invalid_request"
+    assert response.status_code == 401 and response.json["error"] == "invalid_client"  # RFC 6749 §5.2
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
 
 
 def test_other_authorization_schemes_are_invalid_client(client, credentials):
@@ -318,3 +319,69 @@ def test_events_and_views_hold_no_secret_or_token(system, credentials, access_to
     text = repr([e.__dict__ for _, e in system.keys_app.read_events(0, 10_000)])
     assert credentials["client_secret"] not in text and access_token not in text
     # the system fixture also scans every file of the data directory for every secret issued
+
+
+# -- found by probing a running server ------------------------------------------------------------
+
+@pytest.mark.parametrize("client_id", ["\ud800", "a\u0000b", "x" * 5000, "ümlaut", " "])
+def test_odd_client_ids_are_invalid_client_not_500(client, client_id):
+    response = client.post("/v2/token", json={"grant_type": "client_credentials", "client_id": client_id,
+                                              "client_secret": "xxxxxxxx"})
+    assert response.status_code == 401 and response.json["error"] == "invalid_client"
+
+
+def test_a_chunked_body_cannot_get_past_the_size_limit(client, credentials):
+    big = "grant_type=client_credentials&pad=" + "x" * 20_000
+    import io
+
+    response = client.post("/v2/token", input_stream=io.BytesIO(big.encode()), headers={
+        **basic(credentials["client_id"], credentials["client_secret"]),
+        "Content-Type": "application/x-www-form-urlencoded", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True})  # as gunicorn marks a chunked body
+    assert response.status_code == 400 and response.json["error"] == "invalid_request"
+    assert "larger than" in response.json["error_description"]
+
+
+def test_many_token_requests_at_once_for_one_client_all_succeed(flask_app, credentials):
+    import threading
+
+    statuses = []
+
+    def ask() -> None:
+        with flask_app.test_client() as own:
+            for _ in range(5):
+                statuses.append(get_token(own, credentials).status_code)
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 30
+
+
+def test_no_token_outlives_the_sunset(client, credentials):
+    with freeze_time(SUNSET - timedelta(hours=1)):
+        body = get_token(client, credentials).json
+        assert body["expires_in"] == 3600
+        assert verify(client, body["access_token"]).json["expires_at"] == SUNSET.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_client_ids_are_shown_not_redacted(admin, credentials):
+    again = admin.post("/v2/apps/vision/legacy-credentials")
+    assert credentials["client_id"] in again.json["error"]["message"]
+    assert credentials["client_id"].islower() or credentials["client_id"].isdigit()
+
+
+@pytest.mark.parametrize(("path", "field", "body"), [
+    ("/v2/apps", "name", lambda s: {"name": f"copy of {s}"}),
+    ("/v2/apps/vision/keys", "description", lambda s: {"description": f"prod {s}", "scopes": ["Predict"]}),
+])
+def test_a_pasted_secret_never_becomes_an_event(owner, owner_app, system, credentials, path, field, body):
+    before = system.keys_app.last_position()
+    for secret in (credentials["client_secret"], owner_app["default_key"]["key"], owner.token):
+        response = owner.post(path, json=body(secret))
+        assert response.status_code == 400, response.json
+        assert response.json["error"]["code"] == "INVALID_REQUEST" and field in response.json["error"]["details"]
+        assert secret not in response.get_data(as_text=True)
+    assert system.keys_app.last_position() == before

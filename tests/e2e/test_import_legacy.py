@@ -68,3 +68,5 @@ def test_import_brings_apps_over_once_and_skips_broken_lines(tmp_path, start_ser
 def test_a_missing_file_is_a_clear_error(tmp_path):
     done = run_cli(["import-legacy", str(tmp_path / "nope.jsonl")], base_environment(tmp_path / "var"))
     assert done.returncode == 2 and "no such file" in done.stderr
+    folder = run_cli(["import-legacy", str(tmp_path)], base_environment(tmp_path / "var"))
+    assert folder.returncode == 2 and "is a directory" in folder.stderr
