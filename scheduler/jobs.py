@@ -126,7 +126,13 @@ def deliver_pending_mail(keys_app: Any, progress: CampaignRecords, mailer: Maile
             keys_app.withdraw_reminder(rid, reason="the sunset passed before it could be delivered; "
                                                    "the final notice replaces it", by=SCHEDULER)
             continue
-        message = compose(reminder, mail_from=mailer.mail_from, lookback=mailer.lookback)
+        try:
+            message = compose(reminder, mail_from=mailer.mail_from, lookback=mailer.lookback)
+        except Exception as error:  # one unsendable reminder must not hold up the outbox
+            log.exception("reminder %s (%s) cannot be composed; giving it up", rid, reminder["stage"])
+            keys_app.record_delivery_failure(rid, error=f"the email could not be composed: {type(error).__name__}",
+                                             permanent=True, next_attempt_at=None, by=SCHEDULER)
+            continue
         name = f"{reminder['recorded_at']:%Y%m%dT%H%M%S}-{reminder['stage']}-{rid}"
         try:
             where = mailer.transport.send(message, name)
@@ -154,6 +160,10 @@ def _record_reminders(keys_app: Any, progress: CampaignRecords, plan: CampaignPl
     recorded = 0
     for owner in owners:
         if owner["owner_id"] in known or not owner.get("apps"):
+            continue
+        if not owner.get("owner_email"):
+            log.warning("campaign stage %s: owner %s has no e-mail address; not recorded", stage.name,
+                        owner["owner_id"])
             continue
         if keys_app.record_reminder(sunset_at=plan.sunset_at, stage=stage, owner=owner,
                                     apps=owner["apps"], by=SCHEDULER) is not None:

@@ -305,3 +305,21 @@ def test_a_client_that_cannot_be_disabled_does_not_hold_up_the_others(system, wo
     assert disabled == 3
     assert all(c["disabled_at"] is not None for c in system.legacy_usage.clients())
     assert not system.keys_app.sunset_recorded(SUNSET)  # recorded once every client is disabled
+
+
+def test_a_reminder_that_cannot_be_composed_is_given_up_and_does_not_block_the_others(system, world, mailer,
+                                                                                    smtp, owners):
+    with freeze_time("2017-12-02T06:00:00", **FROZEN):
+        stage = system.plan.due_stage(system.keys_app.now())
+        broken = {"app_id": "vision", "app_name": "Vision", "client_id": "c", "last_used_at": "not a time",
+                  "uses": 1, "windows": 1, "uses_api_keys": False}
+        system.keys_app.record_reminder(sunset_at=SUNSET, stage=stage, owner={
+            "owner_id": owners["olga"]["id"], "owner_email": "olga@example.com", "owner_name": "Olga"},
+            apps=[broken], by=jobs.SCHEDULER)
+        world.use("atlas", system.keys_app.now())
+        run_campaign(system, mailer)
+        run_campaign(system, mailer)
+
+    assert stages_of(smtp.mailbox, "oscar@example.com") == ["30d"] and smtp.mailbox.to("olga@example.com") == []
+    [undelivered] = system.campaign.status(system.plan, [])["undelivered"]
+    assert undelivered["state"] == "failed" and "could not be composed" in undelivered["last_error"]
