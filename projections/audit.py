@@ -91,6 +91,10 @@ class AuditTrail(Projection):
 
     def __init__(self, stored_records: StoredRecords) -> None:
         self.stored_records = stored_records
+        # Facts that never change once recorded (an aggregate's app, an app's owner), kept
+        # in memory so most events need no look-up; bounded, re-read from the view on a miss.
+        self._apps: dict[str, str | None] = {}
+        self._owners: dict[str, str | None] = {}
 
     def create(self, db: sqlite3.Connection, *, with_indexes: bool = True) -> None:
         columns = {row[1] for row in db.execute("PRAGMA table_info(audit_events)")}
@@ -110,41 +114,55 @@ class AuditTrail(Projection):
         records = {r[0]: r for r in self.stored_records(first - 1, last - first + 1)}
         row = db.execute("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
         prev_hash = row[0] if row else GENESIS
+        if len(self._apps) > 200_000 or len(self._owners) > 200_000:
+            self._apps.clear()
+            self._owners.clear()
+        rows = []
         for position, event in batch:
             stored = records.get(position)
             if stored is None:
                 raise RuntimeError(f"the stored record at position {position} could not be read back")
             digest = chain_hash(prev_hash, *stored)
-            record = audit_record(db, position, event)
-            db.execute(
-                "INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            record = audit_record(db, position, event, self._apps, self._owners)
+            rows.append(
                 (record["seq"], record["id"], record["type"], record["occurred_at"],
                  microseconds(event.timestamp), record["actor"]["kind"], record["actor"]["id"],
                  record["app_id"], record.pop("owner_id"), record["key_id"], str(event.originator_id),
                  json.dumps(record["data"], sort_keys=True, ensure_ascii=False),
                  json.dumps(record["request"], sort_keys=True), digest, prev_hash))
             prev_hash = digest
+        db.executemany("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
-def audit_record(db: sqlite3.Connection, position: int, event: Any) -> dict:
-    """The audit shape of one event (without its hashes), and its app's owner."""
+def audit_record(db: sqlite3.Connection, position: int, event: Any, apps: dict | None = None,
+                 owners: dict | None = None) -> dict:
+    """The audit shape of one event (without its hashes), and its app's owner. ``apps`` and
+    ``owners`` cache the aggregate -> app and app -> owner facts."""
+    apps = {} if apps is None else apps
+    owners = {} if owners is None else owners
     kind, _, actor_id = str(getattr(event, "by", "system:unknown")).partition(":")
     aggregate_id = str(event.originator_id)
     app_id = getattr(event, "app_id", None) or getattr(event, "slug", None)
-    if isinstance(app_id, str):
+    if isinstance(app_id, str):  # written every time: a cached fact may be from a rolled-back write
         db.execute("INSERT OR IGNORE INTO audit_aggregate_apps VALUES (?, ?)", (aggregate_id, app_id))
+        apps.setdefault(aggregate_id, app_id)
+    elif aggregate_id in apps:
+        app_id = apps[aggregate_id]
     else:
         row = db.execute("SELECT app_id FROM audit_aggregate_apps WHERE aggregate_id = ?",
                          (aggregate_id,)).fetchone()
-        app_id = row[0] if row else None
+        app_id = apps[aggregate_id] = row[0] if row else None
     owner_id = getattr(event, "owner_id", None)
     if getattr(event, "slug", None) is not None and isinstance(owner_id, str):
         db.execute("INSERT OR REPLACE INTO audit_app_owners VALUES (?, ?)", (event.slug, owner_id))
-    elif app_id is not None:
-        row = db.execute("SELECT owner_id FROM audit_app_owners WHERE app_id = ?", (app_id,)).fetchone()
-        owner_id = row[0] if row else None
-    else:
+        owners[event.slug] = owner_id
+    elif app_id is None:
         owner_id = None
+    elif app_id in owners:
+        owner_id = owners[app_id]
+    else:
+        row = db.execute("SELECT owner_id FROM audit_app_owners WHERE app_id = ?", (app_id,)).fetchone()
+        owner_id = owners[app_id] = row[0] if row else None
     key_id = aggregate_id if isinstance(event, ApiKey.Event) else getattr(event, "key_id", None)
     data = {k: _plain(v) for k, v in vars(event).items() if k not in _NOT_DATA and k not in _SECRET_LIKE}
     request = getattr(event, "request", None) or {}

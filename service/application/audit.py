@@ -23,6 +23,7 @@ from uuid import UUID
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from service import credentials
 from service.application.base import LedgerApplication
@@ -41,7 +42,7 @@ from service.domain.scopes import CATALOGUE, grants
 READ_BATCH = 10_000  # stored records read at a time while walking the chain
 
 # (seq, originator id, version, topic, state): a record exactly as the event store holds it.
-StoredRecord = tuple[int, UUID, int, str, bytes]
+StoredRecord = tuple[int, str, int, str, bytes]
 
 
 def _rfc3339(value: datetime) -> str:
@@ -84,13 +85,25 @@ class AuditUseCases(LedgerApplication):
     # -- the stored records ----------------------------------------------------------------
 
     def stored_records(self, after: int, limit: int) -> list[StoredRecord]:
-        """Up to ``limit`` records after position ``after``, as stored (nothing decoded)."""
+        """Up to ``limit`` records after position ``after``, as stored (nothing decoded);
+        originator ids as 32 hex digits."""
         try:
+            if isinstance(self.recorder, SQLiteApplicationRecorder):
+                # The one store-specific statement: the library's select_notifications turns
+                # every id into a UUID object, which costs more than the rest of the check.
+                with self.recorder.datastore.transaction(commit=False) as cursor:
+                    cursor.row_factory = None  # plain tuples
+                    cursor.execute(
+                        "SELECT rowid, originator_id, originator_version, topic, state FROM "
+                        f"{self.recorder.events_table_name} WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                        (after, limit))
+                    return cursor.fetchall()
             notifications = self.recorder.select_notifications(
                 start=after, limit=limit, inclusive_of_start=False)
         except PersistenceError as error:
             raise Unavailable("The event store cannot be read right now; retry shortly.") from error
-        return [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in notifications]
+        return [(n.id, n.originator_id.hex if isinstance(n.originator_id, UUID) else str(n.originator_id),
+                 n.originator_version, n.topic, n.state) for n in notifications]
 
     def _walk(self, after: int) -> Iterator[StoredRecord]:
         while True:
@@ -109,12 +122,13 @@ class AuditUseCases(LedgerApplication):
         now = now or self.now()
         by = by or Actor.system("keyledger")
         ledger_id = AuditLedger.create_id()
+        ledger_hex = ledger_id.hex
         ledger = self._find(AuditLedger, ledger_id)
         seq, head = (ledger.last_seq, ledger.last_hash) if ledger else (0, GENESIS)
         news = False
         for record in self._walk(seq):  # only the records since the last checkpoint
             seq, head = record[0], chain_hash(head, *record)
-            news = news or record[1] != ledger_id
+            news = news or record[1] != ledger_hex
         if not news:
             return None
         fingerprint = credentials.public_key_sha256(signing_key)
@@ -180,57 +194,57 @@ class AuditUseCases(LedgerApplication):
                                                 "is missing from the event store or was replaced"))
             signed.setdefault(cp["seq"], cp)
 
-        ledger_id = AuditLedger.create_id()
+        ledger_hex = AuditLedger.create_id().hex
         witnessed = iter(witness)
         w = next(witnessed, None)
-        prev, checked, proven, first_unproven = GENESIS, 0, 0, None
-        pending = sorted(signed)  # signed seqs not reached yet
-
-        def found(seq: int, reason: str) -> None:
-            problems.append((seq, reason))
-
-        last_seq = 0
-        for record in self._walk(0):
-            seq, originator_id, version = record[0], record[1], record[2]
-            digest = chain_hash(prev, *record)
+        prev, checked, proven, first_unproven, last_seq = GENESIS, 0, 0, None, 0
+        pending = sorted(signed)  # signed seqs not reached yet, in order
+        due = pending.pop(0) if pending else None
+        found: tuple[int, str] | None = None
+        for seq, originator_id, version, topic, state in self._walk(0):
+            digest = chain_hash(prev, seq, originator_id, version, topic, state)
             checked += 1
             last_seq = seq
-            if w is not None and w[0] < seq:
-                found(w[0], f"the event at seq {w[0]} is missing from the event store (deleted or moved)")
-                break
-            if w is not None and w[0] == seq:
-                if w[1] != digest:
-                    found(seq, f"the stored event at seq {seq} is not the one recorded (edited, "
-                               "replaced or reordered)")
+            if w is not None:
+                if w[0] == seq:
+                    if w[1] != digest:
+                        found = (seq, f"the stored event at seq {seq} is not the one recorded "
+                                      "(edited, replaced or reordered)")
+                        break
+                    w = next(witnessed, None)
+                elif w[0] < seq:
+                    found = (w[0], f"the event at seq {w[0]} is missing from the event store "
+                                   "(deleted or moved)")
                     break
-                w = next(witnessed, None)
-            elif w is not None:
-                found(seq, f"the stored event at seq {seq} was never recorded (inserted)")
-                break
-            if originator_id == ledger_id and version in bad_versions:
-                found(seq, f"checkpoint at seq {seq}: {bad_versions[version]}")
-                break
-            if first_unproven is None and originator_id != ledger_id:
+                else:
+                    found = (seq, f"the stored event at seq {seq} was never recorded (inserted)")
+                    break
+            if originator_id == ledger_hex:
+                if version in bad_versions:
+                    found = (seq, f"checkpoint at seq {seq}: {bad_versions[version]}")
+                    break
+            elif first_unproven is None:
                 first_unproven = seq
-            while pending and pending[0] <= seq:
-                at = pending.pop(0)
-                cp = signed[at]
-                actual = digest if at == seq else None  # None: the signed record is gone
-                if actual != cp["hash"]:
-                    found(first_unproven or at,
-                          f"checkpoint {cp['number']} signed the chain at seq {at}, but the stored "
-                          f"events no longer give that hash: rewritten after seq {proven}")
+            while due is not None and due <= seq:
+                cp = signed[due]
+                if due != seq or digest != cp["hash"]:  # due < seq: the signed record is gone
+                    found = (first_unproven or due,
+                             f"checkpoint {cp['number']} signed the chain at seq {due}, but the stored "
+                             f"events no longer give that hash: rewritten after seq {proven}")
                     break
-                proven, first_unproven = at, None
-            if problems:
+                proven, first_unproven = due, None
+                due = pending.pop(0) if pending else None
+            if found:
                 break
             prev = digest
         else:
             if w is not None:
-                found(w[0], f"the event at seq {w[0]} is missing from the event store (deleted)")
-            elif pending:
-                found(last_seq + 1, f"checkpoint signed at seq {pending[0]}, beyond the last stored "
-                                    "event: events were removed from the end")
+                found = (w[0], f"the event at seq {w[0]} is missing from the event store (deleted)")
+            elif due is not None:
+                found = (last_seq + 1, f"checkpoint signed at seq {due}, beyond the last stored event: "
+                                       "events were removed from the end")
+        if found:
+            problems.append(found)
         if problems:
             seq, reason = min(problems)
             return {"ok": False, "checked": checked, "first_bad_seq": seq, "reason": reason,

@@ -31,8 +31,9 @@ CHECKPOINT_FORMAT = "keyledger-audit-checkpoint/v1"
 def chain_hash(prev_hash: str, seq: int, originator_id: UUID | str, version: int, topic: str,
                state: bytes) -> str:
     """The chain's hash after the stored record at position ``seq``."""
-    oid = originator_id.hex if isinstance(originator_id, UUID) else str(originator_id)
-    h = hashlib.sha256(f"{prev_hash}\n{seq}\n{oid}\n{version}\n{topic}\n".encode())
+    if not isinstance(originator_id, str):
+        originator_id = originator_id.hex
+    h = hashlib.sha256(f"{prev_hash}\n{seq}\n{originator_id}\n{version}\n{topic}\n".encode())
     h.update(state)
     return h.hexdigest()
 
