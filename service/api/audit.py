@@ -11,6 +11,7 @@ from uuid import UUID
 from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from projections.audit import AuditFilter, decode_cursor, encode_cursor, microseconds
 from service import exports
@@ -69,7 +70,7 @@ def _filters(query: dict) -> AuditFilter:
 
 @blp.route("/v2/audit/events")
 class AuditEvents(MethodView):
-    @blp.arguments(AuditQuerySchema, location="query")
+    @blp.arguments(AuditQuerySchema, location="query", unknown=RAISE)  # a mistyped filter is not "everything"
     @blp.response(200, AuditPageSchema)
     @_refusals(*_REFUSALS)
     def get(self, query):
@@ -105,7 +106,7 @@ def _streamed(content_type: str, description: str) -> dict:
 
 @blp.route("/v2/audit/events.jsonl")
 class AuditEventsJsonl(MethodView):
-    @blp.arguments(AuditFilterSchema, location="query")
+    @blp.arguments(AuditFilterSchema, location="query", unknown=RAISE)
     @blp.doc(**_streamed("application/x-ndjson", "One audit event per line, streamed."))
     @_refusals(*_REFUSALS)
     def get(self, query):
@@ -115,7 +116,7 @@ class AuditEventsJsonl(MethodView):
 
 @blp.route("/v2/audit/events.csv")
 class AuditEventsCsv(MethodView):
-    @blp.arguments(AuditFilterSchema, location="query")
+    @blp.arguments(AuditFilterSchema, location="query", unknown=RAISE)
     @blp.doc(**_streamed("text/csv", "A header row, then one row per audit event, streamed; safe to open in a spreadsheet."))
     @_refusals(*_REFUSALS)
     def get(self, query):
@@ -136,7 +137,7 @@ class AuditIntegrity(MethodView):
 
 @blp.route("/v2/audit/access")
 class AuditAccess(MethodView):
-    @blp.arguments(AccessQuerySchema, location="query")
+    @blp.arguments(AccessQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, AccessSchema)
     @_refusals(*_REFUSALS, 404)
     def get(self, query):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from projections.timefmt import rfc3339
 from service.application import DESCRIPTION_MAX, MAX_GRACE_SECONDS, NAME_MAX
@@ -175,12 +175,19 @@ ACTOR_PATTERN = r"^(?:(?:account|key):[A-Za-z0-9-]{1,64}|system(?::[A-Za-z0-9._-
 TYPE_PATTERN = r"^[A-Z][A-Za-z0-9]{0,63}\.[A-Z][A-Za-z0-9]{0,63}$"
 
 
+def _one_line(value: str) -> None:
+    if "\n" in value or "\r" in value:  # a pattern's "$" also matches before a final newline
+        raise ValidationError("Must be one line.")
+
+
 class AuditFilterSchema(StrictSchema):
     app_id = fields.String(validate=validate.Length(min=1, max=63), metadata={"description": "Events of this app."})
     key_id = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": "Events of this key."})
-    actor = fields.String(validate=validate.Regexp(ACTOR_PATTERN, error="Use account:<id>, key:<id> or system."),
+    actor = fields.String(validate=[validate.Regexp(ACTOR_PATTERN, error="Use account:<id>, key:<id> or system."),
+                                    _one_line],
                           metadata={"description": "Who did it: `account:<id>`, `key:<id>` or `system`."})
-    type = fields.String(validate=validate.Regexp(TYPE_PATTERN, error="Use an event type such as ApiKey.Revoked."),
+    type = fields.String(validate=[validate.Regexp(TYPE_PATTERN, error="Use an event type such as ApiKey.Revoked."),
+                                   _one_line],
                          metadata={"description": "An event type, e.g. `ApiKey.Revoked`.", "example": "ApiKey.Revoked"})
     since = Rfc3339(metadata={"description": "Events at or after this time."})
     until = Rfc3339(metadata={"description": "Events before this time."})

@@ -90,6 +90,8 @@ def test_an_owner_never_sees_another_owner_s_events(world):
     for query in OWNER_QUERIES:
         query = query.format(**fill)
         for path in ("/v2/audit/events", "/v2/audit/events.jsonl", "/v2/audit/events.csv"):
+            if "limit" in query and path != "/v2/audit/events":
+                continue  # exports take the filters, not paging
             response = owner.get(path + query)
             assert response.status_code == 200, (path, query)
             events = response.json["events"] if path == "/v2/audit/events" else exported(response)
