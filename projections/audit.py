@@ -247,9 +247,11 @@ class AuditLog:
         after = 0
         while True:
             with self.store.read() as db:
-                rows = db.execute("SELECT seq, hash FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
-                                  (after, chunk)).fetchall()
-            yield from ((r[0], r[1]) for r in rows)
+                cursor = db.cursor()
+                cursor.row_factory = None  # plain tuples: a million rows are read
+                rows = cursor.execute("SELECT seq, hash FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                      (after, chunk)).fetchall()
+            yield from rows
             if len(rows) < chunk:
                 return
             after = rows[-1][0]

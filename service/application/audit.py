@@ -15,8 +15,10 @@
 from __future__ import annotations
 
 import base64
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -106,6 +108,27 @@ class AuditUseCases(LedgerApplication):
                  n.originator_version, n.topic, n.state) for n in notifications]
 
     def _walk(self, after: int) -> Iterator[StoredRecord]:
+        """Every record after ``after``, in order. On an SQLite file: one statement on a
+        read-only connection of its own, streamed (the fastest way through a million rows)."""
+        pool = getattr(getattr(self.recorder, "datastore", None), "pool", None)
+        if (isinstance(self.recorder, SQLiteApplicationRecorder) and pool is not None
+                and not pool.is_sqlite_memory_mode):
+            try:
+                db = sqlite3.connect(Path(pool.db_name).resolve().as_uri() + "?mode=ro", uri=True,
+                                     timeout=10)
+            except sqlite3.Error as error:
+                raise Unavailable("The event store cannot be read right now; retry shortly.") from error
+            try:
+                cursor = db.execute(
+                    "SELECT rowid, originator_id, originator_version, topic, state FROM "
+                    f"{self.recorder.events_table_name} WHERE rowid > ? ORDER BY rowid", (after,))
+                while rows := cursor.fetchmany(READ_BATCH):
+                    yield from rows
+            except sqlite3.Error as error:
+                raise Unavailable("The event store cannot be read right now; retry shortly.") from error
+            finally:
+                db.close()
+            return
         while True:
             batch = self.stored_records(after, READ_BATCH)
             yield from batch
@@ -152,18 +175,25 @@ class AuditUseCases(LedgerApplication):
                 "previous": previous, "message": message,
                 "signature": signature, "public_key_sha256": fingerprint}
 
-    def checkpoints(self) -> list[dict]:
-        """Every recorded checkpoint, oldest first, as recorded (not yet verified)."""
+    def checkpoints(self) -> tuple[list[dict], list[int]]:
+        """Every recorded checkpoint, oldest first, as recorded (not yet verified); and the
+        versions of ledger records that cannot even be decoded."""
         try:
-            events = list(self.events.get(AuditLedger.create_id()))
+            stored = self.recorder.select_events(AuditLedger.create_id())
         except PersistenceError as error:
             raise Unavailable("The event store cannot be read right now; retry shortly.") from error
-        except Exception:  # an undecodable (tampered) record: the walk reports where
-            return []
-        return [{"number": e.number, "seq": e.seq, "hash": e.hash, "previous": e.previous,
-                 "signed_at": e.signed_at, "message": e.message, "signature": e.signature,
-                 "version": e.originator_version}
-                for e in events if isinstance(e, AuditLedger.CheckpointSigned)]
+        found, unreadable = [], []
+        for record in stored:
+            try:
+                e = self.mapper.to_domain_event(record)
+            except Exception:  # a tampered record; the walk reports where it is
+                unreadable.append(record.originator_version)
+                continue
+            if isinstance(e, AuditLedger.CheckpointSigned):
+                found.append({"number": e.number, "seq": e.seq, "hash": e.hash, "previous": e.previous,
+                              "signed_at": e.signed_at, "message": e.message, "signature": e.signature,
+                              "version": e.originator_version})
+        return found, unreadable
 
     # -- integrity -----------------------------------------------------------------------------
 
@@ -173,10 +203,11 @@ class AuditUseCases(LedgerApplication):
         (seq, hash) pairs the audit view recorded), the recorded checkpoints and ``mirrored``
         (copies of checkpoints kept outside the store). Returns ``{"ok", "checked",
         "first_bad_seq", "reason", "checkpoints", "signed_through"}``."""
-        recorded = self.checkpoints()
+        recorded, unreadable = self.checkpoints()
         problems: list[tuple[int, str]] = []  # (seq, reason); the smallest seq is reported
         signed: dict[int, dict] = {}  # signed head seq -> checkpoint with a valid signature
-        bad_versions: dict[int, str] = {}  # ledger versions whose checkpoint is not genuine
+        # ledger versions whose checkpoint is not genuine
+        bad_versions: dict[int, str] = {v: "it cannot be read (altered)" for v in unreadable}
         previous = "-"
         for number, cp in enumerate(recorded, start=1):
             problem = _checkpoint_problem(cp, public_key, number, previous)

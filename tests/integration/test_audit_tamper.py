@@ -207,3 +207,22 @@ def test_keyledger_audit_verify_exits_non_zero_when_the_store_was_changed(histor
 
     assert main(["audit", "verify"]) == 1
     assert capsys.readouterr().out.startswith(f"BROKEN at seq {seq} ")
+
+
+def test_a_forged_checkpoint_is_found_at_its_seq(history, settings):
+    forged_seq = history["last"] + 1
+
+    def forge(db):
+        oid, version, topic, state = db.execute(
+            "SELECT originator_id, originator_version, topic, state FROM stored_events WHERE rowid = ?",
+            (history["second"]["seq"] + 1,)).fetchone()  # the second checkpoint's own event
+        assert b"CheckpointSigned" in topic.encode()
+        forged = state.replace(history["second"]["hash"].encode(), b"f" * 64)
+        db.execute("INSERT INTO stored_events (rowid, originator_id, originator_version, topic, state) "
+                   "VALUES (?, ?, ?, ?, ?)", (forged_seq, oid, version + 1, topic, forged))
+
+    tamper(settings, forge)  # appended at the end: the restarted service takes it into the view
+    report = integrity(settings)
+
+    assert (report["ok"], report["first_bad_seq"]) == (False, forged_seq)
+    assert "signature" in report["reason"]
