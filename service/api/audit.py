@@ -6,6 +6,7 @@ Owners read their own apps' events; auditors and admins read everything; API key
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from uuid import UUID
 
 from flask import Response
@@ -42,14 +43,20 @@ def _refusals(*statuses: int):
     return decorate
 
 
-def _time(query: dict, name: str) -> int | None:
+def _utc(query: dict, name: str) -> datetime | None:
+    """A time from the query in UTC (400 naming the field when it falls outside years 1-9999)."""
     value = query.get(name)
     if value is None:
         return None
     try:
-        return microseconds(value)
+        return value.astimezone(UTC)
     except OverflowError:
         raise InvalidRequest(f"{name} is out of range.", **{name: ["Out of range."]}) from None
+
+
+def _time(query: dict, name: str) -> int | None:
+    value = _utc(query, name)
+    return None if value is None else microseconds(value)
 
 
 def _filters(query: dict) -> AuditFilter:
@@ -143,8 +150,8 @@ class AuditAccess(MethodView):
     def get(self, query):
         """The credentials that could perform `scope` on `app_id` at the moment `at`, from their events."""
         system = context.system()
-        at = query.get("at") or system.keys_app.now()
-        until_us = _time({"at": at}, "at")
+        at = _utc(query, "at") or system.keys_app.now()
+        until_us = microseconds(at)
         candidates = system.audit.aggregates_of_app(query["app_id"], until_us=until_us)
         credentials = system.keys_app.access_at(query["app_id"], scope=query["scope"], at=at,
                                                 by=context.actor(), aggregate_ids=candidates)

@@ -99,7 +99,8 @@ def test_a_cursor_is_a_position_stable_under_concurrent_writes(auditor, owner, t
     ("cursor=not-a-cursor", "cursor"), ("cursor=c2VxOi0x", "cursor"), ("since=yesterday", "since"),
     ("until=2017-13-01T00:00:00Z", "until"), ("actor=bob", "actor"), ("actor=account:", "actor"),
     ("type=revoked", "type"), ("type=ApiKey.Revoked%0A", "type"), ("colour=red", "colour"),
-    ("app_id=" + "a" * 64, "app_id"),
+    ("app_id=" + "a" * 64, "app_id"), ("since=0001-01-01T00:00:00%2B01:00", "since"),
+    ("until=9999-12-31T23:59:59-01:00", "until"),
 ])
 def test_bad_filters_are_400_naming_the_field(auditor, query, field):
     for path in ("/v2/audit/events", "/v2/audit/events.jsonl", "/v2/audit/events.csv"):

@@ -102,5 +102,8 @@ def test_access_refuses_an_unknown_scope_and_a_bad_time(timeline):
     assert unknown.status_code == 400 and unknown.json["error"]["code"] == "SCOPE_UNKNOWN"
     bad_time = owner.get("/v2/audit/access?app_id=atlas&scope=Predict&at=yesterday")
     assert bad_time.status_code == 400 and "at" in bad_time.json["error"]["details"]
+    for edge in ("0001-01-01T00:00:00%2B01:00", "9999-12-31T23:59:59-01:00"):
+        out_of_range = owner.get(f"/v2/audit/access?app_id=atlas&scope=Predict&at={edge}")
+        assert out_of_range.status_code == 400 and "at" in out_of_range.json["error"]["details"]
     missing = owner.get("/v2/audit/access?scope=Predict")
     assert missing.status_code == 400 and "app_id" in missing.json["error"]["details"]
