@@ -13,10 +13,12 @@ from collections.abc import Callable
 
 import pytest
 
+from service.api import create_app
 from service.cli import main
 from service.composition import System, build_system
 from service.domain.actors import NO_REQUEST, Actor
 from service.settings import Settings
+from tests.conftest import make_account
 
 ADMIN = Actor.system("test")
 
@@ -226,3 +228,42 @@ def test_a_forged_checkpoint_is_found_at_its_seq(history, settings):
 
     assert (report["ok"], report["first_bad_seq"]) == (False, forged_seq)
     assert "signature" in report["reason"]
+
+
+def test_the_integrity_endpoint_reports_the_same(history, settings):
+    seq = history["changed"] + 1
+    tamper(settings, lambda db: db.execute("DELETE FROM stored_events WHERE rowid = ?", (seq,)))
+    restarted = build_system(settings, follow=False)
+    try:
+        auditor = make_account(restarted, "auditor", "auditor@example.com")
+        client = create_app(system=restarted).test_client()
+        response = client.get("/v2/audit/integrity", headers={"Authorization": f"Key {auditor['token']}"})
+    finally:
+        restarted.close()
+
+    assert response.status_code == 200
+    assert response.json["ok"] is False and response.json["first_bad_seq"] == seq
+    assert response.json["checked"] >= seq
+
+
+def test_an_audit_view_from_before_this_chain_is_rebuilt_at_start(history, settings):
+    """Views written by the previous version hashed an abridged record; they are dropped and
+    rebuilt from the log at the first start, and the chain then verifies."""
+    views = sqlite3.connect(settings.views_path)
+    with views:
+        views.execute("DROP TABLE audit_events")
+        views.execute("""CREATE TABLE audit_events (
+            seq INTEGER PRIMARY KEY, id TEXT NOT NULL, type TEXT NOT NULL, occurred_at TEXT NOT NULL,
+            actor_kind TEXT NOT NULL, actor_id TEXT NOT NULL, app_id TEXT, key_id TEXT,
+            data TEXT NOT NULL, request TEXT NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL)""")
+        views.execute("CREATE TABLE audit_key_apps (key_id TEXT PRIMARY KEY, app_id TEXT NOT NULL)")
+    views.close()
+
+    report = integrity(settings)
+
+    assert report["ok"] is True and report["checked"] == history["last"]
+    views = sqlite3.connect(settings.views_path)
+    tables = {r[0] for r in views.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    rows = views.execute("SELECT COUNT(*) FROM audit_events").fetchone()[0]
+    views.close()
+    assert "audit_key_apps" not in tables and rows == history["last"]
