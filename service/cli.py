@@ -132,7 +132,10 @@ def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
 
     system = build_system(settings, follow=False)
     try:
-        filters = AuditFilter(app_id=args.app_id, key_id=args.key_id, type=args.type)
+        actor_kind, _, actor_id = (args.actor or "").partition(":")
+        filters = AuditFilter(app_id=args.app_id, key_id=args.key_id, type=args.type,
+                              actor_kind=actor_kind or None, actor_id=actor_id or None,
+                              since_us=args.since, until_us=args.until)
         total = system.audit.count(filters)
         out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
         progress = sys.stderr.isatty()
@@ -160,6 +163,24 @@ def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         system.close()
     return 0
+
+
+def _time(text: str) -> int:
+    """An RFC 3339 time as microseconds since 1970 (the audit view's filter form)."""
+    from projections.audit import microseconds
+    from service.settings import parse_time
+
+    try:
+        return microseconds(parse_time(text, "time"))
+    except (SettingsError, OverflowError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time such as 2017-06-01T00:00:00Z") from None
+
+
+def _actor(text: str) -> str:
+    kind, _, ident = text.partition(":")
+    if kind not in ("account", "key", "system") or (kind != "system" and not ident):
+        raise argparse.ArgumentTypeError(f"{text!r}: use account:<id>, key:<id> or system")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--app-id", help="only this app's events")
     export.add_argument("--key-id", help="only this key's events")
     export.add_argument("--type", help="only events of this type, e.g. ApiKey.Revoked")
+    export.add_argument("--actor", type=_actor, help="only events by account:<id>, key:<id> or system")
+    export.add_argument("--since", type=_time, help="only events at or after this RFC 3339 time")
+    export.add_argument("--until", type=_time, help="only events before this RFC 3339 time")
     export.set_defaults(handler=_audit_export)
     return parser
 

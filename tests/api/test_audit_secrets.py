@@ -9,6 +9,7 @@ issued so far in the run (``ISSUED_SECRETS``), not only this test's.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from service.cli import main
@@ -68,3 +69,6 @@ def test_no_secret_in_any_audit_row_or_export(system, settings, client, admin, a
         target = tmp_path / f"audit.{fmt}"
         assert main(["audit", "export", "--format", fmt, "--output", str(target)]) == 0
         assert target.read_bytes().decode("utf-8") == out
+    assert main(["audit", "export", "--actor", f"account:{dev.id}", "--type", "ApiKey.Rolled",
+                 "--since", "2000-01-01T00:00:00Z"]) == 0
+    assert [json.loads(line)["key_id"] for line in capsys.readouterr().out.splitlines()] == [key["id"]]
