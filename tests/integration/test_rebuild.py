@@ -6,7 +6,7 @@ from projections.verification import VerificationIndex
 from service.domain.actors import NO_REQUEST, Actor
 
 TABLES = ("verification", "directory_accounts", "directory_apps", "directory_keys", "audit_events",
-          "audit_key_apps", "projection_tracking")
+          "audit_aggregate_apps", "audit_app_owners", "projection_tracking")
 
 
 def dump(system) -> dict[str, list[tuple]]:
