@@ -1,36 +1,37 @@
 """Audit trail: one row per event, chained by SHA-256, indexed for the security team.
 
-``hash = SHA-256(prev_hash ‖ canonical JSON of the event's audit record)``; the first
-event's ``prev_hash`` is 64 zeros. Any altered, removed, inserted or reordered row breaks
-the chain at that row. ``data`` holds an event's facts without digests or secrets.
+``hash`` is the chain over the event store's records as stored (``service.domain.audit``):
+``SHA-256(prev_hash ‖ seq ‖ originator ‖ version ‖ topic ‖ stored state)``, the first
+``prev_hash`` 64 zeros. The integrity check recomputes it from the event store and compares
+it with these rows. ``data`` holds an event's facts without digests or secrets.
+
+All of the audit trail's SQL is in this module.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import json
 import sqlite3
-from datetime import datetime
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import NAMESPACE_URL, uuid5
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from projections.projection import Projection
 from projections.store import ViewStore
 from projections.timefmt import rfc3339
-from service.domain.aggregate import LedgerAggregate
+from service.domain.audit import GENESIS, chain_hash
 from service.domain.keys import ApiKey
 
-GENESIS = "0" * 64
 _NOT_DATA = {"originator_id", "originator_version", "originator_topic", "timestamp", "by", "request"}
-_SECRET_LIKE = {"digest", "digests", "previous_digest", "token_digest"}  # not secrets, but of no use here
+_SECRET_LIKE = {"digest", "digests", "previous_digest", "token_digest", "secret_digest"}  # not secrets, but of no use here
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
-
-def canonical(record: dict) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def chain_hash(prev_hash: str, record: dict) -> str:
-    return hashlib.sha256(prev_hash.encode("ascii") + canonical(record)).hexdigest()
+# (seq, originator id, version, topic, state) of the records after a position, as stored.
+StoredRecords = Callable[[int, int], Sequence[tuple]]
 
 
 def _plain(value: Any) -> Any:
@@ -40,6 +41,8 @@ def _plain(value: Any) -> Any:
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, UUID):
+        return str(value)
     return value
 
 
@@ -48,53 +51,121 @@ def event_type(event: Any) -> str:
     return type(event).__qualname__
 
 
+def microseconds(value: datetime) -> int:
+    """Microseconds since 1970 (UTC): the sortable form of a time the view filters on."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _MICROSECOND
+
+
 class AuditTrail(Projection):
+    """One row per stored event, with the chain hash of the stored record itself
+    (``service.domain.audit.chain_hash``), read through ``stored_records`` — the audit view
+    is the witness an integrity check compares the event store against, record by record.
+
+    An event's ``app_id`` is its own ``app_id`` attribute, else an app's ``slug``, else the app
+    its aggregate was first recorded under — so new event types that carry ``app_id`` (or
+    belong to an aggregate that did) appear under their app with no change here."""
+
     name = "audit"
-    tables = ("audit_events", "audit_key_apps")
+    tables = ("audit_events", "audit_aggregate_apps", "audit_app_owners")
     ddl = (
         """CREATE TABLE IF NOT EXISTS audit_events (
             seq INTEGER PRIMARY KEY, id TEXT NOT NULL, type TEXT NOT NULL, occurred_at TEXT NOT NULL,
-            actor_kind TEXT NOT NULL, actor_id TEXT NOT NULL, app_id TEXT, key_id TEXT,
-            data TEXT NOT NULL, request TEXT NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL)""",
-        "CREATE TABLE IF NOT EXISTS audit_key_apps (key_id TEXT PRIMARY KEY, app_id TEXT NOT NULL)",
+            at_us INTEGER NOT NULL, actor_kind TEXT NOT NULL, actor_id TEXT NOT NULL, app_id TEXT,
+            owner_id TEXT, key_id TEXT, aggregate_id TEXT NOT NULL, data TEXT NOT NULL,
+            request TEXT NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS audit_aggregate_apps (
+            aggregate_id TEXT PRIMARY KEY, app_id TEXT NOT NULL)""",
+        "CREATE TABLE IF NOT EXISTS audit_app_owners (app_id TEXT PRIMARY KEY, owner_id TEXT NOT NULL)",
     )
     indexes = (
         "CREATE INDEX IF NOT EXISTS audit_by_key ON audit_events (key_id, seq)",
         "CREATE INDEX IF NOT EXISTS audit_by_app ON audit_events (app_id, seq)",
-        "CREATE INDEX IF NOT EXISTS audit_by_time ON audit_events (occurred_at, seq)",
+        "CREATE INDEX IF NOT EXISTS audit_by_owner ON audit_events (owner_id, seq)",
+        "CREATE INDEX IF NOT EXISTS audit_by_actor ON audit_events (actor_id, actor_kind, seq)",
+        "CREATE INDEX IF NOT EXISTS audit_by_type ON audit_events (type, seq)",
+        "CREATE INDEX IF NOT EXISTS audit_by_time ON audit_events (at_us, seq)",
     )
+    _LEGACY_TABLES = ("audit_key_apps",)  # views from before the chain covered stored records
+
+    def __init__(self, stored_records: StoredRecords) -> None:
+        self.stored_records = stored_records
+        # Facts that never change once recorded (an aggregate's app, an app's owner), kept
+        # in memory so most events need no look-up; bounded, re-read from the view on a miss.
+        self._apps: dict[str, str | None] = {}
+        self._owners: dict[str, str | None] = {}
+
+    def create(self, db: sqlite3.Connection, *, with_indexes: bool = True) -> None:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(audit_events)")}
+        if columns and "owner_id" not in columns:  # an older view: its hashes meant something else
+            for table in (*self.tables, *self._LEGACY_TABLES):
+                db.execute(f"DROP TABLE IF EXISTS {table}")
+            db.execute("DELETE FROM projection_tracking WHERE projection = ?", (self.name,))
+        super().create(db, with_indexes=with_indexes)
 
     def process(self, db: sqlite3.Connection, position: int, event: Any) -> None:
-        if not isinstance(event, LedgerAggregate.Event):
+        self.process_batch(db, [(position, event)])
+
+    def process_batch(self, db: sqlite3.Connection, batch: Sequence[tuple[int, Any]]) -> None:
+        if not batch:
             return
-        record = audit_record(db, position, event)
+        first, last = batch[0][0], batch[-1][0]
+        records = {r[0]: r for r in self.stored_records(first - 1, last - first + 1)}
         row = db.execute("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
         prev_hash = row[0] if row else GENESIS
-        digest = chain_hash(prev_hash, record)
-        db.execute(
-            "INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record["seq"], record["id"], record["type"], record["occurred_at"],
-             record["actor"]["kind"], record["actor"]["id"], record["app_id"], record["key_id"],
-             json.dumps(record["data"], sort_keys=True), json.dumps(record["request"], sort_keys=True),
-             digest, prev_hash))
+        if len(self._apps) > 200_000 or len(self._owners) > 200_000:
+            self._apps.clear()
+            self._owners.clear()
+        rows = []
+        for position, event in batch:
+            stored = records.get(position)
+            if stored is None:
+                raise RuntimeError(f"the stored record at position {position} could not be read back")
+            digest = chain_hash(prev_hash, *stored)
+            record = audit_record(db, position, event, self._apps, self._owners)
+            rows.append(
+                (record["seq"], record["id"], record["type"], record["occurred_at"],
+                 microseconds(event.timestamp), record["actor"]["kind"], record["actor"]["id"],
+                 record["app_id"], record.pop("owner_id"), record["key_id"], str(event.originator_id),
+                 json.dumps(record["data"], sort_keys=True, ensure_ascii=False),
+                 json.dumps(record["request"], sort_keys=True), digest, prev_hash))
+            prev_hash = digest
+        db.executemany("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
-def audit_record(db: sqlite3.Connection, position: int, event: Any) -> dict:
-    """The audit shape of one event, without its hashes."""
-    kind, _, actor_id = event.by.partition(":")
-    key_id = app_id = None
-    if isinstance(event, ApiKey.Event):
-        key_id = str(event.originator_id)
-        if isinstance(event, ApiKey.Issued):
-            app_id = event.app_id
-            db.execute("INSERT OR REPLACE INTO audit_key_apps VALUES (?, ?)", (key_id, app_id))
-        else:
-            row = db.execute("SELECT app_id FROM audit_key_apps WHERE key_id = ?", (key_id,)).fetchone()
-            app_id = row[0] if row else None
-    elif hasattr(event, "slug"):
-        app_id = event.slug
+def audit_record(db: sqlite3.Connection, position: int, event: Any, apps: dict | None = None,
+                 owners: dict | None = None) -> dict:
+    """The audit shape of one event (without its hashes), and its app's owner. ``apps`` and
+    ``owners`` cache the aggregate -> app and app -> owner facts."""
+    apps = {} if apps is None else apps
+    owners = {} if owners is None else owners
+    kind, _, actor_id = str(getattr(event, "by", "system:unknown")).partition(":")
+    aggregate_id = str(event.originator_id)
+    app_id = getattr(event, "app_id", None) or getattr(event, "slug", None)
+    if isinstance(app_id, str):  # written every time: a cached fact may be from a rolled-back write
+        db.execute("INSERT OR IGNORE INTO audit_aggregate_apps VALUES (?, ?)", (aggregate_id, app_id))
+        apps.setdefault(aggregate_id, app_id)
+    elif aggregate_id in apps:
+        app_id = apps[aggregate_id]
+    else:
+        row = db.execute("SELECT app_id FROM audit_aggregate_apps WHERE aggregate_id = ?",
+                         (aggregate_id,)).fetchone()
+        app_id = apps[aggregate_id] = row[0] if row else None
+    owner_id = getattr(event, "owner_id", None)
+    if getattr(event, "slug", None) is not None and isinstance(owner_id, str):
+        db.execute("INSERT OR REPLACE INTO audit_app_owners VALUES (?, ?)", (event.slug, owner_id))
+        owners[event.slug] = owner_id
+    elif app_id is None:
+        owner_id = None
+    elif app_id in owners:
+        owner_id = owners[app_id]
+    else:
+        row = db.execute("SELECT owner_id FROM audit_app_owners WHERE app_id = ?", (app_id,)).fetchone()
+        owner_id = owners[app_id] = row[0] if row else None
+    key_id = aggregate_id if isinstance(event, ApiKey.Event) else getattr(event, "key_id", None)
     data = {k: _plain(v) for k, v in vars(event).items() if k not in _NOT_DATA and k not in _SECRET_LIKE}
-    request = event.request or {}
+    request = getattr(event, "request", None) or {}
     return {
         "seq": position,
         "id": str(uuid5(NAMESPACE_URL, f"keyledger:event:{event.originator_id}:{event.originator_version}")),
@@ -105,11 +176,25 @@ def audit_record(db: sqlite3.Connection, position: int, event: Any) -> dict:
         "key_id": key_id,
         "data": data,
         "request": {"id": request.get("id"), "ip": request.get("ip"), "user_agent": request.get("user_agent")},
+        "owner_id": owner_id,
     }
 
 
+@dataclass(frozen=True)
+class AuditFilter:
+    """What the security team narrows the trail to; every field optional."""
+
+    app_id: str | None = None
+    key_id: str | None = None
+    actor_kind: str | None = None  # account | key | system
+    actor_id: str | None = None  # None with actor_kind "system": any system actor
+    type: str | None = None
+    since_us: int | None = None  # inclusive
+    until_us: int | None = None  # exclusive
+
+
 class AuditLog:
-    """Queries over the audit trail."""
+    """Queries over the audit trail: filtered pages by log position, streams, the chain."""
 
     def __init__(self, store: ViewStore) -> None:
         self.store = store
@@ -117,17 +202,86 @@ class AuditLog:
     def events(self, *, key_id: str | None = None, app_id: str | None = None,
                after_seq: int = 0, limit: int | None = 1000) -> list[dict]:
         """Events oldest first, filtered; ``limit=None`` for all of them."""
-        where, params = ["seq > ?"], [after_seq]
-        if key_id is not None:
-            where.append("key_id = ?")
-            params.append(key_id)
-        if app_id is not None:
-            where.append("app_id = ?")
-            params.append(app_id)
+        return self.page(AuditFilter(app_id=app_id, key_id=key_id), after=after_seq,
+                         limit=-1 if limit is None else limit)
+
+    def page(self, filters: AuditFilter, *, owner_id: str | None = None, after: int = 0,
+             limit: int = 100, upto: int | None = None) -> list[dict]:
+        """Up to ``limit`` matching events after position ``after``, oldest first; an owner
+        (``owner_id``) sees only events of their own apps."""
+        where, params = self._where(filters, owner_id)
+        where.append("seq > ?")
+        params.append(after)
+        if upto is not None:
+            where.append("seq <= ?")
+            params.append(upto)
         sql = f"SELECT * FROM audit_events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
         with self.store.read() as db:
-            rows = db.execute(sql, (*params, -1 if limit is None else limit)).fetchall()
+            rows = db.execute(sql, (*params, limit)).fetchall()
         return [self._event(r) for r in rows]
+
+    def stream(self, filters: AuditFilter, *, owner_id: str | None = None,
+               chunk: int = 1000) -> Iterator[dict]:
+        """Every matching event up to the log's end as it is now, read ``chunk`` at a time
+        (each chunk its own short read): constant memory, however many there are."""
+        upto, after = self.last_seq(), 0
+        while True:
+            events = self.page(filters, owner_id=owner_id, after=after, limit=chunk, upto=upto)
+            yield from events
+            if len(events) < chunk:
+                return
+            after = events[-1]["seq"]
+
+    def count(self, filters: AuditFilter, *, owner_id: str | None = None) -> int:
+        where, params = self._where(filters, owner_id)
+        with self.store.read() as db:
+            return db.execute(f"SELECT COUNT(*) FROM audit_events WHERE {' AND '.join(where)}",
+                              params).fetchone()[0]
+
+    def last_seq(self) -> int:
+        with self.store.read() as db:
+            return db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0]
+
+    def chain(self, chunk: int = 50_000) -> Iterator[tuple[int, str]]:
+        """(seq, hash) of every row, in order: the witness the integrity check compares with."""
+        after = 0
+        while True:
+            with self.store.read() as db:
+                cursor = db.cursor()
+                cursor.row_factory = None  # plain tuples: a million rows are read
+                rows = cursor.execute("SELECT seq, hash FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                      (after, chunk)).fetchall()
+            yield from rows
+            if len(rows) < chunk:
+                return
+            after = rows[-1][0]
+
+    def aggregates_of_app(self, app_id: str, *, until_us: int) -> list[str]:
+        """The aggregates (keys, legacy clients…) with events under ``app_id`` by ``until_us``,
+        in the order they first appeared."""
+        with self.store.read() as db:
+            rows = db.execute(
+                "SELECT aggregate_id, MIN(seq) AS first FROM audit_events WHERE app_id = ? AND at_us <= ? "
+                "GROUP BY aggregate_id ORDER BY first", (app_id, until_us)).fetchall()
+        return [r[0] for r in rows]
+
+    @staticmethod
+    def _where(filters: AuditFilter, owner_id: str | None) -> tuple[list[str], list]:
+        where: list[str] = ["1 = 1"]
+        params: list = []
+        for column, value in (("owner_id", owner_id), ("app_id", filters.app_id),
+                              ("key_id", filters.key_id), ("actor_kind", filters.actor_kind),
+                              ("actor_id", filters.actor_id), ("type", filters.type)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if filters.since_us is not None:
+            where.append("at_us >= ?")
+            params.append(filters.since_us)
+        if filters.until_us is not None:
+            where.append("at_us < ?")
+            params.append(filters.until_us)
+        return where, params
 
     @staticmethod
     def _event(r: sqlite3.Row) -> dict:
@@ -137,3 +291,20 @@ class AuditLog:
             "key_id": r["key_id"], "data": json.loads(r["data"]), "request": json.loads(r["request"]),
             "hash": r["hash"], "prev_hash": r["prev_hash"],
         }
+
+
+def encode_cursor(seq: int) -> str:
+    """An opaque cursor: a position in the log (stable under concurrent writes)."""
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int | None:
+    """The position in a cursor; None if it is not one of ours."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    kind, _, number = text.partition(":")
+    if kind != "seq" or not number.isdigit() or len(number) > 18:
+        return None
+    return int(number)

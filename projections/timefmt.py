@@ -10,11 +10,8 @@ def rfc3339(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}"
-    return text + "Z"
+    # isoformat() writes microseconds only when there are some, as RFC 3339 allows.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
 def from_rfc3339(text: str | None) -> datetime | None:

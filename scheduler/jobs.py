@@ -13,11 +13,13 @@ answers "already recorded" instead of doing it twice.
   used tokens in the look-back window before it.
 * ``deliver_pending_mail``: the outbox: recorded reminders are handed to the mail transport;
   each failure (with its retry time, backing off) and each delivery is recorded.
+* ``sign_audit_checkpoint``: the audit chain's head signed (hourly); nothing new, nothing signed.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -171,3 +173,9 @@ def _record_reminders(keys_app: Any, progress: CampaignRecords, plan: CampaignPl
     if recorded:
         log.info("campaign stage %s: %d reminder(s) recorded", stage.name, recorded)
     return recorded
+
+
+def sign_audit_checkpoint(sign: Callable[[datetime], dict | None], now: datetime) -> dict | None:
+    """Sign the audit chain's head as of ``now`` with ``sign`` (the composition's
+    ``System.sign_checkpoint``); None when nothing happened since the last checkpoint."""
+    return sign(now)

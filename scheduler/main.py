@@ -1,4 +1,5 @@
-"""Wiring: the campaign's jobs on APScheduler 3.11. The only module that imports APScheduler.
+"""Wiring: the scheduler's jobs on APScheduler 3.11 (the deprecation campaign, and the audit
+chain's hourly signed checkpoint). The only module that imports APScheduler.
 
 ``build_scheduler(system)`` registers the reconciliations of ``scheduler.jobs`` as repeating
 jobs with explicit ids, ``coalesce=True``, ``max_instances=1`` and ``misfire_grace_time=None``,
@@ -36,6 +37,7 @@ from service.settings import Settings
 log = logging.getLogger("keyledger.scheduler")
 
 JOB_OPTIONS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+CHECKPOINT_INTERVAL = 3600.0  # seconds between signed checkpoints of the audit chain
 
 
 class CampaignRuns:
@@ -46,7 +48,7 @@ class CampaignRuns:
         self.system = system
         self.usage = usage
         self.mailer = mailer
-        self._locks = {name: threading.Lock() for name in ("reminders", "sunset", "mail")}
+        self._locks = {name: threading.Lock() for name in ("reminders", "sunset", "mail", "checkpoint")}
 
     def _run(self, name: str, work: Callable[[], Any]) -> Any:
         with self._locks[name]:
@@ -91,6 +93,14 @@ class CampaignRuns:
         return self._run("mail", work)
 
 
+    def audit_checkpoint(self) -> Any:
+        def work() -> dict | None:
+            s = self.system
+            return jobs.sign_audit_checkpoint(lambda now: s.sign_checkpoint(now=now), s.keys_app.now())
+
+        return self._run("checkpoint", work)
+
+
 def campaign_runs(system: System, *, usage: jobs.LegacyUsageReader | None = None,
                   transport: MailTransport | None = None) -> CampaignRuns:
     usage = usage if usage is not None else getattr(system, "legacy_usage", None)
@@ -114,6 +124,9 @@ def build_scheduler(system: System, *, usage: jobs.LegacyUsageReader | None = No
                                ("campaign-sunset", runs.sunset, "execute the sunset, then the final notice"),
                                ("campaign-mail", runs.mail, "deliver recorded campaign mail")):
         scheduler.add_job(func, every, id=job_id, name=what, next_run_time=now, **JOB_OPTIONS)
+    scheduler.add_job(runs.audit_checkpoint, IntervalTrigger(seconds=CHECKPOINT_INTERVAL, timezone=UTC),
+                      id="audit-checkpoint", name="sign the audit chain's head", next_run_time=now,
+                      **JOB_OPTIONS)
     for stage in system.plan.stages:  # the exact moments, so nothing waits for the next interval
         if stage.due_at > now:
             scheduler.add_job(runs.reminders, DateTrigger(run_date=stage.due_at, timezone=UTC),

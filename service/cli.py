@@ -1,4 +1,4 @@
-"""The ``keyledger`` command: serve, scheduler, accounts, projections, campaign."""
+"""The ``keyledger`` command: serve, scheduler, accounts, projections, audit, campaign."""
 
 from __future__ import annotations
 
@@ -25,8 +25,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from service.api import create_app
     from service.composition import build_system
 
-    # Create the stores and views once, before the workers start, so they never race.
-    build_system(settings, follow=False).close()
+    # Create the stores and views once, before the workers start, so they never race; sign
+    # the audit chain's head (the workers find nothing new to sign).
+    system = build_system(settings, follow=False)
+    try:
+        checkpoint = system.sign_checkpoint()
+        if checkpoint:
+            print(f"Audit checkpoint {checkpoint['number']} signed at seq {checkpoint['seq']}",
+                  file=sys.stderr, flush=True)
+    finally:
+        system.close()
 
     class KeyledgerServer(BaseApplication):
         def load_config(self) -> None:
@@ -178,6 +186,98 @@ def _projections_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from service.composition import build_system
+
+    system = build_system(settings, follow=False)
+    try:
+        report = system.check_integrity()
+    finally:
+        system.close()
+    if args.json:
+        print(json.dumps(report))
+    elif report["ok"]:
+        print(f"ok: {report['checked']} events, chain intact; {report['checkpoints']} signed "
+              f"checkpoint(s) verified, the last vouching for seq {report['signed_through']}")
+    else:
+        print(f"BROKEN at seq {report['first_bad_seq']} ({report['checked']} events checked): "
+              f"{report['reason']}")
+    return 0 if report["ok"] else 1
+
+
+def _audit_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
+    from service.composition import build_system
+
+    system = build_system(settings, follow=False)
+    try:
+        checkpoint = system.sign_checkpoint()
+    finally:
+        system.close()
+    if checkpoint is None:
+        print("Nothing new since the last checkpoint; none signed.")
+    else:
+        print(json.dumps(checkpoint))
+    return 0
+
+
+def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.audit import AuditFilter
+    from service import exports
+    from service.composition import build_system
+
+    system = build_system(settings, follow=False)
+    try:
+        actor_kind, _, actor_id = (args.actor or "").partition(":")
+        filters = AuditFilter(app_id=args.app_id, key_id=args.key_id, type=args.type,
+                              actor_kind=actor_kind or None, actor_id=actor_id or None,
+                              since_us=args.since, until_us=args.until)
+        total = system.audit.count(filters)
+        out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
+        progress = sys.stderr.isatty()
+        written = 0
+        try:
+            def counted():
+                nonlocal written
+                for event in system.audit.stream(filters):
+                    written += 1
+                    if progress and written % 1000 == 0:
+                        print(f"\rexporting audit events: {written:,}/{total:,} "
+                              f"({written / max(total, 1):.0%})", end="", file=sys.stderr, flush=True)
+                    yield event
+
+            for chunk in exports.lines(counted(), args.format):
+                out.write(chunk)
+        finally:
+            if args.output:
+                out.close()
+            else:
+                out.flush()
+        if progress:
+            print(f"\rexported {written:,} audit events{' to ' + args.output if args.output else ''}"
+                  + " " * 20, file=sys.stderr)
+    finally:
+        system.close()
+    return 0
+
+
+def _time(text: str) -> int:
+    """An RFC 3339 time as microseconds since 1970 (the audit view's filter form)."""
+    from projections.audit import microseconds
+    from service.settings import parse_time
+
+    try:
+        return microseconds(parse_time(text, "time"))
+    except (SettingsError, OverflowError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time such as 2017-06-01T00:00:00Z") from None
+
+
+def _actor(text: str) -> str:
+    kind, _, ident = text.partition(":")
+    if kind not in ("account", "key", "system") or (kind != "system" and not ident):
+        raise argparse.ArgumentTypeError(f"{text!r}: use account:<id>, key:<id> or system")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keyledger", description="Keyledger: API-key lifecycle service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("name", nargs="?",
                          choices=["verification", "directory", "audit", "legacy_usage", "campaign"])
     rebuild.set_defaults(handler=_projections_rebuild)
+
+    audit = commands.add_parser("audit", help="the audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="recompute the chain from the event store and check the signed checkpoints "
+                       "(exit status 1 if anything was changed)")
+    verify.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    verify.set_defaults(handler=_audit_verify)
+    checkpoint = audit_commands.add_parser("checkpoint", help="sign the chain's head now")
+    checkpoint.set_defaults(handler=_audit_checkpoint)
+    export = audit_commands.add_parser("export", help="every audit event, oldest first")
+    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.add_argument("--output", "-o", help="write to this file (default: standard output)")
+    export.add_argument("--app-id", help="only this app's events")
+    export.add_argument("--key-id", help="only this key's events")
+    export.add_argument("--type", help="only events of this type, e.g. ApiKey.Revoked")
+    export.add_argument("--actor", type=_actor, help="only events by account:<id>, key:<id> or system")
+    export.add_argument("--since", type=_time, help="only events at or after this RFC 3339 time")
+    export.add_argument("--until", type=_time, help="only events before this RFC 3339 time")
+    export.set_defaults(handler=_audit_export)
     return parser
 
 

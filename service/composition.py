@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from projections.audit import AuditLog, AuditTrail
 from projections.beacon import ChangeBeacon
 from projections.campaign import CampaignProgress, CampaignView
@@ -25,12 +27,12 @@ from projections.last_used import LastUsed
 from projections.legacy_usage import LegacyUsage, LegacyUsageView
 from projections.store import ViewStore
 from projections.verification import VerificationIndex, VerificationView
-from service import credentials
+from service import checkpoints, credentials
 from service.application import Keyledger, LegacyPolicy, utc_now
 from service.authentication import Authenticator
 from service.domain.actors import RequestInfo
 from service.domain.campaign import CampaignPlan
-from service.settings import Settings, duration_name
+from service.settings import Settings, SettingsError, duration_name
 from service.verification import Verifier
 
 log = logging.getLogger("keyledger")
@@ -51,9 +53,28 @@ class System:
     last_used: LastUsed
     verifier: Verifier
     legacy_usage: LegacyUsage
+    signing_key: Ed25519PrivateKey = field(repr=False)
+    mirror: checkpoints.CheckpointMirror
     campaign: CampaignProgress
     plan: CampaignPlan
     _closed: bool = field(default=False, repr=False)
+
+    def sign_checkpoint(self, now: datetime | None = None) -> dict | None:
+        """Sign the audit chain's head (None if nothing is new since the last checkpoint)."""
+        self.follower.catch_up()
+        self.follower.update_views()  # the checkpoint's own event is in the audit view at once
+        checkpoint = checkpoints.sign_checkpoint(self.keys_app, self.signing_key, self.mirror, now=now)
+        if checkpoint is not None:
+            self.after_command()
+        return checkpoint
+
+    def check_integrity(self) -> dict:
+        """Recompute the audit chain from the event store (see service.checkpoints)."""
+        try:
+            self.follower.update_views(timeout=VIEW_WRITE_TIMEOUT)
+        except Exception:  # a view writer is busy: rows not yet written are simply not compared
+            log.warning("the audit view could not be brought up to date before the integrity check")
+        return checkpoints.check_integrity(self.keys_app, self.audit, self.signing_key, self.mirror)
 
     def after_command(self) -> None:
         """Bring this process's index and the views up to date before answering.
@@ -92,6 +113,10 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
                  follow: bool = True) -> System:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     pepper = credentials.load_or_create_pepper(settings.data_dir, settings.pepper)
+    try:
+        signing_key = credentials.load_or_create_signing_key(settings.data_dir, settings.audit_signing_key)
+    except credentials.SigningKeyError as error:
+        raise SettingsError(str(error)) from None
     digester = credentials.Digester(pepper)
     legacy = LegacyPolicy(sunset_at=settings.legacy_sunset_at, token_ttl=settings.access_token_ttl,
                           use_window=settings.legacy_use_window)
@@ -100,8 +125,8 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     index = VerificationIndex(legacy_sunset_at=settings.legacy_sunset_at.timestamp())
     beacon = ChangeBeacon(settings.data_dir / "changes.beacon")
     follower = Follower(keys_app, views,
-                        [VerificationView(), DirectoryView(), AuditTrail(), LegacyUsageView(), CampaignView()],
-                        [index],
+                        [VerificationView(), DirectoryView(), AuditTrail(keys_app.stored_records),
+                         LegacyUsageView(), CampaignView()], [index],
                         beacon=beacon)
     follower.start()
     last_used = LastUsed(views)
@@ -123,6 +148,7 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         verifier=Verifier(digester, index, clock, last_used, record_use=record_legacy_use,
                           legacy_window=settings.legacy_use_window.total_seconds()),
         legacy_usage=LegacyUsage(views),
+        signing_key=signing_key, mirror=checkpoints.CheckpointMirror(settings.data_dir / checkpoints.MIRROR_FILE),
         campaign=CampaignProgress(views), plan=campaign_plan(settings),
     )
     if follow:  # a serving process: flush last-used times and close stores on a normal exit

@@ -18,6 +18,9 @@ import secrets
 import zlib
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}
 BODY_LENGTH = 32
@@ -175,3 +178,66 @@ def load_or_create_pepper(data_dir: Path, configured: str | None) -> bytes:
     finally:
         temporary.unlink(missing_ok=True)
     return pepper
+
+
+# -- the audit signing key (Ed25519) ------------------------------------------------------
+
+SIGNING_KEY_FILE = "audit-signing-key.pem"
+
+
+class SigningKeyError(ValueError):
+    """The configured audit signing key cannot be used."""
+
+
+def load_or_create_signing_key(data_dir: Path, configured_pem: str | None) -> Ed25519PrivateKey:
+    """The Ed25519 key that signs audit checkpoints: from ``KEYLEDGER_AUDIT_SIGNING_KEY`` (PEM)
+    if set, else from ``<data_dir>/audit-signing-key.pem``, created on first start with mode
+    0600 (written privately, then linked into place, like the pepper)."""
+    if configured_pem:
+        return _private_key(configured_pem.encode("utf-8"), "KEYLEDGER_AUDIT_SIGNING_KEY")
+    path = data_dir / SIGNING_KEY_FILE
+    try:
+        return _private_key(path.read_bytes(), str(path))
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    temporary = data_dir / f".signing-key-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process made it first: use theirs
+            return _private_key(path.read_bytes(), str(path))
+    finally:
+        temporary.unlink(missing_ok=True)
+    return key
+
+
+def _private_key(pem: bytes, source: str) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise SigningKeyError(f"{source}: not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(f"{source}: the audit signing key must be an Ed25519 key")
+    return key
+
+
+def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(serialization.Encoding.PEM,
+                               serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+
+def public_key_sha256(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """A fingerprint of the public key: SHA-256 of its DER (SubjectPublicKeyInfo) bytes."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()

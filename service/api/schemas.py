@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from projections.timefmt import rfc3339
 from service.application import DESCRIPTION_MAX, MAX_GRACE_SECONDS, NAME_MAX
@@ -167,6 +167,86 @@ class AuditEventSchema(Schema):
 
 class HistorySchema(Schema):
     events = fields.List(fields.Nested(AuditEventSchema), required=True)
+
+
+# -- the audit trail -------------------------------------------------------------------------
+
+ACTOR_PATTERN = r"^(?:(?:account|key):[A-Za-z0-9-]{1,64}|system(?::[A-Za-z0-9._-]{1,64})?)$"
+TYPE_PATTERN = r"^[A-Z][A-Za-z0-9]{0,63}\.[A-Z][A-Za-z0-9]{0,63}$"
+
+
+def _one_line(value: str) -> None:
+    if "\n" in value or "\r" in value:  # a pattern's "$" also matches before a final newline
+        raise ValidationError("Must be one line.")
+
+
+class AuditFilterSchema(StrictSchema):
+    app_id = fields.String(validate=validate.Length(min=1, max=63), metadata={"description": "Events of this app."})
+    key_id = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": "Events of this key."})
+    actor = fields.String(validate=[validate.Regexp(ACTOR_PATTERN, error="Use account:<id>, key:<id> or system."),
+                                    _one_line],
+                          metadata={"description": "Who did it: `account:<id>`, `key:<id>` or `system`."})
+    type = fields.String(validate=[validate.Regexp(TYPE_PATTERN, error="Use an event type such as ApiKey.Revoked."),
+                                   _one_line],
+                         metadata={"description": "An event type, e.g. `ApiKey.Revoked`.", "example": "ApiKey.Revoked"})
+    since = Rfc3339(metadata={"description": "Events at or after this time."})
+    until = Rfc3339(metadata={"description": "Events before this time."})
+
+
+class AuditQuerySchema(AuditFilterSchema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000),
+                           metadata={"description": "Events per page, 1 to 1000."})
+    cursor = fields.String(validate=validate.Length(min=1, max=100),
+                           metadata={"description": "`next_cursor` of the previous page."})
+
+
+class AuditPageSchema(Schema):
+    events = fields.List(fields.Nested(AuditEventSchema), required=True)
+    next_cursor = fields.String(allow_none=True, required=True,
+                                metadata={"description": "Pass as `cursor` for the next page; null on the last."})
+
+
+class IntegritySchema(Schema):
+    ok = fields.Boolean(required=True)
+    checked = fields.Integer(required=True, metadata={"description": "Stored events whose chain was recomputed."})
+    first_bad_seq = fields.Integer(allow_none=True, required=True)
+    reason = fields.String(allow_none=True, metadata={"description": "What was found at first_bad_seq."})
+    checkpoints = fields.Integer(metadata={"description": "Signed checkpoints whose signature verified."})
+    signed_through = fields.Integer(metadata={"description": "The last seq a verified checkpoint vouches for."})
+
+
+class PublicKeySchema(Schema):
+    algorithm = fields.String(required=True, metadata={"example": "Ed25519"})
+    public_key_pem = fields.String(required=True)
+    sha256 = fields.String(metadata={"description": "SHA-256 of the public key (DER); checkpoints name it."})
+
+
+class AccessQuerySchema(StrictSchema):
+    app_id = fields.String(required=True, validate=validate.Length(min=1, max=63))
+    scope = fields.String(required=True, validate=validate.Length(min=1, max=100),
+                          metadata={"example": "Models:Add"})
+    at = Rfc3339(metadata={"description": "The moment to answer for; now if left out."})
+
+
+class SecretHintSchema(Schema):
+    display = fields.String(required=True, metadata={"example": "ak_…abcd"})
+    valid_until = Rfc3339(allow_none=True, metadata={"description": "Expiry, or the end of a roll's grace period."})
+
+
+class CredentialSchema(Schema):
+    kind = fields.String(required=True, metadata={"enum": ["api_key", "access_token"]})
+    key_id = fields.String()
+    client_id = fields.String()
+    scopes = fields.List(fields.String(), required=True)
+    secrets = fields.List(fields.Nested(SecretHintSchema),
+                          metadata={"description": "The secrets that could be used then (never the secret itself)."})
+
+
+class AccessSchema(Schema):
+    app_id = fields.String(required=True)
+    scope = fields.String(required=True)
+    at = Rfc3339(required=True)
+    credentials = fields.List(fields.Nested(CredentialSchema), required=True)
 
 
 # -- scopes and operations ---------------------------------------------------------------------

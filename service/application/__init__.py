@@ -12,10 +12,12 @@ from __future__ import annotations
 from service import credentials
 from service.application.accounts import AccountUseCases
 from service.application.apps import AppUseCases
+from service.application.audit import AuditUseCases
 from service.application.base import DESCRIPTION_MAX, NAME_MAX, Clock, utc_now
 from service.application.campaign import CampaignUseCases
 from service.application.keys import MAX_GRACE_SECONDS, KeyUseCases
 from service.application.legacy import LegacyPolicy, LegacyUseCases
+from service.domain.audit import AuditLedger
 from service.domain.keys import ApiKey
 from service.domain.legacy import LegacyClient
 
@@ -23,14 +25,14 @@ __all__ = ["DESCRIPTION_MAX", "MAX_GRACE_SECONDS", "NAME_MAX", "Clock", "Keyledg
            "utc_now"]
 
 
-class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, CampaignUseCases):
+class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, AuditUseCases, CampaignUseCases):
     """Accounts, apps, their scoped API keys and legacy OAuth2 clients, and the deprecation
-    campaign, as immutable events."""
+    campaign, as immutable events; the audit trail's checkpoints."""
 
     name = "keyledger"
     # A key changed many times still loads in a fraction of a millisecond; so does a legacy
     # client that has issued thousands of access tokens.
-    snapshotting_intervals = {ApiKey: 50, LegacyClient: 8}
+    snapshotting_intervals = {ApiKey: 50, LegacyClient: 8, AuditLedger: 50}
 
     def __init__(self, env: dict[str, str] | None = None, *, digester: credentials.Digester,
                  clock: Clock = utc_now, legacy: LegacyPolicy | None = None) -> None:

@@ -385,3 +385,25 @@ def test_a_pasted_secret_never_becomes_an_event(owner, owner_app, system, creden
         assert response.json["error"]["code"] == "INVALID_REQUEST" and field in response.json["error"]["details"]
         assert secret not in response.get_data(as_text=True)
     assert system.keys_app.last_position() == before
+
+
+def test_audit_knows_legacy_clients_and_their_events(client, system, admin, auditor, credentials, access_token):
+    verify(client, access_token)
+    system.after_command()
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    access = auditor.get(f"/v2/audit/access?app_id=vision&scope=Models:Add&at={now}").json
+    kinds = {c["kind"]: c for c in access["credentials"]}
+    assert kinds["access_token"]["client_id"] == credentials["client_id"]
+    assert kinds["access_token"]["scopes"] == ["All"] and "api_key" in kinds
+    types = [e["type"] for e in auditor.get("/v2/audit/events?app_id=vision&limit=1000").json["events"]]
+    assert {"App.LegacyClientAttached", "LegacyClient.CredentialsIssued", "LegacyClient.AccessTokenIssued",
+            "LegacyUseWindow.LegacyTokenUsed"} <= set(types)
+    issued = auditor.get("/v2/audit/events?type=LegacyClient.CredentialsIssued").json["events"][0]
+    assert "secret_digest" not in issued["data"] and issued["data"]["client_id"] == credentials["client_id"]
+    assert system.keys_app.disable_legacy_access("vision", by=Actor.system("test"), request=NO_REQUEST)
+    system.after_command()
+    later = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    after = auditor.get(f"/v2/audit/access?app_id=vision&scope=Models:Add&at={later}").json
+    assert "access_token" not in {c["kind"] for c in after["credentials"]}
+    before = auditor.get(f"/v2/audit/access?app_id=vision&scope=Models:Add&at={now}").json
+    assert "access_token" in {c["kind"] for c in before["credentials"]}

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from projections.audit import encode_cursor
 from tests.e2e.conftest import ServerProcess, StartServer
 
 pytestmark = pytest.mark.e2e
@@ -145,9 +146,18 @@ def test_restarting_the_server_loses_nothing(start_server: StartServer) -> None:
     assert changed.status == 200, changed
     events = server.get(f"/v2/keys/{world['key_id']}/history", token=world["token"]).json["events"]
     assert events[:-1] == before[f"/v2/keys/{world['key_id']}/history"]["body"]["events"]
-    # The audit chain is global: the new event follows the last one written before the restart.
+    # The audit chain is global: it runs on from the last event written before the restart,
+    # through the checkpoint signed at start, to the new event; and it verifies.
     last_before = before[f"/v2/keys/{world['revoked_id']}/history"]["body"]["events"][-1]
-    assert events[-1]["prev_hash"] == last_before["hash"]
+    admin = world["admin"]["token"]
+    trail = server.get(f"/v2/audit/events?cursor={encode_cursor(last_before['seq'] - 1)}",
+                       token=admin).json["events"]
+    assert trail[0] == last_before
+    assert [e["type"] for e in trail[1:]] == ["AuditLedger.Opened", "AuditLedger.CheckpointSigned",
+                                              "ApiKey.DescriptionChanged"]
+    assert all(later["prev_hash"] == earlier["hash"] for earlier, later in pairwise(trail))
+    assert trail[-1] == events[-1]
+    assert server.get("/v2/audit/integrity", token=admin).json["ok"] is True
 
 
 def test_events_are_in_sqlite_and_survive_a_kill(start_server: StartServer) -> None:

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
 from projections.verification import VerificationIndex
 from service.domain.actors import NO_REQUEST, Actor
+from service.domain.legacy import LegacyClient
+from service.settings import Settings
+from tests.conftest import TEST_PEPPER
 
-TABLES = ("verification", "directory_accounts", "directory_apps", "directory_keys", "audit_events",
-          "audit_key_apps", "projection_tracking")
+TABLES = ("verification", "verification_legacy_clients", "directory_accounts", "directory_apps",
+          "directory_keys", "audit_events", "audit_aggregate_apps", "audit_app_owners", "legacy_usage",
+          "projection_tracking")
+
+
+@pytest.fixture
+def settings(data_dir) -> Settings:  # legacy OAuth2 still open, so the history can use it
+    return Settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05,
+                    legacy_sunset_at=datetime.now(UTC) + timedelta(days=30))
 
 
 def dump(system) -> dict[str, list[tuple]]:
@@ -15,8 +29,11 @@ def dump(system) -> dict[str, list[tuple]]:
 
 
 def index_state(index: VerificationIndex) -> dict:
-    return {d: (e.kind, e.id, e.app_id, e.role, e.scopes, e.expires_at, e.ends_at)
-            for d, e in index.by_digest.items()}
+    return {
+        "credentials": {d: (e.kind, e.id, e.app_id, e.role, e.scopes, e.expires_at, e.ends_at)
+                        for d, e in index.by_digest.items()},
+        "clients": {c: (s.client_id, s.app_id, s.ends_at) for c, s in index.clients.items()},
+    }
 
 
 def make_history(system) -> None:
@@ -36,6 +53,22 @@ def make_history(system) -> None:
         system.after_command()
         if i % 2:
             app.revoke_key(default["id"], by=admin, request=NO_REQUEST)
+    # Legacy OAuth2: imported and issued clients, tokens, uses, a disabled client, a new personal token.
+    for i in range(3):
+        app.import_legacy_app({"app_id": f"old-{i}", "app_name": f"Old {i}", "owner_email": "o@example.com",
+                               "owner_name": "O", "client_id": f"client-{i}", "client_secret": f"secret-{i}-xyz"},
+                              by=admin)
+        system.after_command()
+        for _ in range(i + 1):
+            _token, _, _ = app.issue_access_token(f"client-{i}", f"secret-{i}-xyz", request=NO_REQUEST)
+        client = app._find(LegacyClient, LegacyClient.create_id(f"client-{i}"))
+        app.record_legacy_use(client.id, token_display="…abcd", at=app.now(), request=NO_REQUEST)
+        app.record_legacy_use(client.id, token_display="…abcd", at=app.now() + timedelta(hours=2),
+                              request=NO_REQUEST)
+    app.issue_legacy_credentials("app-0", by=admin, request=NO_REQUEST)
+    app.disable_legacy_access("old-1", by=admin, request=NO_REQUEST)
+    system.after_command()
+    app.replace_personal_token("a@example.com", by=admin, request=NO_REQUEST)
     system.after_command()
 
 
@@ -44,6 +77,8 @@ def test_rebuilding_every_view_gives_identical_rows(system):
     live = dump(system)
     live_index = index_state(system.index)
     assert len(live["audit_events"]) == system.keys_app.last_position()
+    assert len(live["legacy_usage"]) == len(live["verification_legacy_clients"]) == 4
+    assert sum(row[1] == "access_token" for row in live["verification"]) == 6
 
     rebuilt_count = system.follower.rebuild()
 

@@ -9,7 +9,7 @@ import pytest
 from scheduler.lock import SchedulerLock
 from scheduler.main import CampaignScheduler, build_scheduler
 from service.settings import Settings
-from tests.conftest import TEST_PEPPER, wait_until
+from tests.conftest import TEST_PEPPER, make_account, wait_until
 
 
 @pytest.fixture
@@ -22,11 +22,23 @@ def test_jobs_repeat_with_explicit_ids_coalesce_one_instance_and_no_misfire_limi
     scheduler = build_scheduler(system)
     jobs = {job.id: job for job in scheduler.get_jobs()}
     assert set(jobs) == {"campaign-reminders", "campaign-sunset", "campaign-mail",
-                         "campaign-reminders-at-7d", "campaign-reminders-at-1d", "campaign-sunset-at"}
+                         "campaign-reminders-at-7d", "campaign-reminders-at-1d", "campaign-sunset-at",
+                         "audit-checkpoint"}
     for job in jobs.values():
         assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, None)
     assert jobs["campaign-sunset-at"].trigger.run_date == system.plan.sunset_at
     assert jobs["campaign-reminders"].trigger.interval == timedelta(seconds=0.1)
+    assert jobs["audit-checkpoint"].trigger.interval == timedelta(hours=1)
+
+
+def test_the_scheduler_signs_an_audit_checkpoint_when_it_starts(system):
+    make_account(system, "owner", "olga@example.com")  # something for the checkpoint to vouch for
+    campaign = CampaignScheduler(system).start()
+    try:
+        assert wait_until(lambda: len(system.mirror.read()) == 1, 10)
+    finally:
+        campaign.stop()
+    assert system.check_integrity()["ok"]
 
 
 def test_the_scheduler_lock_is_held_by_one_at_a_time(tmp_path):
