@@ -21,5 +21,10 @@ def test_the_demo_shows_reminders_arriving_and_the_token_refused_after_the_sunse
     after = done.stdout.split("After the sunset", 1)[1]
     assert "LEGACY_TOKEN_SUNSET" in after and "unauthorized_client" in after, report
     assert "Legacy OAuth2 access tokens stopped working" in after, report
+    trail = after.split("The audit trail of it all", 1)[1]
+    for kind in ("CampaignStage.Began", "Reminder.Recorded", "Reminder.Delivered", "LegacyClient.AccessDisabled",
+                 "Sunset.Executed"):
+        assert f"system:scheduler   {kind}" in trail, report
+    assert "integrity: ok=True" in trail, report
     emails = sorted((tmp_path / "demo" / "outbox").glob("*.eml"))
     assert [e.name.split("-")[1] for e in emails] == ["25s", "12s", "final"]
