@@ -1,4 +1,4 @@
-"""The ``keyledger`` command: serve, accounts, projections, audit."""
+"""The ``keyledger`` command: serve, scheduler, accounts, projections, audit, campaign."""
 
 from __future__ import annotations
 
@@ -45,6 +45,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("control_socket_disable", True)
+            if not args.no_scheduler:
+                # Each worker offers to run the scheduler; the scheduler lock lets exactly one
+                # run its jobs, and another takes over if that worker dies.
+                self.cfg.set("post_worker_init", _start_scheduler_in_worker)
+                self.cfg.set("worker_exit", _stop_scheduler_in_worker)
 
         def load(self):
             return create_app(settings)
@@ -52,6 +57,61 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Keyledger listening on http://{args.host}:{args.port} (data in {settings.data_dir})",
           file=sys.stderr, flush=True)
     KeyledgerServer().run()
+    return 0
+
+
+def _start_scheduler_in_worker(worker) -> None:  # type: ignore[no-untyped-def]
+    from scheduler.main import start_embedded
+
+    worker.keyledger_scheduler = start_embedded(worker.wsgi.extensions["keyledger"])
+
+
+def _stop_scheduler_in_worker(server, worker) -> None:  # type: ignore[no-untyped-def]
+    campaign = getattr(worker, "keyledger_scheduler", None)
+    if campaign is not None:
+        campaign.stop()
+
+
+def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    from scheduler.main import run_scheduler
+
+    return run_scheduler(settings)
+
+
+def _campaign_status(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.timefmt import rfc3339
+    from service.composition import build_system
+
+    system = build_system(settings, follow=False)
+    try:
+        usage = getattr(system, "legacy_usage", None)
+        since = system.plan.usage_since(system.keys_app.now())
+        owners = usage.owners_using_tokens(since) if usage is not None else []
+        status = system.campaign.status(system.plan, owners)
+    finally:
+        system.close()
+    if args.json:
+        print(json.dumps(status, default=lambda value: rfc3339(value)))
+        return 0
+    executed = status["sunset_executed_at"]
+    print(f"Sunset {rfc3339(status['sunset_at'])}: "
+          f"{'executed ' + rfc3339(executed) if executed else 'not executed yet'}")
+    print(f"{'stage':<8} {'due':<21} {'ran':<21} {'mailed':>6} {'pending':>7} {'failed':>6} {'failed attempts':>15}")
+    for stage in status["stages"]:
+        print(f"{stage['name']:<8} {rfc3339(stage['due_at']):<21} {rfc3339(stage['ran_at']) or '-':<21} "
+              f"{stage['owners_mailed']:>6} {stage['deliveries_pending']:>7} {stage['deliveries_failed']:>6} "
+              f"{stage['delivery_attempts_failed']:>15}")
+    print(f"Owners on access tokens (used one since {rfc3339(since)}): {len(status['owners_on_tokens'])}")
+    for owner in status["owners_on_tokens"]:
+        apps = ", ".join(f"{a['app_id']} (last use {rfc3339(a['last_used_at'])}, {a['uses']} uses)"
+                         for a in owner["apps"])
+        print(f"  {owner['owner_email']}: {apps}; reminders recorded: "
+              f"{', '.join(owner['stages_recorded']) or 'none'}")
+    if status["undelivered"]:
+        print("Not delivered yet:")
+        for item in status["undelivered"]:
+            print(f"  {item['stage']} to {item['owner_email']}: {item['state']}, {item['attempts']} attempt(s), "
+                  f"next {item['next_attempt_at'] or '-'}; last error: {item['last_error'] or '-'}")
     return 0
 
 
@@ -229,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-scheduler", action="store_true", help="do not run the scheduler here")
     serve.set_defaults(handler=_serve)
 
+    scheduler = commands.add_parser("scheduler", help="run the scheduler alone (one per deployment)")
+    scheduler.set_defaults(handler=_scheduler)
+
+    campaign = commands.add_parser("campaign", help="the deprecation campaign")
+    campaign_commands = campaign.add_subparsers(dest="campaign_command", required=True)
+    status = campaign_commands.add_parser("status", help="stages, deliveries, owners still on tokens")
+    status.add_argument("--json", action="store_true", help="print one JSON object (as GET /v2/campaign)")
+    status.set_defaults(handler=_campaign_status)
+
     accounts = commands.add_parser("accounts", help="manage accounts")
     account_commands = accounts.add_subparsers(dest="account_command", required=True)
     create = account_commands.add_parser("create", help="create an account and print its token once")
@@ -254,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     projections = commands.add_parser("projections", help="read models")
     projection_commands = projections.add_subparsers(dest="projection_command", required=True)
     rebuild = projection_commands.add_parser("rebuild", help="drop and rebuild views from the event log")
-    rebuild.add_argument("name", nargs="?", choices=["verification", "directory", "audit", "legacy_usage"])
+    rebuild.add_argument("name", nargs="?",
+                         choices=["verification", "directory", "audit", "legacy_usage", "campaign"])
     rebuild.set_defaults(handler=_projections_rebuild)
 
     audit = commands.add_parser("audit", help="the audit trail")

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from projections.audit import AuditLog, AuditTrail
 from projections.beacon import ChangeBeacon
+from projections.campaign import CampaignProgress, CampaignView
 from projections.directory import Directory, DirectoryView
 from projections.follower import Follower
 from projections.last_used import LastUsed
@@ -30,7 +31,8 @@ from service import checkpoints, credentials
 from service.application import Keyledger, LegacyPolicy, utc_now
 from service.authentication import Authenticator
 from service.domain.actors import RequestInfo
-from service.settings import Settings, SettingsError
+from service.domain.campaign import CampaignPlan
+from service.settings import Settings, SettingsError, duration_name
 from service.verification import Verifier
 
 log = logging.getLogger("keyledger")
@@ -53,6 +55,8 @@ class System:
     legacy_usage: LegacyUsage
     signing_key: Ed25519PrivateKey = field(repr=False)
     mirror: checkpoints.CheckpointMirror
+    campaign: CampaignProgress
+    plan: CampaignPlan
     _closed: bool = field(default=False, repr=False)
 
     def sign_checkpoint(self, now: datetime | None = None) -> dict | None:
@@ -122,7 +126,7 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     beacon = ChangeBeacon(settings.data_dir / "changes.beacon")
     follower = Follower(keys_app, views,
                         [VerificationView(), DirectoryView(), AuditTrail(keys_app.stored_records),
-                         LegacyUsageView()], [index],
+                         LegacyUsageView(), CampaignView()], [index],
                         beacon=beacon)
     follower.start()
     last_used = LastUsed(views)
@@ -145,7 +149,15 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
                           legacy_window=settings.legacy_use_window.total_seconds()),
         legacy_usage=LegacyUsage(views),
         signing_key=signing_key, mirror=checkpoints.CheckpointMirror(settings.data_dir / checkpoints.MIRROR_FILE),
+        campaign=CampaignProgress(views), plan=campaign_plan(settings),
     )
     if follow:  # a serving process: flush last-used times and close stores on a normal exit
         atexit.register(system.close)
     return system
+
+
+def campaign_plan(settings: Settings) -> CampaignPlan:
+    """The deprecation campaign the settings describe: the sunset, the reminder stages, the look-back."""
+    return CampaignPlan.of(settings.legacy_sunset_at,
+                           {duration_name(before): before for before in settings.reminders},
+                           settings.legacy_lookback)

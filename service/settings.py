@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -34,6 +35,56 @@ def parse_time(text: str, name: str) -> datetime:
     return value
 
 
+SMTP_SCHEMES = ("smtp", "smtps", "smtp+starttls")
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where reminder mail goes: ``KEYLEDGER_SMTP_URL`` taken apart (the password never shown)."""
+
+    scheme: str  # smtp (plain), smtps (TLS from the start) or smtp+starttls
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def display(self) -> str:
+        """The server without credentials, for logs and the campaign status."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{self.scheme}://{user}{self.host}:{self.port}"
+
+
+def parse_smtp_url(text: str, name: str, password: str | None = None) -> SmtpServer:
+    """``smtp://[user[:password]@]host[:port]``, ``smtps://…`` or ``smtp+starttls://…``."""
+    # The value may hold a password: errors show the scheme and host only.
+    shape = "expected smtp://host:port, smtps://host:port or smtp+starttls://host:port (user:password@ allowed)"
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        raise SettingsError(f"{name}: not a URL; {shape}") from None
+    if parts.scheme not in SMTP_SCHEMES or not parts.hostname:
+        raise SettingsError(f"{name}: scheme {parts.scheme!r} or host missing; {shape}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise SettingsError(f"{name}: unexpected path or query after the host; {shape}")
+    default_port = {"smtp": 25, "smtps": 465, "smtp+starttls": 587}[parts.scheme]
+    return SmtpServer(
+        scheme=parts.scheme, host=parts.hostname, port=port or default_port,
+        username=unquote(parts.username) if parts.username else None,
+        password=password if password is not None else (unquote(parts.password) if parts.password else None),
+    )
+
+
+def duration_name(offset: timedelta) -> str:
+    """A reminder's stage name, as written in KEYLEDGER_REMINDERS: 90d, 12h, 30m, 45s."""
+    seconds = int(offset.total_seconds())
+    for unit in ("d", "h", "m"):
+        if seconds % _UNITS[unit] == 0 and seconds:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./var")
@@ -45,8 +96,12 @@ class Settings:
     reminders: tuple[timedelta, ...] = (timedelta(days=90), timedelta(days=30), timedelta(days=7), timedelta(days=1))
     legacy_use_window: timedelta = timedelta(hours=1)
     access_token_ttl: timedelta = timedelta(hours=48)
-    smtp_url: str | None = None
+    smtp_url: str | None = field(default=None, repr=False)  # may hold a password
+    smtp_password: str | None = field(default=None, repr=False)
     mail_from: str = "keyledger@localhost"
+    legacy_lookback: timedelta = timedelta(days=30)  # who counts as "using tokens" for the campaign
+    scheduler_interval: float = 5.0  # seconds between the campaign's reconciliation runs
+    mail_retry: timedelta = timedelta(seconds=10)  # first retry after a failed delivery; doubles, capped
     audit_signing_key: str | None = field(default=None, repr=False)
     follow_interval: float = 0.2  # seconds between polls for other processes' events
     last_used_interval: float = 60.0  # seconds between writes of keys' last-used times
@@ -79,14 +134,36 @@ class Settings:
                                     "quotes or angle brackets")
             kwargs["migration_guide_url"] = v
         if (v := get("KEYLEDGER_REMINDERS")) is not None:
-            kwargs["reminders"] = tuple(
+            reminders = tuple(
                 parse_duration(part, "KEYLEDGER_REMINDERS") for part in v.split(",") if part.strip()
             )
+            if len({duration_name(r) for r in reminders}) != len(reminders) or not all(reminders):
+                raise SettingsError(f"KEYLEDGER_REMINDERS={v!r}: expected distinct durations before "
+                                    "the sunset, e.g. 90d,30d,7d,1d")
+            kwargs["reminders"] = reminders
+        if (v := get("KEYLEDGER_LEGACY_LOOKBACK")) is not None:
+            kwargs["legacy_lookback"] = parse_duration(v, "KEYLEDGER_LEGACY_LOOKBACK")
+            if not kwargs["legacy_lookback"]:
+                raise SettingsError(f"KEYLEDGER_LEGACY_LOOKBACK={v!r}: expected a duration above zero, e.g. 30d")
+        if (v := get("KEYLEDGER_MAIL_RETRY")) is not None:
+            kwargs["mail_retry"] = parse_duration(v, "KEYLEDGER_MAIL_RETRY")
+            if not kwargs["mail_retry"]:
+                raise SettingsError(f"KEYLEDGER_MAIL_RETRY={v!r}: expected a duration above zero, e.g. 10s")
+        if (v := get("KEYLEDGER_SCHEDULER_INTERVAL")) is not None:
+            try:
+                kwargs["scheduler_interval"] = float(v)
+            except ValueError:
+                kwargs["scheduler_interval"] = 0.0
+            if not 0.05 <= kwargs["scheduler_interval"] <= 3600:
+                raise SettingsError(f"KEYLEDGER_SCHEDULER_INTERVAL={v!r}: expected seconds from 0.05 to 3600, e.g. 5")
         if (v := get("KEYLEDGER_LEGACY_USE_WINDOW")) is not None:
             kwargs["legacy_use_window"] = parse_duration(v, "KEYLEDGER_LEGACY_USE_WINDOW")
         if (v := get("KEYLEDGER_ACCESS_TOKEN_TTL")) is not None:
             kwargs["access_token_ttl"] = parse_duration(v, "KEYLEDGER_ACCESS_TOKEN_TTL")
         kwargs["smtp_url"] = get("KEYLEDGER_SMTP_URL")
+        kwargs["smtp_password"] = get("KEYLEDGER_SMTP_PASSWORD")
+        if kwargs["smtp_url"] is not None:
+            parse_smtp_url(kwargs["smtp_url"], "KEYLEDGER_SMTP_URL")  # a bad URL stops the start
         if (v := get("KEYLEDGER_MAIL_FROM")) is not None:
             kwargs["mail_from"] = v
         kwargs["audit_signing_key"] = get("KEYLEDGER_AUDIT_SIGNING_KEY")
@@ -100,6 +177,21 @@ class Settings:
             except ValueError:
                 raise SettingsError(f"KEYLEDGER_FOLLOW_INTERVAL={v!r}: expected seconds, e.g. 0.2") from None
         return cls(**kwargs)
+
+    @property
+    def smtp_server(self) -> SmtpServer | None:
+        """The SMTP server for reminder mail; None means: write .eml files to the outbox folder."""
+        if self.smtp_url is None:
+            return None
+        return parse_smtp_url(self.smtp_url, "KEYLEDGER_SMTP_URL", self.smtp_password)
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def scheduler_lock_path(self) -> Path:
+        return self.data_dir / "scheduler.lock"
 
     @property
     def legacy_deprecated_at(self) -> datetime:

@@ -14,6 +14,7 @@ from service.application.accounts import AccountUseCases
 from service.application.apps import AppUseCases
 from service.application.audit import AuditUseCases
 from service.application.base import DESCRIPTION_MAX, NAME_MAX, Clock, utc_now
+from service.application.campaign import CampaignUseCases
 from service.application.keys import MAX_GRACE_SECONDS, KeyUseCases
 from service.application.legacy import LegacyPolicy, LegacyUseCases
 from service.domain.audit import AuditLedger
@@ -24,9 +25,9 @@ __all__ = ["DESCRIPTION_MAX", "MAX_GRACE_SECONDS", "NAME_MAX", "Clock", "Keyledg
            "utc_now"]
 
 
-class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, AuditUseCases):
-    """Accounts, apps, their scoped API keys and legacy OAuth2 clients, as immutable events; the
-    audit trail's checkpoints."""
+class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, AuditUseCases, CampaignUseCases):
+    """Accounts, apps, their scoped API keys and legacy OAuth2 clients, and the deprecation
+    campaign, as immutable events; the audit trail's checkpoints."""
 
     name = "keyledger"
     # A key changed many times still loads in a fraction of a millisecond; so does a legacy

@@ -1,0 +1,82 @@
+"""The campaign's emails: a recorded reminder rendered as a MIME message (plain text and HTML).
+
+Everything the email says comes from the reminder's recorded event, so a message built
+again after a crash is the same message: same ``Message-ID`` (derived from the reminder's
+id), same ``Date`` (when the reminder was recorded), same ``X-Keyledger-Stage``. A mail
+system that received the first copy can recognise the second as a duplicate.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr
+from functools import cache
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from service.domain.campaign import FINAL
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@cache
+def _templates() -> Environment:
+    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
+                       undefined=StrictUndefined, keep_trailing_newline=True)
+
+
+def utc_text(value: datetime | str | None) -> str:
+    """``2018-01-01 00:00 UTC``: how the emails write a time."""
+    if value is None:
+        return "never"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def duration_text(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} seconds"
+
+
+def message_id(reminder_id: str, mail_from: str) -> str:
+    domain = mail_from.rpartition("@")[2].strip("<> ") or "keyledger.invalid"
+    return f"<reminder-{reminder_id}@{domain}>"
+
+
+def subject(reminder: dict) -> str:
+    count = len(reminder["apps"])
+    apps = f"{count} app{'' if count == 1 else 's'}"
+    sunset = utc_text(reminder["sunset_at"])
+    if reminder["stage"] == FINAL:
+        return f"Access tokens stopped working on {sunset}: switch {apps} to API keys"
+    return f"Action needed: access tokens stop working on {sunset} ({apps} still use them)"
+
+
+def compose(reminder: dict, *, mail_from: str, lookback: timedelta) -> EmailMessage:
+    """The email of one recorded reminder (see ``CampaignUseCases.reminder``)."""
+    context = {
+        "owner_name": reminder["owner_name"], "owner_email": reminder["owner_email"],
+        "stage": reminder["stage"], "final": reminder["stage"] == FINAL,
+        "sunset": utc_text(reminder["sunset_at"]), "lookback": duration_text(lookback),
+        "subject": subject(reminder),
+        "apps": [{**app, "last_used": utc_text(app["last_used_at"])} for app in reminder["apps"]],
+    }
+    message = EmailMessage()
+    message["From"] = mail_from
+    message["To"] = formataddr((reminder["owner_name"], reminder["owner_email"]))
+    message["Subject"] = context["subject"]
+    message["Date"] = format_datetime(reminder["recorded_at"].astimezone(UTC))
+    message["Message-ID"] = message_id(reminder["id"], mail_from)
+    message["X-Keyledger-Stage"] = reminder["stage"]
+    message["X-Keyledger-Sunset"] = reminder["sunset_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(_templates().get_template("reminder.txt").render(context))
+    message.add_alternative(_templates().get_template("reminder.html").render(context), subtype="html")
+    return message
