@@ -104,8 +104,9 @@ class LegacyUsage:
         return [self._app(r) for r in rows]
 
     def owners_using_tokens(self, since: datetime) -> list[dict]:
-        """Owners with at least one app whose tokens were used at or after ``since`` (and not
-        disabled), each with those apps: the deprecation campaign's list of whom to warn."""
+        """Owners with at least one app whose tokens were used at or after ``since``, each with
+        those apps (disabled ones included: the sunset's final notice names them too): the
+        deprecation campaign's list of whom to warn."""
         owners: dict[str, dict] = {}
         for app in self.apps():
             if app["last_used_at"] is None or app["last_used_at"] < since or app["owner_id"] is None:
