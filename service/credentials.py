@@ -99,7 +99,10 @@ def classify(credential: str) -> str:
             return MALFORMED
         value = value * 62 + digit
     head = credential[:-CHECKSUM_LENGTH]
-    if value != zlib.crc32(head.encode("ascii", "replace")):
+    body = head[prefix_length:]
+    if not (body.isascii() and body.isalnum()):  # base62 only, whatever the checksum says
+        return MALFORMED
+    if value != zlib.crc32(head.encode("ascii")):
         return MALFORMED
     return kind
 

@@ -83,6 +83,7 @@ class KeyRoll(MethodView):
             key_id, grace_seconds=body["grace_seconds"], if_match=context.if_match(),
             by=context.actor(), request=context.request_info())
         system.after_command()
+        context.with_last_used(key)  # the key's use so far; the new secret is the same key
         return {**key, "key": secret}, 200, _etag(key)
 
 

@@ -121,3 +121,9 @@ def test_scopes_catalogue_lists_presets(anonymous):
 def test_every_response_carries_a_request_id(anonymous):
     assert anonymous.get("/healthz", headers={"X-Request-Id": "abc-123"}).headers["X-Request-Id"] == "abc-123"
     assert len(anonymous.get("/healthz").headers["X-Request-Id"]) == 32
+
+
+def test_roll_answers_with_the_key_s_last_use(client, owner, read_only_key):
+    assert client.post("/v2/verify", json={"key": read_only_key["key"]}).json["valid"]
+    rolled = owner.post(f"/v2/keys/{read_only_key['id']}/roll", json={})
+    assert rolled.status_code == 200 and rolled.json["last_used_at"] is not None

@@ -78,3 +78,15 @@ def test_redact_hides_legacy_secrets_but_not_ids_or_slugs():
 def test_legacy_secrets_are_never_classified_as_keys():
     for _ in range(200):
         assert credentials.classify(credentials.generate_opaque(30)) == credentials.ACCESS_TOKEN
+
+
+def test_a_body_outside_base62_is_malformed_even_with_a_matching_checksum():
+    import zlib
+
+    for prefix in ("ak_", "pat_"):
+        head = prefix + "!" * 32
+        checksum = credentials._base62(zlib.crc32(head.encode("ascii")), credentials.CHECKSUM_LENGTH)
+        assert credentials.classify(head + checksum) == credentials.MALFORMED
+        head = prefix + "é" + "a" * 31
+        checksum = credentials._base62(zlib.crc32(head.encode("utf-8")), credentials.CHECKSUM_LENGTH)
+        assert credentials.classify(head + checksum) == credentials.MALFORMED
