@@ -190,7 +190,7 @@ def bench_import(workdir: Path, lines: int) -> None:
     keyledger = Path(sys.executable).parent / "keyledger"
     for run in ("first", "second"):
         started = time.perf_counter()
-        done = subprocess.run([str(keyledger), "import-legacy", str(source)], env=env, capture_output=True, text=True)
+        done = subprocess.run([str(keyledger), "import-legacy", "--init", str(source)], env=env, capture_output=True, text=True)
         elapsed = time.perf_counter() - started
         print(f"import-legacy, {run} run of {lines:,} lines: {elapsed:.1f} s ({lines / elapsed:,.0f} lines/s): "
               f"{done.stdout.strip()}")

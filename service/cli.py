@@ -14,8 +14,8 @@ from service.domain.errors import KeyledgerError
 from service.settings import Settings, SettingsError
 
 
-def _configure_logging() -> None:
-    logging.basicConfig(level=os.environ.get("KEYLEDGER_LOG_LEVEL", "INFO"),
+def _configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
 
 
@@ -282,25 +282,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keyledger", description="Keyledger: API-key lifecycle service")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the HTTP API (with projections)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("KEYLEDGER_WORKERS", "2")))
+    serve = commands.add_parser("serve", help="serve the HTTP API (with projections)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=_port, default=8080, help="port to listen on (1-65535)")
+    serve.add_argument("--workers", type=_workers, default=argparse.SUPPRESS,
+                       help="HTTP worker processes (default: KEYLEDGER_WORKERS, else 2)")
     serve.add_argument("--no-scheduler", action="store_true", help="do not run the scheduler here")
     serve.set_defaults(handler=_serve)
 
     scheduler = commands.add_parser("scheduler", help="run the scheduler alone (one per deployment)")
     scheduler.set_defaults(handler=_scheduler)
 
+    existing = argparse.ArgumentParser(add_help=False)  # commands that work on an existing store
+    existing.add_argument("--init", action="store_true",
+                          help="create a new store in the data directory if there is none (otherwise refused)")
+
     campaign = commands.add_parser("campaign", help="the deprecation campaign")
     campaign_commands = campaign.add_subparsers(dest="campaign_command", required=True)
-    status = campaign_commands.add_parser("status", help="stages, deliveries, owners still on tokens")
+    status = campaign_commands.add_parser("status", parents=[existing], help="stages, deliveries, owners still on tokens")
     status.add_argument("--json", action="store_true", help="print one JSON object (as GET /v2/campaign)")
     status.set_defaults(handler=_campaign_status)
 
     accounts = commands.add_parser("accounts", help="manage accounts")
     account_commands = accounts.add_subparsers(dest="account_command", required=True)
-    create = account_commands.add_parser("create", help="create an account and print its token once")
+    create = account_commands.add_parser("create", parents=[existing], help="create an account and print its token once")
     create.add_argument("--email", required=True)
     create.add_argument("--name", required=True)
     create.add_argument("--role", required=True, choices=["owner", "auditor", "admin"])
@@ -308,13 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=_accounts_create)
 
     token = account_commands.add_parser(
-        "token", help="give an account a new personal token (the old one stops) and print it once")
+        "token", parents=[existing], help="give an account a new personal token (the old one stops) and print it once")
     token.add_argument("--email", required=True)
     token.add_argument("--json", action="store_true", help="print one JSON line")
     token.set_defaults(handler=_accounts_token)
 
     importer = commands.add_parser(
-        "import-legacy", help="bring existing apps over from a JSON Lines file (owners, apps, legacy "
+        "import-legacy", parents=[existing], help="bring existing apps over from a JSON Lines file (owners, apps, legacy "
                               "clients, auto-generated All keys); running it twice creates nothing new")
     importer.add_argument("file", help='one JSON object per line: {"app_id", "app_name", "owner_email", '
                                        '"owner_name", "client_id", "client_secret"}')
@@ -322,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     projections = commands.add_parser("projections", help="read models")
     projection_commands = projections.add_subparsers(dest="projection_command", required=True)
-    rebuild = projection_commands.add_parser("rebuild", help="drop and rebuild views from the event log")
+    rebuild = projection_commands.add_parser("rebuild", parents=[existing], help="drop and rebuild views from the event log")
     rebuild.add_argument("name", nargs="?",
                          choices=["verification", "directory", "audit", "legacy_usage", "campaign"])
     rebuild.set_defaults(handler=_projections_rebuild)
@@ -330,13 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="the audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser(
-        "verify", help="recompute the chain from the event store and check the signed checkpoints "
+        "verify", parents=[existing], help="recompute the chain from the event store and check the signed checkpoints "
                        "(exit status 1 if anything was changed)")
     verify.add_argument("--json", action="store_true", help="print the report as one JSON line")
     verify.set_defaults(handler=_audit_verify)
-    checkpoint = audit_commands.add_parser("checkpoint", help="sign the chain's head now")
+    checkpoint = audit_commands.add_parser("checkpoint", parents=[existing], help="sign the chain's head now")
     checkpoint.set_defaults(handler=_audit_checkpoint)
-    export = audit_commands.add_parser("export", help="every audit event, oldest first")
+    export = audit_commands.add_parser("export", parents=[existing], help="every audit event, oldest first")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument("--output", "-o", help="write to this file (default: standard output)")
     export.add_argument("--app-id", help="only this app's events")
@@ -349,14 +355,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1-64)")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging()
     try:
         settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"keyledger: configuration error: {error}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    if args.command == "serve" and "workers" not in args:
+        args.workers = settings.workers
+    if hasattr(args, "init"):  # a command that works on an existing store: never make one by accident
+        where = settings.data_dir.resolve()
+        if not settings.events_path.exists() and not args.init:
+            print(f"keyledger: no Keyledger store in {where} (KEYLEDGER_DATA_DIR); run this where the "
+                  "service keeps its data, set KEYLEDGER_DATA_DIR, or add --init to create a new store",
+                  file=sys.stderr)
+            return 2
+        print(f"keyledger: data directory {where}", file=sys.stderr)
+    try:
         return args.handler(args, settings)
     except SettingsError as error:
         print(f"keyledger: configuration error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the data directory cannot be made or written
+        print(f"keyledger: cannot use the data directory {settings.data_dir}: {error.strerror or error}",
+              file=sys.stderr)
         return 2
     except KeyledgerError as error:
         print(f"keyledger: {error.code}: {error.message}", file=sys.stderr)

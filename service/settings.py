@@ -14,6 +14,9 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class SettingsError(ValueError):
     """A setting that cannot be understood; the message names the variable."""
 
@@ -107,6 +110,8 @@ class Settings:
     last_used_interval: float = 60.0  # seconds between writes of keys' last-used times
     proxy_hops: int = 0  # trusted reverse proxies in front (X-Forwarded-For/-Proto/-Host)
     store_lock_timeout: int = 5  # whole seconds a write waits for SQLite's lock before 503
+    workers: int = 2  # HTTP worker processes of `keyledger serve`
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -173,9 +178,20 @@ class Settings:
             kwargs["proxy_hops"] = int(v)
         if (v := get("KEYLEDGER_FOLLOW_INTERVAL")) is not None:
             try:
-                kwargs["follow_interval"] = float(v)
+                interval = float(v)
             except ValueError:
-                raise SettingsError(f"KEYLEDGER_FOLLOW_INTERVAL={v!r}: expected seconds, e.g. 0.2") from None
+                interval = -1.0
+            if not 0.01 <= interval <= 60:  # also refuses nan and inf
+                raise SettingsError(f"KEYLEDGER_FOLLOW_INTERVAL={v!r}: expected seconds from 0.01 to 60, e.g. 0.2")
+            kwargs["follow_interval"] = interval
+        if (v := get("KEYLEDGER_WORKERS")) is not None:
+            if not v.strip().isdigit() or not 1 <= int(v) <= 64:
+                raise SettingsError(f"KEYLEDGER_WORKERS={v!r}: expected a whole number of worker processes, 1 to 64")
+            kwargs["workers"] = int(v)
+        if (v := get("KEYLEDGER_LOG_LEVEL")) is not None:
+            if v.strip().upper() not in LOG_LEVELS:
+                raise SettingsError(f"KEYLEDGER_LOG_LEVEL={v!r}: expected one of {', '.join(LOG_LEVELS)}")
+            kwargs["log_level"] = v.strip().upper()
         return cls(**kwargs)
 
     @property

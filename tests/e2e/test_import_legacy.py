@@ -33,7 +33,9 @@ def test_import_brings_apps_over_once_and_skips_broken_lines(tmp_path, start_ser
                               "owner_name": "O", "client_id": "c-bad", "client_secret": "leakme-" + "x" * 20})
     records = write_apps(source, 120, broken={40: "{not json", 41: secret_line, 80: '["a list"]'})
 
-    first = run_cli(["import-legacy", str(source)], env)
+    refused = run_cli(["import-legacy", str(source)], env)  # no store here yet: not made by accident
+    assert refused.returncode == 2 and "--init" in refused.stderr and not data.exists()
+    first = run_cli(["import-legacy", "--init", str(source)], env)
     assert first.returncode == 1, first.stderr  # some lines were refused
     assert "117 created, 0 already present, 3 refused" in first.stdout
     for number in (41, 42, 81):
@@ -66,7 +68,7 @@ def test_import_brings_apps_over_once_and_skips_broken_lines(tmp_path, start_ser
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path):
-    done = run_cli(["import-legacy", str(tmp_path / "nope.jsonl")], base_environment(tmp_path / "var"))
+    done = run_cli(["import-legacy", "--init", str(tmp_path / "nope.jsonl")], base_environment(tmp_path / "var"))
     assert done.returncode == 2 and "no such file" in done.stderr
-    folder = run_cli(["import-legacy", str(tmp_path)], base_environment(tmp_path / "var"))
+    folder = run_cli(["import-legacy", "--init", str(tmp_path)], base_environment(tmp_path / "var"))
     assert folder.returncode == 2 and "is a directory" in folder.stderr
