@@ -130,6 +130,11 @@ def _register_request_hooks(flask_app: Flask, system: System) -> None:
             except KeyledgerError as error:
                 return error_response(error.code, error.message, error.details,
                                       headers={"WWW-Authenticate": 'Key realm="keyledger"'})
+        if request.environ.get("QUERY_STRING") and request.path != "/v2/auth/check":
+            repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+            if repeated:  # which one was meant? say so rather than silently take the first
+                return error_response("INVALID_REQUEST", f"Give each query parameter once: {', '.join(repeated)}.",
+                                      {name: ["Given more than once."] for name in repeated}, 400)
         if (request.method in ("POST", "PUT", "PATCH") and request.content_length != 0
                 and request.path not in SELF_PARSING):
             problem = _body_problem()

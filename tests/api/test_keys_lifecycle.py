@@ -127,3 +127,9 @@ def test_roll_answers_with_the_key_s_last_use(client, owner, read_only_key):
     assert client.post("/v2/verify", json={"key": read_only_key["key"]}).json["valid"]
     rolled = owner.post(f"/v2/keys/{read_only_key['id']}/roll", json={})
     assert rolled.status_code == 200 and rolled.json["last_used_at"] is not None
+
+
+def test_a_repeated_query_parameter_is_refused_not_guessed(owner, read_only_key):
+    response = owner.get(f"/v2/keys/{read_only_key['id']}?as_of=2017-01-01T00:00:00Z&as_of=2030-01-01T00:00:00Z")
+    assert response.status_code == 400 and response.json["error"]["code"] == "INVALID_REQUEST"
+    assert "as_of" in response.json["error"]["details"]
