@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -15,15 +14,33 @@ from service.settings import Settings, SettingsError
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(level=os.environ.get("KEYLEDGER_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    from service import logs
+
+    logs.configure_once()  # as logging.basicConfig: a process that set up its logging keeps it
+
+
+def _metrics_dir(settings: Settings) -> None:
+    """Prometheus multiprocess mode for the workers: a fresh ``<data dir>/metrics`` (unless
+    PROMETHEUS_MULTIPROC_DIR is set already), chosen before prometheus_client is imported."""
+    import shutil
+
+    variable = "PROMETHEUS_MULTIPROC_DIR"  # not from service.metrics: that imports prometheus_client
+    if os.environ.get(variable):
+        return
+    folder = settings.data_dir / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)  # values of a previous run's processes
+    folder.mkdir(parents=True, mode=0o700)
+    os.environ[variable] = str(folder)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from gunicorn.app.base import BaseApplication
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _metrics_dir(settings)
     from service.api import create_app
     from service.composition import build_system
+    from service.serving import JsonErrorWorker, JsonLogger
 
     # Create the stores and views once, before the workers start, so they never race; sign
     # the audit chain's head (the workers find nothing new to sign).
@@ -40,7 +57,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         def load_config(self) -> None:
             self.cfg.set("bind", f"{args.host}:{args.port}")
             self.cfg.set("workers", args.workers)
-            self.cfg.set("worker_class", "sync")
+            # The sync worker, answering malformed HTTP in the contract's envelope; the access
+            # log is the app's (service.api.gateway), gunicorn's own lines are JSON too.
+            self.cfg.set("worker_class", JsonErrorWorker)
+            self.cfg.set("logger_class", JsonLogger)
             self.cfg.set("accesslog", None)
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)

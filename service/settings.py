@@ -176,6 +176,13 @@ class Settings:
                 kwargs["follow_interval"] = float(v)
             except ValueError:
                 raise SettingsError(f"KEYLEDGER_FOLLOW_INTERVAL={v!r}: expected seconds, e.g. 0.2") from None
+        if (v := get("KEYLEDGER_LAST_USED_INTERVAL")) is not None:
+            try:
+                kwargs["last_used_interval"] = float(v)
+            except ValueError:
+                kwargs["last_used_interval"] = 0.0
+            if not 0.05 <= kwargs["last_used_interval"] <= 3600:
+                raise SettingsError(f"KEYLEDGER_LAST_USED_INTERVAL={v!r}: expected seconds from 0.05 to 3600, e.g. 60")
         return cls(**kwargs)
 
     @property
