@@ -35,18 +35,25 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record. ``json.dumps`` with ``ensure_ascii`` escapes every control
     character (a ``%0A`` decoded into a path stays ``\\n`` inside one line); DEL is escaped too."""
 
+    _second = -1
+    _stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # one strftime per second, not per line
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        clean = record.__dict__.get("redacted", False)  # the access log's fields are redacted already
+        message = record.getMessage()
         entry: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                  + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            "msg": message if clean else redact(message),
         }
         for name in FIELDS:
             value = record.__dict__.get(name)
             if value is not None:
-                entry[name] = _clean(value)
+                entry[name] = value if clean else _clean(value)
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=True, default=str).replace("\x7f", "\\u007f")

@@ -112,8 +112,13 @@ class Gateway:
         elapsed = time.perf_counter() - started
         self.metrics.observe(route, method, status, elapsed)
         if self._access(logging.INFO):
-            path = redact(decoded_path(environ))  # the formatter redacts too; the record itself is clean
-            log.info("%s %s %s", method, path, status, extra={
-                "request_id": request_id, "method": method, "path": path, "route": route,
+            # Every text field redacted here (the record says so, and the formatter does not redo
+            # it); makeRecord + handle skip logging's search of the stack for the caller.
+            path = redact(decoded_path(environ))
+            method = redact(method or "")
+            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "%s %s %s", (method, path, status),
+                                      None, extra={
+                "request_id": request_id, "method": method, "path": path, "route": redact(route),
                 "status": status, "duration_ms": round(elapsed * 1000, 3),
-                "actor": environ.get("keyledger.actor") or "-", "remote_addr": environ.get("REMOTE_ADDR")})
+                "actor": environ.get("keyledger.actor") or "-", "remote_addr": redact(environ.get("REMOTE_ADDR") or ""),
+                "redacted": True}))
