@@ -28,7 +28,8 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
 
@@ -74,6 +75,11 @@ class Follower:
         self._views_lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # For monitoring: when the indexes last reached the log's end, when the views were last
+        # found or brought up to date (wall-clock seconds), and a hook called on each failed poll.
+        self.caught_up_at = time.time()
+        self.views_ok_at = time.time()
+        self.on_error: Callable[[], None] | None = None
 
     # -- life ---------------------------------------------------------------------
 
@@ -117,8 +123,12 @@ class Follower:
                     self.catch_up()
                 if last > self.views_position:
                     self.update_views()
+                else:
+                    self.views_ok_at = time.time()
             except Exception:  # keep following; the next poll retries
                 log.exception("following the event log failed; retrying")
+                if self.on_error is not None:
+                    self.on_error()
 
     # -- memory --------------------------------------------------------------------
 
@@ -143,6 +153,7 @@ class Follower:
                 total += len(batch)
                 if len(batch) < self.batch_size:
                     break
+            self.caught_up_at = time.time()
             if total and self.beacon is not None:
                 self.beacon.publish(self.position)
             return total
@@ -206,6 +217,7 @@ class Follower:
                 count += written
                 self.views_position = min(positions.values(), default=0)
                 if finished:
+                    self.views_ok_at = time.time()
                     return count
 
     def _fill(self, db: Any, projections: Sequence[Projection], positions: dict[str, int],

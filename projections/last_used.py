@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -36,6 +36,9 @@ class LastUsed:
         self.legacy_pending: dict[tuple[bytes, float], list] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # Monitoring hooks: after each write (with the number of records), after a failed one.
+        self.on_flush: Callable[[int], None] | None = None
+        self.on_error: Callable[[], None] | None = None
         with store.write() as db:
             db.execute(DDL)
             db.execute(LEGACY_DDL)
@@ -72,6 +75,8 @@ class LastUsed:
                 "VALUES (?, ?, ?, ?) ON CONFLICT (client_id, window_start) DO UPDATE SET "
                 "uses = uses + excluded.uses, last_used_at = MAX(last_used_at, excluded.last_used_at)",
                 [(str(UUID(bytes=c)), w, n, t) for (c, w), (n, t) in legacy.items()])
+        if self.on_flush is not None:
+            self.on_flush(len(pending) + len(legacy))
         return len(pending) + len(legacy)
 
     def of(self, key_ids: Iterable[str]) -> dict[str, datetime]:
@@ -104,6 +109,8 @@ class LastUsed:
                 self.flush()
             except Exception:
                 log.exception("writing last-used times failed; retrying next round")
+                if self.on_error is not None:
+                    self.on_error()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -14,16 +13,34 @@ from service.domain.errors import KeyledgerError
 from service.settings import Settings, SettingsError
 
 
-def _configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+def _configure_logging() -> None:
+    from service import logs
+
+    logs.configure_once()  # as logging.basicConfig: a process that set up its logging keeps it
+
+
+def _metrics_dir(settings: Settings) -> None:
+    """Prometheus multiprocess mode for the workers: a fresh ``<data dir>/metrics`` (unless
+    PROMETHEUS_MULTIPROC_DIR is set already), chosen before prometheus_client is imported."""
+    import shutil
+
+    variable = "PROMETHEUS_MULTIPROC_DIR"  # not from service.metrics: that imports prometheus_client
+    if os.environ.get(variable):
+        return
+    folder = settings.data_dir / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)  # values of a previous run's processes
+    folder.mkdir(parents=True, mode=0o700)
+    os.environ[variable] = str(folder)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from gunicorn.app.base import BaseApplication
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _metrics_dir(settings)
     from service.api import create_app
     from service.composition import build_system
+    from service.serving import JsonErrorWorker, JsonLogger
 
     # Create the stores and views once, before the workers start, so they never race; sign
     # the audit chain's head (the workers find nothing new to sign).
@@ -40,11 +57,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         def load_config(self) -> None:
             self.cfg.set("bind", f"{args.host}:{args.port}")
             self.cfg.set("workers", args.workers)
-            self.cfg.set("worker_class", "sync")
+            # The sync worker, answering malformed HTTP in the contract's envelope; the access
+            # log is the app's (service.api.gateway), gunicorn's own lines are JSON too.
+            self.cfg.set("worker_class", JsonErrorWorker)
+            self.cfg.set("logger_class", JsonLogger)
             self.cfg.set("accesslog", None)
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("control_socket_disable", True)
+            self.cfg.set("when_ready", _say_listening)  # only once the port is bound
             if not args.no_scheduler:
                 # Each worker offers to run the scheduler; the scheduler lock lets exactly one
                 # run its jobs, and another takes over if that worker dies.
@@ -54,8 +75,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         def load(self):
             return create_app(settings)
 
-    print(f"Keyledger listening on http://{args.host}:{args.port} (data in {settings.data_dir})",
-          file=sys.stderr, flush=True)
+    def _say_listening(server) -> None:
+        print(f"Keyledger listening on http://{args.host}:{args.port} (data in {settings.data_dir.resolve()})",
+              file=sys.stderr, flush=True)
+
     KeyledgerServer().run()
     return 0
 
@@ -374,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"keyledger: configuration error: {error}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    _configure_logging()  # JSON lines at KEYLEDGER_LOG_LEVEL (validated above)
     if args.command == "serve" and "workers" not in args:
         args.workers = settings.workers
     if hasattr(args, "init"):  # a command that works on an existing store: never make one by accident

@@ -192,6 +192,13 @@ class Settings:
             if v.strip().upper() not in LOG_LEVELS:
                 raise SettingsError(f"KEYLEDGER_LOG_LEVEL={v!r}: expected one of {', '.join(LOG_LEVELS)}")
             kwargs["log_level"] = v.strip().upper()
+        if (v := get("KEYLEDGER_LAST_USED_INTERVAL")) is not None:
+            try:
+                kwargs["last_used_interval"] = float(v)
+            except ValueError:
+                kwargs["last_used_interval"] = 0.0
+            if not 0.05 <= kwargs["last_used_interval"] <= 3600:
+                raise SettingsError(f"KEYLEDGER_LAST_USED_INTERVAL={v!r}: expected seconds from 0.05 to 3600, e.g. 60")
         return cls(**kwargs)
 
     @property

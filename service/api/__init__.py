@@ -5,20 +5,20 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import time
 from collections.abc import Callable
 from datetime import datetime
 
 from flask import Flask, Response, g, request
 
+from service import logs
 from service.api import context
 from service.api.errors import KeyledgerApi, error_response, register_error_handlers
 from service.composition import System, build_system
-from service.credentials import redact
 from service.domain.errors import KeyledgerError
+from service.metrics import Metrics
 from service.settings import Settings
 
-log = logging.getLogger("keyledger.access")
+log = logging.getLogger("keyledger.api")
 
 # Paths that take no credential of their own.
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/v2/verify",
@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
                clock: Callable[[], datetime] | None = None) -> Flask:
     """Build the Flask app. With no arguments, settings come from the environment."""
     if system is None:
+        logs.configure_once()  # plain ``gunicorn 'service.api:create_app()'`` logs as ``keyledger serve``
         settings = settings or Settings.from_env()
         system = build_system(settings, **({"clock": clock} if clock else {}))
         _sign_at_start(system)
@@ -52,6 +53,17 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
     flask_app.json.sort_keys = False
     flask_app.url_map.merge_slashes = False  # "//" would be an HTML redirect, not a JSON 404
     flask_app.extensions["keyledger"] = system
+    from service.api.gateway import Gateway
+    from service.api.legacy import LegacyNotice
+    from service.api.verify import Verdicts
+
+    metrics = Metrics()
+    metrics.watch(system)
+    verdicts = Verdicts(system.verifier, LegacyNotice.of(system.settings), metrics.verified)
+    flask_app.extensions["keyledger_metrics"] = metrics
+    flask_app.extensions["keyledger_verdicts"] = verdicts
+    # Request ids, the access log and metrics for every request; forward-auth without Flask.
+    flask_app.wsgi_app = Gateway(flask_app.wsgi_app, system, verdicts, metrics)  # type: ignore[method-assign]
     if system.settings.proxy_hops:  # events record the client's address, not the proxy's
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -117,13 +129,13 @@ def _serve_docs_assets(flask_app: Flask) -> None:
 def _register_request_hooks(flask_app: Flask, system: System) -> None:
     @flask_app.before_request
     def _begin() -> Response | None:
-        g.started = time.perf_counter()
         context.assign_request_id()
         g.actor = None
         try:
             system.follower.sync()  # another process wrote? catch up before answering
         except Exception:  # verification needs no store: answer from the index as it is
             log.exception("catching up with the event log failed; answering from the current index")
+            flask_app.extensions["keyledger_metrics"].store_error("events")
         if request.path.startswith("/v2/") and not request.path.startswith(PUBLIC_PREFIXES):
             try:
                 g.actor = system.authenticator.actor(request.headers.get("Authorization"))
@@ -146,10 +158,11 @@ def _register_request_hooks(flask_app: Flask, system: System) -> None:
     def _finish(response: Response) -> Response:
         response.headers["X-Request-Id"] = getattr(g, "request_id", "")
         response.headers.setdefault("Cache-Control", "no-store")
+        # For the gateway's access line and metrics (service.api.gateway): the route, never the path.
         actor = getattr(g, "actor", None)
-        log.info("%s %s %s %.1fms request_id=%s actor=%s", request.method, redact(request.path),
-                 response.status_code, (time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
-                 g.get("request_id"), actor.ref if actor else "-")
+        request.environ["keyledger.actor"] = actor.ref if actor else None
+        if request.url_rule is not None:
+            request.environ["keyledger.route"] = request.url_rule.rule
         return response
 
 

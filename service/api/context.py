@@ -20,10 +20,21 @@ def system() -> System:
     return current_app.extensions["keyledger"]
 
 
+def current_app_extension(name: str):  # type: ignore[no-untyped-def]
+    return current_app.extensions[name]
+
+
+def request_id_for(offered: str | None) -> str:
+    """The caller's ``X-Request-Id`` if it is a sane one (and no key), else a new one."""
+    if offered and _REQUEST_ID.fullmatch(offered) and redact(offered) == offered:  # never echo a key
+        return offered
+    return uuid.uuid4().hex
+
+
 def assign_request_id() -> None:
-    offered = request.headers.get("X-Request-Id", "")
-    acceptable = _REQUEST_ID.fullmatch(offered) and redact(offered) == offered  # never echo a key
-    g.request_id = offered if acceptable else uuid.uuid4().hex
+    # The gateway (service.api.gateway) assigned it already; the same id is logged and echoed.
+    assigned = request.environ.get("keyledger.request_id")
+    g.request_id = assigned or request_id_for(request.headers.get("X-Request-Id"))
 
 
 def request_id() -> str | None:

@@ -103,11 +103,14 @@ def register_error_handlers(flask_app: Flask) -> None:
     @flask_app.errorhandler(KeyledgerError)
     def _domain_error(error: KeyledgerError) -> Response:
         headers = {"Retry-After": "1"} if error.code == "UNAVAILABLE" else None
+        if headers:
+            flask_app.extensions["keyledger_metrics"].store_error("events")
         return error_response(error.code, error.message, error.details, headers=headers)
 
     @flask_app.errorhandler(sqlite3.Error)
     def _view_store_error(error: sqlite3.Error) -> Response:
         log.error("view store error (request %s): %s", getattr(g, "request_id", None), error)
+        flask_app.extensions["keyledger_metrics"].store_error("views")
         return error_response("UNAVAILABLE", "The read store is unavailable right now; retry shortly.",
                               None, 503, {"Retry-After": "1"})
 

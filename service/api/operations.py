@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask import Response, current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -9,6 +10,7 @@ from service.api import context
 from service.api.schemas import HealthSchema, ReadinessSchema, ScopesSchema
 from service.domain.errors import Unavailable
 from service.domain.scopes import PRESETS
+from service.metrics import CONTENT_TYPE
 
 blp = Blueprint("operations", __name__, description="Operations and the scope catalogue")
 
@@ -38,6 +40,19 @@ class Readiness(MethodView):
         if lag > READY_LAG:
             return {"status": "catching_up", "store": "ok", "projections_lag": lag}, 503, {"Retry-After": "1"}
         return {"status": "ready", "store": "ok", "projections_lag": lag}
+
+
+@blp.route("/metrics")
+class MetricsText(MethodView):
+    @blp.doc(responses={"200": {
+        "description": "Prometheus text format: requests by route and status with latency histograms, "
+                       "verifications by verdict, index size, follower lag, view age, last-used "
+                       "flushes, store errors (all workers together)",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    def get(self):
+        """Prometheus metrics (text exposition format)."""
+        text = current_app.extensions["keyledger_metrics"].render(context.system())
+        return Response(text, 200, {"Content-Type": CONTENT_TYPE})
 
 
 @blp.route("/v2/scopes")

@@ -1,14 +1,21 @@
 """Verification for gateways: ``POST /v2/verify`` and the forward-auth ``GET /v2/auth/check``.
 
-This is the hot path, so both views validate by hand and write JSON directly (the
+This is the hot path, so both answers validate by hand and write JSON directly (the
 schemas in ``schemas.py`` document the same shapes in /openapi.json). No store access,
 no per-request logging beyond the access log.
+
+``Verdicts`` computes each answer as (status, headers, body) from plain values, without
+Flask: ``service.api.gateway`` calls it straight from WSGI for the common requests, and the
+Flask views below (documented in /openapi.json, and serving whatever the gateway passes on)
+wrap the very same answers in a Response. One code path, two ways in.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import lru_cache
+from urllib.parse import parse_qsl
 from uuid import UUID
 
 from flask import Response, request
@@ -25,15 +32,22 @@ from projections.verification import (
     VALID,
 )
 from service.api import context
-from service.api.errors import error_response
-from service.api.legacy import EXPIRED_TOKEN, notice
+from service.api.legacy import EXPIRED_TOKEN, LegacyNotice
 from service.api.schemas import ErrorSchema, VerifyRequestSchema, VerifyResultSchema
-from service.verification import REFUSALS
+from service.credentials import redact
+from service.domain.actors import RequestInfo
+from service.verification import REFUSALS, Verifier
 
 blp = Blueprint("verification", __name__, description="Verification for gateways (no credential of its own)")
 
 _FIELDS = frozenset(("key", "scope", "app_id"))
 _MAX = {"key": 1024, "scope": 100, "app_id": 100}
+MAX_BODY = 64 * 1024  # as the app's MAX_CONTENT_LENGTH
+
+Headers = list[tuple[str, str]]
+Answer = tuple[int, Headers, bytes]
+_JSON = ("Content-Type", "application/json")
+_KEY_REALM = ("WWW-Authenticate", 'Key realm="keyledger"')
 
 
 def register_schemas(api: Api) -> None:
@@ -52,14 +66,151 @@ def _key_id_text(key_id: bytes) -> str:
     return str(UUID(bytes=key_id))
 
 
-def _invalid(problems: dict) -> Response:
-    names = ", ".join(sorted(problems))
-    return error_response("INVALID_REQUEST", f"Invalid request: check {names}.", problems, 400)
+def envelope(code: str, message: str, details: dict | None, request_id: str | None) -> bytes:
+    """The contract's error body, byte for byte as ``errors.error_response`` writes it."""
+    body = {"error": {"code": code, "message": message, "details": details or {}}, "request_id": request_id}
+    return redact(json.dumps(body, separators=(",", ":")) + "\n").encode()
 
 
-def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status, headers,
-                    mimetype="application/json")
+def _json(body: dict) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def query_values(query_string: str) -> dict[str, str]:
+    """The first value of each query parameter, decoded as Werkzeug decodes ``request.args``."""
+    values: dict[str, str] = {}
+    for name, value in parse_qsl(query_string, keep_blank_values=True, encoding="latin-1"):
+        name = name.encode("latin-1").decode("utf-8", "replace")
+        values.setdefault(name, value.encode("latin-1").decode("utf-8", "replace"))
+    return values
+
+
+class Verdicts:
+    """The answers of /v2/verify and /v2/auth/check, from plain values (no Flask)."""
+
+    __slots__ = ("_verify", "_notice", "_count")
+
+    def __init__(self, verifier: Verifier, notice: LegacyNotice, count: Callable[[str], None]) -> None:
+        self._verify = verifier.verify
+        self._notice = notice
+        self._count = count  # counts each verdict by code (metrics)
+
+    # -- POST /v2/verify -----------------------------------------------------------------
+
+    def verify(self, mimetype: str, data: bytes, request_id: str | None,
+               request: Callable[[], RequestInfo]) -> Answer:
+        if mimetype != "application/json":
+            return self._invalid({"body": ["Send a JSON object with 'Content-Type: application/json'."]},
+                                 request_id)
+        try:
+            body = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return self._invalid({"body": ["Not valid JSON."]}, request_id)
+        except RecursionError:
+            return self._invalid({"body": ["Nested too deeply."]}, request_id)
+        if not isinstance(body, dict):
+            return self._invalid({"body": ["Must be a JSON object."]}, request_id)
+        problems = {}
+        for name in body.keys() - _FIELDS:
+            problems[name] = ["Unknown field."]
+        key = body.get("key")
+        if not isinstance(key, str) or not key:
+            problems["key"] = ["Required: the credential to check, as a string."]
+        for name in ("key", "scope", "app_id"):
+            value = body.get(name)
+            if value is not None and (not isinstance(value, str) or len(value) > _MAX[name]):
+                problems[name] = [f"A string of at most {_MAX[name]} characters."]
+        if problems:
+            return self._invalid(problems, request_id)
+        code, kind, entry = self._verify(key, body.get("scope"), body.get("app_id"), request)
+        self._count(code)
+        if entry is None:
+            return 200, [_JSON], _json({"valid": False, "code": code, "kind": kind, "key_id": None,
+                                        "app_id": None, "scopes": None, "expires_at": None})
+        is_key = kind == "api_key"
+        answer = {
+            "valid": code == VALID, "code": code, "kind": kind,
+            "key_id": entry.key_id if is_key else None, "app_id": entry.app_id,
+            "scopes": _scope_forms(entry.scopes)[0] if is_key or kind == ACCESS_TOKEN else [],
+            "expires_at": rfc3339_from_epoch(entry.expires_at),
+        }
+        if kind != ACCESS_TOKEN:
+            return 200, [_JSON], _json(answer)
+        legacy = self._notice
+        answer["client_id"] = entry.client.client_id
+        answer["deprecation"] = legacy.body
+        if code == EXPIRED:
+            answer["status"] = EXPIRED_TOKEN
+        return 200, [*legacy.headers.items(), _JSON], _json(answer)
+
+    @staticmethod
+    def _invalid(problems: dict, request_id: str | None) -> Answer:
+        names = ", ".join(sorted(problems))
+        return 400, [_JSON], envelope("INVALID_REQUEST", f"Invalid request: check {names}.", problems, request_id)
+
+    # -- GET /v2/auth/check ---------------------------------------------------------------
+
+    def auth_check(self, authorization: str, scope: str | None, app_id: str | None, query_string: str,
+                   request_id: str | None, request: Callable[[], RequestInfo]) -> Answer:
+        """``scope`` and ``app_id`` from the gateway's headers win over the query's."""
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() not in ("key", "bearer") or not credential:
+            return 401, [_JSON, _KEY_REALM, ("X-Keyledger-Code", "UNAUTHENTICATED")], envelope(
+                "UNAUTHENTICATED", "Send 'Authorization: Key <api key>'.", None, request_id)
+        if query_string and (scope is None or app_id is None):
+            args = query_values(query_string)
+            scope = scope or args.get("scope")
+            app_id = app_id or args.get("app_id")
+        code, kind, entry = self._verify(credential, scope, app_id, request)
+        self._count(code)
+        if kind == ACCESS_TOKEN and entry is not None:
+            return self._legacy_auth_check(code, entry, scope, request_id)
+        if code == VALID:
+            return 200, [("X-Keyledger-App-Id", entry.app_id or ""),
+                         ("X-Keyledger-Key-Id", _key_id_text(entry.id)),
+                         ("X-Keyledger-Scopes", _scope_forms(entry.scopes)[1])], b""
+        if code in (INSUFFICIENT_SCOPE, APP_MISMATCH):
+            message = ("This credential may not perform this scope." if code == INSUFFICIENT_SCOPE
+                       else "This key belongs to another app.")
+            return 403, [_JSON, ("X-Keyledger-Code", code)], envelope(
+                "FORBIDDEN", message, {"reason": code, "scope": scope}, request_id)
+        code = "UNAUTHENTICATED" if code == NOT_FOUND else code
+        return 401, [_JSON, _KEY_REALM, ("X-Keyledger-Code", code)], envelope(
+            code, REFUSALS[code], None, request_id)
+
+    def _legacy_auth_check(self, code: str, entry, scope: str | None, request_id: str | None) -> Answer:
+        """Forward-auth for a legacy access token: its answers carry the deprecation headers, and an
+        expired token's 401 carries the status 2017-era clients take as "fetch a new token"."""
+        headers = list(self._notice.headers.items())
+        if code == VALID:
+            headers += [("X-Keyledger-App-Id", entry.app_id), ("X-Keyledger-Key-Id", ""),
+                        ("X-Keyledger-Client-Id", entry.client.client_id), ("X-Keyledger-Scopes", "All"),
+                        ("X-Keyledger-Credential", ACCESS_TOKEN)]
+            return 200, headers, b""
+        headers += [_JSON, ("X-Keyledger-Code", code)]
+        if code == APP_MISMATCH:
+            return 403, headers, envelope("FORBIDDEN", "This access token belongs to another app.",
+                                          {"reason": code, "scope": scope}, request_id)
+        headers.append(("WWW-Authenticate", 'Bearer realm="keyledger", error="invalid_token"'))
+        body = envelope(code, REFUSALS[code], None, request_id)
+        if code == EXPIRED:  # old clients look for status.details == "expired token", then refresh
+            parsed = json.loads(body)
+            parsed["status"] = EXPIRED_TOKEN
+            body = json.dumps(parsed).encode()
+        return 401, headers, body
+
+
+def _response(answer: Answer) -> Response:
+    status, headers, body = answer
+    response = Response(body, status, headers)
+    if not body:  # an empty answer has no type (never text/html)
+        del response.headers["Content-Type"]
+    return response
+
+
+def _verdicts() -> Verdicts:
+    return context.current_app_extension("keyledger_verdicts")
 
 
 @blp.route("/v2/verify")
@@ -76,48 +227,8 @@ class Verify(MethodView):
     )
     def post(self):
         """May this credential perform this scope (on this app), now? Always 200 for a well-formed request."""
-        if request.mimetype != "application/json":
-            return _invalid({"body": ["Send a JSON object with 'Content-Type: application/json'."]})
-        try:
-            body = json.loads(request.get_data())
-        except (ValueError, UnicodeDecodeError):
-            return _invalid({"body": ["Not valid JSON."]})
-        except RecursionError:
-            return _invalid({"body": ["Nested too deeply."]})
-        if not isinstance(body, dict):
-            return _invalid({"body": ["Must be a JSON object."]})
-        problems = {}
-        for name in body.keys() - _FIELDS:
-            problems[name] = ["Unknown field."]
-        key = body.get("key")
-        if not isinstance(key, str) or not key:
-            problems["key"] = ["Required: the credential to check, as a string."]
-        for name in ("key", "scope", "app_id"):
-            value = body.get(name)
-            if value is not None and (not isinstance(value, str) or len(value) > _MAX[name]):
-                problems[name] = [f"A string of at most {_MAX[name]} characters."]
-        if problems:
-            return _invalid(problems)
-        code, kind, entry = context.system().verifier.verify(key, body.get("scope"), body.get("app_id"),
-                                                             context.request_info)
-        if entry is None:
-            return _json({"valid": False, "code": code, "kind": kind, "key_id": None, "app_id": None,
-                          "scopes": None, "expires_at": None})
-        is_key = kind == "api_key"
-        answer = {
-            "valid": code == VALID, "code": code, "kind": kind,
-            "key_id": entry.key_id if is_key else None, "app_id": entry.app_id,
-            "scopes": _scope_forms(entry.scopes)[0] if is_key or kind == ACCESS_TOKEN else [],
-            "expires_at": rfc3339_from_epoch(entry.expires_at),
-        }
-        if kind != ACCESS_TOKEN:
-            return _json(answer)
-        legacy = notice()
-        answer["client_id"] = entry.client.client_id
-        answer["deprecation"] = legacy.body
-        if code == EXPIRED:
-            answer["status"] = EXPIRED_TOKEN
-        return _json(answer, headers=legacy.headers)
+        return _response(_verdicts().verify(request.mimetype, request.get_data(), context.request_id(),
+                                            context.request_info))
 
 
 @blp.route("/v2/auth/check", methods=["GET"])
@@ -138,54 +249,8 @@ class Verify(MethodView):
 )
 def auth_check():
     """Forward-auth for nginx auth_request, Traefik forwardAuth and the like: checks the caller's own Authorization header."""
-    environ = request.environ  # read the WSGI environ directly: this view runs per gateway request
-    scheme, _, credential = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-    credential = credential.strip()
-    if scheme.lower() not in ("key", "bearer") or not credential:
-        return error_response("UNAUTHENTICATED", "Send 'Authorization: Key <api key>'.", None, 401,
-                              {"WWW-Authenticate": 'Key realm="keyledger"',
-                               "X-Keyledger-Code": "UNAUTHENTICATED"})
-    # The gateway's header wins over the query, which a gateway might copy from the client.
-    scope = environ.get("HTTP_X_REQUIRED_SCOPE")
-    app_id = environ.get("HTTP_X_REQUIRED_APP_ID")
-    if environ.get("QUERY_STRING") and (scope is None or app_id is None):
-        args = request.args
-        scope = scope or args.get("scope")
-        app_id = app_id or args.get("app_id")
-    code, kind, entry = context.system().verifier.verify(credential, scope, app_id, context.request_info)
-    if kind == ACCESS_TOKEN and entry is not None:
-        return _legacy_auth_check(code, entry, scope)
-    if code == VALID:
-        return Response(b"", 200, [("X-Keyledger-App-Id", entry.app_id or ""),
-                                   ("X-Keyledger-Key-Id", _key_id_text(entry.id)),
-                                   ("X-Keyledger-Scopes", _scope_forms(entry.scopes)[1])])
-    if code in (INSUFFICIENT_SCOPE, APP_MISMATCH):
-        message = ("This credential may not perform this scope." if code == INSUFFICIENT_SCOPE
-                   else "This key belongs to another app.")
-        return error_response("FORBIDDEN", message, {"reason": code, "scope": scope}, 403,
-                              {"X-Keyledger-Code": code})
-    code = "UNAUTHENTICATED" if code == NOT_FOUND else code
-    return error_response(code, REFUSALS[code], None, 401,
-                          {"WWW-Authenticate": 'Key realm="keyledger"', "X-Keyledger-Code": code})
-
-
-def _legacy_auth_check(code: str, entry, scope: str | None) -> Response:
-    """Forward-auth for a legacy access token: its answers carry the deprecation headers, and an
-    expired token's 401 carries the status 2017-era clients take as "fetch a new token"."""
-    headers = dict(notice().headers)
-    if code == VALID:
-        headers.update({"X-Keyledger-App-Id": entry.app_id, "X-Keyledger-Key-Id": "",
-                        "X-Keyledger-Client-Id": entry.client.client_id, "X-Keyledger-Scopes": "All",
-                        "X-Keyledger-Credential": ACCESS_TOKEN})
-        return Response(b"", 200, headers)
-    headers["X-Keyledger-Code"] = code
-    if code == APP_MISMATCH:
-        return error_response("FORBIDDEN", "This access token belongs to another app.",
-                              {"reason": code, "scope": scope}, 403, headers)
-    headers["WWW-Authenticate"] = 'Bearer realm="keyledger", error="invalid_token"'
-    response = error_response(code, REFUSALS[code], None, 401, headers)
-    if code == EXPIRED:  # old clients look for status.details == "expired token", then refresh
-        body = json.loads(response.get_data())
-        body["status"] = EXPIRED_TOKEN
-        response.set_data(json.dumps(body))
-    return response
+    environ = request.environ
+    return _response(_verdicts().auth_check(
+        environ.get("HTTP_AUTHORIZATION", ""), environ.get("HTTP_X_REQUIRED_SCOPE"),
+        environ.get("HTTP_X_REQUIRED_APP_ID"), environ.get("QUERY_STRING", ""), context.request_id(),
+        context.request_info))

@@ -1,0 +1,124 @@
+"""The WSGI entry in front of Flask: every request's id, access log line and metrics, and the
+forward-auth hot path.
+
+``GET /v2/auth/check`` and ``POST /v2/verify`` are answered here, straight from the WSGI environ
+by ``verify.Verdicts`` (the same answers the Flask views give), skipping Flask's request and
+response machinery; a body Flask must judge (no Content-Length, chunked, over the limit) and every
+other request go on to Flask. Either way one JSON access line is written and one histogram
+observation made, after the answer is known.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from service.api.context import request_id_for
+from service.api.verify import MAX_BODY, Verdicts, envelope
+from service.composition import System
+from service.credentials import redact
+from service.domain.actors import RequestInfo
+from service.metrics import Metrics
+
+log = logging.getLogger("keyledger.access")
+errors = logging.getLogger("keyledger.api")
+
+CHECK = "/v2/auth/check"
+VERIFY = "/v2/verify"
+_REASONS = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED", 403: "403 FORBIDDEN",
+            500: "500 INTERNAL SERVER ERROR"}
+StartResponse = Callable[..., Any]
+
+
+def decoded_path(environ: dict) -> str:
+    """``PATH_INFO`` as Werkzeug shows it (UTF-8, bad bytes replaced); control characters stay
+    in it: the JSON log formatter escapes them."""
+    return environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+class Gateway:
+    __slots__ = ("flask_wsgi", "system", "verdicts", "metrics", "_access")
+
+    def __init__(self, flask_wsgi: Callable[[dict, StartResponse], Iterable[bytes]], system: System,
+                 verdicts: Verdicts, metrics: Metrics) -> None:
+        self.flask_wsgi = flask_wsgi
+        self.system = system
+        self.verdicts = verdicts
+        self.metrics = metrics
+        self._access = log.isEnabledFor
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID"))
+        environ["keyledger.request_id"] = request_id
+        path = environ.get("PATH_INFO")
+        method = environ.get("REQUEST_METHOD")
+        answer = None
+        if (path == CHECK and method == "GET") or (path == VERIFY and method == "POST"):
+            try:
+                answer = self._answer(environ, path, request_id)
+            except Exception:  # the contract's envelope, never the server's HTML page
+                errors.exception("unhandled error", extra={"request_id": request_id})
+                answer = (500, [("Content-Type", "application/json")], envelope(
+                    "INTERNAL", "Something went wrong on our side; retry, and quote the request_id if it "
+                    "persists.", None, request_id))
+        if answer is not None:
+            status, headers, body = answer
+            headers += [("Content-Length", str(len(body))), ("X-Request-Id", request_id),
+                        ("Cache-Control", "no-store")]
+            start_response(_REASONS.get(status) or str(status), headers)
+            self._done(environ, path, method, status, started, request_id)
+            return [body]
+        seen: list[str] = []
+
+        def recording(status: str, headers: list, exc_info: Any = None) -> Any:
+            seen.append(status)
+            return start_response(status, headers, exc_info)
+
+        result = self.flask_wsgi(environ, recording)
+        status = int(seen[-1][:3]) if seen else 500
+        self._done(environ, environ.get("keyledger.route") or "(unmatched)", method, status, started,
+                   request_id)
+        return result
+
+    def _answer(self, environ: dict, path: str, request_id: str):  # type: ignore[no-untyped-def]
+        try:
+            self.system.follower.sync()  # another process wrote? catch up before answering
+        except Exception:  # verification needs no store: answer from the index as it is
+            errors.exception("catching up with the event log failed; answering from the current index")
+            self.metrics.store_error("events")
+
+        def request_info() -> RequestInfo:
+            agent = environ.get("HTTP_USER_AGENT")
+            return RequestInfo(id=request_id, ip=environ.get("REMOTE_ADDR"),
+                               user_agent=redact(agent[:256]) if agent else None)
+
+        if path == CHECK:
+            return self.verdicts.auth_check(
+                environ.get("HTTP_AUTHORIZATION", ""), environ.get("HTTP_X_REQUIRED_SCOPE"),
+                environ.get("HTTP_X_REQUIRED_APP_ID"), environ.get("QUERY_STRING", ""), request_id,
+                request_info)
+        length = environ.get("CONTENT_LENGTH", "")
+        if not length.isdigit() or int(length) > MAX_BODY or "HTTP_TRANSFER_ENCODING" in environ:
+            return None  # Flask judges it (413, chunked bodies)
+        data = environ["wsgi.input"].read(int(length)) if length != "0" else b""
+        mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+        return self.verdicts.verify(mimetype, data, request_id, request_info)
+
+    def _done(self, environ: dict, route: str, method: str, status: int, started: float,
+              request_id: str) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(route, method, status, elapsed)
+        if self._access(logging.INFO):
+            # Every text field redacted here (the record says so, and the formatter does not redo
+            # it); makeRecord + handle skip logging's search of the stack for the caller.
+            path = redact(decoded_path(environ))
+            method = redact(method or "")
+            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "%s %s %s", (method, path, status),
+                                      None, extra={
+                "request_id": request_id, "method": method, "path": path, "route": redact(route),
+                "status": status, "duration_ms": round(elapsed * 1000, 3),
+                "actor": environ.get("keyledger.actor") or "-", "remote_addr": redact(environ.get("REMOTE_ADDR") or ""),
+                "redacted": True}))

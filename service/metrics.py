@@ -1,0 +1,127 @@
+"""Prometheus metrics (``GET /metrics``), correct across gunicorn workers.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set before ``prometheus_client`` is first imported (``keyledger
+serve`` sets it to ``<data dir>/metrics`` and empties it at start), every worker writes its values
+to memory-mapped files there and a scrape, answered by any worker, adds them up. Without it (one
+process, or tests) the values live in this process.
+
+Hot path: a request costs one histogram observation (a dict look-up of the labelled child, then
+one locked add), a verification one counter increment. Gauges (index size, lag, view age) are
+computed when scraped, by the worker that answers the scrape (multiprocess mode ``mostrecent``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from service.composition import System
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Forward-auth answers in well under a millisecond; management requests in milliseconds.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class Metrics:
+    """The process's metrics; ``render(system)`` is the scrape."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode values go to files whatever the registry; a scrape collects the files.
+        self._own = CollectorRegistry(auto_describe=True)
+        own = None if self.multiprocess else self._own
+        self.requests = Histogram(
+            "keyledger_http_request_duration_seconds", "HTTP requests by route and status, with latency",
+            ("route", "method", "status"), buckets=BUCKETS, registry=own)
+        self.verifications = Counter(
+            "keyledger_verifications", "Verifications (forward-auth and /v2/verify) by verdict code",
+            ("code",), registry=own)
+        self.last_used_flushes = Counter(
+            "keyledger_last_used_flushes", "Writes of last-used times to the view store", registry=own)
+        self.store_errors = Counter(
+            "keyledger_store_errors", "Errors reading or writing the event or view store", ("store",),
+            registry=own)
+        self.index_size = Gauge(
+            "keyledger_verification_index_credentials", "Credentials in the in-memory verification index",
+            registry=own, multiprocess_mode="mostrecent")
+        self.lag_events = Gauge(
+            "keyledger_follower_lag_events", "Events in the log not yet applied to the index or the views",
+            registry=own, multiprocess_mode="mostrecent")
+        self.lag_seconds = Gauge(
+            "keyledger_follower_lag_seconds", "Seconds since the index and views were last caught up "
+            "(0 when they are)", registry=own, multiprocess_mode="mostrecent")
+        self.views_age = Gauge(
+            "keyledger_views_last_update_age_seconds", "Seconds since the views were last found or "
+            "brought up to date", registry=own, multiprocess_mode="mostrecent")
+        for store in ("events", "views"):
+            self.store_errors.labels(store)  # shown as 0 from the start
+        self._children: dict[tuple[str, str, int], object] = {}
+        self._codes: dict[str, object] = {}
+
+    # -- hot path ------------------------------------------------------------------------
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        child = self._children.get((route, method, status))
+        if child is None:
+            if method not in METHODS:  # labels stay few whatever a client sends
+                method = "OTHER"
+            child = self._children[(route, method, status)] = self.requests.labels(route, method, str(status))
+        child.observe(seconds)  # type: ignore[attr-defined]
+
+    def verified(self, code: str) -> None:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self.verifications.labels(code)
+        child.inc()  # type: ignore[attr-defined]
+
+    # -- hooks for the composition's parts ------------------------------------------------
+
+    def flushed(self, count: int) -> None:
+        self.last_used_flushes.inc()
+
+    def store_error(self, store: str) -> None:
+        self.store_errors.labels(store).inc()
+
+    def watch(self, system: System) -> None:
+        """Count the follower's and the last-used writer's store errors and flushes."""
+        system.follower.on_error = lambda: self.store_error("events")
+        system.last_used.on_flush = self.flushed
+        system.last_used.on_error = lambda: self.store_error("views")
+
+    # -- scrape ----------------------------------------------------------------------------
+
+    def render(self, system: System) -> bytes:
+        follower = system.follower
+        now = time.time()
+        self.index_size.set(len(system.index))
+        try:
+            lag = follower.lag()
+        except Exception:
+            self.store_error("events")
+            lag = -1
+        self.lag_events.set(lag)
+        self.lag_seconds.set(0 if lag == 0 else max(0.0, now - follower.caught_up_at))
+        self.views_age.set(max(0.0, now - follower.views_ok_at))
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self._own)

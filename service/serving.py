@@ -1,0 +1,77 @@
+"""gunicorn as ``keyledger serve`` runs it: answers to malformed HTTP in the contract's envelope,
+and gunicorn's own log lines as JSON.
+
+gunicorn answers a request it cannot parse (request line over 4 KB, headers too large or too
+many, NUL or a bare CR in a header, bytes HTTP forbids, ``Content-Length`` with
+``Transfer-Encoding``, a garbage request line) before the app sees it, with an HTML page and a
+log line that both quote the request line, a key in the path included. ``JsonErrorWorker``
+answers those with the contract's JSON error (status 400, 414 or 431, ``Connection: close``),
+names only the exception's class in the log, and echoes nothing of the request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from gunicorn import util
+from gunicorn.glogging import Logger
+from gunicorn.http import errors as http_errors
+from gunicorn.workers.sync import SyncWorker
+
+from service.logs import JsonFormatter
+
+log = logging.getLogger("keyledger.http")
+
+_CLIENT_ERRORS = tuple(getattr(http_errors, name) for name in (
+    "ParseException", "NoMoreData", "ExpectationFailed")) + (UnicodeError, ValueError)
+_APP_ERRORS = (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName)
+
+
+def refusal(exc: BaseException) -> tuple[int, str, str, str]:
+    """(status, reason, code, message) for an exception raised while reading a request."""
+    if isinstance(exc, _APP_ERRORS) or not isinstance(exc, _CLIENT_ERRORS):
+        return (500, "Internal Server Error", "INTERNAL",
+                "Something went wrong on our side; retry, and quote the request_id if it persists.")
+    if isinstance(exc, http_errors.LimitRequestLine):
+        return 414, "URI Too Long", "INVALID_REQUEST", "The request line is too long (at most 4094 bytes)."
+    if isinstance(exc, http_errors.LimitRequestHeaders):
+        return (431, "Request Header Fields Too Large", "INVALID_REQUEST",
+                "The request's headers are too large or too many (at most 100, 8190 bytes each).")
+    return 400, "Bad Request", "INVALID_REQUEST", "The request is not well-formed HTTP/1.1."
+
+
+def error_bytes(status: int, reason: str, code: str, message: str, request_id: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message, "details": {}},
+                       "request_id": request_id}, separators=(",", ":")).encode() + b"\n"
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\nCache-Control: no-store\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+class JsonErrorWorker(SyncWorker):
+    """gunicorn's sync worker, refusing malformed requests in the contract's JSON envelope."""
+
+    def handle_error(self, req, client, addr, exc):  # type: ignore[no-untyped-def]
+        status, reason, code, message = refusal(exc)
+        request_id = uuid.uuid4().hex
+        fields = {"request_id": request_id, "status": status, "error": type(exc).__name__,
+                  "remote_addr": (addr or ("",))[0] if isinstance(addr, tuple) else None}
+        if status == 500:  # the class only: an exception's text may quote the request
+            log.error("error handling a request", extra=fields)
+        else:
+            log.warning("refused a malformed request", extra=fields)
+        try:
+            util.write_nonblock(client, error_bytes(status, reason, code, message, request_id))
+        except Exception:
+            log.debug("could not send the refusal", extra={"request_id": request_id})
+
+
+class JsonLogger(Logger):
+    """gunicorn's own lines (boot, workers, signals) as JSON lines, like the app's."""
+
+    def setup(self, cfg):  # type: ignore[no-untyped-def]
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
