@@ -81,6 +81,11 @@ class KeyledgerApi(Api):
 
     from service.api.schemas import ErrorSchema as ERROR_SCHEMA  # noqa: N811
 
+    def _init_spec(self, *, extra_plugins=None, **options):  # type: ignore[no-untyped-def]
+        from service.api.openapi import ContractPlugin  # the document as strict as the server
+
+        super()._init_spec(extra_plugins=[ContractPlugin(), *(extra_plugins or ())], **options)
+
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         status = error.code or 500
         data = getattr(error, "data", None)

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from projections.timefmt import rfc3339
 from service.application import DESCRIPTION_MAX, MAX_GRACE_SECONDS, NAME_MAX
 from service.domain.actors import ROLES
+from service.domain.scopes import CATALOGUE
+
+# What the application accepts as a name or description, said in the document: no control
+# characters (the application also refuses credential-shaped text, which no pattern can say).
+ONE_LINE = r"^[^\u0000-\u001f\u007f]*$"
+NAMED = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$"  # and not blank
 
 
 class Rfc3339(fields.AwareDateTime):
@@ -42,8 +48,9 @@ class ErrorSchema(Schema):
 # -- accounts ---------------------------------------------------------------------------
 
 class AccountCreateSchema(StrictSchema):
-    email = fields.String(required=True, validate=validate.Length(min=3, max=254))
-    name = fields.String(required=True, validate=validate.Length(min=1, max=NAME_MAX))
+    email = fields.Email(required=True, validate=validate.Length(min=3, max=254))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=NAME_MAX),
+                         metadata={"pattern": NAMED})
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
 
 
@@ -86,20 +93,26 @@ class KeyListSchema(Schema):
 
 def _scopes(**kwargs) -> fields.List:
     return fields.List(
-        fields.String(validate=validate.Length(min=1, max=100)),
+        fields.String(validate=validate.Length(min=1, max=100), metadata={"enum": list(CATALOGUE)}),
         validate=validate.Length(min=1, max=100, error="Give between 1 and 100 scopes."),
         metadata={"description": "Scopes from GET /v2/scopes, or [\"All\"]."}, **kwargs)
 
 
 class KeyCreateSchema(StrictSchema):
-    description = fields.String(required=True, validate=validate.Length(max=DESCRIPTION_MAX))
+    description = fields.String(required=True, validate=validate.Length(max=DESCRIPTION_MAX),
+                                metadata={"pattern": ONE_LINE})
     scopes = _scopes(required=True)
     expires_at = Rfc3339(allow_none=True)
 
 
 class KeyChangeSchema(StrictSchema):
-    description = fields.String(validate=validate.Length(max=DESCRIPTION_MAX))
+    description = fields.String(validate=validate.Length(max=DESCRIPTION_MAX), metadata={"pattern": ONE_LINE})
     scopes = _scopes()
+
+    @validates_schema
+    def _says_something(self, data, **kwargs):  # documented as minProperties (service.api.openapi)
+        if not data:
+            raise ValidationError("Give scopes, description or both.", "_schema")
 
 
 class KeyRollSchema(StrictSchema):
@@ -116,7 +129,8 @@ class AsOfSchema(StrictSchema):
 class AppCreateSchema(StrictSchema):
     id = fields.String(validate=validate.Length(min=1, max=63),
                        metadata={"description": "A slug (lower-case letters, digits, hyphens); made from the name if left out."})
-    name = fields.String(required=True, validate=validate.Length(min=1, max=NAME_MAX))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=NAME_MAX),
+                         metadata={"pattern": NAMED})
     owner_id = fields.String(metadata={"description": "Admins only: the owner's account id."})
 
 
@@ -224,7 +238,7 @@ class PublicKeySchema(Schema):
 class AccessQuerySchema(StrictSchema):
     app_id = fields.String(required=True, validate=validate.Length(min=1, max=63))
     scope = fields.String(required=True, validate=validate.Length(min=1, max=100),
-                          metadata={"example": "Models:Add"})
+                          metadata={"example": "Models:Add", "enum": list(CATALOGUE)})
     at = Rfc3339(metadata={"description": "The moment to answer for; now if left out."})
 
 
@@ -274,9 +288,12 @@ class ReadinessSchema(Schema):
 # -- verification (documented here; the hot path validates by hand) -----------------------------
 
 class VerifyRequestSchema(StrictSchema):
-    key = fields.String(required=True, metadata={"description": "The API key or legacy access token to check."})
-    scope = fields.String(metadata={"description": "The scope the request needs, e.g. Predict."})
-    app_id = fields.String(metadata={"description": "The app the request is for; another app's key is APP_MISMATCH."})
+    key = fields.String(required=True, validate=validate.Length(min=1, max=1024),
+                        metadata={"description": "The API key or legacy access token to check."})
+    scope = fields.String(allow_none=True, validate=validate.Length(max=100),
+                          metadata={"description": "The scope the request needs, e.g. Predict (null: none)."})
+    app_id = fields.String(allow_none=True, validate=validate.Length(max=100), metadata={
+        "description": "The app the request is for; another app's key is APP_MISMATCH (null: any)."})
 
 
 class DeprecationSchema(Schema):

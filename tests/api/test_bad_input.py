@@ -107,6 +107,8 @@ CASES = [
          check=details_name("colour")),
     Case("patch-unknown-field", "PATCH", "/v2/keys/{ro}", 400, "INVALID_REQUEST",
          json={"status": "active"}, check=details_name("status")),
+    Case("patch-empty-body", "PATCH", "/v2/keys/{ro}", 400, "INVALID_REQUEST", json={},
+         check=details_name("body")),
     Case("create-key-scopes-a-string", "POST", "/v2/apps/vision/keys", 400, "INVALID_REQUEST",
          json={"description": "d", "scopes": "Predict"}, check=details_name("scopes")),
     Case("create-key-scope-not-a-string", "POST", "/v2/apps/vision/keys", 400, "INVALID_REQUEST",

@@ -45,3 +45,55 @@ def test_docs_page_is_served_with_its_own_assets(client):
     assert b"cdn" not in response.data.lower()
     script = client.get("/docs/assets/swagger-ui-bundle.js")
     assert script.status_code == 200 and len(script.data) > 100_000
+
+
+def operations(spec: dict):
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            if method != "parameters":
+                yield path, method, operation
+
+
+def test_no_operation_declares_422_the_server_answers_400(client):
+    spec = client.get("/openapi.json").json
+    assert [(p, m) for p, m, op in operations(spec) if "422" in op["responses"]] == []
+    assert all("400" in op["responses"] for _, _, op in operations(spec) if "requestBody" in op)
+
+
+def test_every_authenticated_operation_declares_401_and_403(client):
+    spec = client.get("/openapi.json").json
+    missing = [(p, m) for p, m, op in operations(spec)
+               if op.get("security") and p != "/v2/token" and not {"401", "403"} <= set(op["responses"])]
+    assert missing == []  # /v2/token has the OAuth2 errors instead (400 and 401, below)
+
+
+def test_token_errors_are_documented_in_the_oauth2_shape(client):
+    responses = client.get("/openapi.json").json["paths"]["/v2/token"]["post"]["responses"]
+    for status in ("400", "401"):
+        assert responses[status]["content"]["application/json"]["schema"]["$ref"].endswith("/OAuthError")
+
+
+def test_if_match_is_declared_where_it_is_honoured(client):
+    spec = client.get("/openapi.json").json
+    with_if_match = {(p, m) for p, m, op in operations(spec)
+                     if any(x["name"] == "If-Match" for x in op.get("parameters", []))}
+    assert with_if_match == {("/v2/keys/{key_id}", "patch"), ("/v2/keys/{key_id}", "delete"),
+                             ("/v2/keys/{key_id}/roll", "post")}
+
+
+def test_the_document_is_as_strict_as_the_server_on_fields(client):
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    assert schemas["AccountCreate"]["properties"]["email"]["format"] == "email"
+    assert "Predict" in schemas["KeyCreate"]["properties"]["scopes"]["items"]["enum"]
+    assert "Predict" in schemas["KeyChange"]["properties"]["scopes"]["items"]["enum"]
+    assert schemas["KeyChange"]["minProperties"] == 1
+    assert schemas["VerifyRequest"]["properties"]["key"]["minLength"] == 1
+    for schema, field in (("AccountCreate", "name"), ("AppCreate", "name"), ("KeyCreate", "description")):
+        pattern = schemas[schema]["properties"][field]["pattern"]
+        assert not re.fullmatch(pattern, "a\nb") and re.fullmatch(pattern, "a b")
+
+
+def test_new_resources_link_to_what_a_client_does_next(client):
+    paths = client.get("/openapi.json").json["paths"]
+    links = paths["/v2/apps/{app_id}/keys"]["post"]["responses"]["201"]["links"]
+    assert {"GetKey", "ChangeKey", "RevokeKey", "RollKey", "KeyHistory"} <= set(links)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,31 @@ def test_a_body_outside_base62_is_malformed_even_with_a_matching_checksum():
         head = prefix + "é" + "a" * 31
         checksum = credentials._base62(zlib.crc32(head.encode("utf-8")), credentials.CHECKSUM_LENGTH)
         assert credentials.classify(head + checksum) == credentials.MALFORMED
+
+
+def test_legacy_client_ids_are_32_lower_case_characters():
+    client_id = credentials.new_client_id()
+    assert len(client_id) == 32 and client_id == client_id.lower() and client_id.isalnum()
+
+
+def test_a_signing_key_that_is_not_pem_is_refused_naming_its_source():
+    with pytest.raises(credentials.SigningKeyError, match="^KEYLEDGER_AUDIT_SIGNING_KEY: not an unencrypted PEM"):
+        credentials.load_or_create_signing_key(Path("/nonexistent"), "not a key")
+
+
+def test_a_signing_key_of_another_kind_is_refused_naming_its_source(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (tmp_path / credentials.SIGNING_KEY_FILE).write_bytes(pem)
+    with pytest.raises(credentials.SigningKeyError, match="audit-signing-key.pem: the audit signing key must be an Ed25519"):
+        credentials.load_or_create_signing_key(tmp_path, None)
+
+
+def test_the_public_key_of_a_public_key_is_itself():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    assert credentials.public_key_pem(key.public_key()) == credentials.public_key_pem(key)

@@ -1,0 +1,111 @@
+"""What the OpenAPI document says beyond the decorators, so that it is as strict as the server.
+
+One apispec plugin, applied to every operation as it is documented:
+
+* request bodies and query strings that fail validation answer 400 (the contract), never 422;
+* every operation that takes a credential declares 401 and 403 with the error envelope
+  (``/v2/token`` declares its own OAuth2 error shape instead);
+* every operation that reads or writes a store declares 503;
+* PATCH, DELETE and roll declare the optional ``If-Match`` header;
+* an empty PATCH body is refused (``minProperties``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from apispec import BasePlugin
+
+ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+OAUTH_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/OAuthError"}}}}
+
+DESCRIPTIONS = {
+    "400": "Invalid request: `error.details` names each field.",
+    "401": "No credential, or one that is unknown, malformed, revoked or expired.",
+    "403": "Authenticated, but not allowed.",
+    "503": "A store is unavailable; retry after `Retry-After` seconds.",
+}
+
+IF_MATCH = {
+    "name": "If-Match", "in": "header", "required": False,
+    "description": "The key's `version` (the `ETag`), quoted or bare: the change is made only if "
+                   "it is still current (412 otherwise).",
+    "schema": {"type": "string", "pattern": r'^(?:"[0-9]{1,9}"|[0-9]{1,9})$'},
+}
+
+UNSTORED = ("/healthz", "/v2/scopes", "/v2/verify", "/v2/auth/check")  # no store behind them
+
+
+def _error(status: str, shape: dict = ERROR) -> dict:
+    return {"description": DESCRIPTIONS[status], **shape}
+
+
+# Schema-level rules the marshmallow plugin cannot express.
+SCHEMA_RULES = {"KeyChange": {"minProperties": 1}}  # an empty PATCH changes nothing: 400
+
+
+def _ref(path: str, method: str) -> str:
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+APP_ID = {"app_id": "$response.body#/id"}
+KEY_ID = {"key_id": "$response.body#/id"}
+DEFAULT_KEY_ID = {"key_id": "$response.body#/default_key/id"}
+# OpenAPI links: what a client (and schemathesis's stateful phase) does next with a new resource.
+LINKS = {
+    ("/v2/apps", "post", "201"): {
+        "GetApp": (_ref("/v2/apps/{app_id}", "get"), APP_ID),
+        "ListKeys": (_ref("/v2/apps/{app_id}/keys", "get"), APP_ID),
+        "CreateKey": (_ref("/v2/apps/{app_id}/keys", "post"), APP_ID),
+        "IssueLegacyCredentials": (_ref("/v2/apps/{app_id}/legacy-credentials", "post"), APP_ID),
+        "GetDefaultKey": (_ref("/v2/keys/{key_id}", "get"), DEFAULT_KEY_ID),
+        "RollDefaultKey": (_ref("/v2/keys/{key_id}/roll", "post"), DEFAULT_KEY_ID),
+    },
+    ("/v2/apps/{app_id}/keys", "post", "201"): {
+        "GetKey": (_ref("/v2/keys/{key_id}", "get"), KEY_ID),
+        "ChangeKey": (_ref("/v2/keys/{key_id}", "patch"), KEY_ID),
+        "RevokeKey": (_ref("/v2/keys/{key_id}", "delete"), KEY_ID),
+        "RollKey": (_ref("/v2/keys/{key_id}/roll", "post"), KEY_ID),
+        "KeyHistory": (_ref("/v2/keys/{key_id}/history", "get"), KEY_ID),
+    },
+    ("/v2/keys/{key_id}/roll", "post", "200"): {
+        "GetRolledKey": (_ref("/v2/keys/{key_id}", "get"), KEY_ID),
+        "RevokeRolledKey": (_ref("/v2/keys/{key_id}", "delete"), KEY_ID),
+    },
+}
+
+
+def _openapi_path(path: str) -> str:
+    return re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", path)
+
+
+class ContractPlugin(BasePlugin):
+    def schema_helper(self, name: str, definition: dict, **kwargs) -> dict | None:
+        return SCHEMA_RULES.get(name)
+
+    def operation_helper(self, path: str | None = None, operations: dict | None = None, **kwargs) -> None:
+        for method, operation in (operations or {}).items():
+            if not isinstance(operation, dict) or method == "parameters":
+                continue
+            responses = operation.setdefault("responses", {})
+            for status in list(responses):  # flask-smorest writes some statuses as numbers
+                responses.setdefault(str(status), responses.pop(status))
+            for (linked_path, linked_method, status), links in LINKS.items():
+                if path is not None and _openapi_path(path) == linked_path and method == linked_method:
+                    responses[status]["links"] = {
+                        name: {"operationRef": ref, "parameters": parameters}
+                        for name, (ref, parameters) in links.items()}
+            if "422" in responses:
+                responses.pop("422")
+                responses.setdefault("400", _error("400"))
+            if path is not None and path.endswith("/v2/token"):
+                for status in ("400", "401"):
+                    responses[status] = _error(status, OAUTH_ERROR)
+            elif operation.get("security"):
+                for status in ("401", "403"):
+                    responses.setdefault(status, _error(status))
+            if path is not None and not path.endswith(UNSTORED):
+                responses.setdefault("503", _error("503"))
+            if method in ("patch", "delete") or (path or "").endswith("/roll"):
+                if path is not None and "key_id" in path:
+                    operation.setdefault("parameters", []).append(dict(IF_MATCH))
