@@ -94,11 +94,15 @@ def test_without_a_request_the_record_has_empty_request_facts(legacy):
     assert recorder.calls[0][3] == RequestInfo()
 
 
-def test_a_failed_record_is_retried_after_a_pause_and_verification_answers_meanwhile(legacy):
+def test_a_failed_record_is_retried_after_a_pause_and_verification_answers_meanwhile(system, legacy, caplog):
     verifier, token, now, recorder = legacy
     recorder.failing = True
     at(now, 5)
     assert verifier.verify(token)[0] == "VALID"
+    [warning] = [r for r in caplog.records if r.name == "keyledger.verification"]
+    client_id = system.index.clients[recorder.calls[0][0]].client_id
+    assert warning.getMessage() == f"could not record a legacy token use of client {client_id}; retrying in 1 s"
+    assert warning.exc_info and warning.exc_info[0] is OSError and warning.levelname == "WARNING"
     at(now, 5 + RETRY_RECORD_AFTER - 0.01)
     assert verifier.verify(token)[0] == "VALID"
     assert len(recorder.calls) == 1  # not hammered
