@@ -61,7 +61,7 @@ def test_a_bad_signing_key_setting_stops_the_command_with_status_2(tmp_path, mon
     monkeypatch.setenv("KEYLEDGER_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("KEYLEDGER_PEPPER", "p" * 40)
     monkeypatch.setenv("KEYLEDGER_AUDIT_SIGNING_KEY", "not a key")
-    assert main(["audit", "verify"]) == 2
+    assert main(["audit", "verify", "--init"]) == 2
     assert "KEYLEDGER_AUDIT_SIGNING_KEY" in capsys.readouterr().err
 
 
