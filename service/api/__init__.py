@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -13,6 +12,7 @@ from flask import Flask, Response, g, request
 from service import logs
 from service.api import context
 from service.api.errors import KeyledgerApi, error_response, register_error_handlers
+from service.api.jsonbody import BodyError, load_json
 from service.composition import System, build_system
 from service.domain.errors import KeyledgerError
 from service.metrics import Metrics
@@ -174,11 +174,9 @@ def _body_problem() -> str | None:
     if request.mimetype != "application/json":
         return "Send the body as JSON with 'Content-Type: application/json'."
     try:
-        parsed = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return "The body is not valid JSON."
-    except RecursionError:
-        return "The body is nested too deeply."
+        parsed = load_json(data)
+    except BodyError as error:
+        return f"The body is not acceptable: {error}"
     if not isinstance(parsed, dict):
         return "The body must be a JSON object."
     return None

@@ -32,6 +32,7 @@ from projections.verification import (
     VALID,
 )
 from service.api import context
+from service.api.jsonbody import BodyError, has_lone_surrogate, load_json
 from service.api.legacy import EXPIRED_TOKEN, LegacyNotice
 from service.api.schemas import ErrorSchema, VerifyRequestSchema, VerifyResultSchema
 from service.credentials import redact
@@ -103,11 +104,9 @@ class Verdicts:
             return self._invalid({"body": ["Send a JSON object with 'Content-Type: application/json'."]},
                                  request_id)
         try:
-            body = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            return self._invalid({"body": ["Not valid JSON."]}, request_id)
-        except RecursionError:
-            return self._invalid({"body": ["Nested too deeply."]}, request_id)
+            body = load_json(data)
+        except BodyError as error:
+            return self._invalid({"body": [str(error)]}, request_id)
         if not isinstance(body, dict):
             return self._invalid({"body": ["Must be a JSON object."]}, request_id)
         problems = {}
@@ -120,6 +119,8 @@ class Verdicts:
             value = body.get(name)
             if value is not None and (not isinstance(value, str) or len(value) > _MAX[name]):
                 problems[name] = [f"A string of at most {_MAX[name]} characters."]
+            elif isinstance(value, str) and has_lone_surrogate(value):
+                problems[name] = ["Holds an unpaired surrogate (\\ud800-\\udfff); not valid text."]
         if problems:
             return self._invalid(problems, request_id)
         code, kind, entry = self._verify(key, body.get("scope"), body.get("app_id"), request)

@@ -160,3 +160,15 @@ def test_auth_check_refuses_a_revoked_key(client, owner, read_only_key):
     owner.delete(f"/v2/keys/{read_only_key['id']}")
     response = client.get("/v2/auth/check", headers={"Authorization": f"Key {read_only_key['key']}"})
     assert response.status_code == 401 and response.json["error"]["code"] == "REVOKED"
+
+
+@pytest.mark.parametrize("body", [
+    b'\xef\xbb\xbf{"key": "ak_x"}',  # a UTF-8 byte-order mark
+    '{"key": "ak_x"}'.encode("utf-16"),
+    '{"key": "ak_x"}'.encode("utf-32"),
+    b'{"key": "\\ud800"}',  # an escaped lone surrogate
+])
+@pytest.mark.parametrize("path", ["/v2/verify", "/v2/apps"])
+def test_one_json_decoding_rule_for_every_endpoint(owner, path, body):
+    response = owner.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json["error"]["code"] == "INVALID_REQUEST"
