@@ -12,9 +12,11 @@ from service.domain.actors import NO_REQUEST, Actor
 from service.settings import Settings, SettingsError
 
 
-def test_verify_answers_a_key_with_a_lone_surrogate(client):
+def test_verify_refuses_a_key_with_a_lone_surrogate_naming_the_field(client):
+    # Like every other endpoint (one JSON rule): not valid text, so 400 naming the field, never a 500.
     response = client.post("/v2/verify", data='{"key": "\\ud800"}', content_type="application/json")
-    assert response.status_code == 200 and response.json["code"] == "NOT_FOUND"
+    assert response.status_code == 400 and response.json["error"]["code"] == "INVALID_REQUEST"
+    assert "key" in response.json["error"]["details"]
 
 
 def test_as_of_before_year_one_in_utc_is_404(owner, read_only_key):

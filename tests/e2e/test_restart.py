@@ -153,8 +153,12 @@ def test_restarting_the_server_loses_nothing(start_server: StartServer) -> None:
     trail = server.get(f"/v2/audit/events?cursor={encode_cursor(last_before['seq'] - 1)}",
                        token=admin).json["events"]
     assert trail[0] == last_before
-    assert [e["type"] for e in trail[1:]] == ["AuditLedger.Opened", "AuditLedger.CheckpointSigned",
-                                              "ApiKey.DescriptionChanged"]
+    types = [e["type"] for e in trail[1:]]
+    # The embedded scheduler may sign before the restart too (its first run comes at start), so
+    # between the two writes there are checkpoint events only, at least the one signed at start.
+    assert types[-1] == "ApiKey.DescriptionChanged", types
+    assert "AuditLedger.CheckpointSigned" in types[:-1], types
+    assert set(types[:-1]) <= {"AuditLedger.Opened", "AuditLedger.CheckpointSigned"}, types
     assert all(later["prev_hash"] == earlier["hash"] for earlier, later in pairwise(trail))
     assert trail[-1] == events[-1]
     assert server.get("/v2/audit/integrity", token=admin).json["ok"] is True
