@@ -70,14 +70,7 @@ class VerificationView(Projection):
 
     @handles(Account.TokenReplaced)
     def _token_replaced(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        old = bytes.fromhex(e.previous_digest)
-        db.execute(
-            "INSERT OR REPLACE INTO verification "
-            "SELECT ?, kind, key_id, app_id, role, scopes, expires_at, NULL FROM verification WHERE digest = ?",
-            (bytes.fromhex(e.token_digest), old))
-        at = epoch(e.timestamp)
-        db.execute("UPDATE verification SET ends_at = MIN(COALESCE(ends_at, ?), ?) WHERE digest = ?",
-                   (at, at, old))
+        self._replace_secret(db, e.previous_digest, e.token_digest, epoch(e.timestamp))
 
     @handles(LegacyClient.CredentialsIssued)
     def _legacy_client(self, db: sqlite3.Connection, position: int, e: Any) -> None:
@@ -129,14 +122,19 @@ class VerificationView(Projection):
 
     @handles(ApiKey.Rolled)
     def _rolled(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        old = bytes.fromhex(e.previous_digest)
+        # The old secret ends when its grace period does (the roll's time when there is none).
+        self._replace_secret(db, e.previous_digest, e.digest, epoch(e.previous_valid_until))
+
+    @staticmethod
+    def _replace_secret(db: sqlite3.Connection, old_digest: str, new_digest: str, old_ends: float) -> None:
+        """A new secret for the same credential; the old one stops at ``old_ends`` (or sooner)."""
+        old = bytes.fromhex(old_digest)
         db.execute(
             "INSERT OR REPLACE INTO verification "
             "SELECT ?, kind, key_id, app_id, role, scopes, expires_at, NULL FROM verification WHERE digest = ?",
-            (bytes.fromhex(e.digest), old))
-        ends = epoch(e.previous_valid_until)  # equal to the roll's time when there is no grace
+            (bytes.fromhex(new_digest), old))
         db.execute("UPDATE verification SET ends_at = MIN(COALESCE(ends_at, ?), ?) WHERE digest = ?",
-                   (ends, ends, old))
+                   (old_ends, old_ends, old))
 
     @handles(ApiKey.Revoked)
     def _revoked(self, db: sqlite3.Connection, position: int, e: Any) -> None:
