@@ -6,11 +6,25 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.errors import KeyledgerError
 from service.settings import Settings, SettingsError
+
+
+@contextmanager
+def _store(settings: Settings) -> Iterator[Any]:
+    """The composition root for a one-off command: built, used, closed."""
+    from service.composition import build_system
+
+    system = build_system(settings, follow=False)
+    try:
+        yield system
+    finally:
+        system.close()
 
 
 def _configure_logging() -> None:
@@ -39,19 +53,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _metrics_dir(settings)
     from service.api import create_app
-    from service.composition import build_system
     from service.serving import JsonErrorWorker, JsonLogger
 
     # Create the stores and views once, before the workers start, so they never race; sign
     # the audit chain's head (the workers find nothing new to sign).
-    system = build_system(settings, follow=False)
-    try:
+    with _store(settings) as system:
         checkpoint = system.sign_checkpoint()
         if checkpoint:
             print(f"Audit checkpoint {checkpoint['number']} signed at seq {checkpoint['seq']}",
                   file=sys.stderr, flush=True)
-    finally:
-        system.close()
 
     class KeyledgerServer(BaseApplication):
         def load_config(self) -> None:
@@ -103,16 +113,12 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
 
 def _campaign_status(args: argparse.Namespace, settings: Settings) -> int:
     from projections.timefmt import rfc3339
-    from service.composition import build_system
 
-    system = build_system(settings, follow=False)
-    try:
+    with _store(settings) as system:
         usage = getattr(system, "legacy_usage", None)
         since = system.plan.usage_since(system.keys_app.now())
         owners = usage.owners_using_tokens(since) if usage is not None else []
         status = system.campaign.status(system.plan, owners)
-    finally:
-        system.close()
     if args.json:
         print(json.dumps(status, default=lambda value: rfc3339(value)))
         return 0
@@ -139,15 +145,11 @@ def _campaign_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
-    from service.composition import build_system
 
-    system = build_system(settings, follow=False)
-    try:
+    with _store(settings) as system:
         account, token = system.keys_app.register_account(
             email=args.email, name=args.name, role=args.role, by=Actor.system("cli"), request=NO_REQUEST)
         system.after_command()
-    finally:
-        system.close()
     if args.json:
         print(json.dumps({**{k: account[k] for k in ("id", "email", "name", "role")}, "token": token}))
     else:
@@ -158,15 +160,11 @@ def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _accounts_token(args: argparse.Namespace, settings: Settings) -> int:
-    from service.composition import build_system
 
-    system = build_system(settings, follow=False)
-    try:
+    with _store(settings) as system:
         account, token = system.keys_app.replace_personal_token(
             args.email, by=Actor.system("cli"), request=NO_REQUEST)
         system.after_command()
-    finally:
-        system.close()
     if args.json:
         print(json.dumps({**{k: account[k] for k in ("id", "email", "name", "role")}, "token": token}))
     else:
@@ -176,18 +174,14 @@ def _accounts_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _import_legacy(args: argparse.Namespace, settings: Settings) -> int:
-    from service.composition import build_system
     from service.legacy_import import import_file
 
     if not os.path.isfile(args.file):
         why = "is a directory" if os.path.isdir(args.file) else "no such file"
         print(f"keyledger: import-legacy: {args.file}: {why} (give a JSON Lines file)", file=sys.stderr)
         return 2
-    system = build_system(settings, follow=False)
-    try:
+    with _store(settings) as system:
         summary = import_file(system, args.file, progress=sys.stderr)
-    finally:
-        system.close()
     print(summary.sentence())
     return 1 if summary.refused else 0
 
@@ -195,28 +189,20 @@ def _import_legacy(args: argparse.Namespace, settings: Settings) -> int:
 def _projections_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from service.composition import build_system
 
-    system = build_system(settings, follow=False)
-    try:
+    with _store(settings) as system:
         started = time.perf_counter()
         names = [args.name] if args.name else None
         count = system.follower.rebuild(names)
         elapsed = time.perf_counter() - started
-    finally:
-        system.close()
     print(f"Rebuilt {', '.join(names or ['all projections'])}: {count} events in {elapsed:.2f} s")
     return 0
 
 
 def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from service.composition import build_system
 
-    system = build_system(settings, follow=False)
-    try:
+    with _store(settings) as system:
         report = system.check_integrity()
-    finally:
-        system.close()
     if args.json:
         print(json.dumps(report))
     elif report["ok"]:
@@ -229,13 +215,9 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _audit_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
-    from service.composition import build_system
 
-    system = build_system(settings, follow=False)
-    try:
+    with _store(settings) as system:
         checkpoint = system.sign_checkpoint()
-    finally:
-        system.close()
     if checkpoint is None:
         print("Nothing new since the last checkpoint; none signed.")
     else:
@@ -246,10 +228,8 @@ def _audit_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
 def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
     from projections.audit import AuditFilter
     from service import exports
-    from service.composition import build_system
 
-    system = build_system(settings, follow=False)
-    try:
+    with _store(settings) as system:
         actor_kind, _, actor_id = (args.actor or "").partition(":")
         filters = AuditFilter(app_id=args.app_id, key_id=args.key_id, type=args.type,
                               actor_kind=actor_kind or None, actor_id=actor_id or None,
@@ -278,8 +258,6 @@ def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
         if progress:
             print(f"\rexported {written:,} audit events{' to ' + args.output if args.output else ''}"
                   + " " * 20, file=sys.stderr)
-    finally:
-        system.close()
     return 0
 
 
