@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,7 @@ from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from projections.projection import Projection
-from projections.store import ViewStore
+from projections.store import ViewStore, upsert
 from projections.timefmt import rfc3339
 from service.domain.audit import GENESIS, chain_hash
 from service.domain.keys import ApiKey
@@ -96,18 +95,18 @@ class AuditTrail(Projection):
         self._apps: dict[str, str | None] = {}
         self._owners: dict[str, str | None] = {}
 
-    def create(self, db: sqlite3.Connection, *, with_indexes: bool = True) -> None:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(audit_events)")}
+    def create(self, db: Any, *, with_indexes: bool = True) -> None:
+        columns = db.columns("audit_events")
         if columns and "owner_id" not in columns:  # an older view: its hashes meant something else
             for table in (*self.tables, *self._LEGACY_TABLES):
                 db.execute(f"DROP TABLE IF EXISTS {table}")
             db.execute("DELETE FROM projection_tracking WHERE projection = ?", (self.name,))
         super().create(db, with_indexes=with_indexes)
 
-    def process(self, db: sqlite3.Connection, position: int, event: Any) -> None:
+    def process(self, db: Any, position: int, event: Any) -> None:
         self.process_batch(db, [(position, event)])
 
-    def process_batch(self, db: sqlite3.Connection, batch: Sequence[tuple[int, Any]]) -> None:
+    def process_batch(self, db: Any, batch: Sequence[tuple[int, Any]]) -> None:
         if not batch:
             return
         first, last = batch[0][0], batch[-1][0]
@@ -134,7 +133,11 @@ class AuditTrail(Projection):
         db.executemany("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
-def audit_record(db: sqlite3.Connection, position: int, event: Any, apps: dict | None = None,
+_AGGREGATE_APP = upsert("audit_aggregate_apps", ("aggregate_id", "app_id"), ("aggregate_id",), update=())
+_APP_OWNER = upsert("audit_app_owners", ("app_id", "owner_id"), ("app_id",))
+
+
+def audit_record(db: Any, position: int, event: Any, apps: dict | None = None,
                  owners: dict | None = None) -> dict:
     """The audit shape of one event (without its hashes), and its app's owner. ``apps`` and
     ``owners`` cache the aggregate -> app and app -> owner facts."""
@@ -144,7 +147,7 @@ def audit_record(db: sqlite3.Connection, position: int, event: Any, apps: dict |
     aggregate_id = str(event.originator_id)
     app_id = getattr(event, "app_id", None) or getattr(event, "slug", None)
     if isinstance(app_id, str):  # written every time: a cached fact may be from a rolled-back write
-        db.execute("INSERT OR IGNORE INTO audit_aggregate_apps VALUES (?, ?)", (aggregate_id, app_id))
+        db.execute(_AGGREGATE_APP, (aggregate_id, app_id))
         apps.setdefault(aggregate_id, app_id)
     elif aggregate_id in apps:
         app_id = apps[aggregate_id]
@@ -154,7 +157,7 @@ def audit_record(db: sqlite3.Connection, position: int, event: Any, apps: dict |
         app_id = apps[aggregate_id] = row[0] if row else None
     owner_id = getattr(event, "owner_id", None)
     if getattr(event, "slug", None) is not None and isinstance(owner_id, str):
-        db.execute("INSERT OR REPLACE INTO audit_app_owners VALUES (?, ?)", (event.slug, owner_id))
+        db.execute(_APP_OWNER, (event.slug, owner_id))
         owners[event.slug] = owner_id
     elif app_id is None:
         owner_id = None
@@ -215,9 +218,12 @@ class AuditLog:
         if upto is not None:
             where.append("seq <= ?")
             params.append(upto)
-        sql = f"SELECT * FROM audit_events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        sql = f"SELECT * FROM audit_events WHERE {' AND '.join(where)} ORDER BY seq"
+        if limit >= 0:  # a negative limit: every match
+            sql += " LIMIT ?"
+            params.append(limit)
         with self.store.read() as db:
-            rows = db.execute(sql, (*params, limit)).fetchall()
+            rows = db.execute(sql, params).fetchall()
         return [self._event(r) for r in rows]
 
     def stream(self, filters: AuditFilter, *, owner_id: str | None = None,
@@ -246,11 +252,9 @@ class AuditLog:
         """(seq, hash) of every row, in order: the witness the integrity check compares with."""
         after = 0
         while True:
-            with self.store.read() as db:
-                cursor = db.cursor()
-                cursor.row_factory = None  # plain tuples: a million rows are read
-                rows = cursor.execute("SELECT seq, hash FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
-                                      (after, chunk)).fetchall()
+            with self.store.read() as db:  # plain tuples: a million rows are read
+                rows = list(self.store.scan(db, "SELECT seq, hash FROM audit_events WHERE seq > ? "
+                                                "ORDER BY seq LIMIT ?", (after, chunk)))
             yield from rows
             if len(rows) < chunk:
                 return
@@ -284,7 +288,7 @@ class AuditLog:
         return where, params
 
     @staticmethod
-    def _event(r: sqlite3.Row) -> dict:
+    def _event(r: Any) -> dict:
         return {
             "seq": r["seq"], "id": r["id"], "type": r["type"], "occurred_at": r["occurred_at"],
             "actor": {"kind": r["actor_kind"], "id": r["actor_id"]}, "app_id": r["app_id"],

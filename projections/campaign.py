@@ -8,12 +8,11 @@ this view a little behind re-checks the aggregate before it acts.
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from typing import Any
 
 from projections.projection import Projection, handles
-from projections.store import ViewStore
+from projections.store import ViewStore, upsert
 from projections.timefmt import epoch, from_rfc3339, rfc3339, rfc3339_from_epoch
 from service.domain.campaign import CampaignPlan, CampaignStage, Reminder, Sunset
 
@@ -39,39 +38,44 @@ class CampaignView(Projection):
         "CREATE INDEX IF NOT EXISTS campaign_reminders_due ON campaign_reminders (state, next_attempt_at)",
     )
 
+    _RECORDED = upsert("campaign_reminders", (
+        "id", "sunset_at", "stage", "owner_id", "owner_email", "recorded_at", "state", "attempts",
+        "failed_attempts", "last_error", "next_attempt_at", "delivered_at", "transport"), ("id",))
+    _STAGE = upsert("campaign_stages", ("sunset_at", "stage", "due_at", "ran_at"), ("sunset_at", "stage"))
+    _SUNSET = upsert("campaign_sunsets", ("sunset_at", "executed_at", "clients_disabled"), ("sunset_at",))
+
     @handles(Reminder.Recorded)
-    def _recorded(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        db.execute("INSERT OR REPLACE INTO campaign_reminders VALUES "
-                   "(?, ?, ?, ?, ?, ?, 'pending', 0, 0, NULL, NULL, NULL, NULL)",
+    def _recorded(self, db: Any, position: int, e: Any) -> None:
+        db.execute(self._RECORDED,
                    (str(e.originator_id), rfc3339(e.sunset_at), e.stage, e.owner_id, e.owner_email,
-                    rfc3339(e.timestamp)))
+                    rfc3339(e.timestamp), "pending", 0, 0, None, None, None, None))
 
     @handles(Reminder.DeliveryFailed)
-    def _failed(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _failed(self, db: Any, position: int, e: Any) -> None:
         db.execute("UPDATE campaign_reminders SET attempts = ?, failed_attempts = failed_attempts + 1, "
                    "last_error = ?, next_attempt_at = ?, state = ? WHERE id = ?",
                    (e.attempt, e.error, epoch(e.next_attempt_at), "failed" if e.permanent else "pending",
                     str(e.originator_id)))
 
     @handles(Reminder.Delivered)
-    def _delivered(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _delivered(self, db: Any, position: int, e: Any) -> None:
         db.execute("UPDATE campaign_reminders SET attempts = ?, state = 'delivered', delivered_at = ?, "
                    "transport = ?, next_attempt_at = NULL WHERE id = ?",
                    (e.attempt, rfc3339(e.timestamp), e.transport, str(e.originator_id)))
 
     @handles(Reminder.Withdrawn)
-    def _withdrawn(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _withdrawn(self, db: Any, position: int, e: Any) -> None:
         db.execute("UPDATE campaign_reminders SET state = 'withdrawn', last_error = ?, "
                    "next_attempt_at = NULL WHERE id = ?", (e.reason, str(e.originator_id)))
 
     @handles(CampaignStage.Began)
-    def _stage(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        db.execute("INSERT OR REPLACE INTO campaign_stages VALUES (?, ?, ?, ?)",
+    def _stage(self, db: Any, position: int, e: Any) -> None:
+        db.execute(self._STAGE,
                    (rfc3339(e.sunset_at), e.stage, rfc3339(e.due_at), rfc3339(e.timestamp)))
 
     @handles(Sunset.Executed)
-    def _sunset(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        db.execute("INSERT OR REPLACE INTO campaign_sunsets VALUES (?, ?, ?)",
+    def _sunset(self, db: Any, position: int, e: Any) -> None:
+        db.execute(self._SUNSET,
                    (rfc3339(e.sunset_at), rfc3339(e.timestamp), e.clients_disabled))
 
 
@@ -109,7 +113,7 @@ class CampaignProgress:
             ran = {r["stage"]: from_rfc3339(r["ran_at"]) for r in db.execute(
                 "SELECT stage, ran_at FROM campaign_stages WHERE sunset_at = ?", (key,))}
             counts = db.execute(
-                "SELECT stage, state, COUNT(*) AS n, SUM(failed_attempts) AS failed_attempts "
+                "SELECT stage, state, COUNT(*) AS n, CAST(SUM(failed_attempts) AS INTEGER) AS failed_attempts "
                 "FROM campaign_reminders WHERE sunset_at = ? GROUP BY stage, state", (key,)).fetchall()
         stages: dict[str, dict] = {}
         for name, ran_at in ran.items():

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime
 from typing import Any
 
 from projections.projection import Projection, handles
-from projections.store import ViewStore
+from projections.store import ViewStore, upsert
 from projections.timefmt import from_rfc3339, rfc3339
 from service.domain.accounts import Account
 from service.domain.apps import App
@@ -35,41 +34,46 @@ class DirectoryView(Projection):
         "CREATE INDEX IF NOT EXISTS directory_keys_by_app ON directory_keys (app_id, created_at)",
     )
 
+    _ACCOUNT = upsert("directory_accounts", ("id", "email", "name", "role", "created_at"), ("id",))
+    _APP = upsert("directory_apps", ("id", "name", "owner_id", "origin", "created_at"), ("id",))
+    _KEY = upsert("directory_keys", ("id", "app_id", "description", "scopes", "created_at", "expires_at",
+                                     "revoked_at", "display", "origin", "version"), ("id",))
+
     @handles(Account.Registered)
-    def _account(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        db.execute("INSERT OR REPLACE INTO directory_accounts VALUES (?, ?, ?, ?, ?)",
+    def _account(self, db: Any, position: int, e: Any) -> None:
+        db.execute(self._ACCOUNT,
                    (str(e.originator_id), e.email, e.name, e.role, rfc3339(e.timestamp)))
 
     @handles(App.Registered)
-    def _app(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        db.execute("INSERT OR REPLACE INTO directory_apps VALUES (?, ?, ?, ?, ?)",
+    def _app(self, db: Any, position: int, e: Any) -> None:
+        db.execute(self._APP,
                    (e.slug, e.name, e.owner_id, e.origin, rfc3339(e.timestamp)))
 
     @handles(ApiKey.Issued)
-    def _issued(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        db.execute("INSERT OR REPLACE INTO directory_keys VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+    def _issued(self, db: Any, position: int, e: Any) -> None:
+        db.execute(self._KEY,
                    (str(e.originator_id), e.app_id, e.description, json.dumps(e.scopes),
-                    rfc3339(e.timestamp), rfc3339(e.expires_at), e.display, e.origin,
+                    rfc3339(e.timestamp), rfc3339(e.expires_at), None, e.display, e.origin,
                     e.originator_version))
 
     @handles(ApiKey.ScopesChanged)
-    def _scopes(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _scopes(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e, scopes=json.dumps(e.scopes))
 
     @handles(ApiKey.DescriptionChanged)
-    def _description(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _description(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e, description=e.description)
 
     @handles(ApiKey.Rolled)
-    def _rolled(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _rolled(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e, display=e.display)
 
     @handles(ApiKey.Revoked)
-    def _revoked(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _revoked(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e, revoked_at=rfc3339(e.timestamp))
 
     @staticmethod
-    def _update(db: sqlite3.Connection, e: Any, **columns: Any) -> None:
+    def _update(db: Any, e: Any, **columns: Any) -> None:
         sets = ", ".join(f"{name} = ?" for name in columns)
         db.execute(f"UPDATE directory_keys SET {sets}, version = ? WHERE id = ?",
                    (*columns.values(), e.originator_version, str(e.originator_id)))
@@ -99,7 +103,7 @@ class Directory:
         return [self._key(r, now) for r in rows]
 
     @staticmethod
-    def _key(r: sqlite3.Row, now: datetime) -> dict:
+    def _key(r: Any, now: datetime) -> dict:
         expires_at = from_rfc3339(r["expires_at"])
         status = key_status(r["revoked_at"], expires_at, now)
         return {

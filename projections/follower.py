@@ -79,6 +79,9 @@ class Follower:
         # found or brought up to date (wall-clock seconds), and a hook called on each failed poll.
         self.caught_up_at = time.time()
         self.views_ok_at = time.time()
+        self._reached = _monotonic()  # the last time the log was reached (a poll or a catch-up)
+        self._failing = False  # the last poll failed
+        self._poll_started: float | None = None  # a poll under way since then
         self.on_error: Callable[[], None] | None = None
 
     # -- life ---------------------------------------------------------------------
@@ -117,6 +120,7 @@ class Follower:
 
     def _follow(self, interval: float) -> None:
         while not self._stopping.wait(interval):
+            self._poll_started = _monotonic()
             try:
                 last = self.source.last_position()
                 if last > self.position:
@@ -125,10 +129,15 @@ class Follower:
                     self.update_views()
                 else:
                     self.views_ok_at = time.time()
+                self._reached = _monotonic()
+                self._failing = False
             except Exception:  # keep following; the next poll retries
+                self._failing = True
                 log.exception("following the event log failed; retrying")
                 if self.on_error is not None:
                     self.on_error()
+            finally:
+                self._poll_started = None
 
     # -- memory --------------------------------------------------------------------
 
@@ -154,6 +163,7 @@ class Follower:
                 if len(batch) < self.batch_size:
                     break
             self.caught_up_at = time.time()
+            self._reached = _monotonic()
             if total and self.beacon is not None:
                 self.beacon.publish(self.position)
             return total
@@ -162,6 +172,16 @@ class Follower:
         with self._memory_lock:
             positions = [index.load(self.store) for index in self.indexes]
             self.position = min(positions) if positions else self.source.last_position()
+
+    def staleness(self) -> float:
+        """0 while following works; once the last poll failed, or the one under way has taken more
+        than a second (the event store is unreachable), the seconds since the log was last reached.
+        On the machine's monotonic clock, which no test's frozen time moves."""
+        now = _monotonic()
+        started = self._poll_started
+        if self._failing or (started is not None and now - started > 1.0):
+            return max(0.0, now - self._reached)
+        return 0.0
 
     def lag(self) -> int:
         """How far this process's indexes or the views are behind the log."""
@@ -242,6 +262,10 @@ class Follower:
             if len(batch) < self.batch_size:
                 return written, True
         return written, False
+
+
+def _monotonic() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 @contextmanager

@@ -68,12 +68,14 @@ class LastUsed:
         with self.store.write() as db:
             db.executemany(
                 "INSERT INTO key_last_used (key_id, last_used_at) VALUES (?, ?) "
-                "ON CONFLICT (key_id) DO UPDATE SET last_used_at = MAX(last_used_at, excluded.last_used_at)",
+                "ON CONFLICT (key_id) DO UPDATE SET "
+                "last_used_at = GREATEST(key_last_used.last_used_at, excluded.last_used_at)",
                 [(str(UUID(bytes=k)), t) for k, t in pending.items()])
             db.executemany(
                 "INSERT INTO legacy_use_counts (client_id, window_start, uses, last_used_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (client_id, window_start) DO UPDATE SET "
-                "uses = uses + excluded.uses, last_used_at = MAX(last_used_at, excluded.last_used_at)",
+                "uses = legacy_use_counts.uses + excluded.uses, "
+                "last_used_at = GREATEST(legacy_use_counts.last_used_at, excluded.last_used_at)",
                 [(str(UUID(bytes=c)), w, n, t) for (c, w), (n, t) in legacy.items()])
         if self.on_flush is not None:
             self.on_flush(len(pending) + len(legacy))

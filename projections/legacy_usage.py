@@ -10,12 +10,11 @@ processes write without events (``projections.last_used``).
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
 from projections.projection import Projection, handles
-from projections.store import ViewStore
+from projections.store import ViewStore, upsert
 from projections.timefmt import epoch
 from service.domain.legacy import LegacyClient, LegacyUseWindow
 
@@ -39,28 +38,33 @@ class LegacyUsageView(Projection):
         )""",
     )
 
+    # New credentials for an app start its row afresh (the counts of earlier ones go).
+    _ISSUED = upsert("legacy_usage", ("app_id", "client_id", "client_uuid", "origin", "created_at",
+                                      "disabled_at", "tokens_issued", "last_token_at", "windows",
+                                      "first_used_at", "last_used_at"), ("app_id",))
+
     @handles(LegacyClient.CredentialsIssued)
-    def _issued(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        db.execute("INSERT OR REPLACE INTO legacy_usage (app_id, client_id, client_uuid, origin, created_at) "
-                   "VALUES (?, ?, ?, ?, ?)",
-                   (e.app_id, e.client_id, str(e.originator_id), e.origin, epoch(e.timestamp)))
+    def _issued(self, db: Any, position: int, e: Any) -> None:
+        db.execute(self._ISSUED,
+                   (e.app_id, e.client_id, str(e.originator_id), e.origin, epoch(e.timestamp),
+                    None, 0, None, 0, None, None))
 
     @handles(LegacyClient.AccessTokenIssued)
-    def _token(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _token(self, db: Any, position: int, e: Any) -> None:
         db.execute("UPDATE legacy_usage SET tokens_issued = tokens_issued + 1, last_token_at = ? "
                    "WHERE app_id = ?", (epoch(e.timestamp), e.app_id))
 
     @handles(LegacyClient.AccessDisabled)
-    def _disabled(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _disabled(self, db: Any, position: int, e: Any) -> None:
         db.execute("UPDATE legacy_usage SET disabled_at = COALESCE(disabled_at, ?) WHERE app_id = ?",
                    (epoch(e.timestamp), e.app_id))
 
     @handles(LegacyUseWindow.LegacyTokenUsed)
-    def _used(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _used(self, db: Any, position: int, e: Any) -> None:
         at = epoch(e.timestamp)
         db.execute("UPDATE legacy_usage SET windows = windows + 1, "
-                   "first_used_at = MIN(COALESCE(first_used_at, ?), ?), "
-                   "last_used_at = MAX(COALESCE(last_used_at, ?), ?) WHERE app_id = ?",
+                   "first_used_at = LEAST(COALESCE(first_used_at, ?), ?), "
+                   "last_used_at = GREATEST(COALESCE(last_used_at, ?), ?) WHERE app_id = ?",
                    (at, at, at, at, e.app_id))
 
 
@@ -70,14 +74,14 @@ _APPS = """
 SELECT u.app_id, a.name AS app_name, a.owner_id, o.email AS owner_email, o.name AS owner_name,
        u.client_id, u.created_at, u.disabled_at, u.tokens_issued, u.last_token_at, u.windows,
        u.first_used_at,
-       MAX(COALESCE(u.last_used_at, 0), COALESCE(c.last_used_at, 0)) AS last_used_at,
-       MAX(u.windows, COALESCE(c.uses, 0)) AS uses,
+       GREATEST(COALESCE(u.last_used_at, 0), COALESCE(c.last_used_at, 0)) AS last_used_at,
+       GREATEST(u.windows, COALESCE(c.uses, 0)) AS uses,
        (SELECT MAX(l.last_used_at) FROM directory_keys k JOIN key_last_used l ON l.key_id = k.id
          WHERE k.app_id = u.app_id) AS api_keys_last_used_at
 FROM legacy_usage u
 LEFT JOIN directory_apps a ON a.id = u.app_id
 LEFT JOIN directory_accounts o ON o.id = a.owner_id
-LEFT JOIN (SELECT client_id, SUM(uses) AS uses, MAX(last_used_at) AS last_used_at
+LEFT JOIN (SELECT client_id, CAST(SUM(uses) AS INTEGER) AS uses, MAX(last_used_at) AS last_used_at
            FROM legacy_use_counts GROUP BY client_id) c ON c.client_id = u.client_uuid
 """
 
@@ -124,7 +128,7 @@ class LegacyUsage:
         return [{"app_id": r[0], "client_id": r[1], "disabled_at": _time(r[2])} for r in rows]
 
     @staticmethod
-    def _app(r: sqlite3.Row) -> dict:
+    def _app(r: Any) -> dict:
         return {
             "app_id": r["app_id"], "app_name": r["app_name"], "owner_id": r["owner_id"],
             "owner_email": r["owner_email"], "owner_name": r["owner_name"], "client_id": r["client_id"],

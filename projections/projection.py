@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -36,26 +35,26 @@ class Projection:
                 for event_class in getattr(value, "_handles", ()):
                     cls._handlers[event_class] = attr
 
-    def create(self, db: sqlite3.Connection, *, with_indexes: bool = True) -> None:
+    def create(self, db: Any, *, with_indexes: bool = True) -> None:
         for statement in self.ddl:
             db.execute(statement)
         if with_indexes:
             self.create_indexes(db)
 
-    def create_indexes(self, db: sqlite3.Connection) -> None:
+    def create_indexes(self, db: Any) -> None:
         for statement in self.indexes:
             db.execute(statement)
 
-    def drop(self, db: sqlite3.Connection) -> None:
+    def drop(self, db: Any) -> None:
         for table in self.tables:
             db.execute(f"DROP TABLE IF EXISTS {table}")
 
-    def process(self, db: sqlite3.Connection, position: int, event: Any) -> None:
+    def process(self, db: Any, position: int, event: Any) -> None:
         handler = self._handlers.get(type(event))
         if handler is not None:
             getattr(self, handler)(db, position, event)
 
-    def process_batch(self, db: sqlite3.Connection, batch: Sequence[tuple[int, Any]]) -> None:
+    def process_batch(self, db: Any, batch: Sequence[tuple[int, Any]]) -> None:
         """Apply events in order; a projection may override this to write rows in bulk."""
         for position, event in batch:
             self.process(db, position, event)

@@ -1,12 +1,35 @@
-"""The view store: one SQLite file holding every materialised view and its position."""
+"""The view store: every materialised view and its tracking position, on SQLite or PostgreSQL.
+
+One dialect layer, so that no projection holds two copies of its SQL. Projections write one
+portable subset of SQL, and the store adapts it mechanically:
+
+- placeholders are ``?`` (PostgreSQL: ``%s``);
+- column types are ``TEXT``, ``INTEGER``, ``REAL`` and ``BLOB`` (PostgreSQL: ``TEXT COLLATE "C"``,
+  so text sorts by code point as on SQLite, ``BIGINT``, ``DOUBLE PRECISION``, ``BYTEA``);
+  SQLite's ``WITHOUT ROWID`` is dropped on PostgreSQL;
+- an upsert is ``INSERT … ON CONFLICT (…) DO UPDATE SET …`` / ``DO NOTHING`` (both speak it;
+  ``upsert()`` writes the statement), and the row being replaced is named by its table
+  (``t.col``), which PostgreSQL requires;
+- the two-argument ``LEAST``/``GREATEST`` (SQLite: the scalar ``MIN``/``MAX``), always with
+  ``COALESCE``d arguments since the two treat NULL differently;
+- ``SUM`` is cast to ``INTEGER`` (PostgreSQL's SUM of a BIGINT is a NUMERIC).
+
+Rows answer by column name and by position on both stores. A write transaction serialises
+writers across processes and machines — SQLite ``BEGIN IMMEDIATE``, PostgreSQL a
+transaction-scoped advisory lock — so rows and tracking positions commit together, and each
+event is applied exactly once however many processes write.
+"""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 BUSY_TIMEOUT_MS = 10_000
 CACHE_KIB = 64 * 1024  # page cache per connection while serving
@@ -19,10 +42,106 @@ CREATE TABLE IF NOT EXISTS projection_tracking (
 )
 """
 
+try:  # PostgreSQL's driver is only needed when KEYLEDGER_DATABASE_URL says postgresql://
+    import psycopg
+    import psycopg_pool
+
+    _PG_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, psycopg_pool.PoolTimeout)
+except ImportError:  # pragma: no cover - psycopg is a dependency; kept importable without it
+    psycopg = None  # type: ignore[assignment]
+    psycopg_pool = None  # type: ignore[assignment]
+    _PG_ERRORS = ()
+
+# What a view store raises when it cannot be reached or written: the API answers 503.
+STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, *_PG_ERRORS)
+
+
+def upsert(table: str, columns: Sequence[str], key: Sequence[str], *, update: Sequence[str] | None = None,
+           select: str | None = None) -> str:
+    """``INSERT INTO table (columns) VALUES (?, …) ON CONFLICT (key) DO UPDATE SET`` every other
+    column (or ``update``) — the portable "insert or replace". With ``select``, the rows come
+    from that ``SELECT … WHERE …`` instead of ``VALUES``."""
+    names = ", ".join(columns)
+    source = select if select is not None else f"VALUES ({', '.join('?' * len(columns))})"
+    changed = [c for c in columns if c not in key] if update is None else list(update)
+    action = ("DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in changed)) if changed else "DO NOTHING"
+    return f"INSERT INTO {table} ({names}) {source} ON CONFLICT ({', '.join(key)}) {action}"
+
 
 class ViewStore:
+    """What projections and queries see of a store; ``open_view_store`` picks the backend."""
+
+    dialect: str
+
+    @contextmanager
+    def write(self, timeout: float | None = None) -> Iterator[Any]:
+        """A write transaction: rows and tracking commit together or not at all, one writer
+        at a time. ``timeout`` (seconds) bounds the wait for another writer; default 10 s."""
+        raise NotImplementedError
+        yield
+
+    @contextmanager
+    def read(self) -> Iterator[Any]:
+        """A read transaction: a consistent snapshot across several statements."""
+        raise NotImplementedError
+        yield
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Settings for a bulk pass (rebuild, start-up catch-up) on this thread's connection."""
+        yield
+
+    def position(self, db: Any, projection: str) -> int:
+        row = db.execute("SELECT position FROM projection_tracking WHERE projection = ?",
+                         (projection,)).fetchone()
+        return row[0] if row else 0
+
+    def set_position(self, db: Any, projection: str, position: int) -> None:
+        db.execute(upsert("projection_tracking", ("projection", "position"), ("projection",)),
+                   (projection, position))
+
+    def scan(self, db: Any, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple]:
+        """Rows as plain tuples, streamed: for full-table reads of a million rows."""
+        raise NotImplementedError
+
+    def release(self, db: Any) -> None:
+        """Give back memory a full scan took (SQLite's page cache)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+# -- SQLite --------------------------------------------------------------------------------------
+
+
+def _sqlite_sql(sql: str) -> str:
+    return sql.replace("LEAST(", "MIN(").replace("GREATEST(", "MAX(")
+
+
+class _SqliteDb:
+    """An SQLite connection speaking the portable subset (LEAST/GREATEST become MIN/MAX)."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.connection.execute(_sqlite_sql(sql), params)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        return self.connection.executemany(_sqlite_sql(sql), rows)
+
+    def columns(self, table: str) -> set[str]:
+        """The columns ``table`` has (empty if it does not exist)."""
+        return {row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")}
+
+
+class SqliteViewStore(ViewStore):
     """SQLite in WAL mode, one connection per thread. Writers take ``BEGIN IMMEDIATE`` so
     several processes sharing the file serialise their view writes."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
@@ -47,9 +166,7 @@ class ViewStore:
         return db
 
     @contextmanager
-    def write(self, timeout: float | None = None) -> Iterator[sqlite3.Connection]:
-        """A write transaction: rows and tracking commit together or not at all.
-        ``timeout`` (seconds) bounds the wait for another writer; default 10 s."""
+    def write(self, timeout: float | None = None) -> Iterator[_SqliteDb]:
         db = self._connection()
         if timeout is not None:
             db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
@@ -59,26 +176,25 @@ class ViewStore:
             if timeout is not None:
                 db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
-            yield db
+            yield _SqliteDb(db)
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
 
     @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: a consistent snapshot across several statements."""
+    def read(self) -> Iterator[_SqliteDb]:
         db = self._connection()
         db.execute("BEGIN")
         try:
-            yield db
+            yield _SqliteDb(db)
         finally:
             db.execute("COMMIT")
 
     @contextmanager
     def bulk(self) -> Iterator[None]:
-        """A big page cache on this thread's connection for a bulk pass (rebuild, start-up
-        catch-up), so random B-tree inserts stay in memory; given back afterwards."""
+        """A big page cache on this thread's connection for a bulk pass, so random B-tree
+        inserts stay in memory; given back afterwards."""
         db = self._connection()
         db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
         try:
@@ -87,17 +203,13 @@ class ViewStore:
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.execute("PRAGMA shrink_memory")
 
-    def position(self, db: sqlite3.Connection, projection: str) -> int:
-        row = db.execute("SELECT position FROM projection_tracking WHERE projection = ?",
-                         (projection,)).fetchone()
-        return row[0] if row else 0
+    def scan(self, db: _SqliteDb, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple]:
+        cursor = db.connection.cursor()
+        cursor.row_factory = None  # plain tuples: no Row object per row
+        yield from cursor.execute(_sqlite_sql(sql), params)
 
-    def set_position(self, db: sqlite3.Connection, projection: str, position: int) -> None:
-        db.execute(
-            "INSERT INTO projection_tracking (projection, position) VALUES (?, ?) "
-            "ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
-            (projection, position),
-        )
+    def release(self, db: _SqliteDb) -> None:
+        db.connection.execute("PRAGMA shrink_memory")
 
     def close(self) -> None:
         with self._all_lock:
@@ -108,3 +220,148 @@ class ViewStore:
                     pass
             self._all.clear()
         self._local = threading.local()
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+_PG_TYPES = [
+    (re.compile(r"\bTEXT\b"), 'TEXT COLLATE "C"'),
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+    (re.compile(r"\)\s*WITHOUT ROWID\s*$"), ")"),
+]
+_DDL = re.compile(r"^\s*CREATE\s+TABLE", re.IGNORECASE)
+
+
+def postgres_sql(sql: str) -> str:
+    """The portable subset in PostgreSQL's words (placeholders; column types in DDL)."""
+    if _DDL.match(sql):
+        for pattern, replacement in _PG_TYPES:
+            sql = pattern.sub(replacement, sql)
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class Row(tuple):
+    """A result row addressable by position and by column name, like ``sqlite3.Row``."""
+
+    __slots__ = ()
+    _names: dict[str, int]
+
+    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+_ROW_CLASSES: dict[tuple[str, ...], type[Row]] = {}
+
+
+def _row_factory(cursor: Any) -> Any:
+    description = cursor.description
+    if description is None:
+        return tuple
+    names = tuple(column.name for column in description)
+    row_class = _ROW_CLASSES.get(names)
+    if row_class is None:
+        row_class = _ROW_CLASSES[names] = type(
+            "Row", (Row,), {"__slots__": (), "_names": {n: i for i, n in enumerate(names)}})
+    return row_class
+
+
+class _PgDb:
+    """A PostgreSQL connection inside a transaction, speaking the portable subset."""
+
+    __slots__ = ("connection", "_sql")
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self._sql: dict[str, str] = {}
+
+    def _translate(self, sql: str) -> str:
+        translated = self._sql.get(sql)
+        if translated is None:
+            translated = self._sql[sql] = postgres_sql(sql)
+        return translated
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        cursor = self.connection.cursor(row_factory=_row_factory)
+        return cursor.execute(self._translate(sql), tuple(params))
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        rows = list(rows)
+        cursor = self.connection.cursor()
+        if rows:
+            cursor.executemany(self._translate(sql), rows)
+        return cursor
+
+    def columns(self, table: str) -> set[str]:
+        """The columns ``table`` has (empty if it does not exist)."""
+        rows = self.execute("SELECT column_name FROM information_schema.columns "
+                            "WHERE table_schema = current_schema() AND table_name = ?", (table,)).fetchall()
+        return {r[0] for r in rows}
+
+
+def advisory_key(name: str) -> int:
+    """A signed 64-bit advisory-lock key for ``name`` (stable across processes and versions)."""
+    value = zlib.crc32(name.encode()) << 32 | zlib.crc32(name[::-1].encode())
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+class PostgresViewStore(ViewStore):
+    """Views in PostgreSQL tables beside the event store (one schema), through a pool of
+    connections. A write transaction takes a transaction-scoped advisory lock first, so view
+    writers on every instance take turns, like ``BEGIN IMMEDIATE`` on SQLite; the lock goes
+    with the transaction, also when its holder is killed."""
+
+    dialect = "postgresql"
+
+    def __init__(self, conninfo: str, *, schema: str = "public", pool_size: int = 4,
+                 connect_timeout: float = 5.0) -> None:
+        if psycopg is None:  # pragma: no cover
+            raise RuntimeError("PostgreSQL needs the psycopg package: pip install 'psycopg[binary,pool]'")
+        self.schema = schema
+        self._lock_key = advisory_key(f"keyledger:views:{schema}")
+        self.pool = psycopg_pool.ConnectionPool(
+            conninfo, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
+            kwargs={"options": f"-c search_path={schema}", "connect_timeout": max(1, int(connect_timeout)),
+                    "application_name": "keyledger-views", "autocommit": True},
+            check=psycopg_pool.ConnectionPool.check_connection, name="keyledger-views")
+        self.pool.open(wait=False)
+        with self.write() as db:
+            db.execute(TRACKING_DDL)
+
+    @contextmanager
+    def write(self, timeout: float | None = None) -> Iterator[_PgDb]:
+        wait_ms = int((BUSY_TIMEOUT_MS / 1000 if timeout is None else timeout) * 1000)
+        with self.pool.connection() as connection, connection.transaction():
+            connection.execute(f"SET LOCAL lock_timeout = {max(1, wait_ms)}")
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            connection.execute("SET LOCAL lock_timeout = 0")
+            yield _PgDb(connection)
+
+    @contextmanager
+    def read(self) -> Iterator[_PgDb]:
+        with self.pool.connection() as connection, connection.transaction():
+            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield _PgDb(connection)
+
+    def scan(self, db: _PgDb, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple]:
+        cursor = db.connection.cursor()
+        cursor.execute(postgres_sql(sql), tuple(params))
+        while rows := cursor.fetchmany(10_000):
+            yield from rows
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def open_view_store(path: Path | str, *, database_url: str | None = None, schema: str = "public",
+                    pool_size: int = 4) -> ViewStore:
+    """The SQLite file at ``path``, or — with ``database_url`` — PostgreSQL's ``schema``."""
+    if database_url:
+        return PostgresViewStore(database_url, schema=schema, pool_size=pool_size)
+    return SqliteViewStore(path)

@@ -11,14 +11,13 @@ The index is keyed by the first 128 bits of each HMAC-SHA256 digest.
 from __future__ import annotations
 
 import ctypes
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
 from projections.follower import collector_paused
 from projections.projection import Projection, handles
-from projections.store import ViewStore
+from projections.store import ViewStore, upsert
 from projections.timefmt import epoch
 from service.domain.accounts import Account
 from service.domain.keys import ApiKey
@@ -63,44 +62,50 @@ class VerificationView(Projection):
         ) WITHOUT ROWID""",
     )
 
+    _COLUMNS = ("digest", "kind", "key_id", "app_id", "role", "scopes", "expires_at", "ends_at")
+    _UPSERT = upsert("verification", _COLUMNS, ("digest",))
+    _UPSERT_CLIENT = upsert("verification_legacy_clients", ("id", "client_id", "app_id", "ends_at"), ("id",))
+    # A new secret for the same credential: a copy of the old secret's row under the new digest.
+    _COPY = upsert("verification", _COLUMNS, ("digest",), select=(
+        "SELECT ?, kind, key_id, app_id, role, scopes, expires_at, NULL FROM verification WHERE digest = ?"))
+    _END = "UPDATE verification SET ends_at = LEAST(COALESCE(ends_at, ?), ?) WHERE digest = ?"
+
     @handles(Account.Registered)
-    def _account(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        db.execute("INSERT OR REPLACE INTO verification VALUES (?, ?, ?, NULL, ?, '', NULL, NULL)",
-                   (bytes.fromhex(e.token_digest), PERSONAL_TOKEN, str(e.originator_id), e.role))
+    def _account(self, db: Any, position: int, e: Any) -> None:
+        db.execute(self._UPSERT, (bytes.fromhex(e.token_digest), PERSONAL_TOKEN, str(e.originator_id), None,
+                                  e.role, "", None, None))
 
     @handles(Account.TokenReplaced)
-    def _token_replaced(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _token_replaced(self, db: Any, position: int, e: Any) -> None:
         self._replace_secret(db, e.previous_digest, e.token_digest, epoch(e.timestamp))
 
     @handles(LegacyClient.CredentialsIssued)
-    def _legacy_client(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        db.execute("INSERT OR REPLACE INTO verification_legacy_clients VALUES (?, ?, ?, NULL)",
-                   (str(e.originator_id), e.client_id, e.app_id))
+    def _legacy_client(self, db: Any, position: int, e: Any) -> None:
+        db.execute(self._UPSERT_CLIENT, (str(e.originator_id), e.client_id, e.app_id, None))
 
     @handles(LegacyClient.AccessTokenIssued)
-    def _access_token(self, db: sqlite3.Connection, position: int, e: Any) -> None:
-        db.execute("INSERT OR REPLACE INTO verification VALUES (?, ?, ?, ?, NULL, ?, ?, NULL)",
-                   (bytes.fromhex(e.token_digest), ACCESS_TOKEN, str(e.originator_id), e.app_id, ALL,
-                    epoch(e.expires_at)))
+    def _access_token(self, db: Any, position: int, e: Any) -> None:
+        db.execute(self._UPSERT, (bytes.fromhex(e.token_digest), ACCESS_TOKEN, str(e.originator_id), e.app_id,
+                                  None, ALL, epoch(e.expires_at), None))
 
     @handles(LegacyClient.AccessDisabled)
-    def _legacy_disabled(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _legacy_disabled(self, db: Any, position: int, e: Any) -> None:
         at = epoch(e.timestamp)
-        db.execute("UPDATE verification_legacy_clients SET ends_at = MIN(COALESCE(ends_at, ?), ?) WHERE id = ?",
+        db.execute("UPDATE verification_legacy_clients SET ends_at = LEAST(COALESCE(ends_at, ?), ?) WHERE id = ?",
                    (at, at, str(e.originator_id)))
 
-    _INSERT_KEY = "INSERT OR REPLACE INTO verification VALUES (?, ?, ?, ?, NULL, ?, ?, NULL)"
+    _INSERT_KEY = _UPSERT
 
     @staticmethod
     def _key_row(e: Any) -> tuple:
-        return (bytes.fromhex(e.digest), API_KEY, str(e.originator_id), e.app_id, " ".join(e.scopes),
-                epoch(e.expires_at))
+        return (bytes.fromhex(e.digest), API_KEY, str(e.originator_id), e.app_id, None, " ".join(e.scopes),
+                epoch(e.expires_at), None)
 
     @handles(ApiKey.Issued)
-    def _issued(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _issued(self, db: Any, position: int, e: Any) -> None:
         db.execute(self._INSERT_KEY, self._key_row(e))
 
-    def process_batch(self, db: sqlite3.Connection, batch: Sequence[tuple[int, Any]]) -> None:
+    def process_batch(self, db: Any, batch: Sequence[tuple[int, Any]]) -> None:
         """New keys are written in bulk; every other event in order between them."""
         pending: list[tuple] = []
         for position, event in batch:
@@ -115,32 +120,27 @@ class VerificationView(Projection):
             db.executemany(self._INSERT_KEY, pending)
 
     @handles(ApiKey.ScopesChanged)
-    def _scopes(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _scopes(self, db: Any, position: int, e: Any) -> None:
         scopes = " ".join(e.scopes)
         db.executemany("UPDATE verification SET scopes = ? WHERE digest = ?",
                        [(scopes, bytes.fromhex(d)) for d in e.digests])
 
     @handles(ApiKey.Rolled)
-    def _rolled(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _rolled(self, db: Any, position: int, e: Any) -> None:
         # The old secret ends when its grace period does (the roll's time when there is none).
         self._replace_secret(db, e.previous_digest, e.digest, epoch(e.previous_valid_until))
 
-    @staticmethod
-    def _replace_secret(db: sqlite3.Connection, old_digest: str, new_digest: str, old_ends: float) -> None:
+    @classmethod
+    def _replace_secret(cls, db: Any, old_digest: str, new_digest: str, old_ends: float) -> None:
         """A new secret for the same credential; the old one stops at ``old_ends`` (or sooner)."""
         old = bytes.fromhex(old_digest)
-        db.execute(
-            "INSERT OR REPLACE INTO verification "
-            "SELECT ?, kind, key_id, app_id, role, scopes, expires_at, NULL FROM verification WHERE digest = ?",
-            (bytes.fromhex(new_digest), old))
-        db.execute("UPDATE verification SET ends_at = MIN(COALESCE(ends_at, ?), ?) WHERE digest = ?",
-                   (old_ends, old_ends, old))
+        db.execute(cls._COPY, (bytes.fromhex(new_digest), old))
+        db.execute(cls._END, (old_ends, old_ends, old))
 
     @handles(ApiKey.Revoked)
-    def _revoked(self, db: sqlite3.Connection, position: int, e: Any) -> None:
+    def _revoked(self, db: Any, position: int, e: Any) -> None:
         at = epoch(e.timestamp)
-        db.executemany("UPDATE verification SET ends_at = MIN(COALESCE(ends_at, ?), ?) WHERE digest = ?",
-                       [(at, at, bytes.fromhex(d)) for d in e.digests])
+        db.executemany(self._END, [(at, at, bytes.fromhex(d)) for d in e.digests])
 
 
 DIGEST_BYTES = 16  # the index is keyed by the first 128 bits of the HMAC-SHA256 digest
@@ -273,16 +273,14 @@ class VerificationIndex:
         clients: dict[bytes, LegacyClientState] = {}
         with collector_paused(), store.read() as db:
             position = store.position(db, self.view)
-            cursor = db.cursor()
-            cursor.row_factory = None  # plain tuples: no Row object per key
-            for client_id, client, app_id, ends_at in cursor.execute(
-                    "SELECT * FROM verification_legacy_clients"):
+            for client_id, client, app_id, ends_at in store.scan(
+                    db, "SELECT id, client_id, app_id, ends_at FROM verification_legacy_clients"):
                 state = self._client(UUID(client_id).bytes, client, app_id)
                 state.ends_at = _earliest(state.ends_at, ends_at)
                 clients[state.id] = state
-            for row in cursor.execute("SELECT * FROM verification"):
-                fresh[row[0][:DIGEST_BYTES]] = self._entry(row, clients)
-            db.execute("PRAGMA shrink_memory")  # give back the page cache the full scan filled
+            for row in store.scan(db, "SELECT " + ", ".join(VerificationView._COLUMNS) + " FROM verification"):
+                fresh[bytes(row[0][:DIGEST_BYTES])] = self._entry(row, clients)
+            store.release(db)  # give back the page cache the full scan filled
         self.by_digest = fresh
         self.clients = clients
         release_free_memory()
@@ -348,7 +346,7 @@ class VerificationIndex:
     def _client(self, id: bytes, client_id: str, app_id: str) -> LegacyClientState:
         return LegacyClientState(id, client_id, self._intern(app_id), self.legacy_sunset_at)
 
-    def _entry(self, row: sqlite3.Row | tuple, clients: dict[bytes, LegacyClientState]) -> Credential:
+    def _entry(self, row: tuple, clients: dict[bytes, LegacyClientState]) -> Credential:
         _, kind, key_id, app_id, role, scopes, expires_at, ends_at = row
         if kind == PERSONAL_TOKEN:
             return TokenEntry(UUID(key_id).bytes, self._intern(role), ends_at)

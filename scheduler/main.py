@@ -29,7 +29,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from scheduler import jobs
-from scheduler.lock import SchedulerLock
+from scheduler.lock import PostgresSchedulerLock, SchedulerLock
 from scheduler.transport import MailTransport, transport_for
 from service.composition import System, build_system
 from service.settings import Settings
@@ -147,7 +147,7 @@ class CampaignScheduler:
         self.system = system
         self.usage = usage
         self.transport = transport
-        self.lock = SchedulerLock(system.settings.scheduler_lock_path)
+        self.lock = scheduler_lock(system.settings)
         self.standby_interval = standby_interval or max(1.0, system.settings.scheduler_interval)
         self.scheduler: BackgroundScheduler | None = None
         self.active = threading.Event()
@@ -174,9 +174,18 @@ class CampaignScheduler:
                          "took over" if standing_by else "started", self.system.settings.scheduler_interval,
                          self.lock.path)
                 self.active.set()
-                return
+                while not self._stopping.wait(self.standby_interval):
+                    if not self.lock.alive():  # PostgreSQL's session ended: another may hold it now
+                        log.warning("the scheduler lost %s; stopping its jobs and standing by", self.lock.path)
+                        self.active.clear()
+                        self.scheduler.shutdown(wait=True)
+                        standing_by = True
+                        break
+                else:
+                    return
+                continue
             if not standing_by:
-                log.warning("another scheduler holds %s (pid %s); this one is standing by and runs no jobs",
+                log.warning("another scheduler holds %s (held by %s); this one is standing by and runs no jobs",
                             self.lock.path, self.lock.holder())
                 standing_by = True
             self._stopping.wait(self.standby_interval)
@@ -189,6 +198,17 @@ class CampaignScheduler:
             self.scheduler.shutdown(wait=True)
         self.active.clear()
         self.lock.release()
+
+
+def scheduler_lock(settings: Settings) -> SchedulerLock | PostgresSchedulerLock:
+    """The deployment's scheduler lock: a file beside the SQLite store, or PostgreSQL's."""
+    if settings.uses_postgres:
+        from projections.store import advisory_key
+
+        schema = settings.database_schema
+        return PostgresSchedulerLock(settings.database_conninfo, advisory_key(f"keyledger:scheduler:{schema}"),
+                                     f"schema {schema}")
+    return SchedulerLock(settings.scheduler_lock_path)
 
 
 def start_embedded(system: System) -> CampaignScheduler:

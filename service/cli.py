@@ -295,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler = commands.add_parser("scheduler", help="run the scheduler alone (one per deployment)")
     scheduler.set_defaults(handler=_scheduler)
 
+    db = commands.add_parser("db", help="the store itself")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_init = db_commands.add_parser(
+        "init", help="create the store's tables and views, and bring the views up to date (a deploy step; "
+                     "safe to repeat, and safe when instances start at the same time)")
+    db_init.set_defaults(handler=_db_init)
+
     existing = argparse.ArgumentParser(add_help=False)  # commands that work on an existing store
     existing.add_argument("--init", action="store_true",
                           help="create a new store in the data directory if there is none (otherwise refused)")
@@ -356,6 +363,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _existing_store(args: argparse.Namespace, settings: Settings) -> bool:
+    """A command that works on an existing store: never make one by accident (``--init`` asks to)."""
+    from service.composition import store_exists
+
+    where = settings.data_dir.resolve()
+    if settings.uses_postgres:
+        store = f"PostgreSQL schema {settings.database_schema!r} (KEYLEDGER_DATABASE_URL, KEYLEDGER_DATABASE_SCHEMA)"
+    else:
+        store = f"{where} (KEYLEDGER_DATA_DIR)"
+    if not store_exists(settings) and not args.init:
+        print(f"keyledger: no Keyledger store in {store}; point the settings at the service's store, "
+              "or add --init to create a new one", file=sys.stderr)
+        return False
+    print(f"keyledger: data directory {where}" + (f", store {store}" if settings.uses_postgres else ""),
+          file=sys.stderr)
+    return True
+
+
+def _db_init(args: argparse.Namespace, settings: Settings) -> int:
+    """Create the store's tables and views (once; safe when several instances start together)."""
+    with _store(settings) as system:
+        position = system.keys_app.last_position()
+    where = (f"PostgreSQL schema {settings.database_schema!r}" if settings.uses_postgres
+             else f"{settings.data_dir.resolve()}")
+    print(f"keyledger: store ready in {where}: {position} events, views up to date")
+    return 0
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
@@ -378,15 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging()  # JSON lines at KEYLEDGER_LOG_LEVEL (validated above)
     if args.command == "serve" and "workers" not in args:
         args.workers = settings.workers
-    if hasattr(args, "init"):  # a command that works on an existing store: never make one by accident
-        where = settings.data_dir.resolve()
-        if not settings.events_path.exists() and not args.init:
-            print(f"keyledger: no Keyledger store in {where} (KEYLEDGER_DATA_DIR); run this where the "
-                  "service keeps its data, set KEYLEDGER_DATA_DIR, or add --init to create a new store",
-                  file=sys.stderr)
-            return 2
-        print(f"keyledger: data directory {where}", file=sys.stderr)
     try:
+        if hasattr(args, "init") and not _existing_store(args, settings):
+            return 2
         return args.handler(args, settings)
     except SettingsError as error:
         print(f"keyledger: configuration error: {error}", file=sys.stderr)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import atexit
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,13 +26,15 @@ from projections.directory import Directory, DirectoryView
 from projections.follower import Follower
 from projections.last_used import LastUsed
 from projections.legacy_usage import LegacyUsage, LegacyUsageView
-from projections.store import ViewStore
+from projections.listener import LogListener
+from projections.store import ViewStore, advisory_key, open_view_store
 from projections.verification import VerificationIndex, VerificationView
 from service import checkpoints, credentials
 from service.application import Keyledger, LegacyPolicy, utc_now
 from service.authentication import Authenticator
 from service.domain.actors import RequestInfo
 from service.domain.campaign import CampaignPlan
+from service.domain.errors import Unavailable
 from service.settings import Settings, SettingsError, duration_name
 from service.verification import Verifier
 
@@ -57,6 +60,7 @@ class System:
     mirror: checkpoints.CheckpointMirror
     campaign: CampaignProgress
     plan: CampaignPlan
+    listener: LogListener | None = None
     _closed: bool = field(default=False, repr=False)
 
     def sign_checkpoint(self, now: datetime | None = None) -> dict | None:
@@ -76,6 +80,11 @@ class System:
             log.warning("the audit view could not be brought up to date before the integrity check")
         return checkpoints.check_integrity(self.keys_app, self.audit, self.signing_key, self.mirror)
 
+    def store_unreachable(self) -> bool:
+        """PostgreSQL is known to be down: the event subscription dropped and cannot reconnect.
+        (A circuit breaker for requests; SQLite, a file, has no such state.)"""
+        return self.listener is not None and self.listener.unreachable
+
     def after_command(self) -> None:
         """Bring this process's index and the views up to date before answering.
 
@@ -93,6 +102,8 @@ class System:
         if self._closed:
             return
         self._closed = True
+        if self.listener is not None:
+            self.listener.stop()
         self.follower.stop()
         self.last_used.stop()  # writes the last-used times not yet written
         self.views.close()
@@ -120,8 +131,15 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     digester = credentials.Digester(pepper)
     legacy = LegacyPolicy(sunset_at=settings.legacy_sunset_at, token_ttl=settings.access_token_ttl,
                           use_window=settings.legacy_use_window)
-    keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock, legacy=legacy)
-    views = ViewStore(settings.views_path)
+    if settings.uses_postgres:
+        with postgres_init_lock(settings):  # instances starting together create tables one at a time
+            keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock, legacy=legacy)
+    else:
+        keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock, legacy=legacy)
+    views = open_view_store(settings.views_path, database_url=settings.database_conninfo if settings.uses_postgres
+                            else None, schema=settings.database_schema)
+    if settings.uses_postgres:
+        _check_identity(views, digester, signing_key)
     index = VerificationIndex(legacy_sunset_at=settings.legacy_sunset_at.timestamp())
     beacon = ChangeBeacon(settings.data_dir / "changes.beacon")
     follower = Follower(keys_app, views,
@@ -131,11 +149,18 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     follower.start()
     last_used = LastUsed(views)
     _owner_only(settings.data_dir)
+    listener = None
     if follow:
         follower.follow(settings.follow_interval)
         last_used.run_every(settings.last_used_interval)
+        if settings.uses_postgres:  # other instances' events within milliseconds; polling stays as fallback
+            listener = LogListener(settings.database_conninfo, keys_app.recorder.channel_name,
+                                   lambda: _on_notification(follower))
+            listener.start()
 
     def record_legacy_use(client_id: bytes, token_display: str, at: float, request: RequestInfo) -> None:
+        if listener is not None and listener.unreachable:  # don't hold the verdict up trying
+            raise Unavailable("the event store is unreachable; the use is recorded when it is back")
         if keys_app.record_legacy_use(UUID(bytes=client_id), token_display=token_display,
                                       at=datetime.fromtimestamp(at, UTC), request=request):
             follower.catch_up()  # and tell this machine's other processes: no second record
@@ -149,11 +174,86 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
                           legacy_window=settings.legacy_use_window.total_seconds()),
         legacy_usage=LegacyUsage(views),
         signing_key=signing_key, mirror=checkpoints.CheckpointMirror(settings.data_dir / checkpoints.MIRROR_FILE),
-        campaign=CampaignProgress(views), plan=campaign_plan(settings),
+        campaign=CampaignProgress(views), plan=campaign_plan(settings), listener=listener,
     )
     if follow:  # a serving process: flush last-used times and close stores on a normal exit
         atexit.register(system.close)
     return system
+
+
+def _on_notification(follower: Follower) -> None:
+    """Another instance (or this one) saved events: catch up in memory, then try the views —
+    without waiting behind another instance's view writer, which will apply them (and the next
+    poll picks up whatever it missed)."""
+    try:
+        follower.catch_up()
+        follower.update_views(timeout=0.05)
+    except Exception as error:  # noqa: BLE001 - the poll retries; the listener must keep listening
+        log.debug("catching up after a notification failed: %s", error)
+
+
+@contextmanager
+def postgres_init_lock(settings: Settings) -> Iterator[None]:
+    """Hold a session advisory lock while the schema and the event store's tables are created:
+    several instances starting at once would otherwise race in CREATE TABLE (and one crash)."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        connection = psycopg.connect(settings.database_conninfo, autocommit=True,
+                                     application_name="keyledger-init")
+    except psycopg.Error as error:
+        raise SettingsError(f"KEYLEDGER_DATABASE_URL: cannot connect to PostgreSQL ({_first_line(error)})") from None
+    with connection:
+        connection.execute("SELECT pg_advisory_lock(%s)", (advisory_key(f"keyledger:init:{settings.database_schema}"),))
+        connection.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.database_schema)))
+        yield  # the lock goes with the connection
+
+
+IDENTITY_DDL = "CREATE TABLE IF NOT EXISTS store_identity (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+def _check_identity(views: ViewStore, digester: credentials.Digester, signing_key: Ed25519PrivateKey) -> None:
+    """Instances sharing a PostgreSQL store must share the pepper (or no key made on one verifies
+    on another) and the audit signing key (or checkpoints contradict each other). The first
+    instance records a fingerprint of each; every later one must match, or it refuses to start."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    mine = {
+        "pepper": digester.hexdigest("keyledger:store-identity"),
+        "audit_signing_key": signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex(),
+    }
+    with views.write() as db:
+        db.execute(IDENTITY_DDL)
+        for name, value in mine.items():
+            db.execute("INSERT INTO store_identity (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                       (name, value))
+        recorded = dict(db.execute("SELECT name, value FROM store_identity").fetchall())
+    if recorded["pepper"] != mine["pepper"]:
+        raise SettingsError("KEYLEDGER_PEPPER differs from the pepper this PostgreSQL store was created with: "
+                            "give every instance the same KEYLEDGER_PEPPER")
+    if recorded["audit_signing_key"] != mine["audit_signing_key"]:
+        raise SettingsError("KEYLEDGER_AUDIT_SIGNING_KEY differs from the key this PostgreSQL store was created "
+                            "with: give every instance the same KEYLEDGER_AUDIT_SIGNING_KEY")
+
+
+def store_exists(settings: Settings) -> bool:
+    """Whether the configured store has been created (SQLite: its file; PostgreSQL: its tables)."""
+    if not settings.uses_postgres:
+        return settings.events_path.exists()
+    import psycopg
+
+    try:
+        with psycopg.connect(settings.database_conninfo, autocommit=True) as connection:
+            row = connection.execute("SELECT to_regclass(%s)", (f"{settings.database_schema}.projection_tracking",)
+                                     ).fetchone()
+    except psycopg.Error as error:
+        raise SettingsError(f"KEYLEDGER_DATABASE_URL: cannot connect to PostgreSQL ({_first_line(error)})") from None
+    return row is not None and row[0] is not None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def campaign_plan(settings: Settings) -> CampaignPlan:

@@ -71,6 +71,14 @@ class Metrics:
         self.views_age = Gauge(
             "keyledger_views_last_update_age_seconds", "Seconds since the views were last found or "
             "brought up to date", registry=own, multiprocess_mode="mostrecent")
+        self.index_stale = Gauge(
+            "keyledger_verification_index_stale_seconds", "Seconds since this process last reached the "
+            "event log (0 while following works; verdicts carry X-Keyledger-Index-Stale past 1 s)",
+            registry=own, multiprocess_mode="max")
+        self.subscription = Gauge(
+            "keyledger_event_subscription_connected", "1 while the LISTEN/NOTIFY subscription to other "
+            "instances' events is up (PostgreSQL; polling covers the gaps), else 0",
+            registry=own, multiprocess_mode="min")
         for store in ("events", "views"):
             self.store_errors.labels(store)  # shown as 0 from the start
         self._children: dict[tuple[str, str, int], object] = {}
@@ -113,6 +121,8 @@ class Metrics:
         now = time.time()
         self.index_size.set(len(system.index))
         try:
+            if system.store_unreachable():
+                raise ConnectionError("the event store is unreachable")
             lag = follower.lag()
         except Exception:
             self.store_error("events")
@@ -120,6 +130,8 @@ class Metrics:
         self.lag_events.set(lag)
         self.lag_seconds.set(0 if lag == 0 else max(0.0, now - follower.caught_up_at))
         self.views_age.set(max(0.0, now - follower.views_ok_at))
+        self.index_stale.set(follower.staleness())
+        self.subscription.set(1 if system.listener is not None and system.listener.connected else 0)
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)

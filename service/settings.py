@@ -88,10 +88,34 @@ def duration_name(offset: timedelta) -> str:
     return f"{seconds}s"
 
 
+_SCHEMA_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+def parse_database_url(value: str, name: str = "KEYLEDGER_DATABASE_URL") -> dict[str, str]:
+    """``postgresql://user:password@host:port/dbname`` → its parts (password percent-decoded)."""
+    problem = f"{name}: expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise SettingsError(problem + " (the port is not a number from 1 to 65535)") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise SettingsError(problem + f" (the scheme is {parts.scheme or 'missing'!r})")
+    dbname = unquote(parts.path.lstrip("/"))
+    if not parts.hostname or not dbname or "/" in dbname:
+        raise SettingsError(problem + " (the host or the database name is missing)")
+    if parts.query or parts.fragment:
+        raise SettingsError(problem + " (no ?options or #fragment)")
+    return {"host": parts.hostname, "port": str(port or 5432), "dbname": dbname,
+            "user": unquote(parts.username or "postgres"), "password": unquote(parts.password or "")}
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./var")
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)  # may hold a password
+    database_schema: str = "public"  # the PostgreSQL schema holding the events and the views
+    database_pool_size: int = 5  # PostgreSQL connections per process for the event store
     pepper: str | None = field(default=None, repr=False)
     legacy_sunset_at: datetime = parse_time("2018-01-01T00:00:00Z", "default")
     legacy_deprecated_at_setting: datetime | None = None  # default: the first reminder's time
@@ -125,6 +149,17 @@ class Settings:
         if (v := get("KEYLEDGER_DATA_DIR")) is not None:
             kwargs["data_dir"] = Path(v)
         kwargs["database_url"] = get("KEYLEDGER_DATABASE_URL")
+        if kwargs["database_url"] is not None:
+            parse_database_url(kwargs["database_url"])  # fails clearly now, not at the first query
+        if (v := get("KEYLEDGER_DATABASE_SCHEMA")) is not None:
+            if not _SCHEMA_NAME.fullmatch(v):
+                raise SettingsError(f"KEYLEDGER_DATABASE_SCHEMA={v!r}: expected a lower-case SQL name "
+                                    "(letters, digits and _, starting with a letter; at most 63)")
+            kwargs["database_schema"] = v
+        if (v := get("KEYLEDGER_DATABASE_POOL_SIZE")) is not None:
+            if not v.isdigit() or not 1 <= int(v) <= 100:
+                raise SettingsError(f"KEYLEDGER_DATABASE_POOL_SIZE={v!r}: expected a whole number from 1 to 100")
+            kwargs["database_pool_size"] = int(v)
         kwargs["pepper"] = get("KEYLEDGER_PEPPER")
         if kwargs["pepper"] is not None and len(kwargs["pepper"].encode("utf-8")) < 32:
             raise SettingsError("KEYLEDGER_PEPPER is too short: use at least 32 random bytes "
@@ -232,13 +267,38 @@ class Settings:
     def views_path(self) -> Path:
         return self.data_dir / "views.sqlite"
 
-    def eventsourcing_env(self) -> dict[str, str]:
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url is not None
+
+    @property
+    def database_conninfo(self) -> str:
+        """The libpq connection string of ``database_url`` (for the views, locks and listening)."""
+        from psycopg.conninfo import make_conninfo
+
+        url = parse_database_url(self.database_url or "")
+        return make_conninfo(host=url["host"], port=url["port"], dbname=url["dbname"], user=url["user"],
+                             password=url["password"] or None, connect_timeout=5)
+
+    def eventsourcing_env(self, *, create_tables: bool = True) -> dict[str, str]:
         """The ``env=`` for the eventsourcing application (never via os.environ)."""
         if self.database_url:
-            raise SettingsError(
-                "KEYLEDGER_DATABASE_URL is set, but the PostgreSQL store is not available in this "
-                "version yet; unset it to use the embedded SQLite store."
-            )
+            url = parse_database_url(self.database_url)
+            env = {
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "POSTGRES_DBNAME": url["dbname"], "POSTGRES_HOST": url["host"],
+                "POSTGRES_PORT": url["port"], "POSTGRES_USER": url["user"],
+                "POSTGRES_SCHEMA": self.database_schema,
+                "POSTGRES_POOL_SIZE": str(self.database_pool_size),
+                "POSTGRES_MAX_OVERFLOW": str(self.database_pool_size),
+                "POSTGRES_CONNECT_TIMEOUT": "2",
+                "POSTGRES_PRE_PING": "y",  # a connection broken by an outage is replaced, not used
+                "POSTGRES_LOCK_TIMEOUT": str(self.store_lock_timeout),
+                "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
+                "CREATE_TABLE": "y" if create_tables else "n",
+            }
+            env["POSTGRES_PASSWORD"] = url["password"]  # the library wants one, even empty (trust auth)
+            return env
         return {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(self.events_path),

@@ -24,6 +24,8 @@ from service.application import Keyledger
 from service.composition import System, build_system
 from service.domain.actors import NO_REQUEST, Actor
 from service.settings import Settings
+from tests import backend
+from tests.backend import make_settings
 
 # -- freezegun and the eventsourcing transcoder ------------------------------------------
 
@@ -100,6 +102,35 @@ def run_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     assert not leaked, f"{len(leaked)} secret(s) were written to the log during the run"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(reason): about the embedded SQLite store's files "
+                                       "themselves; not collected when the suite runs on PostgreSQL")
+    config.addinivalue_line("markers", "postgres_only(reason): many instances on one PostgreSQL, its outages; "
+                                       "collected when the suite runs on PostgreSQL")
+    if backend.ON_POSTGRES:
+        backend.create_database()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if backend.ON_POSTGRES:
+        backend.drop_database()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    where = f"PostgreSQL, database {backend.TEST_DATABASE}" if backend.ON_POSTGRES else "SQLite files"
+    return f"keyledger store: {where}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    other = "sqlite_only" if backend.ON_POSTGRES else "postgres_only"  # the other store's tests
+    kept, dropped = [], []
+    for item in items:
+        (dropped if item.get_closest_marker(other) else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def require(what: str, available: bool, reason: str) -> None:
     """Skip when a heavy dependency is missing on a developer's machine; fail in CI."""
     if available:
@@ -121,7 +152,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05)
+    return make_settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05)
 
 
 @pytest.fixture

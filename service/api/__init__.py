@@ -23,6 +23,8 @@ log = logging.getLogger("keyledger.api")
 # Paths that take no credential of their own.
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/v2/verify",
                    "/v2/auth/check", "/v2/token", "/v2/scopes")
+# Paths answered without the store (from the in-memory index or constants).
+STORE_FREE_PREFIXES = ("/v2/verify", "/v2/auth/check", "/v2/scopes")
 # Paths whose views read their own bodies (the hot path parses JSON once; OAuth2 takes forms).
 SELF_PARSING = ("/v2/verify", "/v2/token")
 
@@ -142,6 +144,13 @@ def _register_request_hooks(flask_app: Flask, system: System) -> None:
             except KeyledgerError as error:
                 return error_response(error.code, error.message, error.details,
                                       headers={"WWW-Authenticate": 'Key realm="keyledger"'})
+        if (system.store_unreachable() and request.path.startswith("/v2/")
+                and not request.path.startswith(STORE_FREE_PREFIXES)):
+            # The database is known to be down: say so now rather than hold the request through
+            # the driver's retries. Verification still answers, from memory.
+            flask_app.extensions["keyledger_metrics"].store_error("events")
+            return error_response("UNAVAILABLE", "The event store is unreachable right now; retry shortly.",
+                                  None, 503, {"Retry-After": "1"})
         if request.environ.get("QUERY_STRING") and request.path != "/v2/auth/check":
             repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
             if repeated:  # which one was meant? say so rather than silently take the first

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any
 
 from flask import Flask, Response, g, jsonify
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
+from projections.store import STORE_ERRORS
 from service.credentials import redact
 from service.domain.errors import KeyledgerError
 
@@ -112,12 +112,15 @@ def register_error_handlers(flask_app: Flask) -> None:
             flask_app.extensions["keyledger_metrics"].store_error("events")
         return error_response(error.code, error.message, error.details, headers=headers)
 
-    @flask_app.errorhandler(sqlite3.Error)
-    def _view_store_error(error: sqlite3.Error) -> Response:
-        log.error("view store error (request %s): %s", getattr(g, "request_id", None), error)
+    def _view_store_error(error: Exception) -> Response:
+        log.error("view store error (request %s): %s", getattr(g, "request_id", None),
+                  (str(error).strip().splitlines() or [type(error).__name__])[0])
         flask_app.extensions["keyledger_metrics"].store_error("views")
         return error_response("UNAVAILABLE", "The read store is unavailable right now; retry shortly.",
                               None, 503, {"Retry-After": "1"})
+
+    for store_error in STORE_ERRORS:  # SQLite's and PostgreSQL's
+        flask_app.errorhandler(store_error)(_view_store_error)
 
     @flask_app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

@@ -38,6 +38,10 @@ def decoded_path(environ: dict) -> str:
     return environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
 
 
+# Past this many seconds without reaching the event store, verdicts say they come from an index
+# that may be missing the newest changes (the event store is unreachable, or following stalled).
+STALE_AFTER = 1.0
+
 class Gateway:
     __slots__ = ("flask_wsgi", "system", "verdicts", "metrics", "_access")
 
@@ -68,6 +72,9 @@ class Gateway:
             status, headers, body = answer
             headers += [("Content-Length", str(len(body))), ("X-Request-Id", request_id),
                         ("Cache-Control", "no-store")]
+            stale = self.system.follower.staleness()
+            if stale > STALE_AFTER:  # answered from an index that may miss the last changes
+                headers.append(("X-Keyledger-Index-Stale", f"{stale:.1f}"))
             start_response(_REASONS.get(status) or str(status), headers)
             self._done(environ, path, method, status, started, request_id)
             return [body]

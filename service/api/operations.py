@@ -7,6 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from service.api import context
+from service.api.gateway import STALE_AFTER
 from service.api.schemas import HealthSchema, ReadinessSchema, ScopesSchema
 from service.domain.errors import Unavailable
 from service.domain.scopes import PRESETS
@@ -34,9 +35,13 @@ class Readiness(MethodView):
         """The store is reachable and the projections have caught up."""
         system = context.system()
         try:
+            if system.store_unreachable():  # known down: don't wait on the driver to find out again
+                raise Unavailable("the event store is unreachable")
             lag = system.follower.lag()
         except Unavailable:
             return {"status": "unavailable", "store": "unreachable", "projections_lag": -1}, 503, {"Retry-After": "1"}
+        if system.follower.staleness() > STALE_AFTER:  # following stalled: other instances' changes unseen
+            return {"status": "behind", "store": "ok", "projections_lag": lag}, 503, {"Retry-After": "1"}
         if lag > READY_LAG:
             return {"status": "catching_up", "store": "ok", "projections_lag": lag}, 503, {"Retry-After": "1"}
         return {"status": "ready", "store": "ok", "projections_lag": lag}

@@ -10,9 +10,9 @@ issued so far in the run (``ISSUED_SECRETS``), not only this test's.
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from service.cli import main
+from tests.backend import point_environment_at, view_rows
 from tests.conftest import ISSUED_SECRETS, Caller, secrets_in
 
 
@@ -31,9 +31,7 @@ def test_no_secret_in_any_audit_row_or_export(system, settings, client, admin, a
     assert {admin.token, dev.token, app["default_key"]["key"], key["key"], rolled["key"]} <= set(issued)
 
     # The audit view's rows, as stored.
-    db = sqlite3.connect(settings.views_path)
-    rows = db.execute("SELECT * FROM audit_events").fetchall()
-    db.close()
+    rows = view_rows(settings, "SELECT * FROM audit_events")
     assert len(rows) == system.keys_app.last_position()
     assert not secrets_in(repr(rows), issued)
 
@@ -59,7 +57,7 @@ def test_no_secret_in_any_audit_row_or_export(system, settings, client, admin, a
 
     # The command-line export, to standard output and to a file, in both formats.
     system.close()
-    monkeypatch.setenv("KEYLEDGER_DATA_DIR", str(settings.data_dir))
+    point_environment_at(monkeypatch, settings.data_dir)
     monkeypatch.setenv("KEYLEDGER_PEPPER", settings.pepper)
     for fmt in ("jsonl", "csv"):
         assert main(["audit", "export", "--format", fmt]) == 0

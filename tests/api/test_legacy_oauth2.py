@@ -12,6 +12,7 @@ from freezegun import freeze_time
 
 from service.domain.actors import NO_REQUEST, Actor
 from service.settings import Settings
+from tests.backend import make_settings
 from tests.conftest import TEST_PEPPER
 
 SUNSET = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
@@ -19,7 +20,7 @@ SUNSET = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
 
 @pytest.fixture
 def settings(data_dir) -> Settings:
-    return Settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05, legacy_sunset_at=SUNSET)
+    return make_settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05, legacy_sunset_at=SUNSET)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from tests import backend
 from tests.conftest import TEST_PEPPER, secrets_in
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +80,7 @@ def base_environment(data_dir: Path, extra: dict[str, str] | None = None) -> dic
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
         "PYTHONUNBUFFERED": "1",
+        **backend.environment_for(data_dir),
     })
     env.update(extra or {})
     return env
@@ -133,6 +135,7 @@ class ServerProcess:
     log_path: Path
     workers: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # more options for ``keyledger serve``
     port: int | None = None
     process: subprocess.Popen[bytes] | None = None
     secrets: list[str] = field(default_factory=list)
@@ -167,7 +170,7 @@ class ServerProcess:
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
                     [str(KEYLEDGER), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--workers", str(self.workers)],
+                     "--workers", str(self.workers), *self.args],
                     env=self.env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True)
             _LIVE.add(self.process.pid)
@@ -302,11 +305,11 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     started: list[ServerProcess] = []
 
     def start(data_dir: Path | None = None, *, workers: int = 1, env: dict[str, str] | None = None,
-              start: bool = True, name: str | None = None) -> ServerProcess:
+              start: bool = True, name: str | None = None, args: list[str] | None = None) -> ServerProcess:
         label = name or f"server{len(started) + 1}"
         server = ServerProcess(data_dir=data_dir or tmp_path / label / "var",
                                log_path=tmp_path / f"{label}.log", workers=workers,
-                               extra_env=dict(env or {}))
+                               extra_env=dict(env or {}), args=list(args or []))
         server.data_dir.parent.mkdir(parents=True, exist_ok=True)
         started.append(server)
         return server.start() if start else server

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,9 +18,11 @@ from typing import Any
 
 from projections.follower import Follower
 from projections.projection import Projection
-from projections.store import ViewStore
+from projections.store import PostgresViewStore, SqliteViewStore
 from service import credentials
 from service.application import Keyledger
+from service.composition import postgres_init_lock
+from tests.backend import make_settings
 
 PEPPER = b"crash-test-pepper-0123456789abcdef0123456789"
 
@@ -37,16 +38,16 @@ class CountingProjection(Projection):
         self.kill_after = kill_mid_batch_after
         self.seen = 0
 
-    def process(self, db: sqlite3.Connection, position: int, event: Any) -> None:
-        db.execute("INSERT INTO applied VALUES (?, 1) ON CONFLICT (position) DO UPDATE SET times = times + 1",
+    def process(self, db: Any, position: int, event: Any) -> None:
+        db.execute("INSERT INTO applied VALUES (?, 1) ON CONFLICT (position) DO UPDATE SET times = applied.times + 1",
                    (position,))
         self.seen += 1
         if self.kill_after is not None and self.seen == self.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class KillingStore(ViewStore):
-    """Dies right after its ``kill_after``-th write transaction commits."""
+class KillingStore:
+    """Dies right after its ``kill_after``-th write transaction commits (mixed into a store class)."""
 
     kill_after = 0  # armed by main(), once the tables exist
     commits = 0
@@ -61,11 +62,22 @@ class KillingStore(ViewStore):
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
-def build(data_dir: Path, projection: Projection, store_class: type = ViewStore) -> tuple:
-    keys_app = Keyledger(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                              "SQLITE_DBNAME": str(data_dir / "events.sqlite")},
-                         digester=credentials.Digester(PEPPER))
-    store = store_class(data_dir / "views.sqlite")
+def build(data_dir: Path, projection: Projection, killing: bool = False) -> tuple:
+    """The event store and view store of ``data_dir`` (on the suite's backend: SQLite files, or the
+    data directory's PostgreSQL schema)."""
+    settings = make_settings(data_dir=data_dir, pepper=PEPPER.decode())
+    digester = credentials.Digester(PEPPER)
+    if settings.uses_postgres:
+        with postgres_init_lock(settings):
+            keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester)
+        base: type = PostgresViewStore
+        where: tuple = (settings.database_conninfo,)
+        options = {"schema": settings.database_schema}
+    else:
+        keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester)
+        base, where, options = SqliteViewStore, (settings.views_path,), {}
+    store_class = type("KillingStore", (KillingStore, base), {}) if killing else base
+    store = store_class(*where, **options)
     # Ten events a transaction, so the kill lands between two of them.
     return keys_app, store, Follower(keys_app, store, [projection], batch_size=10, bulk_size=10)
 
@@ -75,7 +87,7 @@ def main() -> None:
     if mode == "mid-batch":
         _, _, follower = build(data_dir, CountingProjection(kill_mid_batch_after=kill_at))
     else:
-        _, _, follower = build(data_dir, CountingProjection(), KillingStore)
+        _, _, follower = build(data_dir, CountingProjection(), killing=True)
     with follower.store.write() as db:
         follower.projections[0].create(db)
     KillingStore.kill_after = kill_at

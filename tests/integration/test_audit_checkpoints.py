@@ -21,7 +21,7 @@ from service.cli import main
 from service.composition import build_system
 from service.credentials import SIGNING_KEY_FILE, public_key_pem
 from service.domain.actors import NO_REQUEST, Actor
-from service.settings import Settings
+from tests.backend import make_settings, point_environment_at
 from tests.conftest import require
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -48,7 +48,7 @@ def test_the_signing_key_setting_wins_and_no_file_is_made(tmp_path):
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption()).decode()
-    settings = Settings(data_dir=tmp_path / "var", pepper="p" * 40, audit_signing_key=pem)
+    settings = make_settings(data_dir=tmp_path / "var", pepper="p" * 40, audit_signing_key=pem)
     system = build_system(settings, follow=False)
     try:
         assert public_key_pem(system.signing_key) == public_key_pem(key)
@@ -58,7 +58,7 @@ def test_the_signing_key_setting_wins_and_no_file_is_made(tmp_path):
 
 
 def test_a_bad_signing_key_setting_stops_the_command_with_status_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("KEYLEDGER_DATA_DIR", str(tmp_path / "var"))
+    point_environment_at(monkeypatch, tmp_path / "var")
     monkeypatch.setenv("KEYLEDGER_PEPPER", "p" * 40)
     monkeypatch.setenv("KEYLEDGER_AUDIT_SIGNING_KEY", "not a key")
     assert main(["audit", "verify", "--init"]) == 2

@@ -18,6 +18,7 @@ from service.cli import main
 from service.composition import System, build_system
 from service.domain.actors import NO_REQUEST, Actor
 from service.settings import Settings
+from tests.backend import point_environment_at
 from tests.conftest import make_account
 
 ADMIN = Actor.system("test")
@@ -199,7 +200,7 @@ def test_dropping_the_latest_checkpoint_from_the_store_is_caught_by_its_copy(his
 
 
 def test_keyledger_audit_verify_exits_non_zero_when_the_store_was_changed(history, settings, monkeypatch, capsys):
-    monkeypatch.setenv("KEYLEDGER_DATA_DIR", str(settings.data_dir))
+    point_environment_at(monkeypatch, settings.data_dir)
     monkeypatch.setenv("KEYLEDGER_PEPPER", settings.pepper)
     assert main(["audit", "verify"]) == 0
     assert capsys.readouterr().out.startswith("ok:")

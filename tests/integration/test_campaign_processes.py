@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from service.composition import build_system
-from service.settings import Settings
+from tests.backend import make_settings
 from tests.campaign_support import LegacyWorld, SmtpServer
 from tests.conftest import TEST_PEPPER, wait_until
 from tests.e2e.conftest import KEYLEDGER, REPO_ROOT, base_environment, run_cli
@@ -92,7 +92,7 @@ def campaign(tmp_path, smtp):
 
 def arrange(data_dir: Path, sunset_at: datetime, owners: tuple[str, ...] = ("ada", "ben")) -> None:
     """Owners whose apps used an access token just now, in the store the schedulers will use."""
-    system = build_system(Settings(data_dir=data_dir, pepper=TEST_PEPPER, legacy_sunset_at=sunset_at),
+    system = build_system(make_settings(data_dir=data_dir, pepper=TEST_PEPPER, legacy_sunset_at=sunset_at),
                           follow=False)
     try:
         world = LegacyWorld(system)
@@ -105,7 +105,7 @@ def arrange(data_dir: Path, sunset_at: datetime, owners: tuple[str, ...] = ("ada
 
 def campaign_state(data_dir: Path, sunset_at: datetime) -> tuple[list[dict], list[dict]]:
     """(the campaign's reminders, the legacy clients) as recorded in the store."""
-    system = build_system(Settings(data_dir=data_dir, pepper=TEST_PEPPER, legacy_sunset_at=sunset_at),
+    system = build_system(make_settings(data_dir=data_dir, pepper=TEST_PEPPER, legacy_sunset_at=sunset_at),
                           follow=False)
     try:
         return system.campaign.reminders(sunset_at), system.legacy_usage.clients()

@@ -23,6 +23,7 @@ from scheduler import jobs
 from scheduler.transport import SmtpTransport
 from service.domain.campaign import FINAL
 from service.settings import Settings
+from tests.backend import make_settings
 from tests.campaign_support import LegacyWorld, SmtpServer, run_campaign
 from tests.conftest import TEST_PEPPER
 
@@ -39,7 +40,7 @@ def smtp():
 
 @pytest.fixture
 def settings(data_dir, smtp) -> Settings:
-    return Settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05, smtp_url=smtp.url,
+    return make_settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05, smtp_url=smtp.url,
                     legacy_sunset_at=SUNSET)
 
 

@@ -16,7 +16,7 @@ from service import credentials
 from service.composition import build_system
 from service.domain.actors import Actor, RequestInfo
 from service.domain.legacy import LegacyClient
-from service.settings import Settings
+from tests.backend import make_settings
 from tests.conftest import TEST_PEPPER
 
 ADMIN = Actor.system("ops")
@@ -32,7 +32,7 @@ NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)  # the application's clock, held
 
 @pytest.fixture
 def system(data_dir):
-    settings = Settings(data_dir=data_dir, pepper=TEST_PEPPER, legacy_sunset_at=datetime(2099, 1, 1, tzinfo=UTC))
+    settings = make_settings(data_dir=data_dir, pepper=TEST_PEPPER, legacy_sunset_at=datetime(2099, 1, 1, tzinfo=UTC))
     built = build_system(settings, clock=lambda: NOW, follow=False)
     yield built
     built.close()

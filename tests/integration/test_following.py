@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from service.composition import build_system
 from service.domain.actors import NO_REQUEST, Actor
-from service.settings import Settings
+from tests.backend import make_settings
 from tests.conftest import TEST_PEPPER, wait_until
 
 
 def two_systems(data_dir, interval=0.05):
-    settings = Settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=interval)
+    settings = make_settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=interval)
     return build_system(settings), build_system(settings)
 
 

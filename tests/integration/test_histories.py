@@ -26,7 +26,7 @@ from service.domain.actors import NO_REQUEST, Actor
 from service.domain.errors import Conflict
 from service.domain.keys import ApiKey
 from service.domain.scopes import normalise
-from service.settings import Settings
+from tests.backend import make_settings
 from tests.conftest import TEST_PEPPER
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
@@ -98,7 +98,7 @@ class History:
 
     def __init__(self, data_dir: Path) -> None:
         self.clock = Clock()
-        self.system = build_system(Settings(data_dir=data_dir, pepper=TEST_PEPPER), clock=self.clock,
+        self.system = build_system(make_settings(data_dir=data_dir, pepper=TEST_PEPPER), clock=self.clock,
                                    follow=False)
         self.app = self.system.keys_app
         owner, _ = self.app.register_account(email="o@example.com", name="O", role="owner", by=ADMIN,

@@ -15,6 +15,7 @@ from service import credentials
 from service.domain.actors import NO_REQUEST, Actor, RequestInfo
 from service.settings import Settings
 from service.verification import RETRY_RECORD_AFTER, Verifier
+from tests.backend import make_settings
 from tests.conftest import TEST_PEPPER
 
 WINDOW = 3600.0
@@ -24,7 +25,7 @@ START = datetime.fromtimestamp((datetime.now(UTC).timestamp() // WINDOW + 1) * W
 
 @pytest.fixture
 def settings(data_dir) -> Settings:
-    return Settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05,
+    return make_settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05,
                     legacy_sunset_at=datetime(2031, 1, 1, tzinfo=UTC))
 
 

@@ -10,6 +10,7 @@ from projections.verification import VerificationIndex
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.legacy import LegacyClient
 from service.settings import Settings
+from tests.backend import make_settings
 from tests.conftest import TEST_PEPPER
 
 TABLES = ("verification", "verification_legacy_clients", "directory_accounts", "directory_apps",
@@ -19,7 +20,7 @@ TABLES = ("verification", "verification_legacy_clients", "directory_accounts", "
 
 @pytest.fixture
 def settings(data_dir) -> Settings:  # legacy OAuth2 still open, so the history can use it
-    return Settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05,
+    return make_settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05,
                     legacy_sunset_at=datetime.now(UTC) + timedelta(days=30))
 
 

@@ -8,13 +8,13 @@ import pytest
 
 from service.api import create_app
 from service.composition import build_system
-from service.settings import Settings
+from tests.backend import make_settings
 from tests.conftest import TEST_PEPPER, Caller, make_account
 
 
 @pytest.fixture
 def impatient_client(tmp_path):
-    settings = Settings(data_dir=tmp_path / "var", pepper=TEST_PEPPER, store_lock_timeout=1)
+    settings = make_settings(data_dir=tmp_path / "var", pepper=TEST_PEPPER, store_lock_timeout=1)
     system = build_system(settings)
     yield system, create_app(system=system).test_client()
     system.close()

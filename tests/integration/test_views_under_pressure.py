@@ -10,14 +10,14 @@ import time
 from service.api import create_app
 from service.composition import build_system
 from service.domain.actors import NO_REQUEST, Actor
-from service.settings import Settings
+from tests.backend import make_settings
 from tests.conftest import TEST_PEPPER, Caller, make_account
 
 ADMIN = Actor.system("test")
 
 
 def settings_for(data_dir, **kw):
-    return Settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=60, **kw)
+    return make_settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=60, **kw)
 
 
 def test_revoked_key_is_refused_at_once_even_while_the_views_are_locked(tmp_path):

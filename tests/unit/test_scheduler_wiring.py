@@ -9,13 +9,14 @@ import pytest
 from scheduler.lock import SchedulerLock
 from scheduler.main import CampaignScheduler, build_scheduler
 from service.settings import Settings
+from tests.backend import make_settings
 from tests.conftest import TEST_PEPPER, make_account, wait_until
 
 
 @pytest.fixture
 def settings(data_dir) -> Settings:
     sunset = datetime.now(UTC).replace(microsecond=0) + timedelta(days=10)
-    return Settings(data_dir=data_dir, pepper=TEST_PEPPER, legacy_sunset_at=sunset, scheduler_interval=0.1)
+    return make_settings(data_dir=data_dir, pepper=TEST_PEPPER, legacy_sunset_at=sunset, scheduler_interval=0.1)
 
 
 def test_jobs_repeat_with_explicit_ids_coalesce_one_instance_and_no_misfire_limit(system):

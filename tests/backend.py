@@ -1,0 +1,104 @@
+"""Which store the suite runs on: the embedded SQLite store (default), or PostgreSQL when
+``KEYLEDGER_TEST_DATABASE_URL`` names a server (``postgresql://postgres@127.0.0.1:5432/postgres``).
+
+On PostgreSQL the session works in a database of its own (created at the start, dropped at the
+end), and each data directory gets a schema of its own — so "the same data directory" still
+means "the same store", for in-process systems and for server processes alike."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from service.settings import Settings
+
+SERVER_URL = os.environ.get("KEYLEDGER_TEST_DATABASE_URL") or None
+ON_POSTGRES = SERVER_URL is not None
+BACKEND = "postgresql" if ON_POSTGRES else "sqlite"
+# Chosen once per run and inherited by child processes.
+TEST_DATABASE = os.environ.setdefault("KEYLEDGER_TEST_DATABASE_NAME", f"keyledger_test_{os.getpid()}")
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, "", ""))
+
+
+DATABASE_URL = _with_database(SERVER_URL, TEST_DATABASE) if SERVER_URL else None
+
+
+def schema_for(data_dir: Path | str) -> str:
+    return "t_" + hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
+
+
+def make_settings(**kwargs: Any) -> Settings:
+    """``Settings(**kwargs)``, on the suite's store: on PostgreSQL, the data directory's schema."""
+    if ON_POSTGRES and "data_dir" in kwargs:
+        kwargs.setdefault("database_url", DATABASE_URL)
+        kwargs.setdefault("database_schema", schema_for(kwargs["data_dir"]))
+    return Settings(**kwargs)
+
+
+def environment_for(data_dir: Path | str) -> dict[str, str]:
+    """The variables that put a server process on the suite's store."""
+    if not ON_POSTGRES:
+        return {}
+    return {"KEYLEDGER_DATABASE_URL": DATABASE_URL, "KEYLEDGER_DATABASE_SCHEMA": schema_for(data_dir)}
+
+
+def create_database() -> None:
+    import psycopg
+
+    with psycopg.connect(_conninfo(SERVER_URL), autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+        db.execute(f'CREATE DATABASE "{TEST_DATABASE}"')
+        # Tests create thousands of tables: don't wait for each commit to reach the disk.
+        db.execute(f'ALTER DATABASE "{TEST_DATABASE}" SET synchronous_commit = off')
+
+
+def drop_database() -> None:
+    import psycopg
+
+    with psycopg.connect(_conninfo(SERVER_URL), autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+
+
+def connect(data_dir: Path | str) -> Any:
+    """A connection to the data directory's schema (tests that look at rows directly)."""
+    import psycopg
+
+    assert DATABASE_URL is not None
+    return psycopg.connect(_conninfo(DATABASE_URL), autocommit=True,
+                           options=f"-c search_path={schema_for(data_dir)}")
+
+
+def _conninfo(url: str) -> str:
+    from service.settings import parse_database_url
+
+    parts = parse_database_url(url, "KEYLEDGER_TEST_DATABASE_URL")
+    return (f"host={parts['host']} port={parts['port']} dbname={parts['dbname']} user={parts['user']}"
+            + (f" password={parts['password']}" if parts["password"] else ""))
+
+
+def view_rows(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows of the views as stored, read directly from the store (not through the service)."""
+    from projections.store import open_view_store
+
+    store = open_view_store(settings.views_path, schema=settings.database_schema,
+                            database_url=settings.database_conninfo if settings.uses_postgres else None)
+    try:
+        with store.read() as db:
+            return [tuple(row) for row in db.execute(sql, params).fetchall()]
+    finally:
+        store.close()
+
+
+def point_environment_at(monkeypatch: Any, data_dir: Path | str) -> None:
+    """Set the process's KEYLEDGER_* variables so an in-process ``keyledger`` command uses the
+    store of ``data_dir``."""
+    monkeypatch.setenv("KEYLEDGER_DATA_DIR", str(data_dir))
+    for name, value in environment_for(data_dir).items():
+        monkeypatch.setenv(name, value)
