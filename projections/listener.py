@@ -56,6 +56,7 @@ class LogListener:
 
         pause = 0.1
         while not self._stopping.is_set():
+            established = False
             try:
                 with psycopg.connect(self.conninfo, autocommit=True,
                                      application_name="keyledger-listener") as connection:
@@ -65,6 +66,7 @@ class LogListener:
                         log.info("listening for new events on channel %s", self.channel)
                     self.connected = True
                     self.unreachable = False
+                    established = True
                     pause = 0.1
                     self.on_change()  # whatever was written while we were not listening
                     while not self._stopping.is_set():
@@ -78,9 +80,12 @@ class LogListener:
                     log.warning("the event subscription dropped (%s); polling until it is back",
                                 type(error).__name__)
                 self.connected = False
-                self.unreachable = True
+                if not established:  # the database cannot be reached (not merely a dropped session)
+                    self.unreachable = True
             finally:
                 self._connection = None
+            if established:
+                continue  # a session that was up ended: reconnect at once; failing that, it is down
             self._stopping.wait(pause)
             pause = min(self.max_pause, pause * 2)
         self.connected = False

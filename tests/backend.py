@@ -102,3 +102,24 @@ def point_environment_at(monkeypatch: Any, data_dir: Path | str) -> None:
     monkeypatch.setenv("KEYLEDGER_DATA_DIR", str(data_dir))
     for name, value in environment_for(data_dir).items():
         monkeypatch.setenv(name, value)
+
+
+def event_states(data_dir: Path | str, topic_suffix: str) -> list[dict]:
+    """The stored state (JSON, as recorded) of every event whose topic ends with ``topic_suffix``,
+    read from the event store of ``data_dir`` directly."""
+    import json
+    import sqlite3
+
+    pattern = "%" + topic_suffix
+    if ON_POSTGRES:
+        with connect(data_dir) as db:
+            rows = db.execute("SELECT state FROM keyledger_events WHERE topic LIKE %s ORDER BY notification_id",
+                              (pattern,)).fetchall()
+    else:
+        db = sqlite3.connect(Path(data_dir) / "events.sqlite")
+        try:
+            rows = db.execute("SELECT state FROM stored_events WHERE topic LIKE ? ORDER BY rowid",
+                              (pattern,)).fetchall()
+        finally:
+            db.close()
+    return [json.loads(bytes(state) if not isinstance(state, str) else state) for (state,) in rows]

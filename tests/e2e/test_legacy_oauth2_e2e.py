@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
+from tests.backend import event_states
 from tests.e2e.conftest import http
 
 
@@ -34,12 +34,7 @@ def token_by_form(server, creds: dict):
 
 
 def use_windows(data_dir) -> list[str]:
-    db = sqlite3.connect(data_dir / "events.sqlite")
-    try:
-        rows = db.execute("SELECT state FROM stored_events WHERE topic LIKE '%LegacyTokenUsed'").fetchall()
-    finally:
-        db.close()
-    return [json.loads(state)["window_start"]["_data_"] for (state,) in rows]
+    return [state["window_start"]["_data_"] for state in event_states(data_dir, "LegacyTokenUsed")]
 
 
 def test_legacy_tokens_from_issue_to_sunset_on_real_servers(start_server, tmp_path):

@@ -164,6 +164,7 @@ def test_restarting_the_server_loses_nothing(start_server: StartServer) -> None:
     assert server.get("/v2/audit/integrity", token=admin).json["ok"] is True
 
 
+@pytest.mark.sqlite_only("reads the SQLite files of the data directory")
 def test_events_are_in_sqlite_and_survive_a_kill(start_server: StartServer) -> None:
     server = start_server()
     events_file = server.data_dir / "events.sqlite"

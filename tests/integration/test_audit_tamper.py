@@ -21,6 +21,8 @@ from service.settings import Settings
 from tests.backend import point_environment_at
 from tests.conftest import make_account
 
+pytestmark = pytest.mark.sqlite_only("edits the SQLite files; tests/integration/test_audit_tamper_postgres.py is PostgreSQL's")
+
 ADMIN = Actor.system("test")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, OperationalError
 
@@ -52,7 +53,9 @@ def test_a_write_to_the_event_store_that_fails_is_503(system, owner, key, monkey
 
 
 def test_a_view_store_that_fails_is_503_not_500(system, owner, key, monkeypatch):
-    monkeypatch.setattr(system.views, "_connection", broken(sqlite3.OperationalError("unable to open database file")))
+    error = (psycopg.OperationalError("connection refused") if system.views.dialect == "postgresql"
+             else sqlite3.OperationalError("unable to open database file"))
+    monkeypatch.setattr(system.views, "read", broken(error))
     assert_unavailable(owner.get("/v2/apps"))
     assert_unavailable(owner.get("/v2/apps/vision/keys"))
 

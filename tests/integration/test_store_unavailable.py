@@ -11,6 +11,8 @@ from service.composition import build_system
 from tests.backend import make_settings
 from tests.conftest import TEST_PEPPER, Caller, make_account
 
+pytestmark = pytest.mark.sqlite_only("locks the SQLite file; tests/e2e/test_postgres_outage.py is PostgreSQL's")
+
 
 @pytest.fixture
 def impatient_client(tmp_path):

@@ -7,6 +7,8 @@ import sqlite3
 import threading
 import time
 
+import pytest
+
 from service.api import create_app
 from service.composition import build_system
 from service.domain.actors import NO_REQUEST, Actor
@@ -114,6 +116,7 @@ def test_a_rebuild_alongside_live_writes_misses_nothing(tmp_path):
         rebuilder.close()
 
 
+@pytest.mark.sqlite_only("restores an older copy of the SQLite files")
 def test_views_ahead_of_a_restored_event_store_are_rebuilt_at_start(tmp_path):
     data = tmp_path / "var"
     system = build_system(settings_for(data))
