@@ -22,9 +22,12 @@ log = logging.getLogger("keyledger.api")
 
 # Paths that take no credential of their own.
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/v2/verify",
-                   "/v2/auth/check", "/v2/token", "/v2/scopes")
+                   "/v2/auth/check", "/v2/token", "/v2/scopes", "/console")
 # Paths whose views read their own bodies (the hot path parses JSON once; OAuth2 takes forms).
 SELF_PARSING = ("/v2/verify", "/v2/token")
+# The web console (service.console): HTML forms, its own cookie sign-in, CSRF checks and error
+# pages; the JSON rules below (bodies, repeated query parameters) are the API's, not its.
+CONSOLE = "/console"
 
 
 def create_app(settings: Settings | None = None, *, system: System | None = None,
@@ -90,6 +93,9 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
                       campaign.blp):
         api.register_blueprint(blueprint)
     _serve_migration_guide(flask_app)
+    from service import console  # the web console: the same process, the same use cases
+
+    console.register(flask_app, system)
     return flask_app
 
 
@@ -142,6 +148,8 @@ def _register_request_hooks(flask_app: Flask, system: System) -> None:
             except KeyledgerError as error:
                 return error_response(error.code, error.message, error.details,
                                       headers={"WWW-Authenticate": 'Key realm="keyledger"'})
+        if request.path == CONSOLE or request.path.startswith(CONSOLE + "/"):
+            return None
         if request.environ.get("QUERY_STRING") and request.path != "/v2/auth/check":
             repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
             if repeated:  # which one was meant? say so rather than silently take the first
