@@ -238,7 +238,7 @@ def sign_out() -> Response:
 
 def _safe_next(target: str | None) -> str | None:
     """Only a path of the console itself (never another site)."""
-    if target and _SAFE_NEXT.fullmatch(target) and "//" not in target:
+    if target and _SAFE_NEXT.fullmatch(target) and "//" not in target and "/." not in target:
         return target
     return None
 
