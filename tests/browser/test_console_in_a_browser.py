@@ -9,6 +9,7 @@ no serious or critical accessibility violation on any page. Every page is photog
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -75,7 +76,7 @@ def server(start_server: StartServer) -> ServerProcess:
     return start_server(env={"KEYLEDGER_LEGACY_SUNSET_AT": sunset})
 
 
-def test_the_console_end_to_end_in_chromium(server: ServerProcess, chromium):
+def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess):
     admin = server.create_account("admin", "admin@example.com", "Ada Admin")
     owner = server.create_account("owner", "olive@example.com", "Olive Owner")
     other = server.create_account("owner", "oscar@example.com", "Oscar Other")
@@ -83,7 +84,6 @@ def test_the_console_end_to_end_in_chromium(server: ServerProcess, chromium):
     assert server.post("/v2/apps", {"id": "vision", "name": "Vision"}, token=owner["token"]).status == 201
     # The app still uses a legacy access token (the campaign's chart and the migration hint show it).
     credentials = server.post("/v2/apps/vision/legacy-credentials", token=admin["token"]).json
-    import base64
     basic = base64.b64encode(f"{credentials['client_id']}:{credentials['client_secret']}".encode()).decode()
     token = server.request("POST", "/v2/token", json_body={"grant_type": "client_credentials"},
                            headers={"Authorization": f"Basic {basic}"})
@@ -196,7 +196,7 @@ def test_the_console_end_to_end_in_chromium(server: ServerProcess, chromium):
     assert pages.too_wide == [], "\n".join(pages.too_wide)
 
 
-def test_every_control_is_reachable_with_the_keyboard(server: ServerProcess, chromium):
+def test_every_control_is_reachable_with_the_keyboard(chromium, server: ServerProcess):
     owner = server.create_account("owner", "kim@example.com", "Kim Keys")
     app = server.post("/v2/apps", {"id": "vision", "name": "Vision"}, token=owner["token"]).json
     context = chromium.new_context(viewport=SIZES["desktop"])
