@@ -1,11 +1,13 @@
-"""The campaign's chart: legacy-token use against API-key use per day, drawn as SVG on the server.
+"""The campaign's chart: apps on legacy tokens against apps on API keys, per day, drawn as SVG
+on the server.
 
-The numbers come from existing queries only:
+The numbers come from existing queries only (no SQL of the console's own):
 
-* legacy tokens — the ``LegacyUseWindow.LegacyTokenUsed`` events of the audit trail, per day
-  (one per client per use window, so a busy client counts at most once a window);
-* API keys — the keys whose latest use (``last_used``) fell on that day: no event is recorded
-  per verification, so an earlier day's use of a key that was used again later is not counted.
+* legacy tokens — the apps with a ``LegacyUseWindow.LegacyTokenUsed`` event that day in the
+  audit trail (exact: the event is written on the first use in each window);
+* API keys — among the apps with legacy credentials (the campaign's apps), those whose API keys
+  were last used that day (``LegacyUsage.apps``' ``api_keys_last_used_at``): no event is written
+  per verification, so an app counts on the day of its latest API-key use only.
 """
 
 from __future__ import annotations
@@ -22,20 +24,18 @@ LEFT, RIGHT, TOP, BOTTOM = 44, 12, 16, 40
 
 def daily_use(system: System, start: datetime, *, days: int) -> list[dict]:
     first = start.astimezone(UTC).date()
-    counts = {first + timedelta(days=n): {"legacy": 0, "api_keys": 0} for n in range(days)}
+    legacy: dict[date, set[str]] = {first + timedelta(days=n): set() for n in range(days)}
+    api_keys: dict[date, int] = dict.fromkeys(legacy, 0)
     since = datetime(first.year, first.month, first.day, tzinfo=UTC)
     for event in system.audit.stream(AuditFilter(type=LEGACY_TYPE, since_us=microseconds(since))):
         day = _day(event["occurred_at"])
-        if day in counts:
-            counts[day]["legacy"] += 1
-    now = system.keys_app.now()
-    for app in system.directory.apps():
-        ids = [key["id"] for key in system.directory.keys(app["id"], now)]
-        for used in system.last_used.of(ids).values():
-            day = used.astimezone(UTC).date()
-            if day in counts:
-                counts[day]["api_keys"] += 1
-    return [{"day": day, **counted} for day, counted in counts.items()]
+        if day in legacy and event["app_id"]:
+            legacy[day].add(event["app_id"])
+    for app in system.legacy_usage.apps():
+        used = app["api_keys_last_used_at"]
+        if used is not None and (day := used.astimezone(UTC).date()) in api_keys:
+            api_keys[day] += 1
+    return [{"day": day, "legacy": len(apps), "api_keys": api_keys[day]} for day, apps in legacy.items()]
 
 
 def _day(occurred_at: str) -> date:
@@ -59,5 +59,4 @@ def bars(series: list[dict]) -> dict:
             labels.append({"x": round(LEFT + n * slot + slot / 2, 1), "text": d["day"].strftime("%m-%d")})
     ticks = [{"y": round(TOP + plot_h - plot_h * v / top, 1), "value": v} for v in sorted({0, top // 2, top})]
     return {"width": WIDTH, "height": HEIGHT, "left": LEFT, "right": WIDTH - RIGHT, "top": TOP,
-            "bottom": TOP + plot_h, "bars": drawn, "labels": labels, "ticks": ticks,
-            "legacy_total": sum(d["legacy"] for d in series), "api_total": sum(d["api_keys"] for d in series)}
+            "bottom": TOP + plot_h, "bars": drawn, "labels": labels, "ticks": ticks}

@@ -163,3 +163,12 @@ def test_odd_forms_are_answered_with_pages_never_a_500(browser_of, owner, read_o
     assert big.status_code == 413 and big.mimetype == "text/html"
     assert browser.client.put(key).status_code == 405
 
+
+
+def test_an_owner_sees_other_people_in_a_key_s_history_by_account_id_only(browser_of, owner, admin, auditor,
+                                                                       read_only_key):
+    admin.delete(f"/v2/keys/{read_only_key['id']}")
+    mine = browser_of(owner).get(f"/console/keys/{read_only_key['id']}").get_data(as_text=True)
+    assert "admin@example.com" not in mine and f"account {admin.id}" in mine
+    theirs = browser_of(auditor).get(f"/console/keys/{read_only_key['id']}").get_data(as_text=True)
+    assert "Admin &lt;admin@example.com&gt; (admin)" in theirs

@@ -44,7 +44,7 @@ def test_the_campaign_page_charts_legacy_use_against_api_key_use(browser_of, aud
     html = response.get_data(as_text=True)
     assert "<svg" in html and 'role="img"' in html
     today = datetime.now(UTC).date().isoformat()
-    assert f"{today}: 1 legacy-token use windows" in html
-    assert f"{today}: 1 API keys used" in html
+    assert f"{today}: 1 apps used legacy tokens" in html
+    assert f"{today}: 1 apps last used API keys" in html
     assert "Reminders by stage" in html and "Owners mailed" in html
     assert "owner@example.com" in html
