@@ -284,7 +284,14 @@ def _unexpected(error: Exception) -> Response:
                         f"{g.get('request_id')} if it persists.")
 
 
-@bp.route("/<path:unknown>", methods=["GET", "POST"])
+@bp.route("/<path:unknown>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def not_found(unknown: str) -> Response:
+    """Any other path under /console, or a method the console's pages do not take: a page, not
+    the API's JSON."""
+    if request.method not in ("GET", "POST"):
+        response = page("console/error.html", status=405, title=TITLES[405],
+                        message="Console pages are read with GET and changed with their forms' POST.")
+        response.headers["Allow"] = "GET, POST"
+        return response
     return page("console/error.html", status=404, title=TITLES[404],
                 message="There is no such page in the console.")

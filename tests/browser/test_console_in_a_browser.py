@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -89,6 +90,10 @@ def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess):
                            headers={"Authorization": f"Basic {basic}"})
     assert token.status == 200, token
     assert server.post("/v2/verify", {"key": token.json["access_token"]}).json["valid"]
+    deadline = time.monotonic() + 5
+    while not server.get("/v2/legacy/usage", token=admin["token"]).json["apps"][0]["last_used_at"]:
+        assert time.monotonic() < deadline, "the legacy use never reached the views"
+        time.sleep(0.05)
     pages = Pages()
 
     # -- the owner: sign in, create a read-only key, copy its secret ---------------------------------
