@@ -60,14 +60,19 @@ class Pages:
                                        f"at {violation['nodes']}")
 
 
+def shown(locator, timeout: float = 10_000) -> bool:
+    """Wait for the element (after a click, the next page may still be loading)."""
+    locator.first.wait_for(state="visible", timeout=timeout)
+    return True
+
+
 def sign_in(context, server: ServerProcess, token: str):
     page = context.new_page()
     page.goto(server.url + "/console")
     assert "/console/sign-in" in page.url
     page.get_by_label("Personal token").fill(token)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_load_state()
-    assert "/console/sign-in" not in page.url, page.content()[:2000]
+    page.wait_for_url(re.compile(r"/console/?$"))
     return page
 
 
@@ -104,10 +109,10 @@ def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess):
     pages.check(signin, "sign-in")
     signin.close()
     page = sign_in(owner_context, server, owner["token"])
-    assert page.get_by_role("heading", name="Apps").is_visible()
+    assert shown(page.get_by_role("heading", name="Apps"))
     pages.check(page, "apps")
     page.get_by_role("link", name="Vision").click()
-    assert page.get_by_text("still uses legacy access tokens").is_visible()
+    assert shown(page.get_by_text("still uses legacy access tokens"))
     assert page.get_by_role("link", name="Read the migration guide").get_attribute("href") == "/docs/migration"
     pages.check(page, "app")
     page.get_by_role("link", name="Create New API Key").click()
@@ -116,7 +121,7 @@ def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess):
     assert page.get_by_label("Predict", exact=False).first.is_checked()  # the preset ticked its scopes
     pages.check(page, "new-key")
     page.get_by_role("button", name="Create key").click()
-    assert page.get_by_text("You will not see this again.").is_visible()
+    assert shown(page.get_by_text("You will not see this again."))
     secret_field = page.get_by_label(re.compile("Secret of the key"))
     page.get_by_role("button", name="Copy").click()
     page.get_by_text("Copied to the clipboard.").wait_for()
@@ -133,14 +138,14 @@ def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess):
 
     # -- the key's page, then revoke it (with a confirmation naming it) -------------------------------
     page.get_by_role("link", name="I have copied it: show the key").click()
-    assert page.get_by_role("heading", name=re.compile("Gateway, read-only")).is_visible()
+    assert shown(page.get_by_role("heading", name=re.compile("Gateway, read-only")))
     assert secret not in page.content()
     pages.check(page, "key")
     page.get_by_role("link", name="Revoke this key…").click()
-    assert page.get_by_role("heading", name=re.compile("Revoke the key “Gateway, read-only”")).is_visible()
+    assert shown(page.get_by_role("heading", name=re.compile("Revoke the key “Gateway, read-only”")))
     pages.check(page, "revoke")
     page.get_by_role("button", name="Revoke this key").click()
-    assert page.get_by_text("Revoked: the key no longer verifies.").is_visible()
+    assert shown(page.get_by_text("Revoked: the key no longer verifies."))
     assert server.post("/v2/verify", {"key": secret}).json["code"] == "REVOKED"
     pages.check(page, "key-revoked")
 
@@ -150,7 +155,7 @@ def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess):
     page.get_by_label("All scopes, including future ones").check()
     page.evaluate("document.querySelector('form.stack input[name=csrf_token]').remove()")
     page.get_by_role("button", name="Create key").click()
-    assert page.get_by_role("heading", name="This form cannot be accepted").is_visible()
+    assert shown(page.get_by_role("heading", name="This form cannot be accepted"))
     assert "nothing was changed" in page.content()
     pages.check(page, "csrf-refused")
     keys = server.get("/v2/apps/vision/keys", token=owner["token"]).json["keys"]
@@ -163,21 +168,22 @@ def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess):
     page.get_by_role("link", name="Audit trail").click()
     page.get_by_label("Key id").fill(key_id)
     page.get_by_role("button", name="Filter").click()
+    page.wait_for_url(re.compile(r"key_id="))
     rows = page.locator("table.events tbody tr")
     types = [rows.nth(n).locator("td").nth(2).inner_text().split("\n")[0] for n in range(rows.count())]
     assert types == ["ApiKey.Issued", "ApiKey.Revoked"], types
     pages.check(page, "audit")
     page.get_by_role("link", name="Integrity").click()
-    assert page.get_by_text("Intact.").is_visible()
+    assert shown(page.get_by_text("Intact."))
     pages.check(page, "integrity")
     page.get_by_role("link", name="Who could?").click()
     page.get_by_label("App").select_option("vision")
     page.get_by_label("Scope").select_option("Predict")
     page.get_by_role("button", name="Ask").click()
-    assert page.get_by_role("heading", name=re.compile("scope Predict")).is_visible()
+    assert shown(page.get_by_role("heading", name=re.compile("scope Predict")))
     pages.check(page, "access")
     page.get_by_role("link", name="Campaign").click()
-    assert page.locator("svg[role=img]").is_visible()
+    assert shown(page.locator("svg[role=img]"))
     pages.check(page, "campaign")
     auditor_context.close()
 
