@@ -175,10 +175,8 @@ def _iso(value: Any) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@bp.app_context_processor
+@bp.context_processor
 def _frame_values() -> dict:
-    if not request.path.startswith("/console"):
-        return {}
     session = g.get("console_session")
     who = g.get("console_actor")
     return {"csrf_token": sessions().csrf_token(session) if session else "",
