@@ -14,6 +14,7 @@ from flask import Response, redirect, request, url_for
 
 from service.api import context
 from service.console.web import actor, bp, field_errors, page, signed_in, system
+from service.credentials import redact
 from service.domain.errors import KeyledgerError
 from service.domain.scopes import ALL, PRESETS
 
@@ -114,6 +115,7 @@ def new_key(app_id: str) -> Response:
     if request.method == "POST":
         form = {"description": request.form.get("description", ""),
                 "expires_at": request.form.get("expires_at", "").strip()}
+        shown = {"description": redact(form["description"]), "expires_at": redact(form["expires_at"])}
         scopes = chosen_scopes()
         expires_at, expiry_problem = parse_expiry(form["expires_at"])
         if expiry_problem:
@@ -131,8 +133,11 @@ def new_key(app_id: str) -> Response:
             else:
                 sys.after_command()
                 return secret_page("Your new API key", key, secret, app)
+    else:
+        shown = form
+    # What was typed comes back for correction, but never a secret pasted by mistake.
     return page("console/key_new.html", status=400 if errors or message else 200,
-                title="Create New API Key", app=app, form=form, errors=errors, message=message,
+                title="Create New API Key", app=app, form=shown, errors=errors, message=message,
                 **scope_form_values(scopes))
 
 
@@ -223,7 +228,7 @@ def change_key(key_id: str) -> Response:
         if error.code in ("NOT_FOUND", "UNAVAILABLE"):
             raise
         return key_page(key_id, status=400 if error.code != "CONFLICT" else 409, errors=field_errors(error),
-                        message=error.message, form_scopes=scopes, description=description)
+                        message=error.message, form_scopes=scopes, description=redact(description))
     sys.after_command()
     return redirect(url_for("console.key_detail", key_id=key["id"], done="scopes"), code=303)
 

@@ -18,7 +18,7 @@ from service.api.audit import audit_filter, utc_field
 from service.api.schemas import AccessQuerySchema, AuditQuerySchema
 from service.console import chart
 from service.console.web import actor, bp, field_errors, page, signed_in, system
-from service.credentials import public_key_sha256
+from service.credentials import public_key_sha256, redact
 from service.domain.errors import KeyledgerError
 
 AUDIT_FIELDS = ("app_id", "key_id", "actor", "type", "since", "until", "limit")
@@ -49,7 +49,7 @@ def audit() -> Response:
     owner = sys.keys_app.audit_reader(by=actor())
     given = _given((*AUDIT_FIELDS, "cursor"))
     given.setdefault("limit", str(PAGE_SIZE))
-    values = {name: given.get(name, "") for name in AUDIT_FIELDS}
+    values = {name: redact(given.get(name, "")) for name in AUDIT_FIELDS}  # never echo a pasted secret
     errors: dict[str, list[str]] = {}
     events: list[dict] = []
     next_url = None
@@ -111,7 +111,7 @@ def access() -> Response:
             errors = field_errors(error) or {"app_id": [error.message]}
     apps = sys.directory.apps(owner_id=None)
     return page("console/access.html", status=400 if errors else 200, title="Who could do it, then?",
-                values=given, errors=errors, answer=answer, apps=apps,
+                values={name: redact(value) for name, value in given.items()}, errors=errors, answer=answer, apps=apps,
                 scopes=list(sys.keys_app.scope_catalogue()))
 
 

@@ -116,6 +116,13 @@ def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess):
     assert page.get_by_role("link", name="Read the migration guide").get_attribute("href") == "/docs/migration"
     pages.check(page, "app")
     page.get_by_role("link", name="Create New API Key").click()
+    # Refusals are sentences next to the fields that caused them.
+    page.get_by_label("Description").fill("ak_" + "x" * 38)
+    page.get_by_label("Choose scopes below").check()
+    page.get_by_role("button", name="Create key").click()
+    assert shown(page.locator("#scopes-problem"))
+    assert "Must not be empty." in page.locator("#scopes-problem").inner_text()
+    pages.check(page, "new-key-refused")
     page.get_by_label("Description").fill("Gateway, read-only")
     page.get_by_label("Read-only: Predict and Search").check()
     assert page.get_by_label("Predict", exact=False).first.is_checked()  # the preset ticked its scopes

@@ -174,3 +174,15 @@ def test_an_owner_sees_other_people_in_a_key_s_history_by_account_id_only(browse
     assert "admin@example.com" not in mine and f"account {admin.id}" in mine
     theirs = browser_of(auditor).get(f"/console/keys/{read_only_key['id']}").get_data(as_text=True)
     assert "Admin &lt;admin@example.com&gt; (admin)" in theirs
+
+
+def test_a_secret_pasted_into_a_field_is_not_echoed_back(browser_of, owner, read_only_key):
+    browser = browser_of(owner)
+    create_key(browser)  # a read-only key, so the page has a CSRF token
+    refused = create_key(browser, description=f"oops {read_only_key['key']}")
+    assert refused.status_code == 400 and read_only_key["key"] not in refused.get_data(as_text=True)
+    browser.get(f"/console/keys/{read_only_key['id']}")
+    changed = browser.post(f"/console/keys/{read_only_key['id']}/change",
+                           {"preset": "all", "description": read_only_key["key"]})
+    assert changed.status_code == 400 and read_only_key["key"] not in changed.get_data(as_text=True)
+    assert "Looks like a credential" in problems(changed.get_data(as_text=True))["description"]
