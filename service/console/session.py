@@ -15,9 +15,13 @@ import hmac
 import json
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-COOKIE = "keyledger_console"
+COOKIE = "keyledger_console"  # the signed-in session
+# Before signing in: a session without a token, for the sign-in form's CSRF token. A cookie of its
+# own, so a visit that arrives without the session cookie (SameSite=Strict: a link from another
+# site) never overwrites the signed-in session.
+PRE_COOKIE = "keyledger_console_pre"
 LIFETIME_SECONDS = 8 * 3600  # a working day; then sign in again
 _NONCE_BYTES = 18
 
@@ -52,9 +56,6 @@ class Sessions:
         """A fresh session (a new nonce: signing in never keeps the anonymous session's)."""
         return Session(nonce=_b64(secrets.token_bytes(_NONCE_BYTES)),
                        expires=int(self._clock()) + LIFETIME_SECONDS, digest=digest)
-
-    def signed_out(self, session: Session) -> Session:
-        return replace(session, digest=None)
 
     def dump(self, session: Session) -> str:
         payload = {"n": session.nonce, "e": session.expires}

@@ -32,7 +32,7 @@ from werkzeug.exceptions import HTTPException
 from service.api import context
 from service.api.errors import STATUS_BY_CODE
 from service.composition import System
-from service.console.session import COOKIE, Session, Sessions
+from service.console.session import COOKIE, PRE_COOKIE, Session, Sessions
 from service.domain.actors import Actor
 from service.domain.errors import CredentialRefused, KeyledgerError
 
@@ -82,20 +82,27 @@ def actor() -> Actor:
 @bp.before_request
 def _open_session() -> Response | None:
     store = sessions()
-    session = store.load(request.cookies.get(COOKIE))
-    g.console_set_cookie = session is None
-    if session is None:
-        session = store.new()
-    g.console_session = session
+    g.console_cookie = None  # which cookie to (re)write after the view: COOKIE or PRE_COOKIE
+    g.console_drop = set()  # cookies to delete
     g.console_actor = None
-    if session.signed_in:
+    session = store.load(request.cookies.get(COOKIE))
+    if session is not None and session.signed_in:
         try:
             g.console_actor = system().authenticator.actor_of_digest(session.digest)
         except KeyledgerError:  # the token was replaced or revoked: this session ends
-            set_session(store.signed_out(session))
+            session = None
+            g.console_drop.add(COOKIE)
         else:
             g.actor = g.console_actor  # the access log names who acted
             g.console_account = system().keys_app.get_account(g.console_actor.id)
+    else:
+        session = None
+    if session is None:
+        session = store.load(request.cookies.get(PRE_COOKIE))
+        if session is None:
+            session = store.new()
+            g.console_cookie = PRE_COOKIE
+    g.console_session = session
     if request.method == "POST" and not store.csrf_ok(g.console_session, request.form.get(CSRF_FIELD)):
         return page("console/csrf.html", status=403, title="This form cannot be accepted")
     return None
@@ -103,12 +110,15 @@ def _open_session() -> Response | None:
 
 @bp.after_request
 def _close_session(response: Response) -> Response:
-    if g.get("console_set_cookie"):
-        response.set_cookie(COOKIE, sessions().dump(g.console_session), httponly=True,
+    for name in g.get("console_drop", ()):
+        response.delete_cookie(name, path="/console", secure=request.is_secure, httponly=True,
+                               samesite="Strict")
+    if name := g.get("console_cookie"):
+        response.set_cookie(name, sessions().dump(g.console_session), httponly=True,
                             secure=request.is_secure, samesite="Strict", path="/console",
                             max_age=g.console_session.expires - int(datetime.now(UTC).timestamp()))
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
+    for header, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(header, value)
     if request.endpoint == "console.static":
         response.headers["Cache-Control"] = "public, max-age=300"
     else:
@@ -116,9 +126,17 @@ def _close_session(response: Response) -> Response:
     return response
 
 
-def set_session(session: Session) -> None:
+def signed_in_as(session: Session) -> None:
+    """Open the signed-in session (a new nonce: the anonymous one's forms no longer post)."""
     g.console_session = session
-    g.console_set_cookie = True
+    g.console_cookie = COOKIE
+    g.console_drop.add(PRE_COOKIE)
+
+
+def signed_out_anew(session: Session) -> None:
+    g.console_session = session
+    g.console_cookie = PRE_COOKIE
+    g.console_drop.add(COOKIE)
 
 
 def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -197,8 +215,10 @@ SIGN_IN_REFUSALS = {
 def sign_in() -> Response:
     if g.console_actor is not None:
         return redirect(url_for("console.home"))
+    # A link from another site arrives without the (SameSite=Strict) session cookie: one click
+    # on this page, a same-site navigation, brings it back.
     return page("console/sign_in.html", title="Sign in", next=_safe_next(request.args.get("next")),
-                errors={})
+                errors={}, from_elsewhere=request.headers.get("Sec-Fetch-Site") == "cross-site")
 
 
 @bp.post("/sign-in")
@@ -224,13 +244,13 @@ def sign_in_post() -> Response:
     if problem:
         return page("console/sign_in.html", status=400, title="Sign in", next=target,
                     errors={"token": [problem]})
-    set_session(sessions().new(digest=system().authenticator.digester.digest(token)))
+    signed_in_as(sessions().new(digest=system().authenticator.digester.digest(token)))
     return redirect(target or url_for("console.home"), code=303)
 
 
 @bp.post("/sign-out")
 def sign_out() -> Response:
-    set_session(sessions().new())  # a new nonce: the old page's forms no longer post
+    signed_out_anew(sessions().new())  # a new nonce: the old page's forms no longer post
     return redirect(url_for("console.sign_in"), code=303)
 
 

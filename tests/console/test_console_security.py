@@ -188,3 +188,20 @@ def test_the_next_page_after_sign_in_is_only_ever_a_console_page(browser_of, own
 
 def test_browser_can_be_made_without_signing_in(flask_app):
     assert Browser(flask_app).get("/console/sign-in").status_code == 200
+
+
+def test_a_visit_without_the_session_cookie_never_overwrites_it(browser_of, owner):
+    anonymous = browser_of()
+    response = anonymous.get("/console/keys/whatever")
+    written = [v for k, v in response.headers.items() if k == "Set-Cookie"]
+    assert written and all(v.startswith("keyledger_console_pre=") for v in written)
+    page = anonymous.get("/console/sign-in?next=/console/audit", headers={"Sec-Fetch-Site": "cross-site"})
+    assert 'href="/console/audit">continue to the console</a>' in page.get_data(as_text=True)
+
+
+def test_signing_in_drops_the_anonymous_cookie(browser_of, owner):
+    browser = browser_of()
+    browser.get("/console/sign-in")
+    response = browser.post("/console/sign-in", {"token": owner.token})
+    written = [v for k, v in response.headers.items() if k == "Set-Cookie"]
+    assert any(v.startswith("keyledger_console_pre=;") and "Max-Age=0" in v for v in written), written
