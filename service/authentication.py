@@ -41,8 +41,12 @@ class Authenticator:
             raise CredentialRefused(MALFORMED, REFUSALS[MALFORMED])
         if kind == credentials.ACCESS_TOKEN:
             raise Unauthenticated("Unknown credential; send a personal token (pat_…).")
-        code, entry = self.index.check(self.digester.digest(credential), None, None,
-                                       self.clock().timestamp())
+        return self.actor_of_digest(self.digester.digest(credential))
+
+    def actor_of_digest(self, digest: bytes) -> Actor:
+        """The caller whose credential has this keyed digest (the web console's session keeps
+        the digest of the personal token it was opened with, never the token)."""
+        code, entry = self.index.check(digest, None, None, self.clock().timestamp())
         if code == NOT_FOUND or entry is None:
             raise Unauthenticated("Unknown credential; send a valid personal token (pat_…).")
         if code in (REVOKED, EXPIRED):

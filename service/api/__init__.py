@@ -22,11 +22,14 @@ log = logging.getLogger("keyledger.api")
 
 # Paths that take no credential of their own.
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/v2/verify",
-                   "/v2/auth/check", "/v2/token", "/v2/scopes")
+                   "/v2/auth/check", "/v2/token", "/v2/scopes", "/console")
 # Paths answered without the store (from the in-memory index or constants).
 STORE_FREE_PREFIXES = ("/v2/verify", "/v2/auth/check", "/v2/scopes")
 # Paths whose views read their own bodies (the hot path parses JSON once; OAuth2 takes forms).
 SELF_PARSING = ("/v2/verify", "/v2/token")
+# The web console (service.console): HTML forms, its own cookie sign-in, CSRF checks and error
+# pages; the JSON rules below (bodies, repeated query parameters) are the API's, not its.
+CONSOLE = "/console"
 
 
 def create_app(settings: Settings | None = None, *, system: System | None = None,
@@ -92,6 +95,9 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
                       campaign.blp):
         api.register_blueprint(blueprint)
     _serve_migration_guide(flask_app)
+    from service import console  # the web console: the same process, the same use cases
+
+    console.register(flask_app, system)
     return flask_app
 
 
@@ -151,6 +157,8 @@ def _register_request_hooks(flask_app: Flask, system: System) -> None:
             flask_app.extensions["keyledger_metrics"].store_error("events")
             return error_response("UNAVAILABLE", "The event store is unreachable right now; retry shortly.",
                                   None, 503, {"Retry-After": "1"})
+        if request.path == CONSOLE or request.path.startswith(CONSOLE + "/"):
+            return None
         if request.environ.get("QUERY_STRING") and request.path != "/v2/auth/check":
             repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
             if repeated:  # which one was meant? say so rather than silently take the first

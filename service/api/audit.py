@@ -43,7 +43,7 @@ def _refusals(*statuses: int):
     return decorate
 
 
-def _utc(query: dict, name: str) -> datetime | None:
+def utc_field(query: dict, name: str) -> datetime | None:
     """A time from the query in UTC (400 naming the field when it falls outside years 1-9999)."""
     value = query.get(name)
     if value is None:
@@ -55,11 +55,11 @@ def _utc(query: dict, name: str) -> datetime | None:
 
 
 def _time(query: dict, name: str) -> int | None:
-    value = _utc(query, name)
+    value = utc_field(query, name)
     return None if value is None else microseconds(value)
 
 
-def _filters(query: dict) -> AuditFilter:
+def audit_filter(query: dict) -> AuditFilter:
     actor_kind = actor_id = None
     if actor := query.get("actor"):
         actor_kind, _, actor_id = actor.partition(":")
@@ -84,7 +84,7 @@ class AuditEvents(MethodView):
         """Audit events, oldest first, filtered; page with `cursor` (a position in the log)."""
         system = context.system()
         owner = system.keys_app.audit_reader(by=context.actor())
-        filters = _filters(query)
+        filters = audit_filter(query)
         after = 0
         if "cursor" in query:
             after = decode_cursor(query["cursor"])
@@ -101,7 +101,7 @@ class AuditEvents(MethodView):
 def _export(query: dict, fmt: str) -> Response:
     system = context.system()
     owner = system.keys_app.audit_reader(by=context.actor())
-    events = system.audit.stream(_filters(query), owner_id=owner)
+    events = system.audit.stream(audit_filter(query), owner_id=owner)
     return Response(exports.lines(events, fmt), mimetype=exports.FORMATS[fmt], headers={
         "Content-Disposition": f'attachment; filename="audit-events.{fmt}"'})
 
@@ -150,7 +150,7 @@ class AuditAccess(MethodView):
     def get(self, query):
         """The credentials that could perform `scope` on `app_id` at the moment `at`, from their events."""
         system = context.system()
-        at = _utc(query, "at") or system.keys_app.now()
+        at = utc_field(query, "at") or system.keys_app.now()
         until_us = microseconds(at)
         candidates = system.audit.aggregates_of_app(query["app_id"], until_us=until_us)
         credentials = system.keys_app.access_at(query["app_id"], scope=query["scope"], at=at,

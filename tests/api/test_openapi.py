@@ -13,7 +13,8 @@ UNDOCUMENTED = {"/openapi.json", "/docs", "/docs/<path:filename>", "/docs/assets
 def served_routes(flask_app) -> dict[str, set[str]]:
     routes: dict[str, set[str]] = {}
     for rule in flask_app.url_map.iter_rules():
-        if rule.rule in UNDOCUMENTED or rule.endpoint.startswith("api-docs."):
+        # The web console's pages (service.console) are HTML for people, not part of the API.
+        if rule.rule in UNDOCUMENTED or rule.endpoint.startswith(("api-docs.", "console.")):
             continue
         path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
         routes.setdefault(path, set()).update(m.lower() for m in rule.methods - {"HEAD", "OPTIONS"})

@@ -1,0 +1,62 @@
+"""The campaign's chart: apps on legacy tokens against apps on API keys, per day, drawn as SVG
+on the server.
+
+The numbers come from existing queries only (no SQL of the console's own):
+
+* legacy tokens — the apps with a ``LegacyUseWindow.LegacyTokenUsed`` event that day in the
+  audit trail (exact: the event is written on the first use in each window);
+* API keys — among the apps with legacy credentials (the campaign's apps), those whose API keys
+  were last used that day (``LegacyUsage.apps``' ``api_keys_last_used_at``): no event is written
+  per verification, so an app counts on the day of its latest API-key use only.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from projections.audit import AuditFilter, microseconds
+from service.composition import System
+
+LEGACY_TYPE = "LegacyUseWindow.LegacyTokenUsed"
+WIDTH, HEIGHT = 720, 260
+LEFT, RIGHT, TOP, BOTTOM = 44, 12, 16, 40
+
+
+def daily_use(system: System, start: datetime, *, days: int) -> list[dict]:
+    first = start.astimezone(UTC).date()
+    legacy: dict[date, set[str]] = {first + timedelta(days=n): set() for n in range(days)}
+    api_keys: dict[date, int] = dict.fromkeys(legacy, 0)
+    since = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    for event in system.audit.stream(AuditFilter(type=LEGACY_TYPE, since_us=microseconds(since))):
+        day = _day(event["occurred_at"])
+        if day in legacy and event["app_id"]:
+            legacy[day].add(event["app_id"])
+    for app in system.legacy_usage.apps():
+        used = app["api_keys_last_used_at"]
+        if used is not None and (day := used.astimezone(UTC).date()) in api_keys:
+            api_keys[day] += 1
+    return [{"day": day, "legacy": len(apps), "api_keys": api_keys[day]} for day, apps in legacy.items()]
+
+
+def _day(occurred_at: str) -> date:
+    return datetime.fromisoformat(occurred_at.replace("Z", "+00:00")).astimezone(UTC).date()
+
+
+def bars(series: list[dict]) -> dict:
+    """The geometry of a grouped bar chart: two bars a day, a y axis with three ticks."""
+    top = max([1, *(max(d["legacy"], d["api_keys"]) for d in series)])
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    slot = plot_w / max(1, len(series))
+    bar_w = max(1.0, slot * 0.38)
+    drawn, labels = [], []
+    for n, d in enumerate(series):
+        x = LEFT + n * slot + slot * 0.1
+        for offset, kind in ((0.0, "legacy"), (bar_w, "api_keys")):
+            h = plot_h * d[kind] / top
+            drawn.append({"kind": kind, "x": round(x + offset, 1), "y": round(TOP + plot_h - h, 1),
+                          "w": round(bar_w, 1), "h": round(h, 1), "value": d[kind], "day": d["day"]})
+        if n % 5 == 0 or n == len(series) - 1:
+            labels.append({"x": round(LEFT + n * slot + slot / 2, 1), "text": d["day"].strftime("%m-%d")})
+    ticks = [{"y": round(TOP + plot_h - plot_h * v / top, 1), "value": v} for v in sorted({0, top // 2, top})]
+    return {"width": WIDTH, "height": HEIGHT, "left": LEFT, "right": WIDTH - RIGHT, "top": TOP,
+            "bottom": TOP + plot_h, "bars": drawn, "labels": labels, "ticks": ticks}
