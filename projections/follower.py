@@ -230,10 +230,13 @@ class Follower:
                 stack.enter_context(self.store.bulk())
             while True:
                 with self.store.write(timeout=timeout) as db:
-                    positions = {p.name: self.store.position(db, p.name) for p in self.projections}
+                    known = self.store.positions(db)
+                    positions = {p.name: known.get(p.name, 0) for p in self.projections}
                     written, finished = self._fill(db, self.projections, positions, limit=self.bulk_size)
-                    for name, position in positions.items():
-                        self.store.set_position(db, name, position)
+                    moved = {name: position for name, position in positions.items()
+                             if position != known.get(name)}
+                    if moved:
+                        self.store.set_positions(db, moved)
                 count += written
                 self.views_position = min(positions.values(), default=0)
                 if finished:

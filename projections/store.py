@@ -97,8 +97,15 @@ class ViewStore:
         return row[0] if row else 0
 
     def set_position(self, db: Any, projection: str, position: int) -> None:
-        db.execute(upsert("projection_tracking", ("projection", "position"), ("projection",)),
-                   (projection, position))
+        self.set_positions(db, {projection: position})
+
+    def positions(self, db: Any) -> dict[str, int]:
+        """Every view's tracking position, in one read."""
+        return dict(db.execute("SELECT projection, position FROM projection_tracking").fetchall())
+
+    def set_positions(self, db: Any, positions: dict[str, int]) -> None:
+        db.executemany(upsert("projection_tracking", ("projection", "position"), ("projection",)),
+                       list(positions.items()))
 
     def scan(self, db: Any, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple]:
         """Rows as plain tuples, streamed: for full-table reads of a million rows."""
@@ -338,9 +345,12 @@ class PostgresViewStore(ViewStore):
     def write(self, timeout: float | None = None) -> Iterator[_PgDb]:
         wait_ms = int((BUSY_TIMEOUT_MS / 1000 if timeout is None else timeout) * 1000)
         with self.pool.connection() as connection, connection.transaction():
-            connection.execute(f"SET LOCAL lock_timeout = {max(1, wait_ms)}")
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
-            connection.execute("SET LOCAL lock_timeout = 0")
+            # One round trip: bound the wait (for this transaction), then queue for the writer lock.
+            # The commit need not wait for the disk: views and their positions commit together, so
+            # a view write lost in a crash is a position not moved, and those events are applied again.
+            connection.execute("SELECT set_config('lock_timeout', %s, true), "
+                               "set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(%s)",
+                               (f"{max(1, wait_ms)}ms", self._lock_key))
             yield _PgDb(connection)
 
     @contextmanager

@@ -200,7 +200,7 @@ def main() -> int:
                 f"{r['failed']:>9}")
         if r["delays"]:
             d = sorted(r["delays"])
-            q = statistics.quantiles(d, n=100)
+            q = statistics.quantiles(d, n=100, method="inclusive")
             line += f"{d[len(d) // 2] * 1000:>14.1f} ms{q[89] * 1000:>6.1f} ms{q[98] * 1000:>6.1f} ms{d[-1] * 1000:>6.1f} ms"
         print(line)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")

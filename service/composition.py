@@ -182,12 +182,11 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
 
 
 def _on_notification(follower: Follower) -> None:
-    """Another instance (or this one) saved events: catch up in memory, then try the views —
-    without waiting behind another instance's view writer, which will apply them (and the next
-    poll picks up whatever it missed)."""
+    """Another instance (or this one) saved events: catch up in memory. The shared views need
+    nothing here: the instance that saved brings them up to date before it answers, and every
+    instance's poll applies whatever a crashed writer left behind."""
     try:
         follower.catch_up()
-        follower.update_views(timeout=0.05)
     except Exception as error:  # noqa: BLE001 - the poll retries; the listener must keep listening
         log.debug("catching up after a notification failed: %s", error)
 
