@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from uuid import UUID
 
 from projections.store import ViewStore
@@ -23,6 +23,11 @@ log = logging.getLogger("keyledger.last_used")
 
 DDL = """CREATE TABLE IF NOT EXISTS key_last_used (
     key_id TEXT PRIMARY KEY, last_used_at REAL NOT NULL) WITHOUT ROWID"""
+# The days on which each key was used (the campaign's chart of API-key use per day): one row
+# per key and UTC day, written with the last-used times. A day whose only uses fell in the last
+# flush interval before midnight is recorded as the next day (at most KEYLEDGER_LAST_USED_INTERVAL).
+DAYS_DDL = """CREATE TABLE IF NOT EXISTS key_use_days (
+    key_id TEXT NOT NULL, day TEXT NOT NULL, PRIMARY KEY (key_id, day)) WITHOUT ROWID"""
 LEGACY_DDL = """CREATE TABLE IF NOT EXISTS legacy_use_counts (
     client_id TEXT NOT NULL, window_start REAL NOT NULL, uses INTEGER NOT NULL,
     last_used_at REAL NOT NULL, PRIMARY KEY (client_id, window_start)) WITHOUT ROWID"""
@@ -41,6 +46,7 @@ class LastUsed:
         self.on_error: Callable[[], None] | None = None
         with store.write() as db:
             db.execute(DDL)
+            db.execute(DAYS_DDL)
             db.execute(LEGACY_DDL)
 
     def touch(self, key_id: bytes, at: float) -> None:
@@ -72,6 +78,9 @@ class LastUsed:
                 "last_used_at = GREATEST(key_last_used.last_used_at, excluded.last_used_at)",
                 [(str(UUID(bytes=k)), t) for k, t in pending.items()])
             db.executemany(
+                "INSERT INTO key_use_days (key_id, day) VALUES (?, ?) ON CONFLICT (key_id, day) DO NOTHING",
+                [(str(UUID(bytes=k)), datetime.fromtimestamp(t, UTC).date().isoformat()) for k, t in pending.items()])
+            db.executemany(
                 "INSERT INTO legacy_use_counts (client_id, window_start, uses, last_used_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (client_id, window_start) DO UPDATE SET "
                 "uses = legacy_use_counts.uses + excluded.uses, "
@@ -98,6 +107,24 @@ class LastUsed:
             if pending is not None and pending > found.get(key_id, 0):
                 found[key_id] = pending
         return {k: datetime.fromtimestamp(v, UTC) for k, v in found.items()}
+
+    def apps_per_day(self, since: date) -> dict[date, set[str]]:
+        """Per UTC day from ``since``: the apps whose API keys were used that day (uses not yet
+        flushed included)."""
+        with self.store.read() as db:
+            rows = db.execute("SELECT DISTINCT d.day, k.app_id FROM key_use_days d "
+                              "JOIN directory_keys k ON k.id = d.key_id WHERE d.day >= ?",
+                              (since.isoformat(),)).fetchall()
+            pending = [(str(UUID(bytes=k)), datetime.fromtimestamp(t, UTC).date()) for k, t in dict(self.pending).items()]
+            apps = {}
+            for key_id, day in pending:
+                if day >= since:
+                    row = db.execute("SELECT app_id FROM directory_keys WHERE id = ?", (key_id,)).fetchone()
+                    if row is not None:
+                        apps.setdefault(day, set()).add(row[0])
+        for day, app_id in rows:
+            apps.setdefault(date.fromisoformat(day), set()).add(app_id)
+        return apps
 
     def run_every(self, interval: float) -> None:
         if self._thread is None:

@@ -6,8 +6,8 @@ The numbers come from existing queries only (no SQL of the console's own):
 * legacy tokens — the apps with a ``LegacyUseWindow.LegacyTokenUsed`` event that day in the
   audit trail (exact: the event is written on the first use in each window);
 * API keys — among the apps with legacy credentials (the campaign's apps), those whose API keys
-  were last used that day (``LegacyUsage.apps``' ``api_keys_last_used_at``): no event is written
-  per verification, so an app counts on the day of its latest API-key use only.
+  were used that day (``LastUsed.apps_per_day``: the days each key was used, written with the
+  last-used times, not as events).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def daily_use(system: System, start: datetime, *, days: int) -> list[dict]:
         day = _day(event["occurred_at"])
         if day in legacy and event["app_id"]:
             legacy[day].add(event["app_id"])
-    for app in system.legacy_usage.apps():
-        used = app["api_keys_last_used_at"]
-        if used is not None and (day := used.astimezone(UTC).date()) in api_keys:
-            api_keys[day] += 1
+    campaign_apps = {app["app_id"] for app in system.legacy_usage.apps()}
+    for day, apps in system.last_used.apps_per_day(first).items():
+        if day in api_keys:
+            api_keys[day] = len(apps & campaign_apps)
     return [{"day": day, "legacy": len(apps), "api_keys": api_keys[day]} for day, apps in legacy.items()]
 
 

@@ -4,17 +4,19 @@ the security team sees the campaign's chart and stages."""
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from service.settings import Settings
+from tests.backend import make_settings
 from tests.conftest import TEST_PEPPER
 
 
 @pytest.fixture
 def settings(data_dir) -> Settings:
-    return Settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05,
+    return make_settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05,
                     legacy_sunset_at=datetime.now(UTC).replace(microsecond=0) + timedelta(days=60))
 
 
@@ -47,6 +49,17 @@ def test_the_campaign_page_charts_legacy_use_against_api_key_use(browser_of, aud
     assert "<svg" in html and 'role="img"' in html
     today = datetime.now(UTC).date().isoformat()
     assert f"{today}: 1 apps used legacy tokens" in html
-    assert f"{today}: 1 apps last used API keys" in html
+    assert f"{today}: 1 apps used API keys" in html
+    # Every day a key is used counts, not only the latest: two days ago, too.
+    key_id = owner_app["default_key"]["id"]
+    system.last_used.touch(uuid.UUID(key_id).bytes, (datetime.now(UTC) - timedelta(days=2)).timestamp())
+    system.last_used.flush()
+    system.last_used.touch(uuid.UUID(key_id).bytes, datetime.now(UTC).timestamp())
+    days = system.last_used.apps_per_day(datetime.now(UTC).date() - timedelta(days=3))
+    assert {d: apps for d, apps in days.items()} == {
+        datetime.now(UTC).date() - timedelta(days=2): {"vision"}, datetime.now(UTC).date(): {"vision"}}
+    html = browser_of(auditor).get("/console/campaign").get_data(as_text=True)
+    two_days_ago = (datetime.now(UTC).date() - timedelta(days=2)).isoformat()
+    assert f"{two_days_ago}: 1 apps used API keys" in html and f"{today}: 1 apps used API keys" in html
     assert "Reminders by stage" in html and "Owners mailed" in html
     assert "owner@example.com" in html

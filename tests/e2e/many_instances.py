@@ -16,7 +16,7 @@ from tests import backend
 from tests.e2e.conftest import ServerProcess, StartServer, base_environment, run_cli
 
 # Not derived from events: written by serving processes (last use) or once (identity).
-NOT_REBUILT = {"key_last_used", "legacy_use_counts", "store_identity", "projection_tracking"}
+NOT_REBUILT = {"key_last_used", "key_use_days", "legacy_use_counts", "store_identity", "projection_tracking"}
 
 
 def cluster_env(schema: str) -> dict[str, str]:
