@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import freezegun
 import pytest
 from eventsourcing.persistence import DatetimeAsISO
 from freezegun.api import FakeDatetime
@@ -45,6 +46,11 @@ def _register_with_freezegun(self, transcoder):  # type: ignore[no-untyped-def]
 
 
 Keyledger.register_transcodings = _register_with_freezegun  # type: ignore[method-assign]
+
+# The database driver and its pools keep real time under freeze_time: their timeouts, idle
+# checks and reconnection schedules run on time.monotonic(), which a frozen or moved clock
+# would stop or leap (a pool then waits forever for a connection, or discards every one).
+freezegun.configure(extend_ignore_list=["psycopg", "psycopg_pool"])
 
 # -- every secret issued during the run ------------------------------------------------------
 
