@@ -8,7 +8,7 @@ from uuid import NAMESPACE_URL, uuid5
 import pytest
 
 from service.domain import scopes
-from service.domain.campaign import FINAL, CampaignPlan, Reminder, reminder_id, stage_id
+from service.domain.campaign import FINAL, CampaignPlan, Reminder, reminder_id, stage_id, sunset_id
 from service.domain.errors import KeyExpired, KeyRevoked, LegacyAccessEnded
 from service.domain.keys import ApiKey
 from service.domain.legacy import LegacyClient
@@ -67,6 +67,32 @@ def test_campaign_record_ids_never_change_between_releases():
     assert stage_id(sunset, "30d") == uuid5(NAMESPACE_URL, "keyledger:campaign:2018-01-01T00:00:00Z:stage:30d")
     assert reminder_id(sunset, "o", "7d") == uuid5(
         NAMESPACE_URL, "keyledger:campaign:2018-01-01T00:00:00Z:reminder:o:7d")
+
+
+@pytest.fixture
+def new_york_local_time():
+    """The process's local time zone is America/New_York for the test (UTC on most servers)."""
+    import os
+    import time
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def test_campaign_record_ids_do_not_depend_on_the_server_s_local_time_zone(new_york_local_time):
+    # On a server whose local time is not UTC, the id must still name the instant in UTC.
+    sunset = datetime(2018, 1, 1, tzinfo=UTC)
+    assert datetime(2018, 1, 1, tzinfo=UTC).astimezone().utcoffset() != timedelta(0)  # the zone took
+    assert stage_id(sunset, "30d") == uuid5(NAMESPACE_URL, "keyledger:campaign:2018-01-01T00:00:00Z:stage:30d")
+    assert sunset_id(sunset) == uuid5(NAMESPACE_URL, "keyledger:campaign:2018-01-01T00:00:00Z:sunset")
 
 
 def test_a_withdrawn_reminder_is_closed_and_withdrawing_again_changes_nothing():
