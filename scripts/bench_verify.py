@@ -202,7 +202,8 @@ def start_server(kind: str, data_dir: Path, port: int, workers: int, log) -> sub
                    "--host", "127.0.0.1", "--port", str(port), "--factory", "bench_app:create_bench_app"]
     else:
         raise SystemExit(f"unknown server {kind!r}: gunicorn or granian")
-    return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    # cwd: not the repository's root, where gunicorn would also read ./gunicorn.conf.py by itself
+    return subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=data_dir)
 
 
 def bench_http(data_dir: Path, secrets: list[str], seconds: int, workers: int, servers: list[str]) -> None:
