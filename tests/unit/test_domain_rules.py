@@ -146,3 +146,20 @@ def test_a_disabled_legacy_client_issues_no_token_and_says_to_use_an_api_key():
         client.issue_access_token(digest="cd" * 32, display="…wxyz", expires_at=AT, by="system:oauth2",
                                   request={}, at=AT)
     assert refused.value.message == "Legacy access for this app has been disabled; use an API key."
+
+
+def test_the_audit_chain_hash_links_each_record_to_the_one_before():
+    # The documented formula (a verifier outside Keyledger recomputes it), and the link: the same
+    # record after a different history hashes differently, so a record cannot be dropped or moved.
+    import hashlib
+    from uuid import UUID
+
+    from service.domain.audit import GENESIS, chain_hash
+
+    who = UUID(int=7)
+    first = chain_hash(GENESIS, 1, who, 1, "t", b'{"a":1}')
+    assert first == hashlib.sha256(f"{GENESIS}\n1\n{who.hex}\n1\nt\n".encode() + b'{"a":1}').hexdigest()
+    assert chain_hash(first, 2, who, 2, "t", b"{}") == hashlib.sha256(
+        f"{first}\n2\n{who.hex}\n2\nt\n{{}}".encode()).hexdigest()
+    assert chain_hash(first, 2, who, 2, "t", b"{}") != chain_hash(GENESIS, 2, who, 2, "t", b"{}")
+    assert chain_hash(GENESIS, 1, who.hex, 1, "t", b'{"a":1}') == first  # the id as hex text alike
