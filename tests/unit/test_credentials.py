@@ -119,3 +119,4 @@ def test_the_public_key_of_a_public_key_is_itself():
 
     key = Ed25519PrivateKey.generate()
     assert credentials.public_key_pem(key.public_key()) == credentials.public_key_pem(key)
+    assert credentials.public_key_sha256(key.public_key()) == credentials.public_key_sha256(key)

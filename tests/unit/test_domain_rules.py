@@ -163,3 +163,12 @@ def test_the_audit_chain_hash_links_each_record_to_the_one_before():
         f"{first}\n2\n{who.hex}\n2\nt\n{{}}".encode()).hexdigest()
     assert chain_hash(first, 2, who, 2, "t", b"{}") != chain_hash(GENESIS, 2, who, 2, "t", b"{}")
     assert chain_hash(GENESIS, 1, who.hex, 1, "t", b'{"a":1}') == first  # the id as hex text alike
+
+
+def test_the_audit_ledger_id_never_changes_between_releases():
+    # It names the stored stream of checkpoints: a new id would start a second ledger beside it.
+    from uuid import UUID
+
+    from service.domain.audit import AuditLedger
+
+    assert AuditLedger.create_id() == UUID("513600fb-89a7-5788-b938-b87bf4dd3137")
