@@ -5,7 +5,7 @@ current secret, secrets still in a roll's grace period, personal tokens). Each s
 process loads it once at start into ``VerificationIndex`` and from then on applies new
 events to it directly, by the same rules (a test rebuilds the view and compares). A
 verification is then a dictionary look-up and a few comparisons: no I/O, no store access.
-The index is keyed by the first 128 bits of each HMAC-SHA256 digest.
+The index is keyed by the first 120 bits of each HMAC-SHA256 digest (``DIGEST_BYTES``).
 """
 
 from __future__ import annotations
