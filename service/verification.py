@@ -57,27 +57,48 @@ def epoch_now() -> float:
 
 
 class Verifier:
-    """``verify(credential, scope=None, app_id=None, request=None)`` → (code, kind, entry): the
-    verdict, the credential's kind if known, its entry if found. ``request`` gives the facts of
-    the request, should a legacy token's use be recorded.
+    """Verdicts for gateways. ``now`` gives the time as epoch seconds (``epoch_now`` when the
+    clock is the real one: no datetime per call)."""
 
-    ``verify`` is built once per verifier as a closure over everything it needs (no attribute
-    look-ups per call); ``now`` gives the time as epoch seconds (``epoch_now`` when the clock is
-    the real one: no datetime per call)."""
-
-    __slots__ = ("verify", "_count_legacy", "_record_use", "_window")
+    __slots__ = ("_digest", "_index", "_now", "_touch", "_count_legacy", "_record_use", "_window")
 
     def __init__(self, digester: credentials.Digester, index: VerificationIndex,
                  clock: Callable[[], datetime], last_used: LastUsed,
                  record_use: RecordUse | None = None, legacy_window: float = 3600.0,
                  now: Callable[[], float] | None = None) -> None:
+        self._digest = digester.digest
+        self._index = index
+        self._now = now if now is not None else lambda: clock().timestamp()
+        self._touch = last_used.touch
         self._count_legacy = last_used.count_legacy
         self._record_use = record_use
         self._window = legacy_window
-        if now is None:
-            def now() -> float:
-                return clock().timestamp()
-        self.verify = _verify_function(digester.digest, index, now, last_used.touch, self._legacy_use)
+
+    def verify(self, credential: str, scope: str | None = None, app_id: str | None = None,
+               request: Callable[[], RequestInfo] | None = None
+               ) -> tuple[str, str | None, Credential | None]:
+        """(code, kind, entry): the verdict, the credential's kind if known, its entry if found.
+        ``request`` gives the facts of the request, should a legacy token's use be recorded."""
+        kind = credentials.classify(credential)
+        if kind == credentials.MALFORMED:
+            return MALFORMED, None, None
+        entry = self._index.by_digest.get(self._digest(credential)[:DIGEST_BYTES])
+        if entry is None:
+            # ``kind`` is what the string looks like; one without a known prefix counts as
+            # a legacy access token (unknown ones are NOT_FOUND).
+            return NOT_FOUND, kind, None
+        now = self._now()
+        code = verdict(entry, scope, app_id, now)
+        if code != VALID:
+            return code, entry.kind, entry
+        if type(entry) is KeyEntry:
+            self._touch(entry.id, now)
+            return VALID, API_KEY, entry
+        if type(entry) is TokenEntry:
+            # Personal tokens manage keys; they carry no API scopes.
+            return INSUFFICIENT_SCOPE, PERSONAL_TOKEN, entry
+        self._legacy_use(entry, credential, now, request)
+        return VALID, entry.kind, entry
 
     def _legacy_use(self, entry: AccessTokenEntry, token: str, now: float,
                     request: Callable[[], RequestInfo] | None) -> None:
@@ -97,37 +118,3 @@ class Verifier:
                         client.client_id, RETRY_RECORD_AFTER, exc_info=True)
             return
         client.recorded_until = window_start + self._window
-
-
-def _verify_function(digest: Callable[[str], bytes], index: VerificationIndex, now: Callable[[], float],
-                     touch: Callable[[bytes, float], None],
-                     legacy_use: Callable[[AccessTokenEntry, str, float, Callable[[], RequestInfo] | None], None],
-                     ) -> Callable[..., tuple[str, str | None, Credential | None]]:
-    classify = credentials.classify
-    malformed = credentials.MALFORMED
-
-    def verify(credential: str, scope: str | None = None, app_id: str | None = None,
-               request: Callable[[], RequestInfo] | None = None
-               ) -> tuple[str, str | None, Credential | None]:
-        kind = classify(credential)
-        if kind == malformed:
-            return MALFORMED, None, None
-        entry = index.by_digest.get(digest(credential)[:DIGEST_BYTES])
-        if entry is None:
-            # ``kind`` is what the string looks like; one without a known prefix counts as
-            # a legacy access token (unknown ones are NOT_FOUND).
-            return NOT_FOUND, kind, None
-        at = now()
-        code = verdict(entry, scope, app_id, at)
-        if code != VALID:
-            return code, entry.kind, entry
-        if type(entry) is KeyEntry:
-            touch(entry.id, at)
-            return VALID, API_KEY, entry
-        if type(entry) is TokenEntry:
-            # Personal tokens manage keys; they carry no API scopes.
-            return INSUFFICIENT_SCOPE, PERSONAL_TOKEN, entry
-        legacy_use(entry, credential, at, request)
-        return VALID, entry.kind, entry
-
-    return verify
