@@ -389,16 +389,20 @@ def verdict(entry: Credential, scope: str | None, app_id: str | None, now: float
         if scope is not None and not grant.everything and scope not in grant.scopes:
             return INSUFFICIENT_SCOPE
         return VALID
-    if entry.ends_at is not None and now >= entry.ends_at:
-        return LEGACY_TOKEN_SUNSET if entry.kind == ACCESS_TOKEN else REVOKED
-    if entry.expires_at is not None and now >= entry.expires_at:
-        return EXPIRED
-    if entry.kind == PERSONAL_TOKEN:  # manages keys; carries no API scopes and no app
+    ends_at = entry.ends_at
+    if type(entry) is TokenEntry:  # manages keys; carries no API scopes, no app and no expiry
+        if ends_at is not None and now >= ends_at:
+            return REVOKED
         return INSUFFICIENT_SCOPE if scope is not None or app_id is not None else VALID
+    # A legacy access token: every scope ("All") of its app, until it expires, or until the
+    # sunset or its client is disabled.
+    if ends_at is not None and now >= ends_at:
+        return LEGACY_TOKEN_SUNSET
+    expires_at = entry.expires_at
+    if expires_at is not None and now >= expires_at:
+        return EXPIRED
     if app_id is not None and entry.app_id != app_id:
         return APP_MISMATCH
-    if scope is not None and scope not in entry.scopes and ALL not in entry.scopes:
-        return INSUFFICIENT_SCOPE
     return VALID
 
 

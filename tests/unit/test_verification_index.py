@@ -65,6 +65,7 @@ def test_the_verdict_of_a_legacy_access_token():
     assert verdict(token, "Models:Add", "app", NOW) == VALID  # "All" for its app
     assert verdict(token, None, "other", NOW) == APP_MISMATCH
     assert verdict(token, None, None, NOW + 60) == EXPIRED
+    assert verdict(token, "Predict", None, NOW + 59) == VALID
     client.ends_at = NOW  # disabled, or the sunset
     assert verdict(token, None, None, NOW) == LEGACY_TOKEN_SUNSET
     assert (token.kind, token.id, token.app_id, token.ends_at) == (ACCESS_TOKEN, ID, "app", NOW)
@@ -92,6 +93,7 @@ def test_keys_of_one_app_with_the_same_scopes_share_one_grant():
     index = VerificationIndex()
     first, second = index._grant("app", "Predict Search"), index._grant("app", "Predict Search")
     assert first is second and first.scopes == frozenset({"Predict", "Search"}) and not first.everything
+    assert first.app_id == "app" and index._grant("other", "Predict").app_id == "other"
     assert index._grant("other", "Predict Search") is not first
     assert index._grant("other", "Predict Search").scopes is first.scopes
     assert index._grant("app", "All").everything
