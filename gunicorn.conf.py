@@ -58,7 +58,7 @@ from service import serving
 
 # --- Where to listen, and how many workers ---------------------------------------------------
 bind = [_address()]
-# Sync workers, each with its own in-memory verification index (about 250 bytes a key): size
+# Sync workers, each with its own in-memory verification index (about 220 bytes a key): size
 # them by CPU cores and memory, not by concurrent clients (a verification takes microseconds).
 workers = _settings.workers
 # JSON refusals of malformed HTTP; otherwise gunicorn's sync worker, unchanged.

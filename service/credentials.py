@@ -2,7 +2,7 @@
 
 Format: ``ak_`` (API key) or ``pat_`` (personal token), 32 random base62 characters, and
 6 base62 characters of the CRC32 of everything before them. A mistyped or truncated key
-fails the checksum and is refused as ``MALFORMED`` without any look-up; secret scanners
+fails the checksum and is refused as ``MALFORMED``, whatever the index holds; secret scanners
 can match ``\\b(ak|pat)_[0-9A-Za-z]{38}\\b``.
 
 Only ``HMAC-SHA256(pepper, secret)`` is ever stored, with a display hint ``ak_…abcd``.
