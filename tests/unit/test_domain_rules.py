@@ -172,3 +172,11 @@ def test_the_audit_ledger_id_never_changes_between_releases():
     from service.domain.audit import AuditLedger
 
     assert AuditLedger.create_id() == UUID("513600fb-89a7-5788-b938-b87bf4dd3137")
+
+
+def test_a_system_actor_is_named_in_the_audit_trail():
+    from service.domain.actors import Actor
+
+    actor = Actor.system("campaign")
+    assert (actor.ref, actor.is_admin, actor.reads_everything) == ("system:campaign", True, True)
+    assert Actor.system().ref == "system:cli"

@@ -25,6 +25,7 @@ from projections.verification import (
     LegacyClientState,
     TokenEntry,
     VerificationIndex,
+    _earliest,
     verdict,
 )
 
@@ -76,6 +77,8 @@ def test_check_looks_up_the_digest_prefix():
     entry = key()
     index.by_digest[b"d" * DIGEST_BYTES] = entry
     assert index.check(b"d" * 32, "Predict", None, NOW) == (VALID, entry)
+    assert index.check(b"d" * 32, "Models:Add", None, NOW) == (INSUFFICIENT_SCOPE, entry)
+    assert index.check(b"d" * 32, None, "other", NOW) == (APP_MISMATCH, entry)
     assert index.check(b"e" * 32, "Predict", None, NOW) == (NOT_FOUND, None)
     assert len(index) == 1
 
@@ -105,3 +108,12 @@ def test_an_entry_and_its_key_fit_the_memory_budget():
     # (64) a key costs about 220 bytes; the target is 250.
     assert len(KeyEntry.__slots__) == 4 and sys.getsizeof(key()) <= 64
     assert DIGEST_BYTES == 15 and sys.getsizeof(b"d" * DIGEST_BYTES) <= 48
+
+
+def test_an_end_only_ever_comes_sooner():
+    # A second end (a revocation during a roll's grace period, a client disabled after the
+    # sunset) never postpones the first.
+    assert _earliest(None, 5.0) == 5.0
+    assert _earliest(5.0, None) == 5.0
+    assert _earliest(5.0, 7.0) == 5.0
+    assert _earliest(7.0, 5.0) == 5.0
