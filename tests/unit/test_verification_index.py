@@ -117,3 +117,24 @@ def test_an_end_only_ever_comes_sooner():
     assert _earliest(5.0, None) == 5.0
     assert _earliest(5.0, 7.0) == 5.0
     assert _earliest(7.0, 5.0) == 5.0
+
+
+def test_a_rolled_key_s_new_secret_keeps_its_expiry_and_its_old_one_ends_with_the_grace():
+    from datetime import UTC, datetime, timedelta
+
+    from service.domain.keys import ApiKey
+
+    issued_at = datetime(2030, 1, 1, tzinfo=UTC)
+    expires_at, grace_until = issued_at + timedelta(days=30), issued_at + timedelta(minutes=10)
+    api_key = ApiKey(app_id="vision", description="d", scopes=["Predict"], expires_at=expires_at,
+                     digest="ab" * 32, display="ak_…abcd", origin="user", by="account:o", request={})
+    api_key.roll(digest="cd" * 32, display="ak_…cdef", grace_until=grace_until, by="account:o", request={},
+                 at=issued_at)
+    index = VerificationIndex()
+    index.apply(api_key.collect_events())
+    old, new = bytes.fromhex("ab" * 32), bytes.fromhex("cd" * 32)
+    at = issued_at.timestamp()
+    assert index.check(old, "Predict", "vision", at)[0] == VALID
+    assert index.check(old, "Predict", "vision", grace_until.timestamp())[0] == REVOKED
+    assert index.check(new, "Predict", "vision", grace_until.timestamp())[0] == VALID
+    assert index.check(new, "Predict", "vision", expires_at.timestamp())[0] == EXPIRED
