@@ -5,7 +5,7 @@ current secret, secrets still in a roll's grace period, personal tokens). Each s
 process loads it once at start into ``VerificationIndex`` and from then on applies new
 events to it directly, by the same rules (a test rebuilds the view and compares). A
 verification is then a dictionary look-up and a few comparisons: no I/O, no store access.
-The index is keyed by the first 128 bits of each HMAC-SHA256 digest.
+The index is keyed by the first 120 bits of each HMAC-SHA256 digest (``DIGEST_BYTES``).
 """
 
 from __future__ import annotations
@@ -143,7 +143,10 @@ class VerificationView(Projection):
         db.executemany(self._END, [(at, at, bytes.fromhex(d)) for d in e.digests])
 
 
-DIGEST_BYTES = 16  # the index is keyed by the first 128 bits of the HMAC-SHA256 digest
+# The index is keyed by the first 120 bits of the HMAC-SHA256 digest: a bytes object of at most
+# 15 bytes takes 48 bytes of memory, one of 16 takes 64 (CPython rounds allocations to 16 bytes),
+# and 2^-120 leaves a guessed or colliding secret as hopeless as 2^-128 did.
+DIGEST_BYTES = 15
 
 
 class Credential:
@@ -154,6 +157,8 @@ class Credential:
     app_id: str | None
     role: str | None
     scopes: frozenset
+    expires_at: float | None
+    ends_at: float | None
     id: bytes  # the key's (or account's) UUID, 16 bytes: a third of the text form's memory
 
     @property
@@ -161,18 +166,37 @@ class Credential:
         return str(UUID(bytes=self.id))
 
 
+class Grant:
+    """What a key may do: its app and its scopes. Keys of one app with the same scopes share one."""
+
+    __slots__ = ("app_id", "scopes", "everything")
+
+    def __init__(self, app_id: str, scopes: frozenset) -> None:
+        self.app_id = app_id
+        self.scopes = scopes
+        self.everything = ALL in scopes  # the scope "All": any scope passes
+
+
 class KeyEntry(Credential):
-    __slots__ = ("id", "app_id", "scopes", "expires_at", "ends_at")
+    """An API key's secret: four slots (64 bytes; five would take 80)."""
+
+    __slots__ = ("id", "grant", "expires_at", "ends_at")
     kind = API_KEY
     role = None
 
-    def __init__(self, id: bytes, app_id: str, scopes: frozenset, expires_at: float | None,
-                 ends_at: float | None) -> None:
+    def __init__(self, id: bytes, grant: Grant, expires_at: float | None, ends_at: float | None) -> None:
         self.id = id
-        self.app_id = app_id
-        self.scopes = scopes
+        self.grant = grant
         self.expires_at = expires_at
         self.ends_at = ends_at
+
+    @property
+    def app_id(self) -> str:  # type: ignore[override]
+        return self.grant.app_id
+
+    @property
+    def scopes(self) -> frozenset:  # type: ignore[override]
+        return self.grant.scopes
 
 
 class TokenEntry(Credential):
@@ -227,7 +251,7 @@ class AccessTokenEntry(Credential):
         return self.client.app_id
 
     @property
-    def ends_at(self) -> float | None:
+    def ends_at(self) -> float | None:  # type: ignore[override]
         return self.client.ends_at
 
 
@@ -241,6 +265,7 @@ class VerificationIndex:
         self.clients: dict[bytes, LegacyClientState] = {}
         self.legacy_sunset_at = legacy_sunset_at  # access tokens end then, whatever the events say
         self._scope_sets: dict[str, frozenset] = {}
+        self._grants: dict[tuple[str, frozenset], Grant] = {}
         self._strings: dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -254,17 +279,7 @@ class VerificationIndex:
         entry = self.by_digest.get(digest[:DIGEST_BYTES])
         if entry is None:
             return NOT_FOUND, None
-        if entry.ends_at is not None and now >= entry.ends_at:
-            return (LEGACY_TOKEN_SUNSET if entry.kind == ACCESS_TOKEN else REVOKED), entry
-        if entry.expires_at is not None and now >= entry.expires_at:
-            return EXPIRED, entry
-        if entry.kind == PERSONAL_TOKEN:  # manages keys; carries no API scopes and no app
-            return (INSUFFICIENT_SCOPE, entry) if scope is not None or app_id is not None else (VALID, entry)
-        if app_id is not None and entry.app_id != app_id:
-            return APP_MISMATCH, entry
-        if scope is not None and scope not in entry.scopes and ALL not in entry.scopes:
-            return INSUFFICIENT_SCOPE, entry
-        return VALID, entry
+        return verdict(entry, scope, app_id, now), entry
 
     # -- loading and following --------------------------------------------------------
 
@@ -293,21 +308,19 @@ class VerificationIndex:
             kind = type(e)
             if kind is ApiKey.Issued:
                 table[bytes.fromhex(e.digest)[:DIGEST_BYTES]] = KeyEntry(
-                    e.originator_id.bytes, self._intern(e.app_id), self._scope_set(" ".join(e.scopes)),
-                    epoch(e.expires_at), None)
+                    e.originator_id.bytes, self._grant(e.app_id, " ".join(e.scopes)), epoch(e.expires_at), None)
             elif kind is Account.Registered:
                 table[bytes.fromhex(e.token_digest)[:DIGEST_BYTES]] = TokenEntry(
                     e.originator_id.bytes, self._intern(e.role), None)
             elif kind is ApiKey.ScopesChanged:
-                scopes = self._scope_set(" ".join(e.scopes))
+                scopes = " ".join(e.scopes)
                 for digest in e.digests:
                     if (entry := table.get(bytes.fromhex(digest)[:DIGEST_BYTES])) is not None:
-                        entry.scopes = scopes
+                        entry.grant = self._grant(entry.grant.app_id, scopes)
             elif kind is ApiKey.Rolled:
                 old = table.get(bytes.fromhex(e.previous_digest)[:DIGEST_BYTES])
                 if old is not None:
-                    table[bytes.fromhex(e.digest)[:DIGEST_BYTES]] = KeyEntry(
-                        old.id, old.app_id, old.scopes, old.expires_at, None)
+                    table[bytes.fromhex(e.digest)[:DIGEST_BYTES]] = KeyEntry(old.id, old.grant, old.expires_at, None)
                     old.ends_at = _earliest(old.ends_at, epoch(e.previous_valid_until))
             elif kind is ApiKey.Revoked:
                 at = epoch(e.timestamp)
@@ -337,11 +350,15 @@ class VerificationIndex:
     def _intern(self, text: str) -> str:
         return self._strings.setdefault(text, text)
 
-    def _scope_set(self, scopes: str) -> frozenset:
+    def _grant(self, app_id: str, scopes: str) -> Grant:
+        """The shared grant of ``app_id`` with ``scopes`` (names separated by spaces)."""
         scope_set = self._scope_sets.get(scopes)
         if scope_set is None:
             scope_set = self._scope_sets[scopes] = frozenset(scopes.split())
-        return scope_set
+        grant = self._grants.get((app_id, scope_set))
+        if grant is None:
+            grant = self._grants[(app_id, scope_set)] = Grant(self._intern(app_id), scope_set)
+        return grant
 
     def _client(self, id: bytes, client_id: str, app_id: str) -> LegacyClientState:
         return LegacyClientState(id, client_id, self._intern(app_id), self.legacy_sunset_at)
@@ -352,7 +369,39 @@ class VerificationIndex:
             return TokenEntry(UUID(key_id).bytes, self._intern(role), ends_at)
         if kind == ACCESS_TOKEN:
             return AccessTokenEntry(clients[UUID(key_id).bytes], expires_at)
-        return KeyEntry(UUID(key_id).bytes, self._intern(app_id), self._scope_set(scopes), expires_at, ends_at)
+        return KeyEntry(UUID(key_id).bytes, self._grant(app_id, scopes), expires_at, ends_at)
+
+
+def verdict(entry: Credential, scope: str | None, app_id: str | None, now: float) -> str:
+    """The verdict for a known credential: may it do ``scope`` (on ``app_id``) at ``now``?"""
+    if type(entry) is KeyEntry:  # the common case first, reading slots only
+        ends_at = entry.ends_at
+        if ends_at is not None and now >= ends_at:
+            return REVOKED
+        expires_at = entry.expires_at
+        if expires_at is not None and now >= expires_at:
+            return EXPIRED
+        grant = entry.grant
+        if app_id is not None and grant.app_id != app_id:
+            return APP_MISMATCH
+        if scope is not None and not grant.everything and scope not in grant.scopes:
+            return INSUFFICIENT_SCOPE
+        return VALID
+    ends_at = entry.ends_at
+    if type(entry) is TokenEntry:  # manages keys; carries no API scopes, no app and no expiry
+        if ends_at is not None and now >= ends_at:
+            return REVOKED
+        return INSUFFICIENT_SCOPE if scope is not None or app_id is not None else VALID
+    # A legacy access token: every scope ("All") of its app, until it expires, or until the
+    # sunset or its client is disabled.
+    if ends_at is not None and now >= ends_at:
+        return LEGACY_TOKEN_SUNSET
+    expires_at = entry.expires_at
+    if expires_at is not None and now >= expires_at:
+        return EXPIRED
+    if app_id is not None and entry.app_id != app_id:
+        return APP_MISMATCH
+    return VALID
 
 
 def release_free_memory() -> None:

@@ -122,7 +122,8 @@ def bench_http(data_dir: Path, found: dict, seconds: int) -> None:
     log = open(data_dir / "bench-server.log", "w")
     gunicorn = Path(sys.executable).parent / "gunicorn"
     server = subprocess.Popen([str(gunicorn), "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{port}",
-                               "--timeout", "120", "bench_app:create_bench_app()"], env=env, stdout=log, stderr=log)
+                               "--timeout", "120", "bench_app:create_bench_app()"], env=env, stdout=log, stderr=log,
+                              cwd=data_dir)  # not the root, where gunicorn would read ./gunicorn.conf.py
     base = f"http://127.0.0.1:{port}"
     scripts = []
 

@@ -33,35 +33,20 @@ def _configure_logging() -> None:
     logs.configure_once()  # as logging.basicConfig: a process that set up its logging keeps it
 
 
-def _metrics_dir(settings: Settings) -> None:
-    """Prometheus multiprocess mode for the workers: a fresh ``<data dir>/metrics`` (unless
-    PROMETHEUS_MULTIPROC_DIR is set already), chosen before prometheus_client is imported."""
-    import shutil
-
-    variable = "PROMETHEUS_MULTIPROC_DIR"  # not from service.metrics: that imports prometheus_client
-    if os.environ.get(variable):
-        return
-    folder = settings.data_dir / "metrics"
-    shutil.rmtree(folder, ignore_errors=True)  # values of a previous run's processes
-    folder.mkdir(parents=True, mode=0o700)
-    os.environ[variable] = str(folder)
-
-
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from gunicorn.app.base import BaseApplication
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    _metrics_dir(settings)
-    from service.api import create_app
-    from service.serving import JsonErrorWorker, JsonLogger
+    from service import serving
 
-    # Create the stores and views once, before the workers start, so they never race; sign
-    # the audit chain's head (the workers find nothing new to sign).
-    with _store(settings) as system:
-        checkpoint = system.sign_checkpoint()
-        if checkpoint:
-            print(f"Audit checkpoint {checkpoint['number']} signed at seq {checkpoint['seq']}",
-                  file=sys.stderr, flush=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    serving.prepare_metrics_dir(settings)
+    from service.api import create_app
+
+    # The stores and views are created once, before the workers start (gunicorn.conf.py too).
+    checkpoint = serving.prepare_store(settings)
+    if checkpoint:
+        print(f"Audit checkpoint {checkpoint['number']} signed at seq {checkpoint['seq']}",
+              file=sys.stderr, flush=True)
 
     class KeyledgerServer(BaseApplication):
         def load_config(self) -> None:
@@ -69,11 +54,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             self.cfg.set("workers", args.workers)
             # The sync worker, answering malformed HTTP in the contract's envelope; the access
             # log is the app's (service.api.gateway), gunicorn's own lines are JSON too.
-            self.cfg.set("worker_class", JsonErrorWorker)
-            self.cfg.set("logger_class", JsonLogger)
+            # (gunicorn.conf.py at the repository's root sets the same for plain gunicorn.)
+            self.cfg.set("worker_class", serving.JsonErrorWorker)
+            self.cfg.set("logger_class", serving.JsonLogger)
             self.cfg.set("accesslog", None)
-            self.cfg.set("timeout", 30)
-            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("timeout", serving.TIMEOUT)
+            self.cfg.set("graceful_timeout", serving.GRACEFUL_TIMEOUT)
+            self.cfg.set("limit_request_line", serving.LIMIT_REQUEST_LINE)
+            self.cfg.set("limit_request_fields", serving.LIMIT_REQUEST_FIELDS)
+            self.cfg.set("limit_request_field_size", serving.LIMIT_REQUEST_FIELD_SIZE)
             self.cfg.set("control_socket_disable", True)
             self.cfg.set("when_ready", _say_listening)  # only once the port is bound
             if not args.no_scheduler:

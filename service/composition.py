@@ -36,7 +36,7 @@ from service.domain.actors import RequestInfo
 from service.domain.campaign import CampaignPlan
 from service.domain.errors import Unavailable
 from service.settings import Settings, SettingsError, duration_name
-from service.verification import Verifier
+from service.verification import Verifier, epoch_now
 
 log = logging.getLogger("keyledger")
 
@@ -171,7 +171,8 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         authenticator=Authenticator(digester, index, clock),
         last_used=last_used,
         verifier=Verifier(digester, index, clock, last_used, record_use=record_legacy_use,
-                          legacy_window=settings.legacy_use_window.total_seconds()),
+                          legacy_window=settings.legacy_use_window.total_seconds(),
+                          now=epoch_now if clock is utc_now else None),  # no datetime per call
         legacy_usage=LegacyUsage(views),
         signing_key=signing_key, mirror=checkpoints.CheckpointMirror(settings.data_dir / checkpoints.MIRROR_FILE),
         campaign=CampaignProgress(views), plan=campaign_plan(settings), listener=listener,

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import uuid
+from typing import TYPE_CHECKING
 
 from gunicorn import util
 from gunicorn.glogging import Logger
@@ -22,7 +25,17 @@ from gunicorn.workers.sync import SyncWorker
 
 from service.logs import JsonFormatter
 
+if TYPE_CHECKING:
+    from service.settings import Settings
+
 log = logging.getLogger("keyledger.http")
+
+# The server's settings, shared by ``keyledger serve`` and ``gunicorn.conf.py``.
+TIMEOUT = 30  # seconds a worker may spend on one request before the master replaces it
+GRACEFUL_TIMEOUT = 10  # seconds a worker has to finish its requests after SIGTERM
+LIMIT_REQUEST_LINE = 4094  # bytes; longer is 414 (the limits ``refusal`` names)
+LIMIT_REQUEST_FIELDS = 100  # headers; more is 431
+LIMIT_REQUEST_FIELD_SIZE = 8190  # bytes per header; longer is 431
 
 _CLIENT_ERRORS = tuple(getattr(http_errors, name) for name in (
     "ParseException", "NoMoreData", "ExpectationFailed")) + (UnicodeError, ValueError)
@@ -35,10 +48,11 @@ def refusal(exc: BaseException) -> tuple[int, str, str, str]:
         return (500, "Internal Server Error", "INTERNAL",
                 "Something went wrong on our side; retry, and quote the request_id if it persists.")
     if isinstance(exc, http_errors.LimitRequestLine):
-        return 414, "URI Too Long", "INVALID_REQUEST", "The request line is too long (at most 4094 bytes)."
+        return 414, "URI Too Long", "INVALID_REQUEST", f"The request line is too long (at most {LIMIT_REQUEST_LINE} bytes)."
     if isinstance(exc, http_errors.LimitRequestHeaders):
         return (431, "Request Header Fields Too Large", "INVALID_REQUEST",
-                "The request's headers are too large or too many (at most 100, 8190 bytes each).")
+                f"The request's headers are too large or too many (at most {LIMIT_REQUEST_FIELDS}, "
+                f"{LIMIT_REQUEST_FIELD_SIZE} bytes each).")
     return 400, "Bad Request", "INVALID_REQUEST", "The request is not well-formed HTTP/1.1."
 
 
@@ -75,3 +89,30 @@ class JsonLogger(Logger):
         super().setup(cfg)
         for handler in self.error_log.handlers:
             handler.setFormatter(JsonFormatter())
+
+
+def prepare_metrics_dir(settings: Settings) -> None:
+    """Prometheus multiprocess mode for the workers: a fresh ``<data dir>/metrics`` (unless
+    PROMETHEUS_MULTIPROC_DIR is set already). Call it in the master, before the workers start
+    and before anything imports prometheus_client."""
+    variable = "PROMETHEUS_MULTIPROC_DIR"  # not from service.metrics: that imports prometheus_client
+    if os.environ.get(variable):
+        return
+    folder = settings.data_dir / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)  # values of a previous run's processes
+    folder.mkdir(parents=True, mode=0o700)
+    os.environ[variable] = str(folder)
+
+
+def prepare_store(settings: Settings) -> dict | None:
+    """Create the stores and views once, in the master before the workers start, so the workers
+    never race to create them; sign the audit chain's head (the workers then find nothing new to
+    sign). Returns the checkpoint signed, if any."""
+    from service.composition import build_system
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    system = build_system(settings, follow=False)
+    try:
+        return system.sign_checkpoint()
+    finally:
+        system.close()

@@ -36,6 +36,7 @@ from tests.conftest import TEST_PEPPER, secrets_in
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEYLEDGER = Path(sys.executable).parent / "keyledger"
+GUNICORN = Path(sys.executable).parent / "gunicorn"
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0  # gunicorn's graceful_timeout is 10 s
 SECRET = re.compile(r"\b(?:ak|pat)_[0-9A-Za-z]{38}\b")
@@ -129,7 +130,9 @@ def run_cli(args: list[str], env: dict[str, str], *, cwd: Path = REPO_ROOT,
 
 @dataclass
 class ServerProcess:
-    """One ``keyledger serve`` (gunicorn master and its workers, in their own session)."""
+    """One ``keyledger serve`` (gunicorn master and its workers, in their own session), or with
+    ``plain_gunicorn`` the production way: ``gunicorn -c gunicorn.conf.py 'service.api:create_app()'``
+    (host, port and workers through KEYLEDGER_HOST, KEYLEDGER_PORT and KEYLEDGER_WORKERS)."""
 
     data_dir: Path
     log_path: Path
@@ -140,6 +143,15 @@ class ServerProcess:
     process: subprocess.Popen[bytes] | None = None
     secrets: list[str] = field(default_factory=list)
     starts: int = 0
+    plain_gunicorn: bool = False
+
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        if self.plain_gunicorn:
+            return ([str(GUNICORN), "-c", "gunicorn.conf.py", "service.api:create_app()"],
+                    {**self.env, "KEYLEDGER_HOST": "127.0.0.1", "KEYLEDGER_PORT": str(self.port),
+                     "KEYLEDGER_WORKERS": str(self.workers)})
+        return ([str(KEYLEDGER), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", str(self.workers), *self.args], self.env)
 
     @property
     def env(self) -> dict[str, str]:
@@ -165,13 +177,13 @@ class ServerProcess:
         for attempt in range(attempts):
             self.port = port if port is not None else free_port()
             self.starts += 1
-            self._log_line(f"=== start #{self.starts}: {KEYLEDGER.name} serve --port {self.port} "
-                           f"--workers {self.workers} (data {self.data_dir})")
+            argv, env = self._command()
+            self._log_line(f"=== start #{self.starts}: {Path(argv[0]).name} "
+                           f"{' '.join(argv[1:])} port {self.port} workers {self.workers} "
+                           f"(data {self.data_dir})")
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
-                    [str(KEYLEDGER), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--workers", str(self.workers), *self.args],
-                    env=self.env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                    argv, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True)
             _LIVE.add(self.process.pid)
             if self._wait_ready(timeout):
@@ -185,7 +197,7 @@ class ServerProcess:
         why = f"exited with code {exited}" if exited is not None else f"not ready within {timeout:.0f} s"
         tail = self.log_tail()
         self.kill()
-        pytest.fail(f"keyledger serve on {self.url} {why} (GET /readyz never answered 200); "
+        pytest.fail(f"{'gunicorn' if self.plain_gunicorn else 'keyledger serve'} on {self.url} {why} (GET /readyz never answered 200); "
                     f"log {self.log_path}:\n{tail}")
 
     def _wait_ready(self, timeout: float) -> bool:
@@ -298,18 +310,21 @@ StartServer = Callable[..., ServerProcess]
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """``start_server(data_dir=None, workers=1, env=None, start=True)`` → a running server.
+    """``start_server(data_dir=None, workers=1, env=None, start=True, plain_gunicorn=False)`` → a
+    running server.
 
     Every server is stopped at teardown; then its log and data directory are scanned for
     the secrets it handed out."""
     started: list[ServerProcess] = []
 
     def start(data_dir: Path | None = None, *, workers: int = 1, env: dict[str, str] | None = None,
-              start: bool = True, name: str | None = None, args: list[str] | None = None) -> ServerProcess:
+              start: bool = True, name: str | None = None, plain_gunicorn: bool = False,
+              args: list[str] | None = None) -> ServerProcess:
         label = name or f"server{len(started) + 1}"
         server = ServerProcess(data_dir=data_dir or tmp_path / label / "var",
                                log_path=tmp_path / f"{label}.log", workers=workers,
-                               extra_env=dict(env or {}), args=list(args or []))
+                               extra_env=dict(env or {}), plain_gunicorn=plain_gunicorn,
+                               args=list(args or []))
         server.data_dir.parent.mkdir(parents=True, exist_ok=True)
         started.append(server)
         return server.start() if start else server

@@ -1,6 +1,7 @@
-"""Requests the HTTP server itself refuses, sent raw over a socket to ``keyledger serve``: every
-answer is the contract's JSON envelope (or a closed connection), echoes nothing of the request,
-and the key in the path reaches no log."""
+"""Requests the HTTP server itself refuses, sent raw over a socket to ``keyledger serve`` and to
+plain ``gunicorn -c gunicorn.conf.py 'service.api:create_app()'`` (the production configuration):
+every answer is the contract's JSON envelope, echoes nothing of the request, and the key in the
+path reaches no log."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import socket
 
 import pytest
 
-from tests.e2e.conftest import ServerProcess
+from tests.e2e.conftest import ServerProcess, StartServer
 
 KEY = "ak_" + "Zq9" * 12 + "Q7"  # key-shaped (prefix and 38 base62 characters)
 MARK = "hostile-marker"  # must never come back, nor reach the log
@@ -35,6 +36,15 @@ def parse(answer: bytes) -> tuple[int, dict[str, str], bytes]:
     return status, headers, body
 
 
+SERVERS = ("keyledger serve", "gunicorn -c gunicorn.conf.py")
+
+
+@pytest.fixture(params=SERVERS)
+def any_server(request: pytest.FixtureRequest, start_server: StartServer) -> ServerProcess:
+    """Each way of serving the app in production, one worker, a fresh data directory."""
+    return start_server(plain_gunicorn=request.param != "keyledger serve")
+
+
 PATH = f"/v2/keys/{KEY}/{MARK}"
 HOSTILE = {
     "request line over 4 KB": (f"GET {PATH}/{'x' * 5000} HTTP/1.1\r\nHost: a\r\n\r\n".encode(), 414),
@@ -54,8 +64,9 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_a_request_the_server_refuses_is_answered_in_the_envelope_without_echo(server: ServerProcess,
+def test_a_request_the_server_refuses_is_answered_in_the_envelope_without_echo(any_server: ServerProcess,
                                                                                name: str) -> None:
+    server = any_server
     server.remember(KEY)  # the harness scans the log and the data directory for it at teardown
     data, expected = HOSTILE[name]
     answer = raw(server, data)
@@ -78,7 +89,8 @@ def test_a_request_the_server_refuses_is_answered_in_the_envelope_without_echo(s
     assert any(r["request_id"] == parsed["request_id"] and r["status"] == expected for r in refusals)
 
 
-def test_every_log_line_is_one_json_object_and_a_newline_in_a_url_forges_none(server: ServerProcess) -> None:
+def test_every_log_line_is_one_json_object_and_a_newline_in_a_url_forges_none(any_server: ServerProcess) -> None:
+    server = any_server
     forged = '{"level": "CRITICAL", "logger": "keyledger.access", "msg": "forged"}'
     from urllib.parse import quote
 

@@ -1,4 +1,6 @@
-"""Plain ``gunicorn 'service.api:create_app()'`` writes the same JSON access log as ``keyledger serve``."""
+"""Plain ``gunicorn 'service.api:create_app()'``, started in the repository's root (so gunicorn
+reads ./gunicorn.conf.py by itself), writes the same JSON access log as ``keyledger serve``, and
+gunicorn's own lines are JSON too."""
 
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ def test_plain_gunicorn_writes_the_json_access_log(tmp_path: Path, server) -> No
         lines = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.startswith("{")]
         return {e["request_id"]: e for e in lines if e["logger"] == "keyledger.access"}
 
+    lines = [line for line in log_path.read_text("utf-8").splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line, gunicorn's included, is JSON
+    assert any(e["logger"] == "gunicorn.error" and "JsonErrorWorker" in e["msg"] for e in entries)
     plain, served = access(log_path), access(server.log_path)
     assert plain["plain-1"].keys() == served["serve-1"].keys()
     assert {k: v for k, v in plain["plain-1"].items() if k not in ("ts", "duration_ms", "request_id")} == \

@@ -55,3 +55,23 @@ def test_commands_refuse_to_make_a_store_by_accident(tmp_path):
     made = run_cli(["accounts", "create", "--init", "--email", "a@example.com", "--name", "A", "--role", "admin",
                     "--json"], env)
     assert made.returncode == 0 and str(tmp_path / "elsewhere") in made.stderr
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("KEYLEDGER_WORKERS", "abc"),
+    ("KEYLEDGER_LOG_LEVEL", "LOUD"),
+    ("KEYLEDGER_PORT", "99999"),
+    ("KEYLEDGER_HOST", "http://x/"),
+])
+def test_plain_gunicorn_with_the_production_config_exits_2_on_a_bad_setting(tmp_path, variable, value):
+    import subprocess
+
+    from tests.e2e.conftest import GUNICORN, REPO_ROOT
+
+    done = subprocess.run([str(GUNICORN), "-c", "gunicorn.conf.py", "service.api:create_app()"],
+                          env=base_environment(tmp_path / "var", {variable: value}), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=30, check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and variable in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "var").exists()

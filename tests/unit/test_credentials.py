@@ -119,3 +119,12 @@ def test_the_public_key_of_a_public_key_is_itself():
 
     key = Ed25519PrivateKey.generate()
     assert credentials.public_key_pem(key.public_key()) == credentials.public_key_pem(key)
+    assert credentials.public_key_sha256(key.public_key()) == credentials.public_key_sha256(key)
+
+
+def test_any_string_has_a_digest_even_one_with_a_lone_surrogate():
+    # The verifier digests whatever it is handed before anything else (the index first).
+    digester = credentials.Digester(b"p" * 32)
+    assert len(digester.digest("ak_\ud800")) == 32
+    assert digester.digest("ak_\ud800") != digester.digest("ak_\udfff") != digester.digest("ak_")
+    assert digester.digest("\ud800") == digester.digest("\ud800")

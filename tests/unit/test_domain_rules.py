@@ -8,7 +8,7 @@ from uuid import NAMESPACE_URL, uuid5
 import pytest
 
 from service.domain import scopes
-from service.domain.campaign import FINAL, CampaignPlan, Reminder, reminder_id, stage_id
+from service.domain.campaign import FINAL, CampaignPlan, Reminder, reminder_id, stage_id, sunset_id
 from service.domain.errors import KeyExpired, KeyRevoked, LegacyAccessEnded
 from service.domain.keys import ApiKey
 from service.domain.legacy import LegacyClient
@@ -69,6 +69,32 @@ def test_campaign_record_ids_never_change_between_releases():
         NAMESPACE_URL, "keyledger:campaign:2018-01-01T00:00:00Z:reminder:o:7d")
 
 
+@pytest.fixture
+def new_york_local_time():
+    """The process's local time zone is America/New_York for the test (UTC on most servers)."""
+    import os
+    import time
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def test_campaign_record_ids_do_not_depend_on_the_server_s_local_time_zone(new_york_local_time):
+    # On a server whose local time is not UTC, the id must still name the instant in UTC.
+    sunset = datetime(2018, 1, 1, tzinfo=UTC)
+    assert datetime(2018, 1, 1, tzinfo=UTC).astimezone().utcoffset() != timedelta(0)  # the zone took
+    assert stage_id(sunset, "30d") == uuid5(NAMESPACE_URL, "keyledger:campaign:2018-01-01T00:00:00Z:stage:30d")
+    assert sunset_id(sunset) == uuid5(NAMESPACE_URL, "keyledger:campaign:2018-01-01T00:00:00Z:sunset")
+
+
 def test_a_withdrawn_reminder_is_closed_and_withdrawing_again_changes_nothing():
     r = reminder()
     r.record_failure(error="timeout", permanent=False, next_attempt_at=AT, by="system:campaign", request={}, at=AT)
@@ -120,3 +146,53 @@ def test_a_disabled_legacy_client_issues_no_token_and_says_to_use_an_api_key():
         client.issue_access_token(digest="cd" * 32, display="…wxyz", expires_at=AT, by="system:oauth2",
                                   request={}, at=AT)
     assert refused.value.message == "Legacy access for this app has been disabled; use an API key."
+
+
+def test_the_audit_chain_hash_links_each_record_to_the_one_before():
+    # The documented formula (a verifier outside Keyledger recomputes it), and the link: the same
+    # record after a different history hashes differently, so a record cannot be dropped or moved.
+    import hashlib
+    from uuid import UUID
+
+    from service.domain.audit import GENESIS, chain_hash
+
+    who = UUID(int=7)
+    first = chain_hash(GENESIS, 1, who, 1, "t", b'{"a":1}')
+    assert first == hashlib.sha256(f"{GENESIS}\n1\n{who.hex}\n1\nt\n".encode() + b'{"a":1}').hexdigest()
+    assert chain_hash(first, 2, who, 2, "t", b"{}") == hashlib.sha256(
+        f"{first}\n2\n{who.hex}\n2\nt\n{{}}".encode()).hexdigest()
+    assert chain_hash(first, 2, who, 2, "t", b"{}") != chain_hash(GENESIS, 2, who, 2, "t", b"{}")
+    assert chain_hash(GENESIS, 1, who.hex, 1, "t", b'{"a":1}') == first  # the id as hex text alike
+
+
+def test_the_audit_ledger_id_never_changes_between_releases():
+    # It names the stored stream of checkpoints: a new id would start a second ledger beside it.
+    from uuid import UUID
+
+    from service.domain.audit import AuditLedger
+
+    assert AuditLedger.create_id() == UUID("513600fb-89a7-5788-b938-b87bf4dd3137")
+
+
+def test_a_system_actor_is_named_in_the_audit_trail():
+    from service.domain.actors import Actor
+
+    actor = Actor.system("campaign")
+    assert (actor.ref, actor.is_admin, actor.reads_everything) == ("system:campaign", True, True)
+    assert Actor.system().ref == "system:cli"
+
+
+def test_an_account_id_never_changes_between_releases():
+    # It is derived from the e-mail address, case and spaces aside: another rule would let a second
+    # account for the same address in, and lose the first one's id.
+    from service.domain.accounts import Account
+
+    assert Account.create_id(email=" Ops@Example.COM ") == uuid5(NAMESPACE_URL, "keyledger:account:ops@example.com")
+
+
+def test_an_error_reads_as_its_message():
+    from service.domain.errors import InvalidRequest
+
+    error = InvalidRequest("Name the app.", field="name")
+    assert (str(error), error.message, error.details, error.code) == (
+        "Name the app.", "Name the app.", {"field": "name"}, "INVALID_REQUEST")

@@ -1,0 +1,140 @@
+"""The in-memory verification index: its verdict rules entry by entry, and the memory shape that
+keeps a million keys near 220 bytes each (scripts/bench_verify.py measures the whole)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from projections.verification import (
+    ACCESS_TOKEN,
+    API_KEY,
+    APP_MISMATCH,
+    DIGEST_BYTES,
+    EXPIRED,
+    INSUFFICIENT_SCOPE,
+    LEGACY_TOKEN_SUNSET,
+    NOT_FOUND,
+    PERSONAL_TOKEN,
+    REVOKED,
+    VALID,
+    AccessTokenEntry,
+    Grant,
+    KeyEntry,
+    LegacyClientState,
+    TokenEntry,
+    VerificationIndex,
+    _earliest,
+    verdict,
+)
+
+ID = bytes(range(16))
+NOW = 1_900_000_000.0
+
+
+def key(scopes=("Predict", "Search"), app="app", expires_at=None, ends_at=None) -> KeyEntry:
+    return KeyEntry(ID, Grant(app, frozenset(scopes)), expires_at, ends_at)
+
+
+@pytest.mark.parametrize(("entry", "scope", "app_id", "expected"), [
+    (key(), "Predict", None, VALID),
+    (key(), None, None, VALID),
+    (key(), "Predict", "app", VALID),
+    (key(), "Models:Add", None, INSUFFICIENT_SCOPE),
+    (key(), "Predict", "other", APP_MISMATCH),
+    (key(scopes=("All",)), "Models:Add", None, VALID),
+    (key(scopes=()), "Predict", None, INSUFFICIENT_SCOPE),
+    (key(ends_at=NOW), "Predict", None, REVOKED),  # from its instant on
+    (key(ends_at=NOW + 1), "Predict", None, VALID),
+    (key(expires_at=NOW), "Predict", None, EXPIRED),
+    (key(expires_at=NOW + 1), "Predict", None, VALID),
+    (key(expires_at=NOW, ends_at=NOW), "Predict", None, REVOKED),  # revoked wins
+    (key(expires_at=NOW - 1, ends_at=NOW + 1), None, None, EXPIRED),
+    (TokenEntry(ID, "owner", None), None, None, VALID),
+    (TokenEntry(ID, "owner", None), "Predict", None, INSUFFICIENT_SCOPE),
+    (TokenEntry(ID, "owner", None), None, "app", INSUFFICIENT_SCOPE),
+    (TokenEntry(ID, "owner", NOW), None, None, REVOKED),
+])
+def test_the_verdict_of_each_kind_of_entry(entry, scope, app_id, expected):
+    assert verdict(entry, scope, app_id, NOW) == expected
+
+
+def test_the_verdict_of_a_legacy_access_token():
+    client = LegacyClientState(ID, "client", "app", None)
+    token = AccessTokenEntry(client, NOW + 60)
+    assert verdict(token, "Models:Add", "app", NOW) == VALID  # "All" for its app
+    assert verdict(token, None, "other", NOW) == APP_MISMATCH
+    assert verdict(token, None, None, NOW + 60) == EXPIRED
+    assert verdict(token, "Predict", None, NOW + 59) == VALID
+    client.ends_at = NOW  # disabled, or the sunset
+    assert verdict(token, None, None, NOW) == LEGACY_TOKEN_SUNSET
+    assert (token.kind, token.id, token.app_id, token.ends_at) == (ACCESS_TOKEN, ID, "app", NOW)
+
+
+def test_check_looks_up_the_digest_prefix():
+    index = VerificationIndex()
+    entry = key()
+    index.by_digest[b"d" * DIGEST_BYTES] = entry
+    assert index.check(b"d" * 32, "Predict", None, NOW) == (VALID, entry)
+    assert index.check(b"d" * 32, "Models:Add", None, NOW) == (INSUFFICIENT_SCOPE, entry)
+    assert index.check(b"d" * 32, None, "other", NOW) == (APP_MISMATCH, entry)
+    assert index.check(b"e" * 32, "Predict", None, NOW) == (NOT_FOUND, None)
+    assert len(index) == 1
+
+
+def test_an_entry_reads_as_before_its_grant_was_shared():
+    entry = key()
+    assert (entry.kind, entry.role, entry.app_id, entry.scopes) == (API_KEY, None, "app",
+                                                                      frozenset({"Predict", "Search"}))
+    assert entry.key_id == "00010203-0405-0607-0809-0a0b0c0d0e0f"
+    token = TokenEntry(ID, "owner", None)
+    assert (token.kind, token.app_id, token.scopes, token.expires_at) == (PERSONAL_TOKEN, None, frozenset(), None)
+
+
+def test_keys_of_one_app_with_the_same_scopes_share_one_grant():
+    index = VerificationIndex()
+    first, second = index._grant("app", "Predict Search"), index._grant("app", "Predict Search")
+    assert first is second and first.scopes == frozenset({"Predict", "Search"}) and not first.everything
+    assert first.app_id == "app" and index._grant("other", "Predict").app_id == "other"
+    assert index._grant("other", "Predict Search") is not first
+    assert index._grant("other", "Predict Search").scopes is first.scopes
+    assert index._grant("app", "All").everything
+
+
+def test_an_entry_and_its_key_fit_the_memory_budget():
+    # CPython allocates in steps of 16 bytes: a 4-slot entry takes 64 (5 slots would take 80),
+    # a 15-byte key 48 (16 bytes would take 64). With the dict's ~42 bytes and the 16-byte id
+    # (64) a key costs about 220 bytes; the target is 250.
+    assert len(KeyEntry.__slots__) == 4 and sys.getsizeof(key()) <= 64
+    assert DIGEST_BYTES == 15 and sys.getsizeof(b"d" * DIGEST_BYTES) <= 48
+
+
+def test_an_end_only_ever_comes_sooner():
+    # A second end (a revocation during a roll's grace period, a client disabled after the
+    # sunset) never postpones the first.
+    assert _earliest(None, 5.0) == 5.0
+    assert _earliest(5.0, None) == 5.0
+    assert _earliest(5.0, 7.0) == 5.0
+    assert _earliest(7.0, 5.0) == 5.0
+
+
+def test_a_rolled_key_s_new_secret_keeps_its_expiry_and_its_old_one_ends_with_the_grace():
+    from datetime import UTC, datetime, timedelta
+
+    from service.domain.keys import ApiKey
+
+    issued_at = datetime(2030, 1, 1, tzinfo=UTC)
+    expires_at, grace_until = issued_at + timedelta(days=30), issued_at + timedelta(minutes=10)
+    api_key = ApiKey(app_id="vision", description="d", scopes=["Predict"], expires_at=expires_at,
+                     digest="ab" * 32, display="ak_…abcd", origin="user", by="account:o", request={})
+    api_key.roll(digest="cd" * 32, display="ak_…cdef", grace_until=grace_until, by="account:o", request={},
+                 at=issued_at)
+    index = VerificationIndex()
+    index.apply(api_key.collect_events())
+    old, new = bytes.fromhex("ab" * 32), bytes.fromhex("cd" * 32)
+    at = issued_at.timestamp()
+    assert index.check(old, "Predict", "vision", at)[0] == VALID
+    assert index.check(old, "Predict", "vision", grace_until.timestamp())[0] == REVOKED
+    assert index.check(new, "Predict", "vision", grace_until.timestamp())[0] == VALID
+    assert index.check(new, "Predict", "vision", expires_at.timestamp())[0] == EXPIRED
