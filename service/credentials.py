@@ -82,6 +82,20 @@ _PAIRS = [a + b for a in ALPHABET for b in ALPHABET]
 _PAIR_VALUES = len(_PAIRS)  # 62^2
 
 
+def misshapen(credential: str) -> bool:
+    """A key or personal token (by its prefix) of the wrong length or with a character outside
+    base62: MALFORMED at a glance, before any digest or look-up (C-level string checks only;
+    ``classify`` adds the checksum)."""
+    if credential.startswith(API_KEY_PREFIX):
+        prefix_length = 3
+    elif credential.startswith(PERSONAL_TOKEN_PREFIX):
+        prefix_length = 4
+    else:
+        return False
+    return (len(credential) != prefix_length + BODY_LENGTH + CHECKSUM_LENGTH or not credential.isascii()
+            or not credential[prefix_length:].isalnum())
+
+
 def classify(credential: str) -> str:
     """``api_key``, ``personal_token``, ``malformed`` (known prefix, wrong length or
     checksum) or ``access_token`` (no known prefix: a legacy token). No I/O."""

@@ -1,9 +1,10 @@
 """Verifying a credential for a gateway: may it do this scope (on this app), now?
 
-The hot path: one HMAC, one dictionary look-up in the in-memory index, a few comparisons, and
-a note of the use in memory. No I/O, no logging, no store access. Only a credential the index
-does not know is checked for its format (prefix, length, CRC32): a wrong one is ``MALFORMED``
-rather than ``NOT_FOUND``, whatever the index holds. A known one needs no check: it is an issued
+The hot path: a glance at the shape, one HMAC, one dictionary look-up in the in-memory index, a
+few comparisons, and a note of the use in memory. No I/O, no logging, no store access. A key or
+token of the wrong length or with a character outside base62 is ``MALFORMED`` before any digest
+or look-up. Only a credential the index does not know has its checksum checked (CRC32): a wrong
+one is ``MALFORMED`` rather than ``NOT_FOUND``. A known one needs no check: it is an issued
 secret, and every issued secret is well-formed.
 """
 
@@ -30,6 +31,7 @@ from projections.verification import (
     verdict,
 )
 from service import credentials
+from service.credentials import misshapen
 from service.domain.actors import RequestInfo
 
 log = logging.getLogger("keyledger.verification")
@@ -81,6 +83,8 @@ class Verifier:
                ) -> tuple[str, str | None, Credential | None]:
         """(code, kind, entry): the verdict, the credential's kind if known, its entry if found.
         ``request`` gives the facts of the request, should a legacy token's use be recorded."""
+        if misshapen(credential):  # wrong length or not base62: refused without a digest or look-up
+            return MALFORMED, None, None
         entry = self._index.by_digest.get(self._digest(credential)[:DIGEST_BYTES])
         if entry is None:
             # Unknown: is it even well-formed? A wrong length or checksum is MALFORMED; else
