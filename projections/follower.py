@@ -219,7 +219,7 @@ class Follower:
             count, _ = self._fill(db, chosen, positions, limit=None)
             for projection in chosen:
                 projection.create_indexes(db)
-                self.store.set_position(db, projection.name, positions[projection.name])
+            self.store.set_positions(db, positions)
         return count
 
     def _update_views(self, *, bulk: bool, timeout: float | None = None) -> int:

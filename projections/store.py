@@ -96,9 +96,6 @@ class ViewStore:
                          (projection,)).fetchone()
         return row[0] if row else 0
 
-    def set_position(self, db: Any, projection: str, position: int) -> None:
-        self.set_positions(db, {projection: position})
-
     def positions(self, db: Any) -> dict[str, int]:
         """Every view's tracking position, in one read."""
         return dict(db.execute("SELECT projection, position FROM projection_tracking").fetchall())

@@ -131,13 +131,9 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     digester = credentials.Digester(pepper)
     legacy = LegacyPolicy(sunset_at=settings.legacy_sunset_at, token_ttl=settings.access_token_ttl,
                           use_window=settings.legacy_use_window)
-    if settings.uses_postgres:
-        with postgres_init_lock(settings):  # instances starting together create tables one at a time
-            keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock, legacy=legacy)
-    else:
+    with creating_tables(settings):  # instances starting together create tables one at a time
         keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock, legacy=legacy)
-    views = open_view_store(settings.views_path, database_url=settings.database_conninfo if settings.uses_postgres
-                            else None, schema=settings.database_schema)
+    views = view_store(settings)
     if settings.uses_postgres:
         _check_identity(views, digester, signing_key)
     index = VerificationIndex(legacy_sunset_at=settings.legacy_sunset_at.timestamp())
@@ -192,10 +188,20 @@ def _on_notification(follower: Follower) -> None:
         log.debug("catching up after a notification failed: %s", error)
 
 
+def view_store(settings: Settings) -> ViewStore:
+    """The view store the settings name: the SQLite file in the data directory, or PostgreSQL's schema."""
+    return open_view_store(settings.views_path, schema=settings.database_schema,
+                           database_url=settings.database_conninfo if settings.uses_postgres else None)
+
+
 @contextmanager
-def postgres_init_lock(settings: Settings) -> Iterator[None]:
-    """Hold a session advisory lock while the schema and the event store's tables are created:
-    several instances starting at once would otherwise race in CREATE TABLE (and one crash)."""
+def creating_tables(settings: Settings) -> Iterator[None]:
+    """Around the event store's construction. On PostgreSQL: hold a session advisory lock while the
+    schema and the tables are created — several instances starting at once would otherwise race in
+    CREATE TABLE (and one crash). SQLite needs nothing."""
+    if not settings.uses_postgres:
+        yield
+        return
     import psycopg
     from psycopg import sql
 
@@ -203,7 +209,7 @@ def postgres_init_lock(settings: Settings) -> Iterator[None]:
         connection = psycopg.connect(settings.database_conninfo, autocommit=True,
                                      application_name="keyledger-init")
     except psycopg.Error as error:
-        raise SettingsError(f"KEYLEDGER_DATABASE_URL: cannot connect to PostgreSQL ({_first_line(error)})") from None
+        raise SettingsError(f"KEYLEDGER_DATABASE_URL: cannot connect to PostgreSQL ({first_line(error)})") from None
     with connection:
         connection.execute("SELECT pg_advisory_lock(%s)", (advisory_key(f"keyledger:init:{settings.database_schema}"),))
         connection.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.database_schema)))
@@ -248,11 +254,12 @@ def store_exists(settings: Settings) -> bool:
             row = connection.execute("SELECT to_regclass(%s)", (f"{settings.database_schema}.projection_tracking",)
                                      ).fetchone()
     except psycopg.Error as error:
-        raise SettingsError(f"KEYLEDGER_DATABASE_URL: cannot connect to PostgreSQL ({_first_line(error)})") from None
+        raise SettingsError(f"KEYLEDGER_DATABASE_URL: cannot connect to PostgreSQL ({first_line(error)})") from None
     return row is not None and row[0] is not None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An error's first line (driver errors run to several, with hints): for one-line messages."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 

@@ -85,10 +85,9 @@ def _conninfo(url: str) -> str:
 
 def view_rows(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
     """Rows of the views as stored, read directly from the store (not through the service)."""
-    from projections.store import open_view_store
+    from service.composition import view_store
 
-    store = open_view_store(settings.views_path, schema=settings.database_schema,
-                            database_url=settings.database_conninfo if settings.uses_postgres else None)
+    store = view_store(settings)
     try:
         with store.read() as db:
             return [tuple(row) for row in db.execute(sql, params).fetchall()]

@@ -10,6 +10,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from projections.store import STORE_ERRORS
+from service.composition import first_line
 from service.credentials import redact
 from service.domain.errors import KeyledgerError
 
@@ -114,7 +115,7 @@ def register_error_handlers(flask_app: Flask) -> None:
 
     def _view_store_error(error: Exception) -> Response:
         log.error("view store error (request %s): %s", getattr(g, "request_id", None),
-                  (str(error).strip().splitlines() or [type(error).__name__])[0])
+                  first_line(error))
         flask_app.extensions["keyledger_metrics"].store_error("views")
         return error_response("UNAVAILABLE", "The read store is unavailable right now; retry shortly.",
                               None, 503, {"Retry-After": "1"})

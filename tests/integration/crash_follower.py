@@ -18,10 +18,9 @@ from typing import Any
 
 from projections.follower import Follower
 from projections.projection import Projection
-from projections.store import PostgresViewStore, SqliteViewStore
 from service import credentials
 from service.application import Keyledger
-from service.composition import postgres_init_lock
+from service.composition import creating_tables, view_store
 from tests.backend import make_settings
 
 PEPPER = b"crash-test-pepper-0123456789abcdef0123456789"
@@ -67,17 +66,11 @@ def build(data_dir: Path, projection: Projection, killing: bool = False) -> tupl
     data directory's PostgreSQL schema)."""
     settings = make_settings(data_dir=data_dir, pepper=PEPPER.decode())
     digester = credentials.Digester(PEPPER)
-    if settings.uses_postgres:
-        with postgres_init_lock(settings):
-            keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester)
-        base: type = PostgresViewStore
-        where: tuple = (settings.database_conninfo,)
-        options = {"schema": settings.database_schema}
-    else:
+    with creating_tables(settings):
         keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester)
-        base, where, options = SqliteViewStore, (settings.views_path,), {}
-    store_class = type("KillingStore", (KillingStore, base), {}) if killing else base
-    store = store_class(*where, **options)
+    store = view_store(settings)
+    if killing:  # the same store, dying after a chosen commit
+        store.__class__ = type("KillingStore", (KillingStore, type(store)), {})
     # Ten events a transaction, so the kill lands between two of them.
     return keys_app, store, Follower(keys_app, store, [projection], batch_size=10, bulk_size=10)
 
