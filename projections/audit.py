@@ -88,8 +88,10 @@ class AuditTrail(Projection):
     )
     _LEGACY_TABLES = ("audit_key_apps",)  # views from before the chain covered stored records
 
-    def __init__(self, stored_records: StoredRecords) -> None:
+    def __init__(self, stored_records: StoredRecords,
+                 on_head: Callable[[int, str], None] | None = None) -> None:
         self.stored_records = stored_records
+        self.on_head = on_head  # told the chain's head after each batch (the tail mark)
         # Facts that never change once recorded (an aggregate's app, an app's owner), kept
         # in memory so most events need no look-up; bounded, re-read from the view on a miss.
         self._apps: dict[str, str | None] = {}
@@ -131,6 +133,8 @@ class AuditTrail(Projection):
                  json.dumps(record["request"], sort_keys=True), digest, prev_hash))
             prev_hash = digest
         db.executemany("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        if self.on_head is not None:  # a hash of the stored records: true whether this commits or not
+            self.on_head(last, prev_hash)
 
 
 _AGGREGATE_APP = upsert("audit_aggregate_apps", ("aggregate_id", "app_id"), ("aggregate_id",), update=())

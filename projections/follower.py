@@ -83,6 +83,9 @@ class Follower:
         self._failing = False  # the last poll failed
         self._poll_started: float | None = None  # a poll under way since then
         self.on_error: Callable[[], None] | None = None
+        # The highest view position found beyond the log's end at start (then rebuilt): the log
+        # was truncated, or the store restored from an older backup. Evidence for the audit.
+        self.views_ahead_at: int | None = None
 
     # -- life ---------------------------------------------------------------------
 
@@ -93,8 +96,10 @@ class Follower:
             with self.store.write() as db:
                 for projection in self.projections:
                     projection.create(db)
-                ahead = [p for p in self.projections if self.store.position(db, p.name) > last]
+                positions = {p.name: self.store.position(db, p.name) for p in self.projections}
+                ahead = [p for p in self.projections if positions[p.name] > last]
             if ahead:
+                self.views_ahead_at = max(positions[p.name] for p in ahead)
                 log.warning("views %s are ahead of the event log (a store restored from a backup?); "
                             "rebuilding them", ", ".join(p.name for p in ahead))
                 self._rebuild(ahead)

@@ -207,10 +207,33 @@ def _audit_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
 
     with _store(settings) as system:
         checkpoint = system.sign_checkpoint()
+        alarm = system.alarm.detail()
+    if not alarm["ok"]:
+        print(f"NOT SIGNED: the audit chain is broken at seq {alarm['first_bad_seq']}: {alarm['reason']}")
+        return 1
     if checkpoint is None:
         print("Nothing new since the last checkpoint; none signed.")
     else:
         print(json.dumps(checkpoint))
+    return 0
+
+
+def _audit_accept_baseline(args: argparse.Namespace, settings: Settings) -> int:
+    by = Actor.system(f"cli:{args.by}" if args.by else "cli")
+    with _store(settings) as system:
+        before = system.check_integrity()
+        baseline, checkpoint = system.accept_baseline(args.reason, by)
+        after = system.check_integrity()
+    was = ("the chain verified already" if before["ok"] else
+           f"it was broken at seq {before['first_bad_seq']}: {before['reason']}")
+    print(f"Baseline accepted at seq {baseline['seq']} ({baseline['checked']} events, hash {baseline['hash'][:16]}…) "
+          f"by {by.ref}; {was}.")
+    if checkpoint is not None:
+        print(f"Audit checkpoint {checkpoint['number']} signed at seq {checkpoint['seq']}.")
+    if not after["ok"]:
+        print(f"BROKEN at seq {after['first_bad_seq']} even so: {after['reason']}")
+        return 1
+    print(f"ok: {after['checked']} events, chain intact from the baseline on.")
     return 0
 
 
@@ -339,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_audit_verify)
     checkpoint = audit_commands.add_parser("checkpoint", parents=[existing], help="sign the chain's head now")
     checkpoint.set_defaults(handler=_audit_checkpoint)
+    baseline = audit_commands.add_parser(
+        "accept-baseline", parents=[existing],
+        help="accept the store as it stands as the audit trail's new baseline (a store restored from a backup): "
+             "the decision is recorded as a signed event, the views are rebuilt and a checkpoint is signed")
+    baseline.add_argument("--reason", required=True, help="why (kept in the event, e.g. the incident or backup)")
+    baseline.add_argument("--by", help="who decided (a name or e-mail address, kept in the event)")
+    baseline.set_defaults(handler=_audit_accept_baseline)
     export = audit_commands.add_parser("export", parents=[existing], help="every audit event, oldest first")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument("--output", "-o", help="write to this file (default: standard output)")

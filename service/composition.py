@@ -32,9 +32,9 @@ from projections.verification import VerificationIndex, VerificationView
 from service import checkpoints, credentials
 from service.application import Keyledger, LegacyPolicy, utc_now
 from service.authentication import Authenticator
-from service.domain.actors import RequestInfo
+from service.domain.actors import Actor, RequestInfo
 from service.domain.campaign import CampaignPlan
-from service.domain.errors import Unavailable
+from service.domain.errors import AuditChainBroken, Unavailable
 from service.settings import Settings, SettingsError, duration_name
 from service.verification import Verifier, epoch_now
 
@@ -60,14 +60,24 @@ class System:
     mirror: checkpoints.CheckpointMirror
     campaign: CampaignProgress
     plan: CampaignPlan
+    alarm: checkpoints.Alarm = field(default_factory=checkpoints.Alarm)
+    mark: checkpoints.TailMark | None = None
     listener: LogListener | None = None
     _closed: bool = field(default=False, repr=False)
 
     def sign_checkpoint(self, now: datetime | None = None) -> dict | None:
-        """Sign the audit chain's head (None if nothing is new since the last checkpoint)."""
+        """Verify the records since the last checkpoint, then sign the audit chain's head (None if
+        nothing is new). A tail that does not verify is never signed: the alarm is raised instead."""
         self.follower.catch_up()
         self.follower.update_views()  # the checkpoint's own event is in the audit view at once
-        checkpoint = checkpoints.sign_checkpoint(self.keys_app, self.signing_key, self.mirror, now=now)
+        try:
+            checkpoint = checkpoints.sign_checkpoint(self.keys_app, self.signing_key, self.mirror, self.mark,
+                                                     now=now)
+        except AuditChainBroken as broken:
+            self.alarm.raise_(broken.first_bad_seq, broken.reason, at=self.keys_app.now(),
+                              action="; no checkpoint signed")
+            return None
+        self.alarm.clear(source="tail")
         if checkpoint is not None:
             self.after_command()
         return checkpoint
@@ -78,7 +88,21 @@ class System:
             self.follower.update_views(timeout=VIEW_WRITE_TIMEOUT)
         except Exception:  # a view writer is busy: rows not yet written are simply not compared
             log.warning("the audit view could not be brought up to date before the integrity check")
-        return checkpoints.check_integrity(self.keys_app, self.audit, self.signing_key, self.mirror)
+        report = checkpoints.check_integrity(self.keys_app, self.audit, self.signing_key, self.mirror, self.mark)
+        if report["ok"]:
+            self.alarm.clear(source="full")
+        else:
+            self.alarm.raise_(report["first_bad_seq"], report["reason"], at=self.keys_app.now(), source="full")
+        return report
+
+    def accept_baseline(self, reason: str, by: Actor) -> tuple[dict, dict | None]:
+        """Accept the store as it stands (a restore from a backup, after an operator looked): the
+        decision recorded and signed, the views rebuilt from the accepted log, a checkpoint signed."""
+        baseline = checkpoints.accept_baseline(self.keys_app, self.signing_key, self.mirror, self.mark,
+                                               reason=reason, by=by)
+        self.follower.rebuild()  # records refused before are the accepted store's now
+        self.alarm.clear(source="full")
+        return baseline, self.sign_checkpoint()
 
     def store_unreachable(self) -> bool:
         """PostgreSQL is known to be down: the event subscription dropped and cannot reconnect.
@@ -132,17 +156,21 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     legacy = LegacyPolicy(sunset_at=settings.legacy_sunset_at, token_ttl=settings.access_token_ttl,
                           use_window=settings.legacy_use_window)
     with creating_tables(settings):  # instances starting together create tables one at a time
-        keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock, legacy=legacy)
+        keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock, legacy=legacy,
+                             seal_key=credentials.record_seal_key(signing_key))
     views = view_store(settings)
     if settings.uses_postgres:
         _check_identity(views, digester, signing_key)
+    alarm, mark = _tamper_evidence(settings, keys_app, signing_key)
     index = VerificationIndex(legacy_sunset_at=settings.legacy_sunset_at.timestamp())
     beacon = ChangeBeacon(settings.data_dir / "changes.beacon")
     follower = Follower(keys_app, views,
-                        [VerificationView(), DirectoryView(), AuditTrail(keys_app.stored_records),
+                        [VerificationView(), DirectoryView(), AuditTrail(keys_app.stored_records, on_head=mark.note),
                          LegacyUsageView(), CampaignView()], [index],
                         beacon=beacon)
     follower.start()
+    if follower.views_ahead_at is not None:  # the log ends before the views: truncated, or restored
+        mark.note(follower.views_ahead_at, None)
     last_used = LastUsed(views)
     _owner_only(settings.data_dir)
     listener = None
@@ -172,10 +200,24 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         legacy_usage=LegacyUsage(views),
         signing_key=signing_key, mirror=checkpoints.CheckpointMirror(settings.data_dir / checkpoints.MIRROR_FILE),
         campaign=CampaignProgress(views), plan=campaign_plan(settings), listener=listener,
+        alarm=alarm, mark=mark,
     )
     if follow:  # a serving process: flush last-used times and close stores on a normal exit
         atexit.register(system.close)
     return system
+
+
+def _tamper_evidence(settings: Settings, keys_app: Keyledger,
+                     signing_key: Ed25519PrivateKey) -> tuple[checkpoints.Alarm, checkpoints.TailMark]:
+    """The alarm, told of every record the follower refuses to apply, and the tail mark (frozen
+    while the alarm is raised); the application's record rules primed from the ledger."""
+    alarm = checkpoints.Alarm()
+    epoch = keys_app.prime_record_rules(signing_key.public_key())
+    mark = checkpoints.TailMark(settings.data_dir / checkpoints.MARK_FILE, epoch)
+    alarm.on_raise.append(lambda: setattr(mark, "frozen", True))
+    keys_app.on_refused = lambda seq, problem: alarm.raise_(
+        seq, f"the stored record at seq {seq}: {problem}", at=keys_app.now(), action="; refused to apply it")
+    return alarm, mark
 
 
 def _on_notification(follower: Follower) -> None:

@@ -257,3 +257,19 @@ def public_key_sha256(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
+
+
+# -- the record seal's key ------------------------------------------------------------------
+
+# The seal key of an application given none (tests on the in-memory store): seals made with a
+# key everyone knows prove nothing, so every composition root derives the real one below.
+UNSEALED = b"keyledger: no seal key was given; these seals prove nothing"
+
+
+def record_seal_key(signing_key: Ed25519PrivateKey) -> bytes:
+    """The key that seals every stored record (HMAC-SHA256), derived from the audit signing key:
+    whoever may sign checkpoints may seal records, instances sharing a store share it already,
+    and the store never holds it. (HMAC as HKDF's extract step, with a fixed label.)"""
+    raw = signing_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                    serialization.NoEncryption())
+    return hmac.new(b"keyledger-record-seal-key/v1", raw, hashlib.sha256).digest()

@@ -79,6 +79,15 @@ class Metrics:
             "keyledger_event_subscription_connected", "1 while the LISTEN/NOTIFY subscription to other "
             "instances' events is up (PostgreSQL; polling covers the gaps), else 0",
             registry=own, multiprocess_mode="min")
+        self.audit_alarm = Gauge(
+            "keyledger_audit_tamper_alarm", "1 while this process knows of a stored record the service did "
+            "not write as it stands (altered, forged, removed, of the wrong type), else 0",
+            registry=own, multiprocess_mode="max")
+        self.audit_first_bad_seq = Gauge(
+            "keyledger_audit_first_bad_seq", "The first bad seq of the raised tamper alarm (0 when none)",
+            registry=own, multiprocess_mode="max")
+        self.audit_alarms = Counter(
+            "keyledger_audit_tamper_alarms", "Times the tamper alarm was raised with a new finding", registry=own)
         for store in ("events", "views"):
             self.store_errors.labels(store)  # shown as 0 from the start
         self._children: dict[tuple[str, str, int], object] = {}
@@ -113,6 +122,9 @@ class Metrics:
         system.follower.on_error = lambda: self.store_error("events")
         system.last_used.on_flush = self.flushed
         system.last_used.on_error = lambda: self.store_error("views")
+        system.alarm.on_raise.append(self.audit_alarms.inc)
+        if system.alarm.raised:  # raised while the system was built, before this hook
+            self.audit_alarms.inc()
 
     # -- scrape ----------------------------------------------------------------------------
 
@@ -132,6 +144,8 @@ class Metrics:
         self.views_age.set(max(0.0, now - follower.views_ok_at))
         self.index_stale.set(follower.staleness())
         self.subscription.set(1 if system.listener is not None and system.listener.connected else 0)
+        self.audit_alarm.set(1 if system.alarm.raised else 0)
+        self.audit_first_bad_seq.set(system.alarm.first_bad_seq or 0)
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)

@@ -279,10 +279,19 @@ class HealthSchema(Schema):
     status = fields.String(required=True)
 
 
+class AuditAlarmSchema(Schema):
+    ok = fields.Boolean(required=True, metadata={"description": "false while tampering is known"})
+    first_bad_seq = fields.Integer(allow_none=True, required=True)
+    reason = fields.String(allow_none=True, required=True)
+
+
 class ReadinessSchema(Schema):
     status = fields.String(required=True)
     store = fields.String(required=True)
     projections_lag = fields.Integer(required=True)
+    audit = fields.Nested(AuditAlarmSchema, metadata={
+        "description": "The audit chain as this process last found it: a stored record the service did not "
+                       "write is never applied, and no checkpoint is signed over it (serving goes on)"})
 
 
 # -- verification (documented here; the hot path validates by hand) -----------------------------

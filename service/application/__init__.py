@@ -35,6 +35,6 @@ class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, Audit
     snapshotting_intervals = {ApiKey: 50, LegacyClient: 8, AuditLedger: 50}
 
     def __init__(self, env: dict[str, str] | None = None, *, digester: credentials.Digester,
-                 clock: Clock = utc_now, legacy: LegacyPolicy | None = None) -> None:
-        super().__init__(env=env, digester=digester, clock=clock)
+                 clock: Clock = utc_now, legacy: LegacyPolicy | None = None, seal_key: bytes | None = None) -> None:
+        super().__init__(env=env, digester=digester, clock=clock, seal_key=seal_key)
         self.legacy = legacy or LegacyPolicy()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,27 @@ from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from service import credentials
-from service.application.base import LedgerApplication
+from service.application.base import LedgerApplication, text_problem
+from service.application.sealing import RecordRules
 from service.domain.actors import Actor
 from service.domain.audit import (
     GENESIS,
     AuditLedger,
+    baseline_message,
     chain_hash,
     checkpoint_message,
     signature_digest,
+    unseal,
 )
-from service.domain.errors import Forbidden, ScopeUnknown, Unavailable
+from service.domain.errors import (
+    AuditChainBroken,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    ScopeUnknown,
+    TamperedRecord,
+    Unavailable,
+)
 from service.domain.keys import ApiKey
 from service.domain.legacy import LegacyClient
 from service.domain.scopes import CATALOGUE, grants
@@ -46,6 +58,25 @@ READ_BATCH = 10_000  # stored records read at a time while walking the chain
 
 # (seq, originator id, version, topic, state): a record exactly as the event store holds it.
 StoredRecord = tuple[int, str, int, str, bytes]
+
+
+@dataclass
+class Ledger:
+    """The audit ledger's records as found in the store, each judged."""
+
+    recorded: list[dict] = field(default_factory=list)  # every checkpoint, as recorded
+    genuine: list[dict] = field(default_factory=list)  # checkpoints and baselines that verify, in order
+    baselines: list[dict] = field(default_factory=list)  # the genuine baselines, in order
+    bad_seqs: dict[int, str] = field(default_factory=dict)  # a ledger record's seq -> why it is not genuine
+
+    @property
+    def epochs(self) -> list[str]:
+        """"-" (before any baseline), then each baseline's id, oldest first."""
+        return ["-", *(signature_digest(b["signature"]) for b in self.baselines)]
+
+    @property
+    def epoch(self) -> str:
+        return self.epochs[-1]
 
 
 def _rfc3339(value: datetime) -> str:
@@ -98,25 +129,10 @@ class AuditUseCases(LedgerApplication):
     # -- the stored records ----------------------------------------------------------------
 
     def stored_records(self, after: int, limit: int) -> list[StoredRecord]:
-        """Up to ``limit`` records after position ``after``, as stored (nothing decoded);
-        originator ids as 32 hex digits."""
-        try:
-            if isinstance(self.recorder, SQLiteApplicationRecorder):
-                # The one store-specific statement: the library's select_notifications turns
-                # every id into a UUID object, which costs more than the rest of the check.
-                with self.recorder.datastore.transaction(commit=False) as cursor:
-                    cursor.row_factory = None  # plain tuples
-                    cursor.execute(
-                        "SELECT rowid, originator_id, originator_version, topic, state FROM "
-                        f"{self.recorder.events_table_name} WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                        (after, limit))
-                    return cursor.fetchall()
-            notifications = self.recorder.select_notifications(
-                start=after, limit=limit, inclusive_of_start=False)
-        except PersistenceError as error:
-            raise Unavailable("The event store cannot be read right now; retry shortly.") from error
-        return [(n.id, n.originator_id.hex if isinstance(n.originator_id, UUID) else str(n.originator_id),
-                 n.originator_version, n.topic, n.state) for n in notifications]
+        """Up to ``limit`` records after position ``after``, as stored (nothing decoded or
+        checked: a value of the wrong type comes as it is); originator ids as 32 hex digits."""
+        return [(seq, oid.hex if isinstance(oid, UUID) else oid, version, topic, state)
+                for seq, oid, version, topic, state in self.raw_records(after, limit)]
 
     def _walk(self, after: int) -> Iterator[StoredRecord]:
         """Every record after ``after``, in order. On an SQLite file: one statement on a
@@ -147,48 +163,50 @@ class AuditUseCases(LedgerApplication):
                 return
             after = batch[-1][0]
 
-    # -- checkpoints -------------------------------------------------------------------------
+    # -- the ledger: checkpoints and baselines ------------------------------------------------
 
-    def sign_checkpoint(self, signing_key: Ed25519PrivateKey, *, now: datetime | None = None,
-                        by: Actor | None = None) -> dict | None:
-        """Sign the chain's head and record the checkpoint; None if nothing is new since the
-        last one (or another process signed at the same moment). Safe to run any time."""
-        now = now or self.now()
-        by = by or Actor.system("keyledger")
-        ledger_id = AuditLedger.create_id()
-        ledger_hex = ledger_id.hex
-        ledger = self._find(AuditLedger, ledger_id)
-        seq, head = (ledger.last_seq, ledger.last_hash) if ledger else (0, GENESIS)
-        news = False
-        for record in self._walk(seq):  # only the records since the last checkpoint
-            seq, head = record[0], chain_hash(head, *record)
-            news = news or record[1] != ledger_hex
-        if not news:
-            return None
-        fingerprint = credentials.public_key_sha256(signing_key)
-        if ledger is None:
-            ledger = AuditLedger._create(AuditLedger.Opened, id=ledger_id, public_key_sha256=fingerprint,
-                                         by=by.ref, request={}, timestamp=now)
-        signed_at = _rfc3339(now)
-        previous = ledger.last_signature_digest
-        message = checkpoint_message(number=ledger.checkpoints + 1, seq=seq, head_hash=head,
-                                     previous=previous, signed_at=signed_at)
-        signature = base64.b64encode(signing_key.sign(message.encode("utf-8"))).decode("ascii")
-        ledger.record(seq=seq, head_hash=head, signed_at=signed_at, signature=signature, message=message,
-                      public_key_sha256=fingerprint, by=by.ref, at=now)
-        try:
-            self.save(ledger)
-        except IntegrityError:
-            return None  # another process recorded a checkpoint first; theirs covers this head
-        except PersistenceError as error:
-            raise Unavailable("The event store cannot be written right now; retry shortly.") from error
-        return {"number": ledger.checkpoints, "seq": seq, "hash": head, "signed_at": signed_at,
-                "previous": previous, "message": message,
-                "signature": signature, "public_key_sha256": fingerprint}
+    def ledger(self, public_key: Ed25519PublicKey) -> Ledger:
+        """The checkpoints and baselines recorded in the store, each checked: signature, links,
+        seal. Read from the ledger's own records (never a snapshot)."""
+        ledger = Ledger()
+        previous = "-"
+        judge = RecordRules(self.seal_key).judge  # a seal, where there is one, must verify
+        for position, oid, version, topic, state in self.raw_stream(AuditLedger.create_id()):
+            problem, body = judge(position or 0, oid, version, topic, state)
+            try:
+                if problem:
+                    raise TamperedRecord(problem)
+                e = self.mapper.decode_opened(oid if isinstance(oid, UUID) else UUID(oid), version, topic, body)  # type: ignore[attr-defined]
+            except Exception as error:  # noqa: BLE001 - a tampered record; the walk reports where it is
+                ledger.bad_seqs[position] = f"it cannot be read ({error})"
+                continue
+            sealed = unseal(state)[1] is not None
+            if isinstance(e, AuditLedger.CheckpointSigned):
+                cp = {"number": e.number, "seq": e.seq, "hash": e.hash, "previous": e.previous,
+                      "signed_at": e.signed_at, "message": e.message, "signature": e.signature,
+                      "version": e.originator_version, "sealed": sealed}
+                ledger.recorded.append(cp)
+                problem = _checkpoint_problem(cp, public_key, len(ledger.recorded), previous)
+                previous = signature_digest(cp["signature"])
+                if problem:
+                    ledger.bad_seqs[position] = problem
+                else:
+                    ledger.genuine.append(cp)
+            elif isinstance(e, AuditLedger.BaselineAccepted):
+                baseline = {"kind": "baseline", "seq": e.seq, "hash": e.hash, "accepted_at": e.accepted_at,
+                            "by": e.by, "reason": e.reason, "message": e.message, "signature": e.signature,
+                            "version": e.originator_version, "sealed": sealed}
+                problem = _baseline_problem(baseline, public_key)
+                if problem:
+                    ledger.bad_seqs[position] = problem
+                else:
+                    ledger.baselines.append(baseline)
+                    ledger.genuine.append(baseline)
+        return ledger
 
     def checkpoints(self) -> tuple[list[dict], list[int]]:
-        """Every recorded checkpoint, oldest first, as recorded (not yet verified); and the
-        versions of ledger records that cannot even be decoded."""
+        """Every recorded checkpoint, oldest first, as recorded (not verified); and the versions
+        of ledger records that cannot even be decoded."""
         try:
             stored = self.recorder.select_events(AuditLedger.create_id())
         except PersistenceError as error:
@@ -197,7 +215,7 @@ class AuditUseCases(LedgerApplication):
         for record in stored:
             try:
                 e = self.mapper.to_domain_event(record)
-            except Exception:  # a tampered record; the walk reports where it is
+            except Exception:  # noqa: BLE001 - a tampered record; the walk reports where it is
                 unreadable.append(record.originator_version)
                 continue
             if isinstance(e, AuditLedger.CheckpointSigned):
@@ -206,35 +224,159 @@ class AuditUseCases(LedgerApplication):
                               "version": e.originator_version})
         return found, unreadable
 
+    def prime_record_rules(self, public_key: Ed25519PublicKey) -> str:
+        """Before following the log: from the ledger, where seals are due (after the first
+        checkpoint that was itself sealed) and up to where a baseline vouches for the records.
+        Returns the current epoch (the latest baseline's id, "-" for none)."""
+        ledger = self.ledger(public_key)
+        rules = self.record_rules
+        sealed = [cp for cp in ledger.genuine if cp["sealed"] and "number" in cp]
+        if sealed:
+            rules.seals_due_after(sealed[0]["seq"])
+        if ledger.baselines:
+            rules.accepted_through = max(rules.accepted_through, ledger.baselines[-1]["seq"])
+        return ledger.epoch
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def sign_checkpoint(self, signing_key: Ed25519PrivateKey, *, now: datetime | None = None,
+                        by: Actor | None = None, mirrored: Iterable[dict] = (),
+                        mark: dict | None = None) -> dict | None:
+        """Verify the records since the last genuine checkpoint (or baseline), then sign the
+        chain's head and record the checkpoint; None if nothing is new since the last one (or
+        another process signed at the same moment). Raises ``AuditChainBroken`` — and signs
+        nothing — when a record since then is not one the service wrote, or when evidence kept
+        outside the store (``mirrored`` checkpoints, the tail ``mark``) says records are missing."""
+        now = now or self.now()
+        by = by or Actor.system("keyledger")
+        public_key = signing_key.public_key()
+        ledger = self.ledger(public_key)
+        problems = _outside_problems(ledger, public_key, mirrored)
+        mark = _current_mark(ledger, mark, problems)
+        start = ledger.genuine[-1] if ledger.genuine else None
+        seq, head = (start["seq"], start["hash"]) if start else (0, GENESIS)
+        rules = self.record_rules.copy()
+        rules.accepted_through = max(rules.accepted_through, ledger.baselines[-1]["seq"] if ledger.baselines else 0)
+        sealed = [cp for cp in ledger.genuine if cp["sealed"] and "number" in cp]
+        if sealed:
+            rules.seals_due_after(sealed[0]["seq"])
+        ledger_hex = AuditLedger.create_id().hex
+        news = False
+        last_seq = seq
+        for record in self._walk(seq):  # only the records since the last checkpoint
+            problem, _ = rules.judge(*record)
+            if problem:
+                problems.append((record[0], f"the stored record at seq {record[0]}: {problem}"))
+                break
+            seq, head = record[0], chain_hash(head, *record)
+            last_seq = seq
+            if mark and seq == mark["seq"] and mark.get("hash") not in (None, head):
+                problems.append((seq, f"the chain at seq {seq} is not what this instance recorded there "
+                                      "(events before it were rewritten, moved or removed)"))
+                break
+            news = news or record[1] != ledger_hex
+        problems += _mark_beyond(mark, last_seq)
+        if problems:
+            first_bad_seq, reason = min(problems)
+            raise AuditChainBroken(first_bad_seq, reason)
+        if not news:
+            return None
+        fingerprint = credentials.public_key_sha256(signing_key)
+        ledger_id = AuditLedger.create_id()
+        aggregate = self._find(AuditLedger, ledger_id)
+        if aggregate is None:
+            aggregate = AuditLedger._create(AuditLedger.Opened, id=ledger_id, public_key_sha256=fingerprint,
+                                            by=by.ref, request={}, timestamp=now)
+        signed_at = _rfc3339(now)
+        previous = aggregate.last_signature_digest
+        message = checkpoint_message(number=aggregate.checkpoints + 1, seq=seq, head_hash=head,
+                                     previous=previous, signed_at=signed_at)
+        signature = base64.b64encode(signing_key.sign(message.encode("utf-8"))).decode("ascii")
+        aggregate.record(seq=seq, head_hash=head, signed_at=signed_at, signature=signature, message=message,
+                         public_key_sha256=fingerprint, by=by.ref, at=now)
+        try:
+            self.save(aggregate)
+        except IntegrityError:
+            return None  # another process recorded a checkpoint first; theirs covers this head
+        except PersistenceError as error:
+            raise Unavailable("The event store cannot be written right now; retry shortly.") from error
+        return {"number": aggregate.checkpoints, "seq": seq, "hash": head, "signed_at": signed_at,
+                "previous": previous, "message": message, "epoch": ledger.epoch,
+                "signature": signature, "public_key_sha256": fingerprint}
+
+    def accept_baseline(self, signing_key: Ed25519PrivateKey, *, reason: str, by: Actor,
+                        now: datetime | None = None) -> dict:
+        """Accept the store as it stands as the new baseline: record who, why and the position
+        accepted (the chain's head recomputed from every stored record), signed. Records up to
+        it count as genuine from now on, and evidence kept outside the store from before it is
+        superseded. For a store restored from a backup, after an operator has looked."""
+        if not by.is_admin:
+            raise Forbidden("Only an admin can accept the audit trail's baseline.")
+        for name, value in (("reason", reason), ("by", by.id)):
+            problem = text_problem(value, 500)
+            if problem:
+                raise InvalidRequest(f"{name}: {problem}", **{name: [problem]})
+        now = now or self.now()
+        seq, head, checked = 0, GENESIS, 0
+        for record in self._walk(0):
+            seq, head = record[0], chain_hash(head, *record)
+            checked += 1
+        fingerprint = credentials.public_key_sha256(signing_key)
+        ledger_id = AuditLedger.create_id()
+        aggregate = self._find_ledger_for_baseline(ledger_id)
+        if aggregate is None:
+            aggregate = AuditLedger._create(AuditLedger.Opened, id=ledger_id, public_key_sha256=fingerprint,
+                                            by=by.ref, request={}, timestamp=now)
+        accepted_at = _rfc3339(now)
+        message = baseline_message(seq=seq, head_hash=head, accepted_at=accepted_at, by=by.ref, reason=reason)
+        signature = base64.b64encode(signing_key.sign(message.encode("utf-8"))).decode("ascii")
+        aggregate.accept_baseline(seq=seq, head_hash=head, accepted_at=accepted_at, reason=reason, message=message,
+                                  signature=signature, public_key_sha256=fingerprint, by=by.ref, at=now)
+        self._save_new(aggregate, conflict="Another process changed the audit ledger at the same moment; run "
+                                           "the command again.")
+        self.record_rules.accepted_through = max(self.record_rules.accepted_through, seq)
+        return {"kind": "baseline", "seq": seq, "hash": head, "accepted_at": accepted_at, "by": by.ref,
+                "reason": reason, "message": message, "signature": signature, "checked": checked,
+                "epoch": signature_digest(signature)}
+
+    def _find_ledger_for_baseline(self, ledger_id: UUID) -> AuditLedger | None:
+        """The ledger, even when one of its own records was altered: then it is rebuilt from its
+        genuine records (the baseline is how an operator gets past such a record)."""
+        try:
+            return self._find(AuditLedger, ledger_id)
+        except Conflict:
+            pass
+        ledger: AuditLedger | None = None
+        for record in self.recorder.select_events(ledger_id):
+            try:
+                e = self.mapper.to_domain_event(record)
+            except Exception:  # noqa: BLE001 - the altered record: left out
+                continue
+            ledger = e.mutate(ledger)  # type: ignore[attr-defined]
+        return ledger
+
     # -- integrity -----------------------------------------------------------------------------
 
     def check_integrity(self, *, witness: Iterable[tuple[int, str]], public_key: Ed25519PublicKey,
-                        mirrored: Iterable[dict] = ()) -> dict:
-        """Recompute the chain from the stored records and compare it with ``witness`` (the
-        (seq, hash) pairs the audit view recorded), the recorded checkpoints and ``mirrored``
-        (copies of checkpoints kept outside the store). Returns ``{"ok", "checked",
-        "first_bad_seq", "reason", "checkpoints", "signed_through"}``."""
-        recorded, unreadable = self.checkpoints()
-        problems: list[tuple[int, str]] = []  # (seq, reason); the smallest seq is reported
-        signed: dict[int, dict] = {}  # signed head seq -> checkpoint with a valid signature
-        # ledger versions whose checkpoint is not genuine
-        bad_versions: dict[int, str] = {v: "it cannot be read (altered)" for v in unreadable}
-        previous = "-"
-        for number, cp in enumerate(recorded, start=1):
-            problem = _checkpoint_problem(cp, public_key, number, previous)
-            if problem:
-                bad_versions[cp["version"]] = problem
-            else:
-                signed[cp["seq"]] = cp
-            previous = signature_digest(cp["signature"])
-        by_number = {cp["number"]: cp for cp in recorded}
-        for cp in mirrored:
-            if _checkpoint_problem(cp, public_key, cp.get("number"), None):
-                continue  # a mirror line that does not verify proves nothing
-            if by_number.get(cp["number"], {}).get("signature") != cp["signature"]:
-                problems.append((cp["seq"] + 1, f"checkpoint {cp['number']} (signed at seq {cp['seq']}) "
-                                                "is missing from the event store or was replaced"))
-            signed.setdefault(cp["seq"], cp)
+                        mirrored: Iterable[dict] = (), mark: dict | None = None) -> dict:
+        """Recompute the chain from the stored records and judge each one (types, seal); compare
+        the chain with ``witness`` (the (seq, hash) pairs the audit view recorded), the recorded
+        checkpoints and baselines, ``mirrored`` (copies of checkpoints kept outside the store)
+        and the tail ``mark`` (the last position this instance saw, kept outside the store).
+        Returns ``{"ok", "checked", "first_bad_seq", "reason", "checkpoints", "signed_through"}``;
+        never raises for anything the store holds."""
+        ledger = self.ledger(public_key)
+        problems = _outside_problems(ledger, public_key, mirrored)  # (seq, reason); the smallest is reported
+        mark = _current_mark(ledger, mark, problems)
+        signed: dict[int, dict] = {}  # signed head seq -> checkpoint (or baseline) with a valid signature
+        for cp in ledger.genuine:
+            signed[cp["seq"]] = cp
+        for cp in _current_lines(ledger, mirrored):
+            if "number" in cp and not _checkpoint_problem(cp, public_key, cp.get("number"), None):
+                signed.setdefault(cp["seq"], cp)
+        bad_seqs = ledger.bad_seqs
+        rules = RecordRules(self.seal_key)
+        rules.accepted_through = ledger.baselines[-1]["seq"] if ledger.baselines else 0
 
         ledger_hex = AuditLedger.create_id().hex
         witnessed = iter(witness)
@@ -243,15 +385,18 @@ class AuditUseCases(LedgerApplication):
         pending = sorted(signed)  # signed seqs not reached yet, in order
         due = pending.pop(0) if pending else None
         found: tuple[int, str] | None = None
-        for seq, originator_id, version, topic, state in self._walk(0):
-            digest = chain_hash(prev, seq, originator_id, version, topic, state)
+        for record in self._walk(0):
+            seq, originator_id = record[0], record[1]
+            digest = chain_hash(prev, *record)
             checked += 1
             last_seq = seq
+            problem, _ = rules.judge(*record)
+            also = f"; {problem}" if problem else ""
             if w is not None:
                 if w[0] == seq:
                     if w[1] != digest:
                         found = (seq, f"the stored event at seq {seq} is not the one recorded "
-                                      "(edited, replaced or reordered)")
+                                      f"(edited, replaced or reordered){also}")
                         break
                     w = next(witnessed, None)
                 elif w[0] < seq:
@@ -259,19 +404,27 @@ class AuditUseCases(LedgerApplication):
                                    "(deleted or moved)")
                     break
                 else:
-                    found = (seq, f"the stored event at seq {seq} was never recorded (inserted)")
+                    found = (seq, f"the stored event at seq {seq} was never recorded (inserted){also}")
                     break
+            if problem:
+                found = (seq, f"the stored record at seq {seq}: {problem}")
+                break
             if originator_id == ledger_hex:
-                if version in bad_versions:
-                    found = (seq, f"checkpoint at seq {seq}: {bad_versions[version]}")
+                if seq in bad_seqs:
+                    found = (seq, f"checkpoint at seq {seq}: {bad_seqs[seq]}")
                     break
             elif first_unproven is None:
                 first_unproven = seq
+            if mark and seq == mark["seq"] and mark.get("hash") not in (None, digest):
+                found = (first_unproven or seq, f"the chain at seq {seq} is not what this instance recorded "
+                                                f"there: rewritten, moved or removed after seq {proven}")
+                break
             while due is not None and due <= seq:
                 cp = signed[due]
                 if due != seq or digest != cp["hash"]:  # due < seq: the signed record is gone
+                    what = "baseline" if cp.get("kind") == "baseline" else f"checkpoint {cp['number']}"
                     found = (first_unproven or due,
-                             f"checkpoint {cp['number']} signed the chain at seq {due}, but the stored "
+                             f"{what} signed the chain at seq {due}, but the stored "
                              f"events no longer give that hash: rewritten after seq {proven}")
                     break
                 proven, first_unproven = due, None
@@ -285,14 +438,17 @@ class AuditUseCases(LedgerApplication):
             elif due is not None:
                 found = (last_seq + 1, f"checkpoint signed at seq {due}, beyond the last stored event: "
                                        "events were removed from the end")
+            else:
+                problems += _mark_beyond(mark, last_seq)
         if found:
             problems.append(found)
+        checkpoints = sum(1 for cp in signed.values() if cp.get("kind") != "baseline")
         if problems:
             seq, reason = min(problems)
             return {"ok": False, "checked": checked, "first_bad_seq": seq, "reason": reason,
-                    "checkpoints": len(signed), "signed_through": proven}
+                    "checkpoints": checkpoints, "signed_through": proven}
         return {"ok": True, "checked": checked, "first_bad_seq": None, "reason": None,
-                "checkpoints": len(signed), "signed_through": proven}
+                "checkpoints": checkpoints, "signed_through": proven}
 
     # -- point in time ----------------------------------------------------------------------------
 
@@ -348,3 +504,76 @@ def _checkpoint_problem(cp: dict, public_key: Ed25519PublicKey, number: int | No
     if previous is not None and cp["previous"] != previous:
         return "it does not name the checkpoint before it (a checkpoint was removed or replaced)"
     return None
+
+
+def _baseline_problem(baseline: dict, public_key: Ed25519PublicKey) -> str | None:
+    """Why a recorded (or mirrored) baseline is not genuine (None if it is)."""
+    try:
+        expected = baseline_message(seq=baseline["seq"], head_hash=baseline["hash"],
+                                    accepted_at=baseline["accepted_at"], by=baseline["by"],
+                                    reason=baseline["reason"])
+        if baseline["message"] != expected:
+            return "its fields differ from the text that was signed"
+        public_key.verify(base64.b64decode(baseline["signature"], validate=True), expected.encode("utf-8"))
+    except (InvalidSignature, ValueError, KeyError, TypeError, AttributeError):
+        return "its signature does not verify with the audit public key"
+    return None
+
+
+def _current_lines(ledger: Ledger, mirrored: Iterable[dict]) -> list[dict]:
+    """The mirrored checkpoints written since the store's latest baseline (the others are superseded)."""
+    return [line for line in mirrored
+            if line.get("kind") != "baseline" and line.get("epoch", "-") == ledger.epoch]
+
+
+def _outside_problems(ledger: Ledger, public_key: Ed25519PublicKey, mirrored: Iterable[dict]) -> list[tuple[int, str]]:
+    """What the copies kept outside the store say is missing from it: a checkpoint or a baseline
+    the store no longer holds (or holds replaced). A copy whose signature does not verify proves
+    nothing; copies from before the store's latest baseline are superseded by it."""
+    problems: list[tuple[int, str]] = []
+    epochs = ledger.epochs
+    by_number = {cp["number"]: cp for cp in ledger.recorded}
+    baselines = {b["signature"] for b in ledger.baselines}
+    for line in mirrored:
+        try:
+            if line.get("kind") == "baseline":
+                if not _baseline_problem(line, public_key) and line["signature"] not in baselines:
+                    problems.append((line["seq"] + 1, f"the baseline accepted at seq {line['seq']} is missing "
+                                                      "from the event store"))
+                continue
+            if _checkpoint_problem(line, public_key, line.get("number"), None):
+                continue
+            epoch = line.get("epoch", "-")
+            if epoch != ledger.epoch:
+                if epoch not in epochs:
+                    problems.append((line["seq"] + 1, f"checkpoint {line['number']} was signed after a baseline "
+                                                      "the event store no longer holds"))
+                continue
+            if by_number.get(line["number"], {}).get("signature") != line["signature"]:
+                problems.append((line["seq"] + 1, f"checkpoint {line['number']} (signed at seq {line['seq']}) "
+                                                  "is missing from the event store or was replaced"))
+        except (KeyError, TypeError):
+            continue  # a line that is not a copy of ours
+    return problems
+
+
+def _current_mark(ledger: Ledger, mark: dict | None, problems: list[tuple[int, str]]) -> dict | None:
+    """The tail mark if it was written since the store's latest baseline (None when superseded)."""
+    if not mark:
+        return None
+    epoch = mark.get("epoch", "-")
+    if epoch == ledger.epoch:
+        return mark
+    if epoch not in ledger.epochs:
+        problems.append((mark["seq"], f"this instance recorded seq {mark['seq']} after a baseline the event "
+                                      "store no longer holds"))
+    return None
+
+
+def _mark_beyond(mark: dict | None, last_seq: int) -> list[tuple[int, str]]:
+    """Truncation: the log ends before the position this instance saw it reach."""
+    if mark and mark["seq"] > last_seq:
+        return [(last_seq + 1, f"this instance saw the log reach seq {mark['seq']}, but it ends at seq "
+                               f"{last_seq}: events were removed from the end (if the store was restored "
+                               "from a backup, see `keyledger audit accept-baseline`)")]
+    return []

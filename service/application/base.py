@@ -7,6 +7,7 @@ eventsourcing application. Library errors are translated here into ``service.dom
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,11 +15,19 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.persistence import IntegrityError, Mapper, PersistenceError
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from service import credentials
+from service.application.sealing import RecordRules, SealingMapper
 from service.domain.actors import Actor
-from service.domain.errors import Conflict, Forbidden, NotFound, Unavailable
+from service.domain.audit import RefusedRecord
+from service.domain.errors import Conflict, Forbidden, NotFound, TamperedRecord, Unavailable
+
+log = logging.getLogger("keyledger.audit")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# (seq, originator id, version, topic, state) exactly as the store returned them (nothing checked).
+RawRecord = tuple[Any, Any, Any, Any, Any]
 
 Clock = Callable[[], datetime]
 
@@ -60,10 +69,18 @@ class LedgerApplication(Application):
     """The eventsourcing application with Keyledger's clock, digester and error translation."""
 
     def __init__(self, env: dict[str, str] | None = None, *, digester: credentials.Digester,
-                 clock: Clock = utc_now) -> None:
+                 clock: Clock = utc_now, seal_key: bytes | None = None) -> None:
+        self.seal_key = seal_key or credentials.UNSEALED
         super().__init__(env=env)
         self.digester = digester
         self.clock = clock
+        self.record_rules = RecordRules(self.seal_key)
+        # Told of each stored record the service refuses to apply (seq, why): the alarm.
+        self.on_refused: Callable[[int, str], None] | None = None
+        self._refused: set[int] = set()
+
+    def construct_mapper(self) -> Mapper:
+        return SealingMapper(self.construct_transcoder(), self.seal_key)
 
     def now(self) -> datetime:
         now = self.clock()
@@ -74,14 +91,90 @@ class LedgerApplication(Application):
     # -- the notification log, for projections ------------------------------------
 
     def read_events(self, after: int, limit: int) -> list[tuple[int, DomainEventProtocol]]:
-        """Up to ``limit`` events recorded after position ``after``, oldest first."""
+        """Up to ``limit`` events recorded after position ``after``, oldest first. A record the
+        service did not write as it stands (``RecordRules``) is never applied: it comes as a
+        ``RefusedRecord`` (the audit trail shows it, nothing takes effect) and is reported to
+        ``on_refused``; the records after it are applied as usual."""
+        rules, decode = self.record_rules, self.mapper.decode_opened  # type: ignore[attr-defined]
+        events: list[tuple[int, DomainEventProtocol]] = []
+        for seq, oid, version, topic, state in self.raw_records(after, limit):
+            problem, body = rules.judge(seq, oid, version, topic, state)
+            if problem is None:
+                try:
+                    events.append((seq, decode(oid if isinstance(oid, UUID) else UUID(oid), version, topic, body)))
+                    continue
+                except Exception as error:  # noqa: BLE001 - whatever the bytes are, never crash here
+                    problem = f"it cannot be decoded ({type(error).__name__})"
+            events.append((seq, RefusedRecord(oid, version, topic, problem, _EPOCH)))
+            self._refuse(seq, problem)
+        return events
+
+    def _refuse(self, seq: int, problem: str) -> None:
+        if seq in self._refused:
+            return
+        if len(self._refused) > 10_000:
+            self._refused.clear()
+        self._refused.add(seq)
+        if self.on_refused is not None:
+            self.on_refused(seq, problem)
+        else:
+            log.error("refused to apply the stored record at seq %d: %s", seq, problem)
+
+    def raw_records(self, after: int, limit: int) -> list[RawRecord]:
+        """Up to ``limit`` records after ``after`` exactly as the store returns them: nothing
+        converted or decoded, so a value of the wrong type reaches ``RecordRules`` as it is."""
         try:
-            notifications = self.recorder.select_notifications(
-                start=after, limit=limit, inclusive_of_start=False)
+            if isinstance(self.recorder, SQLiteApplicationRecorder):
+                with self.recorder.datastore.transaction(commit=False) as cursor:
+                    cursor.row_factory = None  # plain tuples
+                    cursor.execute(
+                        "SELECT rowid, originator_id, originator_version, topic, state FROM "
+                        f"{self.recorder.events_table_name} WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                        (after, limit))
+                    return cursor.fetchall()
+            if type(self.recorder).__module__ == "eventsourcing.postgres":
+                return self._raw_postgres_records(after, limit)
+            return [(n.id, n.originator_id, n.originator_version, n.topic, n.state)  # in memory (tests)
+                    for n in self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)]
         except PersistenceError as error:
             raise Unavailable("The event store cannot be read right now; retry shortly.") from error
-        to_event = self.mapper.to_domain_event
-        return [(n.id, to_event(n)) for n in notifications]
+
+    def raw_stream(self, originator_id: UUID) -> list[RawRecord]:
+        """One aggregate's records, oldest first, exactly as the store returns them (with their seq)."""
+        try:
+            if isinstance(self.recorder, SQLiteApplicationRecorder):
+                with self.recorder.datastore.transaction(commit=False) as cursor:
+                    cursor.row_factory = None
+                    cursor.execute(
+                        "SELECT rowid, originator_id, originator_version, topic, state FROM "
+                        f"{self.recorder.events_table_name} WHERE originator_id = ? ORDER BY originator_version",
+                        (originator_id.hex,))
+                    return cursor.fetchall()
+            if type(self.recorder).__module__ == "eventsourcing.postgres":
+                return self._raw_postgres_records(0, None, originator_id)
+            return [(None, s.originator_id, s.originator_version, s.topic, s.state)
+                    for s in self.recorder.select_events(originator_id)]
+        except PersistenceError as error:
+            raise Unavailable("The event store cannot be read right now; retry shortly.") from error
+
+    def _raw_postgres_records(self, after: int, limit: int | None,
+                              originator_id: UUID | None = None) -> list[RawRecord]:
+        import psycopg
+        from psycopg.sql import SQL, Identifier
+
+        where, params = ("notification_id > %s ORDER BY notification_id LIMIT %s", (after, limit))
+        if originator_id is not None:
+            where, params = ("originator_id = %s ORDER BY originator_version", (originator_id,))  # type: ignore[assignment]
+        statement = SQL("SELECT notification_id, originator_id, originator_version, topic, state FROM {}.{} WHERE "
+                        + where).format(Identifier(self.recorder.datastore.schema),  # type: ignore[attr-defined]
+                                        Identifier(self.recorder.events_table_name))  # type: ignore[attr-defined]
+        try:
+            with self.recorder.datastore.get_connection() as connection, connection.cursor() as cursor:  # type: ignore[attr-defined]
+                cursor.execute(statement, params, prepare=True)
+                return [(r["notification_id"], r["originator_id"], r["originator_version"], r["topic"], r["state"])
+                        for r in cursor.fetchall()]
+        except psycopg.Error as error:
+            raise Unavailable("The event store cannot be read right now; retry shortly.") from error
 
     def last_position(self) -> int:
         try:
@@ -106,6 +199,10 @@ class LedgerApplication(Application):
             return None
         except PersistenceError as error:
             raise Unavailable("The event store cannot be read right now; retry shortly.") from error
+        except (TamperedRecord, ValueError, TypeError) as error:  # a record the service did not write
+            log.error("aggregate %s cannot be loaded: a stored record of it was altered (%s)", aggregate_id, error)
+            raise Conflict(f"The stored history of {aggregate_id} holds a record the service did not write; "
+                           "it cannot be changed until an operator checks `keyledger audit verify`.") from None
         return aggregate if isinstance(aggregate, cls) else None
 
     def _get(self, cls: type, aggregate_id: UUID, what: str) -> Any:

@@ -80,3 +80,20 @@ class PreconditionFailed(KeyledgerError):
 
 class Unavailable(KeyledgerError):
     code = "UNAVAILABLE"
+
+
+class AuditChainBroken(KeyledgerError):
+    """The audit chain does not verify: a stored record was altered, forged, removed or is of
+    the wrong type. Nothing is signed over it; ``first_bad_seq`` says where."""
+
+    code = "AUDIT_CHAIN_BROKEN"
+
+    def __init__(self, first_bad_seq: int, reason: str) -> None:
+        super().__init__(f"The audit chain is broken at seq {first_bad_seq}: {reason}. No checkpoint was "
+                         "signed; see `keyledger audit verify`.", first_bad_seq=first_bad_seq)
+        self.first_bad_seq = first_bad_seq
+        self.reason = reason
+
+
+class TamperedRecord(ValueError):
+    """A stored record the service did not write as it stands (no valid seal, wrong types)."""

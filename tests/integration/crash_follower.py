@@ -67,7 +67,8 @@ def build(data_dir: Path, projection: Projection, killing: bool = False) -> tupl
     settings = make_settings(data_dir=data_dir, pepper=PEPPER.decode())
     digester = credentials.Digester(PEPPER)
     with creating_tables(settings):
-        keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester)
+        seal_key = credentials.record_seal_key(credentials.load_or_create_signing_key(data_dir, None))
+        keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, seal_key=seal_key)
     store = view_store(settings)
     if killing:  # the same store, dying after a chosen commit
         store.__class__ = type("KillingStore", (KillingStore, type(store)), {})

@@ -173,7 +173,8 @@ def test_a_consistent_rewrite_of_events_and_chain_is_caught_by_the_signatures(hi
 
     tamper(settings, plant)
     # The intruder rebuilds the audit view from the edited store: every row's hash now agrees
-    # with the stored events, so only the checkpoints (which they cannot re-sign) tell.
+    # with the stored events, so only what they cannot recompute tells: the record's seal (and,
+    # behind it, the checkpoint that signed the chain past it).
     intruder = build_system(settings, follow=False)
     intruder.follower.rebuild(["audit"])
     intruder.close()
@@ -181,7 +182,7 @@ def test_a_consistent_rewrite_of_events_and_chain_is_caught_by_the_signatures(hi
     report = integrity(settings)
 
     assert (report["ok"], report["first_bad_seq"]) == (False, seq)
-    assert f"checkpoint {history['second']['number']}" in report["reason"]
+    assert "seal does not verify" in report["reason"]
     assert report["signed_through"] == history["first"]["seq"]
 
 
@@ -230,7 +231,7 @@ def test_a_forged_checkpoint_is_found_at_its_seq(history, settings):
     report = integrity(settings)
 
     assert (report["ok"], report["first_bad_seq"]) == (False, forged_seq)
-    assert "signature" in report["reason"]
+    assert "seal does not verify" in report["reason"]  # found by its seal before its signature is read
 
 
 def test_the_integrity_endpoint_reports_the_same(history, settings):

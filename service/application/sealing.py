@@ -1,0 +1,146 @@
+"""Sealed records: every event the service stores carries an HMAC of itself, and nothing the
+service did not seal is applied once sealing has begun.
+
+* ``SealingMapper`` seals each record as it is encoded — before ``save()``, in the process that
+  writes, with no extra round trip — and checks the seal of each record it decodes (an aggregate
+  whose stream holds a record with a broken seal cannot be loaded).
+* ``RecordRules`` judges a stored record as read from the store, whatever the store returned:
+  values of the wrong type (a state made TEXT, a NULL, a garbage id), a seal that does not
+  verify, or no seal where one is due. Records before the first sealed one (written before
+  sealing began) need none: the signed checkpoints cover them, as before. Records up to an
+  accepted baseline (``AuditLedger.BaselineAccepted``) are vouched for by its signature.
+
+The seal's key is derived from the audit signing key (``service.credentials.record_seal_key``):
+instances that share a store already share that key, and the store never holds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
+
+from service.domain.audit import seal, seal_holds, unseal
+from service.domain.errors import TamperedRecord
+
+
+def id_hex(originator_id: UUID | str) -> str:
+    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
+
+
+def kind_of(value: Any) -> str:
+    """A stored value's type, as a person reads it (TEXT, NULL, an integer…)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "TEXT"
+    if isinstance(value, (bytes, memoryview)):
+        return "bytes"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    return type(value).__name__
+
+
+class SealingMapper(Mapper):
+    """The library's mapper, sealing what it encodes and checking the seal of what it decodes."""
+
+    def __init__(self, transcoder: Transcoder, key: bytes) -> None:
+        super().__init__(transcoder)
+        self.key = key
+
+    def to_stored_event(self, domain_event: DomainEventProtocol) -> StoredEvent:
+        stored = super().to_stored_event(domain_event)
+        sealed = seal(self.key, id_hex(stored.originator_id), stored.originator_version, stored.topic,
+                      stored.state)
+        return StoredEvent(originator_id=stored.originator_id, originator_version=stored.originator_version,
+                           topic=stored.topic, state=sealed)
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol:
+        state = stored_event.state
+        if not isinstance(state, bytes):
+            raise TamperedRecord(f"its state is {kind_of(state)}, not bytes")
+        body, tag = unseal(state)
+        if tag is not None:
+            if not seal_holds(self.key, id_hex(stored_event.originator_id), stored_event.originator_version,
+                              stored_event.topic, body, tag):
+                raise TamperedRecord("its seal does not verify")
+            stored_event = StoredEvent(originator_id=stored_event.originator_id,
+                                       originator_version=stored_event.originator_version,
+                                       topic=stored_event.topic, state=body)
+        return super().to_domain_event(stored_event)
+
+    def decode_opened(self, originator_id: UUID, version: int, topic: str, body: bytes) -> DomainEventProtocol:
+        """Decode a record whose seal ``RecordRules`` has already judged (``body`` without it)."""
+        return Mapper.to_domain_event(self, StoredEvent(originator_id=originator_id, originator_version=version,
+                                                        topic=topic, state=body))
+
+
+class RecordRules:
+    """What a stored record must be, by its position: see the module's docstring."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.sealed_from: int | None = None  # records at or after this seq must be sealed
+        self.accepted_through = 0  # records up to this seq are vouched for by a signed baseline
+
+    def copy(self) -> RecordRules:
+        rules = RecordRules(self.key)
+        rules.sealed_from, rules.accepted_through = self.sealed_from, self.accepted_through
+        return rules
+
+    def seals_due_after(self, seq: int) -> None:
+        """Every record after ``seq`` must be sealed (a sealed checkpoint signed there)."""
+        if self.sealed_from is None or seq + 1 < self.sealed_from:
+            self.sealed_from = seq + 1
+
+    def judge(self, seq: Any, originator_id: Any, version: Any, topic: Any, state: Any) -> tuple[str | None, bytes]:
+        """(why the record is not one the service wrote, or None; its state without the seal).
+        Never raises, whatever the store returned."""
+        if isinstance(originator_id, UUID):
+            oid = originator_id.hex
+        elif isinstance(originator_id, str) and len(originator_id) == 32 and _is_hex(originator_id):
+            oid = originator_id
+        else:
+            return f"its originator id is {kind_of(originator_id)} {_short(originator_id)}, not a UUID", b""
+        if type(version) is not int:
+            return f"its version is {kind_of(version)}, not an integer", b""
+        if not isinstance(topic, str):
+            return f"its topic is {kind_of(topic)}, not TEXT", b""
+        if not isinstance(state, bytes):
+            if isinstance(state, memoryview):
+                state = bytes(state)
+            else:
+                return f"its state is {kind_of(state)}, not bytes", b""
+        body, tag = unseal(state)
+        accepted = seq <= self.accepted_through
+        if tag is None:
+            if self.sealed_from is not None and seq >= self.sealed_from and not accepted:
+                return (f"it has no seal, though every record since seq {self.sealed_from} is sealed: "
+                        "written outside the service"), body
+            return None, body
+        if not seal_holds(self.key, oid, version, topic, body, tag):
+            if accepted:
+                return None, body
+            return "its seal does not verify: written or altered outside the service", body
+        if self.sealed_from is None or seq < self.sealed_from:
+            self.sealed_from = seq
+        return None, body
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
