@@ -274,7 +274,8 @@ class AuditUseCases(LedgerApplication):
                 problems.append((seq, f"the chain at seq {seq} is not what this instance recorded there "
                                       "(events before it were rewritten, moved or removed)"))
                 break
-            news = news or record[1] != ledger_hex
+            # News: any record but a checkpoint's own (a baseline is news: a checkpoint follows it).
+            news = news or record[1] != ledger_hex or str(record[3]).endswith("BaselineAccepted")
         problems += _mark_beyond(mark, last_seq)
         if problems:
             first_bad_seq, reason = min(problems)

@@ -15,11 +15,16 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import IntegrityError, Mapper, PersistenceError
+from eventsourcing.persistence import EventStore, IntegrityError, Mapper, PersistenceError
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from service import credentials
-from service.application.sealing import RecordRules, SealingMapper
+from service.application.sealing import (
+    RecordRules,
+    SealedEventStore,
+    SealedSnapshotStore,
+    SealingMapper,
+)
 from service.domain.actors import Actor
 from service.domain.audit import RefusedRecord
 from service.domain.errors import Conflict, Forbidden, NotFound, TamperedRecord, Unavailable
@@ -81,6 +86,12 @@ class LedgerApplication(Application):
 
     def construct_mapper(self) -> Mapper:
         return SealingMapper(self.construct_transcoder(), self.seal_key)
+
+    def construct_event_store(self) -> EventStore:
+        return SealedEventStore(mapper=self.mapper, recorder=self.recorder)
+
+    def construct_snapshot_store(self) -> EventStore:
+        return SealedSnapshotStore(mapper=self.mapper, recorder=self.factory.aggregate_recorder(purpose="snapshots"))
 
     def now(self) -> datetime:
         now = self.clock()

@@ -16,11 +16,12 @@ instances that share a store already share that key, and the store never holds i
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
+from eventsourcing.persistence import EventStore, Mapper, StoredEvent, Transcoder
 
 from service.domain.audit import seal, seal_holds, unseal
 from service.domain.errors import TamperedRecord
@@ -79,6 +80,50 @@ class SealingMapper(Mapper):
         """Decode a record whose seal ``RecordRules`` has already judged (``body`` without it)."""
         return Mapper.to_domain_event(self, StoredEvent(originator_id=originator_id, originator_version=version,
                                                         topic=topic, state=body))
+
+
+def _sealed(record: StoredEvent) -> bool:
+    return isinstance(record.state, bytes) and unseal(record.state)[1] is not None
+
+
+class SealedEventStore(EventStore):
+    """An aggregate's stream, loaded: once one of its records is sealed, every later one must be
+    (a record without a seal after a sealed one was written outside the service). Read after a
+    snapshot (``gt``), every record must be sealed: snapshots are (``SealedSnapshotStore``)."""
+
+    def get(self, originator_id: Any, *, gt: int | None = None, lte: int | None = None, desc: bool = False,
+            limit: int | None = None) -> Iterator[DomainEventProtocol]:
+        records = self.recorder.select_events(originator_id=originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
+        return self._checked(records, sealed_seen=gt is not None and not desc, ordered=not desc)
+
+    def _checked(self, records: Iterable[StoredEvent], *, sealed_seen: bool, ordered: bool
+                 ) -> Iterator[DomainEventProtocol]:
+        for record in records:
+            if _sealed(record):
+                sealed_seen = True
+            elif sealed_seen and ordered:
+                raise TamperedRecord(f"version {record.originator_version} of {record.originator_id} has no seal, "
+                                     "though an earlier one has: written outside the service")
+            yield self.mapper.to_domain_event(record)
+
+
+class SealedSnapshotStore(EventStore):
+    """Snapshots are a cache: one without a valid seal is ignored (the aggregate is replayed from
+    its events instead), never trusted."""
+
+    def get(self, originator_id: Any, *, gt: int | None = None, lte: int | None = None, desc: bool = False,
+            limit: int | None = None) -> Iterator[DomainEventProtocol]:
+        records = self.recorder.select_events(originator_id=originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
+        return self._genuine(records)
+
+    def _genuine(self, records: Iterable[StoredEvent]) -> Iterator[DomainEventProtocol]:
+        for record in records:
+            if not _sealed(record):
+                continue
+            try:
+                yield self.mapper.to_domain_event(record)
+            except (TamperedRecord, ValueError):
+                continue
 
 
 class RecordRules:
