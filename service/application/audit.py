@@ -268,6 +268,9 @@ class AuditUseCases(LedgerApplication):
             if problem:
                 problems.append((record[0], f"the stored record at seq {record[0]}: {problem}"))
                 break
+            if mark and last_seq < mark["seq"] < record[0]:
+                problems.append((last_seq + 1, _mark_missing(mark, last_seq)))
+                break
             seq, head = record[0], chain_hash(head, *record)
             last_seq = seq
             if mark and seq == mark["seq"] and mark.get("hash") not in (None, head):
@@ -388,6 +391,9 @@ class AuditUseCases(LedgerApplication):
         found: tuple[int, str] | None = None
         for record in self._walk(0):
             seq, originator_id = record[0], record[1]
+            if mark and last_seq < mark["seq"] < seq:
+                found = (last_seq + 1, _mark_missing(mark, last_seq))
+                break
             digest = chain_hash(prev, *record)
             checked += 1
             last_seq = seq
@@ -569,6 +575,11 @@ def _current_mark(ledger: Ledger, mark: dict | None, problems: list[tuple[int, s
         problems.append((mark["seq"], f"this instance recorded seq {mark['seq']} after a baseline the event "
                                       "store no longer holds"))
     return None
+
+
+def _mark_missing(mark: dict, last_seq: int) -> str:
+    return (f"this instance saw the record at seq {mark['seq']}, which is no longer in the log: the events "
+            f"after seq {last_seq} were removed (and others written since)")
 
 
 def _mark_beyond(mark: dict | None, last_seq: int) -> list[tuple[int, str]]:

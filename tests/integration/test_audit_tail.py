@@ -108,6 +108,7 @@ def record_history(system: System) -> dict:
     """An app with a read-only key; a checkpoint; the key's scopes changed; a second checkpoint;
     one more change after it (the tail no checkpoint covers)."""
     app = system.keys_app
+    auditor = make_account(system, "auditor", "auditor@example.com")
     owner, _ = app.register_account(email="o@example.com", name="O", role="owner", by=ADMIN, request=NO_REQUEST)
     app.create_app(name="Vision", slug="vision", owner_id=owner["id"], by=ADMIN, request=NO_REQUEST)
     key, secret = app.issue_key("vision", description="ro", scopes=["Predict"], by=ADMIN, request=NO_REQUEST)
@@ -120,7 +121,7 @@ def record_history(system: System) -> dict:
     app.change_key(key["id"], description="after the checkpoints", by=ADMIN, request=NO_REQUEST)
     system.after_command()
     return {"key_id": key["id"], "secret": secret, "scopes_changed": scopes_changed, "second": second,
-            "last": app.last_position()}
+            "last": app.last_position(), "auditor": auditor["token"]}
 
 
 @pytest.fixture
@@ -153,7 +154,7 @@ def restarted(settings: Settings) -> System:
     return system
 
 
-def assert_found_everywhere(settings: Settings, seq: int, monkeypatch: Any, capsys: Any,
+def assert_found_everywhere(settings: Settings, history: dict, seq: int, monkeypatch: Any, capsys: Any,
                             caplog: Any, words: str) -> System:
     """Found at ``seq`` by the CLI and over HTTP; a start signs no checkpoint over it and raises
     the alarm (log, metric, /readyz). Returns the restarted system (closed by the caller)."""
@@ -175,12 +176,15 @@ def assert_found_everywhere(settings: Settings, seq: int, monkeypatch: Any, caps
     assert "keyledger_audit_tamper_alarm 1.0" in metrics
     assert f"keyledger_audit_first_bad_seq {float(seq)}" in metrics
 
-    auditor = make_account(system, "auditor", "auditor@example.com")
-    response = client.get("/v2/audit/integrity", headers={"Authorization": f"Key {auditor['token']}"})
+    system.keys_app.register_account(email="later@example.com", name="L", role="owner", by=ADMIN,
+                                     request=NO_REQUEST)  # life goes on: a write after the tampering
+    system.after_command()
+    response = client.get("/v2/audit/integrity", headers={"Authorization": f"Key {history['auditor']}"})
     assert response.status_code == 200
     assert (response.json["ok"], response.json["first_bad_seq"]) == (False, seq)
     assert words in response.json["reason"]
-    assert all(s < seq for s in checkpoint_seqs(system))  # nor by the auditor's account, written since
+    assert system.sign_checkpoint() is None  # the scheduler's hourly checkpoint: refused too
+    assert all(s < seq for s in checkpoint_seqs(system))
     return system
 
 
@@ -198,7 +202,7 @@ def test_a_forged_scope_change_appended_at_the_end_is_found_refused_and_never_si
         assert forged != without_seal(state)
         seq = events.append(oid, events.last_version(oid) + 1, topic, forged)
 
-    system = assert_found_everywhere(settings, seq, monkeypatch, capsys, caplog, "no seal")
+    system = assert_found_everywhere(settings, history, seq, monkeypatch, capsys, caplog, "no seal")
     try:
         verdict = system_client(system).post("/v2/verify", json={"key": history["secret"], "scope": "Models:Delete"})
         assert (verdict.json["valid"], verdict.json["code"]) == (False, "INSUFFICIENT_SCOPE")
@@ -218,7 +222,7 @@ def test_an_event_rewritten_consistently_after_the_last_checkpoint_is_found(hist
     intruder.follower.rebuild(["audit"])
     intruder.close()
 
-    assert_found_everywhere(settings, seq, monkeypatch, capsys, caplog, "seal does not verify").close()
+    assert_found_everywhere(settings, history, seq, monkeypatch, capsys, caplog, "seal does not verify").close()
 
 
 def test_the_tail_cut_off_with_the_views_is_found_at_the_first_missing_seq(history, settings, monkeypatch, capsys,
@@ -228,7 +232,7 @@ def test_the_tail_cut_off_with_the_views_is_found_at_the_first_missing_seq(histo
         events.delete_from(cut)
     cut_views_to(settings, cut - 1)
 
-    assert_found_everywhere(settings, cut, monkeypatch, capsys, caplog, "removed").close()
+    assert_found_everywhere(settings, history, cut, monkeypatch, capsys, caplog, "removed").close()
 
 
 def test_a_state_of_the_wrong_type_is_reported_at_its_seq_never_a_crash(history, settings, monkeypatch, capsys,
@@ -241,7 +245,7 @@ def test_a_state_of_the_wrong_type_is_reported_at_its_seq_never_a_crash(history,
         else:  # what an edit with the sqlite3 shell does
             events.execute("UPDATE {table} SET state = CAST(state AS TEXT) WHERE {seq} = ?", (seq,))
 
-    assert_found_everywhere(settings, seq, monkeypatch, capsys, caplog, "TEXT").close()
+    assert_found_everywhere(settings, history, seq, monkeypatch, capsys, caplog, "TEXT").close()
 
 
 @pytest.mark.parametrize("value", ["null", "garbage", "topic"])
