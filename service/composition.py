@@ -132,6 +132,8 @@ class System:
         self.last_used.stop()  # writes the last-used times not yet written
         self.views.close()
         self.keys_app.close()
+        if self.mark is not None:
+            self.mark.close()
         if self.follower.beacon is not None:
             self.follower.beacon.close()
 

@@ -21,9 +21,17 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import EventStore, Mapper, StoredEvent, Transcoder
+from eventsourcing.persistence import (
+    EventStore,
+    Mapper,
+    MapperDeserialisationError,
+    StoredEvent,
+    Transcoder,
+    find_id_convertor,
+)
+from eventsourcing.utils import get_topic, resolve_topic
 
-from service.domain.audit import seal, seal_holds, unseal
+from service.domain.audit import seal, seal_holds, sealer, unseal
 from service.domain.errors import TamperedRecord
 
 
@@ -53,33 +61,51 @@ class SealingMapper(Mapper):
 
     def __init__(self, transcoder: Transcoder, key: bytes) -> None:
         super().__init__(transcoder)
-        self.key = key
+        self.key = sealer(key)  # keyed once; copied for each record
 
     def to_stored_event(self, domain_event: DomainEventProtocol) -> StoredEvent:
-        stored = super().to_stored_event(domain_event)
-        sealed = seal(self.key, id_hex(stored.originator_id), stored.originator_version, stored.topic,
-                      stored.state)
-        return StoredEvent(originator_id=stored.originator_id, originator_version=stored.originator_version,
-                           topic=stored.topic, state=sealed)
+        # The library's Mapper.to_stored_event (no compressor, no cipher here), sealed.
+        topic = get_topic(domain_event.__class__)
+        event_state = dict(vars(domain_event))
+        originator_id = event_state.pop("originator_id")
+        originator_version = event_state.pop("originator_version")
+        class_version = getattr(type(domain_event), "class_version", 1)
+        if class_version > 1:
+            event_state["class_version"] = class_version
+        body = self.transcoder.encode(event_state)
+        return StoredEvent(originator_id=originator_id, originator_version=originator_version, topic=topic,
+                           state=seal(self.key, id_hex(originator_id), originator_version, topic, body))
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol:
         state = stored_event.state
         if not isinstance(state, bytes):
             raise TamperedRecord(f"its state is {kind_of(state)}, not bytes")
         body, tag = unseal(state)
-        if tag is not None:
-            if not seal_holds(self.key, id_hex(stored_event.originator_id), stored_event.originator_version,
-                              stored_event.topic, body, tag):
-                raise TamperedRecord("its seal does not verify")
-            stored_event = StoredEvent(originator_id=stored_event.originator_id,
-                                       originator_version=stored_event.originator_version,
-                                       topic=stored_event.topic, state=body)
-        return super().to_domain_event(stored_event)
+        oid, version, topic = stored_event.originator_id, stored_event.originator_version, stored_event.topic
+        if tag is not None and not seal_holds(self.key, id_hex(oid), version, topic, body, tag):
+            raise TamperedRecord("its seal does not verify")
+        return self.decode_opened(oid, version, topic, body)
 
-    def decode_opened(self, originator_id: UUID, version: int, topic: str, body: bytes) -> DomainEventProtocol:
-        """Decode a record whose seal ``RecordRules`` has already judged (``body`` without it)."""
-        return Mapper.to_domain_event(self, StoredEvent(originator_id=originator_id, originator_version=version,
-                                                        topic=topic, state=body))
+    def decode_opened(self, originator_id: UUID | str, version: int, topic: str, body: bytes) -> DomainEventProtocol:
+        """Decode a record whose seal has been judged (``body`` without it): the library's
+        ``Mapper.to_domain_event`` (no compressor, no cipher here) without building a second
+        stored record."""
+        cls = resolve_topic(topic)
+        try:
+            event_state: dict[str, Any] = self.transcoder.decode(body)
+        except Exception as error:
+            raise MapperDeserialisationError(f"Failed to deserialise the state of {topic} {originator_id} "
+                                             f"version {version}: {error}") from error
+        event_state["originator_id"] = find_id_convertor(cls, type(originator_id))(originator_id)
+        event_state["originator_version"] = version
+        class_version = getattr(cls, "class_version", 1)
+        from_version = event_state.pop("class_version", 1)
+        while from_version < class_version:
+            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(event_state)
+            from_version += 1
+        domain_event = object.__new__(cls)
+        object.__setattr__(domain_event, "__dict__", event_state)
+        return domain_event
 
 
 def _sealed(record: StoredEvent) -> bool:
@@ -130,12 +156,13 @@ class RecordRules:
     """What a stored record must be, by its position: see the module's docstring."""
 
     def __init__(self, key: bytes) -> None:
-        self.key = key
+        self.key = sealer(key)
+        self._raw_key = key
         self.sealed_from: int | None = None  # records at or after this seq must be sealed
         self.accepted_through = 0  # records up to this seq are vouched for by a signed baseline
 
     def copy(self) -> RecordRules:
-        rules = RecordRules(self.key)
+        rules = RecordRules(self._raw_key)
         rules.sealed_from, rules.accepted_through = self.sealed_from, self.accepted_through
         return rules
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import datetime
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import event
@@ -51,15 +52,21 @@ _SEAL_HEX = 32  # 128 bits of HMAC-SHA256
 _SEAL_TAIL = len(_SEAL_OPEN) + _SEAL_HEX + 2  # '"_mac":"' + tag + '"}'
 
 
-def seal_tag(key: bytes, originator_id: str, version: int, topic: str, body: bytes) -> bytes:
-    """The seal of a stored record: 32 hex digits (ASCII bytes). ``originator_id`` in hex."""
-    mac = hmac.new(key, SEAL_FORMAT, hashlib.sha256)
+def sealer(key: bytes) -> Any:
+    """An HMAC object keyed for seals, to be copied for each record (cheaper than keying anew)."""
+    return hmac.new(key, SEAL_FORMAT, hashlib.sha256)
+
+
+def seal_tag(key: bytes | Any, originator_id: str, version: int, topic: str, body: bytes) -> bytes:
+    """The seal of a stored record: 32 hex digits (ASCII bytes). ``originator_id`` in hex;
+    ``key`` the key's bytes, or a ``sealer(key)``."""
+    mac = sealer(key) if isinstance(key, bytes) else key.copy()
     mac.update(f"{originator_id}\n{version}\n{topic}\n".encode())
     mac.update(body)
     return mac.hexdigest()[:_SEAL_HEX].encode("ascii")
 
 
-def seal(key: bytes, originator_id: str, version: int, topic: str, body: bytes) -> bytes:
+def seal(key: bytes | Any, originator_id: str, version: int, topic: str, body: bytes) -> bytes:
     """``body`` (a JSON object's bytes) with its seal as the object's last member."""
     tag = seal_tag(key, originator_id, version, topic, body)
     return body[:-1] + (b"," if len(body) > 2 else b"") + _SEAL_OPEN + tag + b'"}'
@@ -79,7 +86,7 @@ def unseal(state: bytes) -> tuple[bytes, bytes | None]:
     return state, b""  # something that ends like a seal but is not one: a seal that cannot verify
 
 
-def seal_holds(key: bytes, originator_id: str, version: int, topic: str, body: bytes, tag: bytes) -> bool:
+def seal_holds(key: bytes | Any, originator_id: str, version: int, topic: str, body: bytes, tag: bytes) -> bool:
     return hmac.compare_digest(seal_tag(key, originator_id, version, topic, body), tag)
 
 
