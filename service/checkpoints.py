@@ -143,7 +143,7 @@ class Alarm:
         self.first_bad_seq: int | None = None
         self.reason: str | None = None
         self.raised_at: datetime | None = None
-        self.source = ""  # "tail" (a refused record, a tail that did not verify) or "full" (audit verify)
+        self.source = ""  # "tail" (a tail that did not verify) or "full" (audit verify, a refused record)
         self.on_raise: list = []  # called with no arguments each time it is raised anew
 
     @property

@@ -217,8 +217,9 @@ def _tamper_evidence(settings: Settings, keys_app: Keyledger,
     epoch = keys_app.prime_record_rules(signing_key.public_key())
     mark = checkpoints.TailMark(settings.data_dir / checkpoints.MARK_FILE, epoch)
     alarm.on_raise.append(lambda: setattr(mark, "frozen", True))
-    keys_app.on_refused = lambda seq, problem: alarm.raise_(
-        seq, f"the stored record at seq {seq}: {problem}", at=keys_app.now(), action="; refused to apply it")
+    keys_app.on_refused = lambda seq, problem: alarm.raise_(  # wherever it is: only a full check clears it
+        seq, f"the stored record at seq {seq}: {problem}", at=keys_app.now(), action="; refused to apply it",
+        source="full")
     return alarm, mark
 
 

@@ -390,3 +390,21 @@ def _type(name: str) -> Any:
     from projections.audit import AuditFilter
 
     return AuditFilter(type=name)
+
+
+def test_a_refused_record_before_the_last_checkpoint_keeps_the_alarm_through_a_signing(history, settings):
+    seq = history["scopes_changed"]  # signed by the second checkpoint
+    with event_table(settings) as events:
+        events.execute("UPDATE {table} SET topic = ? WHERE {seq} = ?", ("nowhere:Nothing", seq))
+    cut_views_to(settings, seq - 1)
+
+    system = build_system(settings, follow=False)
+    try:
+        assert system.alarm.first_bad_seq == seq
+        system.keys_app.register_account(email="n@example.com", name="N", role="owner", by=ADMIN, request=NO_REQUEST)
+        system.after_command()
+        system.sign_checkpoint()  # the tail since the last checkpoint verifies; the record before it does not
+        assert system.alarm.first_bad_seq == seq
+        assert system.check_integrity()["first_bad_seq"] == seq
+    finally:
+        system.close()
