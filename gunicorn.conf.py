@@ -98,9 +98,12 @@ def on_starting(server) -> None:  # type: ignore[no-untyped-def]
     try:
         serving.prepare_metrics_dir(_settings)
         checkpoint = serving.prepare_store(_settings)
-    except OSError as error:  # the data directory cannot be made or written
-        print(f"keyledger: cannot use the data directory {_settings.data_dir}: "
-              f"{error.strerror or error}", file=sys.stderr)
+    except SettingsError as error:  # e.g. the data directory cannot be made or written
+        print(f"keyledger: configuration error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:
+        print(f"keyledger: KEYLEDGER_DATA_DIR={str(_settings.data_dir)!r}: cannot use the data directory "
+              f"({error.strerror or type(error).__name__})", file=sys.stderr)
         sys.exit(2)
     if checkpoint:
         server.log.info("audit checkpoint %s signed at seq %s", checkpoint["number"], checkpoint["seq"])

@@ -405,13 +405,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hasattr(args, "init") and not _existing_store(args, settings):
             return 2
+        settings.prepare_data_dir()  # one line naming KEYLEDGER_DATA_DIR if it cannot be used
         return args.handler(args, settings)
     except SettingsError as error:
         print(f"keyledger: configuration error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # the data directory cannot be made or written
-        print(f"keyledger: cannot use the data directory {settings.data_dir}: {error.strerror or error}",
-              file=sys.stderr)
+        print(f"keyledger: KEYLEDGER_DATA_DIR={str(settings.data_dir)!r}: cannot use the data directory "
+              f"({error.strerror or type(error).__name__})", file=sys.stderr)
         return 2
     except KeyledgerError as error:
         print(f"keyledger: {error.code}: {error.message}", file=sys.stderr)

@@ -110,7 +110,7 @@ def prepare_store(settings: Settings) -> dict | None:
     sign). Returns the checkpoint signed, if any."""
     from service.composition import build_system
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.prepare_data_dir()
     system = build_system(settings, follow=False)
     try:
         return system.sign_checkpoint()

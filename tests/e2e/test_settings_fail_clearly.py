@@ -75,3 +75,55 @@ def test_plain_gunicorn_with_the_production_config_exits_2_on_a_bad_setting(tmp_
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and variable in lines[0] and "Traceback" not in done.stderr
     assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("KEYLEDGER_LEGACY_USE_WINDOW", "0s"),  # once the divisor of every legacy verification
+    ("KEYLEDGER_ACCESS_TOKEN_TTL", "0s"),
+    ("KEYLEDGER_REMINDERS", ","),
+    ("KEYLEDGER_MAIL_FROM", "keyledger@example.com\nBcc: everyone@example.com"),
+    ("KEYLEDGER_MAIL_FROM", "keyledger"),
+    ("KEYLEDGER_MAIL_FROM", "Keyledger <not an address>"),
+])
+def test_values_that_broke_later_are_refused_at_start(tmp_path, variable, value):
+    done = run_cli(["serve", "--port", "1"], base_environment(tmp_path / "var", {variable: value}), timeout=30)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and variable in lines[0] and "Traceback" not in done.stderr
+    assert "Bcc" not in done.stderr  # a line break is named, not echoed into the log
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("value", ["keyledger@example.com", "Keyledger <keyledger@example.com>"])
+def test_a_sender_address_is_accepted(value):
+    from service.settings import Settings
+
+    assert Settings.from_env({"KEYLEDGER_MAIL_FROM": value}).mail_from == value
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["db", "init"]])
+def test_a_bad_data_directory_is_named_by_its_variable(tmp_path, command):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    done = run_cli(command, base_environment(blocker / "var"), timeout=30)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and "KEYLEDGER_DATA_DIR" in lines[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.sqlite_only
+def test_a_read_only_data_directory_gives_one_line(tmp_path):
+    from tests.e2e.small_fs import remount_read_only, small_filesystem
+
+    with small_filesystem(tmp_path / "disk", "16m") as disk:
+        env = base_environment(disk / "var")
+        made = run_cli(["db", "init"], env, timeout=60)
+        assert made.returncode == 0, made.stderr
+        remount_read_only(disk)
+        for command in (["serve", "--port", "1"], ["audit", "verify"], ["projections", "rebuild"]):
+            done = run_cli(command, env, timeout=30)
+            problems = [line for line in done.stderr.strip().splitlines()
+                        if not line.startswith("keyledger: data directory ")]  # where the command looks
+            assert done.returncode == 2, (command, done.stderr)
+            assert len(problems) == 1 and "KEYLEDGER_DATA_DIR" in problems[0], (command, done.stderr)
+            assert "read-only" in problems[0] and "Traceback" not in done.stderr
