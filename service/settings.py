@@ -152,6 +152,7 @@ class Settings:
     proxy_hops: int = 0  # trusted reverse proxies in front (X-Forwarded-For/-Proto/-Host)
     store_lock_timeout: int = 5  # whole seconds a write waits for SQLite's lock before 503
     workers: int = 2  # HTTP worker processes of `keyledger serve`
+    metrics_dir: Path | None = None  # where the run's metrics folder is made (default: /dev/shm, …)
     log_level: str = "INFO"
 
     @classmethod
@@ -245,6 +246,11 @@ class Settings:
             if not v.strip().isdigit() or not 1 <= int(v) <= 64:
                 raise SettingsError(f"KEYLEDGER_WORKERS={v!r}: expected a whole number of worker processes, 1 to 64")
             kwargs["workers"] = int(v)
+        if (v := get("KEYLEDGER_METRICS_DIR")) is not None:
+            if not os.path.isabs(v) or any(ord(c) < 0x20 for c in v):
+                raise SettingsError(f"KEYLEDGER_METRICS_DIR={v!r}: expected an absolute path to an existing "
+                                    "folder, on another filesystem than the data directory (e.g. /dev/shm)")
+            kwargs["metrics_dir"] = Path(v)
         if (v := get("KEYLEDGER_LOG_LEVEL")) is not None:
             if v.strip().upper() not in LOG_LEVELS:
                 raise SettingsError(f"KEYLEDGER_LOG_LEVEL={v!r}: expected one of {', '.join(LOG_LEVELS)}")
