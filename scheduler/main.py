@@ -198,8 +198,9 @@ class CampaignScheduler:
                     return
                 continue
             if not standing_by:
-                log.warning("another scheduler holds %s (held by %s); this one is standing by and runs no jobs",
-                            self.lock.path, self.lock.holder())
+                # As intended (one scheduler per deployment; every worker of `serve` offers): not a warning.
+                log.info("another scheduler holds %s (held by %s); this one is standing by and runs no jobs",
+                         self.lock.path, self.lock.holder())
                 standing_by = True
             self._stopping.wait(self.standby_interval)
 

@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_audit_verify)
     checkpoint = audit_commands.add_parser("checkpoint", parents=[existing], help="sign the chain's head now")
     checkpoint.set_defaults(handler=_audit_checkpoint)
-    export = audit_commands.add_parser("export", parents=[existing], help="every audit event, oldest first")
+    # Reads an existing store only: no --init (an export of a store made for it would be empty).
+    export = audit_commands.add_parser("export", help="every audit event, oldest first")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument("--output", "-o", help="write to this file (default: standard output)")
     export.add_argument("--app-id", help="only this app's events")
@@ -348,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--actor", type=_actor, help="only events by account:<id>, key:<id> or system")
     export.add_argument("--since", type=_time, help="only events at or after this RFC 3339 time")
     export.add_argument("--until", type=_time, help="only events before this RFC 3339 time")
-    export.set_defaults(handler=_audit_export)
+    export.set_defaults(handler=_audit_export, init=None)
     return parser
 
 
@@ -362,8 +363,9 @@ def _existing_store(args: argparse.Namespace, settings: Settings) -> bool:
     else:
         store = f"{where} (KEYLEDGER_DATA_DIR)"
     if not store_exists(settings) and not args.init:
-        print(f"keyledger: no Keyledger store in {store}; point the settings at the service's store, "
-              "or add --init to create a new one", file=sys.stderr)
+        offer = ", or add --init to create a new one" if args.init is not None else ""
+        print(f"keyledger: no Keyledger store in {store}; point the settings at the service's store{offer}",
+              file=sys.stderr)
         return False
     print(f"keyledger: data directory {where}" + (f", store {store}" if settings.uses_postgres else ""),
           file=sys.stderr)

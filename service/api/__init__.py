@@ -74,8 +74,10 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
 
         hops = system.settings.proxy_hops
         flask_app.wsgi_app = ProxyFix(flask_app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    from service.api.openapi import DESCRIPTION
+
     api = KeyledgerApi(flask_app, spec_kwargs={
-        "info": {"description": "Scoped API keys with an immutable history. See API.md for the contract."},
+        "info": {"description": DESCRIPTION},
     })
     flask_app.extensions["keyledger_api"] = api
     api.spec.components.security_scheme(

@@ -127,3 +127,13 @@ def test_a_read_only_data_directory_gives_one_line(tmp_path):
             assert done.returncode == 2, (command, done.stderr)
             assert len(problems) == 1 and "KEYLEDGER_DATA_DIR" in problems[0], (command, done.stderr)
             assert "read-only" in problems[0] and "Traceback" not in done.stderr
+
+
+def test_audit_export_offers_no_init_and_refuses_a_missing_store(tmp_path):
+    env = base_environment(tmp_path / "none")
+    shown = run_cli(["audit", "export", "--help"], env)
+    assert shown.returncode == 0 and "--format" in shown.stdout and "--init" not in shown.stdout
+    refused = run_cli(["audit", "export"], env)
+    assert refused.returncode == 2 and "no Keyledger store" in refused.stderr and "--init" not in refused.stderr
+    assert not (tmp_path / "none").exists()
+    assert run_cli(["audit", "export", "--init"], env).returncode == 2  # not an option of export
