@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -13,6 +14,8 @@ from typing import Any
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.errors import KeyledgerError
 from service.settings import Settings, SettingsError
+
+log = logging.getLogger("keyledger.serve")
 
 
 @contextmanager
@@ -44,9 +47,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     # The stores and views are created once, before the workers start (gunicorn.conf.py too).
     checkpoint = serving.prepare_store(settings)
-    if checkpoint:
-        print(f"Audit checkpoint {checkpoint['number']} signed at seq {checkpoint['seq']}",
-              file=sys.stderr, flush=True)
+    if checkpoint:  # a JSON line like every other of the server's (README, "Logs")
+        log.info("audit checkpoint %s signed at seq %s", checkpoint["number"], checkpoint["seq"])
 
     class KeyledgerServer(BaseApplication):
         def load_config(self) -> None:
@@ -75,8 +77,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             return create_app(settings)
 
     def _say_listening(server) -> None:
-        print(f"Keyledger listening on http://{args.host}:{args.port} (data in {settings.data_dir.resolve()})",
-              file=sys.stderr, flush=True)
+        log.info("Keyledger listening on http://%s:%s (data in %s)", args.host, args.port,
+                 settings.data_dir.resolve())
 
     KeyledgerServer().run()
     return 0
