@@ -137,3 +137,18 @@ def test_audit_export_offers_no_init_and_refuses_a_missing_store(tmp_path):
     assert refused.returncode == 2 and "no Keyledger store" in refused.stderr and "--init" not in refused.stderr
     assert not (tmp_path / "none").exists()
     assert run_cli(["audit", "export", "--init"], env).returncode == 2  # not an option of export
+
+
+def test_plain_gunicorn_names_a_bad_data_directory_in_one_line(tmp_path):
+    import subprocess
+
+    from tests.e2e.conftest import GUNICORN, REPO_ROOT, free_port
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = base_environment(blocker / "var", {"KEYLEDGER_PORT": str(free_port())})
+    done = subprocess.run([str(GUNICORN), "-c", "gunicorn.conf.py", "service.api:create_app()"], env=env,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False)
+    plain = [line for line in done.stderr.strip().splitlines() if not line.startswith("{")]  # gunicorn's JSON
+    assert done.returncode == 2, done.stderr
+    assert len(plain) == 1 and "KEYLEDGER_DATA_DIR" in plain[0] and "Traceback" not in done.stderr
