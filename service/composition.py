@@ -95,8 +95,11 @@ class System:
         self.follower.catch_up()
         try:
             self.follower.update_views(timeout=VIEW_WRITE_TIMEOUT)
-        except Exception:
-            log.exception("the views could not be brought up to date now; the follower retries")
+        except Exception as error:
+            if (reason := store_fault(error)) is None:
+                log.exception("the views could not be brought up to date now; the follower retries")
+            else:  # a full disk, a lock held too long: expected, no traceback
+                log.warning("the views could not be brought up to date now (%s); the follower retries", reason)
 
     def close(self) -> None:
         if self._closed:
