@@ -115,7 +115,11 @@ def test_a_full_disk_costs_writes_only_and_heals_without_a_restart(start_server:
         server.stop()
 
 
-def test_the_data_directory_and_its_files_are_owner_only(start_server: StartServer, tmp_path) -> None:
+@pytest.mark.parametrize("before", ["none", "made 0755 by an earlier version"])
+def test_the_data_directory_and_its_files_are_owner_only(start_server: StartServer, tmp_path, before) -> None:
+    if before != "none":
+        (tmp_path / "fresh" / "var").mkdir(parents=True, mode=0o755)
+        os.chmod(tmp_path / "fresh" / "var", 0o755)
     server = start_server(tmp_path / "fresh" / "var", workers=2, env={"KEYLEDGER_LAST_USED_INTERVAL": "0.2"})
     world = _world(server)
     assert server.post("/v2/verify", {"key": world["key"], "scope": "Predict"}).status == 200
