@@ -423,6 +423,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, problems in error.details.items():
             print(f"  {name}: {problems}", file=sys.stderr)
         return 1
+    except Exception as error:
+        from service.composition import store_fault
+
+        if (reason := store_fault(error)) is None:
+            raise
+        # e.g. a full disk: SQLite cannot even open its store without room for its -wal and -shm files
+        where = ("KEYLEDGER_DATABASE_URL: PostgreSQL" if settings.uses_postgres
+                 else f"KEYLEDGER_DATA_DIR={str(settings.data_dir)!r}: the SQLite store")
+        print(f"keyledger: {where} cannot be used now ({reason}); is its disk full? Retry when it has room",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -137,3 +137,21 @@ def test_the_data_directory_and_its_files_are_owner_only(start_server: StartServ
     assert len(shm) == 1 and stat.S_IMODE(os.stat(f"/dev/shm/{shm[0]}").st_mode) == 0o700
     server.stop()
     assert not os.path.exists(f"/dev/shm/{shm[0]}")  # the run's folder goes with it
+
+
+def test_a_start_on_a_full_disk_says_so_in_one_line(tmp_path) -> None:
+    """SQLite cannot open its store without room for its -wal and -shm files: a start (or a
+    command) on a full disk is one line naming the data directory, not a traceback."""
+    from tests.e2e.conftest import base_environment, run_cli
+
+    with small_filesystem(tmp_path / "disk", "16m") as disk:
+        env = base_environment(disk / "var")
+        assert run_cli(["db", "init"], env).returncode == 0
+        fill(disk)
+        for command in (["serve", "--port", "1"], ["audit", "verify"]):
+            done = run_cli(command, env, timeout=30)
+            problems = [line for line in done.stderr.strip().splitlines()
+                        if not line.startswith("keyledger: data directory ")]
+            assert done.returncode == 1, (command, done.stderr)
+            assert len(problems) == 1 and "KEYLEDGER_DATA_DIR" in problems[0] and "disk" in problems[0], done.stderr
+            assert "Traceback" not in done.stderr
