@@ -121,6 +121,7 @@ def prepare_metrics_dir(settings: Settings) -> Path | None:
         return None
     parent = metrics_parent(settings)
     _remove_abandoned(parent)
+    shutil.rmtree(settings.data_dir / "metrics", ignore_errors=True)  # where earlier versions kept them
     try:
         folder = Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-", dir=parent))  # 0700
     except OSError as error:

@@ -31,12 +31,15 @@ def test_the_folder_is_the_run_s_own_and_owner_only(tmp_path, no_multiproc_dir):
     running.mkdir()
     settings = Settings(data_dir=tmp_path / "var", metrics_dir=tmp_path)
     settings.prepare_data_dir()
+    (settings.data_dir / "metrics").mkdir()  # an earlier version's, with world-readable files
+    (settings.data_dir / "metrics" / "histogram_7.db").write_bytes(b"\0")
     folder = serving.prepare_metrics_dir(settings)
     assert folder is not None and folder.parent == tmp_path and folder.name.startswith(f"keyledger-metrics-{os.getpid()}-")
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(folder)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert not abandoned.exists() and running.exists()
     assert settings.data_dir not in folder.parents
+    assert not (settings.data_dir / "metrics").exists()
 
 
 def test_the_default_is_off_the_data_directory(tmp_path, no_multiproc_dir):
