@@ -27,6 +27,7 @@ from service.cli import main
 from service.composition import System, build_system, view_store
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.errors import Conflict
+from service.serving import prepare_store
 from service.settings import Settings
 from tests import backend
 from tests.backend import point_environment_at
@@ -165,7 +166,8 @@ def assert_found_everywhere(settings: Settings, history: dict, seq: int, monkeyp
 
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="keyledger.audit"):
-        system = restarted(settings)
+        assert prepare_store(settings) is None  # `keyledger serve`'s master, before the workers start
+        system = restarted(settings)  # and a worker
     assert all(s < seq for s in checkpoint_seqs(system)), "a checkpoint was signed over the bad record"
     assert any(r.levelno == logging.ERROR and f"audit chain broken at seq {seq}" in r.getMessage()
                for r in caplog.records)
