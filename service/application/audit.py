@@ -38,8 +38,8 @@ from service.domain.audit import (
     baseline_message,
     chain_hash,
     checkpoint_message,
+    has_seal,
     signature_digest,
-    unseal,
 )
 from service.domain.errors import (
     AuditChainBroken,
@@ -180,7 +180,7 @@ class AuditUseCases(LedgerApplication):
             except Exception as error:  # noqa: BLE001 - a tampered record; the walk reports where it is
                 ledger.bad_seqs[position] = f"it cannot be read ({error})"
                 continue
-            sealed = unseal(state)[1] is not None
+            sealed = has_seal(state)
             if isinstance(e, AuditLedger.CheckpointSigned):
                 cp = {"number": e.number, "seq": e.seq, "hash": e.hash, "previous": e.previous,
                       "signed_at": e.signed_at, "message": e.message, "signature": e.signature,

@@ -31,7 +31,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic, resolve_topic
 
-from service.domain.audit import seal, seal_holds, sealer, unseal
+from service.domain.audit import has_seal, seal, seal_status, sealer
 from service.domain.errors import TamperedRecord
 
 
@@ -80,19 +80,19 @@ class SealingMapper(Mapper):
         state = stored_event.state
         if not isinstance(state, bytes):
             raise TamperedRecord(f"its state is {kind_of(state)}, not bytes")
-        body, tag = unseal(state)
         oid, version, topic = stored_event.originator_id, stored_event.originator_version, stored_event.topic
-        if tag is not None and not seal_holds(self.key, id_hex(oid), version, topic, body, tag):
+        if seal_status(self.key, id_hex(oid), version, topic, state) is False:
             raise TamperedRecord("its seal does not verify")
-        return self.decode_opened(oid, version, topic, body)
+        return self.decode_opened(oid, version, topic, state)
 
-    def decode_opened(self, originator_id: UUID | str, version: int, topic: str, body: bytes) -> DomainEventProtocol:
-        """Decode a record whose seal has been judged (``body`` without it): the library's
+    def decode_opened(self, originator_id: UUID | str, version: int, topic: str, state: bytes) -> DomainEventProtocol:
+        """Decode a record whose seal has been judged (its seal, if any, is dropped): the library's
         ``Mapper.to_domain_event`` (no compressor, no cipher here) without building a second
         stored record."""
         cls = resolve_topic(topic)
         try:
-            event_state: dict[str, Any] = self.transcoder.decode(body)
+            event_state: dict[str, Any] = self.transcoder.decode(state)
+            event_state.pop("_mac", None)
         except Exception as error:
             raise MapperDeserialisationError(f"Failed to deserialise the state of {topic} {originator_id} "
                                              f"version {version}: {error}") from error
@@ -109,7 +109,7 @@ class SealingMapper(Mapper):
 
 
 def _sealed(record: StoredEvent) -> bool:
-    return isinstance(record.state, bytes) and unseal(record.state)[1] is not None
+    return isinstance(record.state, bytes) and has_seal(record.state)
 
 
 class SealedEventStore(EventStore):
@@ -172,8 +172,8 @@ class RecordRules:
             self.sealed_from = seq + 1
 
     def judge(self, seq: Any, originator_id: Any, version: Any, topic: Any, state: Any) -> tuple[str | None, bytes]:
-        """(why the record is not one the service wrote, or None; its state without the seal).
-        Never raises, whatever the store returned."""
+        """(why the record is not one the service wrote, or None; its state as bytes, to decode
+        with ``SealingMapper.decode_opened``). Never raises, whatever the store returned."""
         if isinstance(originator_id, UUID):
             oid = originator_id.hex
         elif isinstance(originator_id, str) and len(originator_id) == 32 and _is_hex(originator_id):
@@ -189,20 +189,20 @@ class RecordRules:
                 state = bytes(state)
             else:
                 return f"its state is {kind_of(state)}, not bytes", b""
-        body, tag = unseal(state)
+        holds = seal_status(self.key, oid, version, topic, state)
         accepted = seq <= self.accepted_through
-        if tag is None:
+        if holds is None:
             if self.sealed_from is not None and seq >= self.sealed_from and not accepted:
                 return (f"it has no seal, though every record since seq {self.sealed_from} is sealed: "
-                        "written outside the service"), body
-            return None, body
-        if not seal_holds(self.key, oid, version, topic, body, tag):
+                        "written outside the service"), state
+            return None, state
+        if not holds:
             if accepted:
-                return None, body
-            return "its seal does not verify: written or altered outside the service", body
+                return None, state
+            return "its seal does not verify: written or altered outside the service", state
         if self.sealed_from is None or seq < self.sealed_from:
             self.sealed_from = seq
-        return None, body
+        return None, state
 
 
 def _is_hex(text: str) -> bool:

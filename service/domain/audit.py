@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import datetime
-from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import event
@@ -52,21 +51,42 @@ _SEAL_HEX = 32  # 128 bits of HMAC-SHA256
 _SEAL_TAIL = len(_SEAL_OPEN) + _SEAL_HEX + 2  # '"_mac":"' + tag + '"}'
 
 
-def sealer(key: bytes) -> Any:
-    """An HMAC object keyed for seals, to be copied for each record (cheaper than keying anew)."""
-    return hmac.new(key, SEAL_FORMAT, hashlib.sha256)
+class SealKey:
+    """HMAC-SHA256 (RFC 2104) keyed once for seals, the label already hashed in: each seal then
+    costs two hash copies and no Python-level HMAC object (about half the time of ``hmac.new``)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._inner.update(SEAL_FORMAT)
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def tag(self, *parts: bytes | memoryview) -> bytes:
+        """The seal (32 hex digits, ASCII) of the concatenation of ``parts``."""
+        inner = self._inner.copy()
+        for part in parts:
+            inner.update(part)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()[:_SEAL_HEX].encode("ascii")
 
 
-def seal_tag(key: bytes | Any, originator_id: str, version: int, topic: str, body: bytes) -> bytes:
+def sealer(key: bytes) -> SealKey:
+    return SealKey(key)
+
+
+def seal_tag(key: bytes | SealKey, originator_id: str, version: int, topic: str, body: bytes) -> bytes:
     """The seal of a stored record: 32 hex digits (ASCII bytes). ``originator_id`` in hex;
     ``key`` the key's bytes, or a ``sealer(key)``."""
-    mac = sealer(key) if isinstance(key, bytes) else key.copy()
-    mac.update(f"{originator_id}\n{version}\n{topic}\n".encode())
-    mac.update(body)
-    return mac.hexdigest()[:_SEAL_HEX].encode("ascii")
+    keyed = SealKey(key) if isinstance(key, bytes) else key
+    return keyed.tag(f"{originator_id}\n{version}\n{topic}\n".encode(), body)
 
 
-def seal(key: bytes | Any, originator_id: str, version: int, topic: str, body: bytes) -> bytes:
+def seal(key: bytes | SealKey, originator_id: str, version: int, topic: str, body: bytes) -> bytes:
     """``body`` (a JSON object's bytes) with its seal as the object's last member."""
     tag = seal_tag(key, originator_id, version, topic, body)
     return body[:-1] + (b"," if len(body) > 2 else b"") + _SEAL_OPEN + tag + b'"}'
@@ -86,7 +106,29 @@ def unseal(state: bytes) -> tuple[bytes, bytes | None]:
     return state, b""  # something that ends like a seal but is not one: a seal that cannot verify
 
 
-def seal_holds(key: bytes | Any, originator_id: str, version: int, topic: str, body: bytes, tag: bytes) -> bool:
+def has_seal(state: bytes) -> bool:
+    """Whether a stored state ends with a seal (valid or not): a look at its last bytes."""
+    return (len(state) > _SEAL_TAIL and state[-2:] == b'"}'
+            and state[-_SEAL_TAIL:-_SEAL_TAIL + len(_SEAL_OPEN)] == _SEAL_OPEN)
+
+
+def seal_status(key: SealKey, originator_id: str, version: int, topic: str, state: bytes) -> bool | None:
+    """None when ``state`` has no seal; else whether its seal holds. ``key`` is a ``sealer(key)``.
+    Hashes the sealed state in place (no copy of it is made)."""
+    if not has_seal(state):
+        return None
+    end = len(state) - _SEAL_TAIL  # the seal's member starts here; before it, ',' or '{'
+    prefix = f"{originator_id}\n{version}\n{topic}\n".encode()
+    if state[end - 1] == 0x2C:  # ','
+        tag = key.tag(prefix, memoryview(state)[:end - 1], b"}")
+    elif end == 1:  # '{' alone: the seal of an empty object
+        tag = key.tag(prefix, b"{}")
+    else:
+        return False
+    return hmac.compare_digest(tag, state[-_SEAL_HEX - 2:-2])
+
+
+def seal_holds(key: bytes | SealKey, originator_id: str, version: int, topic: str, body: bytes, tag: bytes) -> bool:
     return hmac.compare_digest(seal_tag(key, originator_id, version, topic, body), tag)
 
 

@@ -62,3 +62,29 @@ def test_once_a_record_is_sealed_every_later_one_must_be_unless_a_baseline_accep
     assert "no seal" in rules.judge(3, OID, 3, "t", b'{"a":3}')[0]
     rules.accepted_through = 3
     assert rules.judge(3, OID, 3, "t", b'{"a":3}')[0] is None
+
+
+def test_the_status_of_a_seal_is_checked_in_place():
+    from service.domain.audit import seal_status, sealer
+
+    keyed = sealer(KEY)
+    for body in (b'{"a":1}', b"{}"):
+        sealed = seal(KEY, OID, 2, "t", body)
+        assert seal_status(keyed, OID, 2, "t", sealed) is True
+        assert seal_status(keyed, OID, 3, "t", sealed) is False
+        assert seal_status(sealer(b"x" * 32), OID, 2, "t", sealed) is False
+    assert seal_status(keyed, OID, 2, "t", b'{"a":1}') is None
+    assert seal_status(keyed, OID, 2, "t", b'{"a":1 "_mac":"' + b"0" * 32 + b'"}') is False
+
+
+def test_the_seal_is_hmac_sha256_as_rfc_2104_defines_it():
+    import hashlib
+    import hmac
+
+    from service.domain.audit import SEAL_FORMAT, seal_tag
+
+    expected = hmac.new(KEY, SEAL_FORMAT + f"{OID}\n3\nt\n".encode() + b'{"a":1}', hashlib.sha256).hexdigest()[:32]
+    assert seal_tag(KEY, OID, 3, "t", b'{"a":1}') == expected.encode()
+    long_key = b"L" * 100
+    expected = hmac.new(long_key, SEAL_FORMAT + f"{OID}\n3\nt\n".encode() + b"{}", hashlib.sha256).hexdigest()[:32]
+    assert seal_tag(long_key, OID, 3, "t", b"{}") == expected.encode()
