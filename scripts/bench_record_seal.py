@@ -50,13 +50,18 @@ def settings_for(data_dir: Path, database_url: str | None) -> Settings:
 
 
 class Unsealed:
-    """The baseline: the library's own mapper and no tail mark (as before this change)."""
+    """The baseline: the library's own mapper and stores, and no tail mark (as before this change).
+    ``seals=True``: seals as usual, only the tail mark off (to tell the two costs apart)."""
+
+    def __init__(self, *, seals: bool = False) -> None:
+        self.seals = seals
 
     def __enter__(self) -> None:
         self.saved = (SealingMapper.to_stored_event, AuditTrail.process_batch, SealedSnapshotStore.get,
                       SealedEventStore.get)
-        SealingMapper.to_stored_event = Mapper.to_stored_event  # type: ignore[method-assign]
-        SealedSnapshotStore.get = SealedEventStore.get = EventStore.get  # type: ignore[method-assign]
+        if not self.seals:
+            SealingMapper.to_stored_event = Mapper.to_stored_event  # type: ignore[method-assign]
+            SealedSnapshotStore.get = SealedEventStore.get = EventStore.get  # type: ignore[method-assign]
         process_batch = AuditTrail.process_batch
 
         def without_mark(self, db, batch):  # type: ignore[no-untyped-def]
@@ -95,11 +100,36 @@ def encode_cost(system, n: int = 20_000) -> tuple[float, float]:
 def write_rate(system, key_id: str, commands: int) -> float:
     keys_app = system.keys_app
     scopes = (["Predict"], ["Predict", "Search"])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for i in range(commands):
         keys_app.change_key(key_id, scopes=scopes[i % 2], by=ADMIN, request=NO_REQUEST)
         system.after_command()
+    CPU_US.setdefault(id(system), []).append((time.process_time() - cpu) / commands * 1e6)
     return commands / (time.perf_counter() - started)
+
+
+CPU_US: dict[int, list[float]] = {}  # CPU µs per command of each round, by system
+
+
+def own_database(server_url: str, *, create: bool) -> str:
+    """Create (or drop) this run's database on the server; returns its URL."""
+    import os
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    from service.settings import parse_database_url
+
+    name = f"keyledger_bench_seal_{os.getpid()}"
+    parts = parse_database_url(server_url, "--database-url")
+    conninfo = (f"host={parts['host']} port={parts['port']} dbname={parts['dbname']} user={parts['user']}"
+                + (f" password={parts['password']}" if parts["password"] else ""))
+    with psycopg.connect(conninfo, autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if create:
+            db.execute(f'CREATE DATABASE "{name}"')
+    url = urlsplit(server_url)
+    return urlunsplit((url.scheme, url.netloc, "/" + name, "", ""))
 
 
 def prepare(system) -> str:
@@ -119,30 +149,42 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database-url", help="postgresql://… to measure on PostgreSQL")
     args = parser.parse_args()
+    server_url = args.database_url
+    if server_url:  # a database of the run's own on that server, dropped at the end
+        args.database_url = own_database(server_url, create=True)
     folder = Path(tempfile.mkdtemp(prefix="bench-seal-"))
     settings = settings_for(folder / "var", args.database_url)
     plain_settings = settings_for(folder / "plain", args.database_url)
     with Unsealed():
         plain_system = build_system(plain_settings, follow=False)
         plain_key = prepare(plain_system)
+    unmarked_system = build_system(settings_for(folder / "unmarked", args.database_url), follow=False)
     system = build_system(settings, follow=False)
     where = "PostgreSQL" if args.database_url else "SQLite files"
     try:
         key_id = prepare(system)
+        unmarked_key = prepare(unmarked_system)
         plain, sealed = encode_cost(system)
         print(f"store: {where}")
         print(f"1. encode one event: plain {plain:.2f} µs, sealed {sealed:.2f} µs (+{sealed - plain:.2f} µs)")
 
-        rates: dict[str, list[float]] = {"unsealed": [], "sealed": []}
+        rates: dict[str, list[float]] = {"unsealed": [], "unmarked": [], "sealed": []}
         for _ in range(args.rounds):  # alternating, each on its own store of the same shape
             with Unsealed():
                 rates["unsealed"].append(write_rate(plain_system, plain_key, args.commands))
+            with Unsealed(seals=True):
+                rates["unmarked"].append(write_rate(unmarked_system, unmarked_key, args.commands))
             rates["sealed"].append(write_rate(system, key_id, args.commands))
-        base, mine = statistics.median(rates["unsealed"]), statistics.median(rates["sealed"])
+        base = statistics.median(rates["unsealed"])
+        base_cpu = statistics.median(CPU_US[id(plain_system)])
         print(f"2. write path (change_key + after_command), median of {args.rounds} alternating rounds of "
-              f"{args.commands}: without seals or mark {base:,.0f} commands/s ({1e3 / base:.3f} ms each), "
-              f"sealed with the tail mark {mine:,.0f} commands/s ({1e3 / mine:.3f} ms each): "
-              f"{(1e3 / mine - 1e3 / base) * 1e3:+.0f} µs per command ({mine / base:.1%} of the baseline)")
+              f"{args.commands}: without seals or mark {base:,.0f} commands/s ({1e3 / base:.3f} ms each, "
+              f"{base_cpu:.0f} µs of CPU)")
+        for name, what, owner in (("unmarked", "sealed, no tail mark", unmarked_system),
+                                  ("sealed", "sealed with the tail mark", system)):
+            mine, cpu = statistics.median(rates[name]), statistics.median(CPU_US[id(owner)])
+            print(f"   {what}: {mine:,.0f} commands/s ({1e3 / mine:.3f} ms each, {mine / base:.1%} of the "
+                  f"baseline); CPU {cpu:.0f} µs per command ({cpu - base_cpu:+.0f} µs, {cpu / base_cpu:.1%})")
         keys = [key_id]
         app = system.keys_app
         batch, grown = 500, app.last_position()
@@ -196,12 +238,9 @@ def main() -> int:
     finally:
         system.close()
         plain_system.close()
-        if args.database_url:
-            import psycopg
-
-            with psycopg.connect(settings.database_conninfo, autocommit=True) as db:
-                for schema in (settings.database_schema, plain_settings.database_schema):
-                    db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        unmarked_system.close()
+        if server_url:
+            own_database(server_url, create=False)
         shutil.rmtree(folder, ignore_errors=True)
     return 0
 

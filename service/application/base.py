@@ -171,6 +171,7 @@ class LedgerApplication(Application):
     def _raw_postgres_records(self, after: int, limit: int | None,
                               originator_id: UUID | None = None) -> list[RawRecord]:
         import psycopg
+        from psycopg.rows import tuple_row
         from psycopg.sql import SQL, Identifier
 
         where, params = ("notification_id > %s ORDER BY notification_id LIMIT %s", (after, limit))
@@ -180,10 +181,10 @@ class LedgerApplication(Application):
                         + where).format(Identifier(self.recorder.datastore.schema),  # type: ignore[attr-defined]
                                         Identifier(self.recorder.events_table_name))  # type: ignore[attr-defined]
         try:
-            with self.recorder.datastore.get_connection() as connection, connection.cursor() as cursor:  # type: ignore[attr-defined]
+            with (self.recorder.datastore.get_connection() as connection,  # type: ignore[attr-defined]
+                  connection.cursor(row_factory=tuple_row) as cursor):
                 cursor.execute(statement, params, prepare=True)
-                return [(r["notification_id"], r["originator_id"], r["originator_version"], r["topic"], r["state"])
-                        for r in cursor.fetchall()]
+                return cursor.fetchall()
         except psycopg.Error as error:
             raise Unavailable("The event store cannot be read right now; retry shortly.") from error
 
