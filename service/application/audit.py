@@ -287,7 +287,7 @@ class AuditUseCases(LedgerApplication):
             return None
         fingerprint = credentials.public_key_sha256(signing_key)
         ledger_id = AuditLedger.create_id()
-        aggregate = self._find(AuditLedger, ledger_id)
+        aggregate = self._ledger_aggregate(ledger_id)
         if aggregate is None:
             aggregate = AuditLedger._create(AuditLedger.Opened, id=ledger_id, public_key_sha256=fingerprint,
                                             by=by.ref, request={}, timestamp=now)
@@ -327,7 +327,7 @@ class AuditUseCases(LedgerApplication):
             checked += 1
         fingerprint = credentials.public_key_sha256(signing_key)
         ledger_id = AuditLedger.create_id()
-        aggregate = self._find_ledger_for_baseline(ledger_id)
+        aggregate = self._ledger_aggregate(ledger_id)
         if aggregate is None:
             aggregate = AuditLedger._create(AuditLedger.Opened, id=ledger_id, public_key_sha256=fingerprint,
                                             by=by.ref, request={}, timestamp=now)
@@ -343,20 +343,32 @@ class AuditUseCases(LedgerApplication):
                 "reason": reason, "message": message, "signature": signature, "checked": checked,
                 "epoch": signature_digest(signature)}
 
-    def _find_ledger_for_baseline(self, ledger_id: UUID) -> AuditLedger | None:
+    def _ledger_aggregate(self, ledger_id: UUID) -> AuditLedger | None:
         """The ledger, even when one of its own records was altered: then it is rebuilt from its
-        genuine records (the baseline is how an operator gets past such a record)."""
+        genuine records (a baseline is how an operator gets past such a record; signing after it
+        only happens once the records since it verify)."""
         try:
             return self._find(AuditLedger, ledger_id)
         except Conflict:
             pass
         ledger: AuditLedger | None = None
-        for record in self.recorder.select_events(ledger_id):
+        judge = RecordRules(self.seal_key).judge
+        last_version = 0
+        for position, oid, version, topic, state in self.raw_stream(ledger_id):
+            if type(version) is int:
+                last_version = max(last_version, version)
+            problem, _ = judge(position or 0, oid, version, topic, state)
             try:
-                e = self.mapper.to_domain_event(record)
+                if problem:
+                    raise TamperedRecord(problem)
+                e = self.mapper.decode_opened(oid if isinstance(oid, UUID) else UUID(oid), version, topic, state)  # type: ignore[attr-defined]
             except Exception:  # noqa: BLE001 - the altered record: left out
                 continue
+            if ledger is not None:
+                ledger.version = e.originator_version - 1  # over the gap the altered record left
             ledger = e.mutate(ledger)  # type: ignore[attr-defined]
+        if ledger is not None:
+            ledger.version = last_version  # the decision goes after every record the stream holds
         return ledger
 
     # -- integrity -----------------------------------------------------------------------------
@@ -417,7 +429,7 @@ class AuditUseCases(LedgerApplication):
                 found = (seq, f"the stored record at seq {seq}: {problem}")
                 break
             if originator_id == ledger_hex:
-                if seq in bad_seqs:
+                if seq in bad_seqs and seq > rules.accepted_through:
                     found = (seq, f"checkpoint at seq {seq}: {bad_seqs[seq]}")
                     break
             elif first_unproven is None:

@@ -410,3 +410,20 @@ def test_a_refused_record_before_the_last_checkpoint_keeps_the_alarm_through_a_s
         assert system.check_integrity()["first_bad_seq"] == seq
     finally:
         system.close()
+
+
+def test_a_baseline_gets_past_an_altered_checkpoint_record(history, settings):
+    checkpoint_at = history["second"]["seq"] + 1  # the second checkpoint's own event
+    with event_table(settings) as events:
+        assert events.row(checkpoint_at)[2].endswith("CheckpointSigned")
+        events.set_state(checkpoint_at, b"garbage")
+
+    system = build_system(settings, follow=False)
+    try:
+        assert system.check_integrity()["first_bad_seq"] == checkpoint_at
+        baseline, checkpoint = system.accept_baseline("the ledger record was lost; the store was checked by hand",
+                                                      Actor.system("cli"))
+        assert baseline["seq"] == history["last"] and checkpoint is not None
+        assert system.check_integrity()["ok"] is True and system.alarm.raised is False
+    finally:
+        system.close()
