@@ -61,8 +61,9 @@ bind = [_address()]
 # Sync workers, each with its own in-memory verification index (about 220 bytes a key): size
 # them by CPU cores and memory, not by concurrent clients (a verification takes microseconds).
 workers = _settings.workers
-# JSON refusals of malformed HTTP; otherwise gunicorn's sync worker, unchanged.
-worker_class = "service.serving.JsonErrorWorker"
+# Each request buffered whole before the app runs on it (slow clients cost a buffer, not the
+# worker), malformed HTTP refused in the JSON envelope: service/buffering.py.
+worker_class = "service.buffering.BufferingWorker"
 # No max_requests: a new worker rebuilds its verification index from the store, which takes
 # seconds with millions of keys. Restart workers with SIGHUP on a deploy instead.
 

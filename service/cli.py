@@ -52,10 +52,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         def load_config(self) -> None:
             self.cfg.set("bind", f"{args.host}:{args.port}")
             self.cfg.set("workers", args.workers)
-            # The sync worker, answering malformed HTTP in the contract's envelope; the access
-            # log is the app's (service.api.gateway), gunicorn's own lines are JSON too.
+            # Each request buffered whole before the app runs on it, malformed HTTP answered in
+            # the contract's envelope (service.buffering); the access log is the app's
+            # (service.api.gateway), gunicorn's own lines are JSON too.
             # (gunicorn.conf.py at the repository's root sets the same for plain gunicorn.)
-            self.cfg.set("worker_class", serving.JsonErrorWorker)
+            from service.buffering import BufferingWorker
+
+            self.cfg.set("worker_class", BufferingWorker)
             self.cfg.set("logger_class", serving.JsonLogger)
             self.cfg.set("accesslog", None)
             self.cfg.set("timeout", serving.TIMEOUT)
