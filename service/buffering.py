@@ -39,7 +39,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from gunicorn import http
+from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.http.unreader import IterUnreader
@@ -130,6 +130,47 @@ def chunked_end(buf: bytearray, pos: int, total: int) -> tuple[int | None, int, 
         if buf[after:after + 2] != b"\r\n":
             raise BodyRefused(400, "Bad Request", "The chunked body is not well-formed.")
         pos = after + 2
+
+
+class _Response(wsgi.Response):
+    """gunicorn's response, its header checks unchanged in effect but cheaper: a header name
+    already found valid is not matched again, and a value of printable ASCII (the common case)
+    needs no regular expression."""
+
+    _names: dict[str, tuple[str, bool]] = {}  # valid name -> (lower-case name, hop-by-hop)
+
+    def process_headers(self, headers: list[tuple[str, str]]) -> None:
+        names = self._names
+        for name, value in headers:
+            known = names.get(name) if type(name) is str else None
+            if known is None:
+                if not isinstance(name, str):
+                    raise TypeError(f"{name!r} is not a string")
+                if not wsgi.TOKEN_RE.fullmatch(name):
+                    raise http.errors.InvalidResponseHeaderName(f"{name!r}")
+                if len(names) < 1000:  # names are few; values are not cached
+                    names[name] = known = (name.lower(), util.is_hoppish(name))
+                else:
+                    known = (name.lower(), util.is_hoppish(name))
+            if not isinstance(value, str):
+                raise TypeError(f"{value!r} is not a string")
+            if not (value.isascii() and value.isprintable()) and not wsgi.HEADER_VALUE_RE.fullmatch(value):
+                raise http.errors.InvalidResponseHeader(f"{name!r}")  # the name only: values may be secret
+            lname, hoppish = known
+            if not hoppish:
+                if lname == "content-length":
+                    value = value.strip(" \t")
+                    self.response_length = int(value)
+                elif value[:1] in " \t" or value[-1:] in " \t":
+                    value = value.strip(" \t")
+                self.headers.append((name, value))
+                continue
+            value = value.strip(" \t")
+            if lname == "connection":
+                if value.lower() == "upgrade":
+                    self.upgrade = True
+            elif lname == "upgrade" and value.lower() == "websocket":
+                self.headers.append((name, value))
 
 
 class _RefusingInput:
@@ -389,7 +430,7 @@ class BufferingWorker(JsonErrorWorker):
         try:
             self.cfg.pre_request(self, req)
             request_start = datetime.now()
-            resp, environ = wsgi.create(req, client, addr, server, self.cfg)
+            resp, environ = wsgi.create(req, client, addr, server, self.cfg, _Response)
             if refused is not None:
                 environ["wsgi.input"] = _RefusingInput(refused)
             resp.force_close()
