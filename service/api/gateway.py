@@ -123,9 +123,10 @@ class Gateway:
             # Every text field redacted here (the record says so, and the formatter does not redo
             # it). When the line would only reach the JSON handler, it is written straight to it
             # (the same line, without a LogRecord); else through logging as a record.
-            path = redact(decoded_path(environ))
+            raw = environ.get("PATH_INFO", "")
+            path = _redacted(raw if raw.isascii() else decoded_path(environ))
             method = _redacted(method or "")
-            fields = {"request_id": request_id, "method": method, "path": path, "route": redact(route),
+            fields = {"request_id": request_id, "method": method, "path": path, "route": _redacted(route),
                       "status": status, "duration_ms": round(elapsed * 1000, 3),
                       "actor": environ.get("keyledger.actor") or "-",
                       "remote_addr": _redacted(environ.get("REMOTE_ADDR") or "")}
@@ -139,5 +140,6 @@ class Gateway:
 
 
 def _redacted(text: str) -> str:
-    """``redact(text)``, skipped for a short text without an underscore (no secret fits in it)."""
-    return text if len(text) < 30 and "_" not in text else redact(text)
+    """``redact(text)``, skipped when no secret can be in it: shorter than a legacy secret (30
+    characters) and without a key's or token's prefix."""
+    return text if len(text) < 30 and "ak_" not in text and "pat_" not in text else redact(text)
