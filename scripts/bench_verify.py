@@ -19,7 +19,9 @@
    a bare WSGI answer (200, empty body) served by the same server and workers before any of
    Keyledger's code, and an empty Flask route, in interleaved rounds (each share is the median of
    the rounds' shares; a round measures the bare app sent the route's very request, headers,
-   query and body alike, and then the route).
+   query and body alike, and then the route). Beside each throughput share, the share by the
+   server's CPU time per request (its processes' user + system time over the round, divided by
+   the requests answered): less at the mercy of what else runs on the machine.
 """
 
 from __future__ import annotations
@@ -161,7 +163,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wrk(url: str, seconds: int, headers: dict, script: str | None = None) -> float:
+LAST_WRK: dict[str, float] = {}  # the last run's requests and the server's CPU seconds meanwhile
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a server process and its workers so far."""
+    total = 0.0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pids += [int(x) for x in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, seconds: int, headers: dict, script: str | None = None, pid: int | None = None) -> float:
+    before = server_cpu(pid) if pid else 0.0
     command = ["wrk", "-t1", "-c4", f"-d{seconds}s", "--latency"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
@@ -172,6 +194,8 @@ def wrk(url: str, seconds: int, headers: dict, script: str | None = None) -> flo
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if errors and ("empty" in url or "bare" in url or "check" in url):
         raise SystemExit(f"the baseline route answered errors: {output}")
+    LAST_WRK["requests"] = float(re.search(r"(\d+) requests in", output).group(1))
+    LAST_WRK["cpu"] = server_cpu(pid) - before if pid else 0.0
     return float(match.group(1))
 
 
@@ -256,24 +280,30 @@ def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, wo
         time.sleep(1)  # let every worker finish loading
         wrk(base + "/bench/bare", 2, {})  # warm-up
         check_headers = {"Authorization": f"Key {secrets[1]}"}
+        pid = server.pid
         # Each route's round follows a round of the bare app sent the very same request (headers,
         # query, body): the difference is Keyledger's own work, nothing the server parses or sends.
         routes = {
-            "empty": (lambda: wrk(base + "/bench/empty", seconds, {}),
-                      lambda: wrk(base + "/bench/bare", seconds, {})),
-            "check": (lambda: wrk(base + "/v2/auth/check?scope=Predict", seconds, check_headers),
-                      lambda: wrk(base + "/bench/bare?scope=Predict", seconds, check_headers)),
-            "verify": (lambda: wrk(base + "/v2/verify", seconds, {}, str(lua)),
-                       lambda: wrk(base + "/bench/bare", seconds, {}, str(lua))),
+            "empty": (lambda: wrk(base + "/bench/empty", seconds, {}, pid=pid),
+                      lambda: wrk(base + "/bench/bare", seconds, {}, pid=pid)),
+            "check": (lambda: wrk(base + "/v2/auth/check?scope=Predict", seconds, check_headers, pid=pid),
+                      lambda: wrk(base + "/bench/bare?scope=Predict", seconds, check_headers, pid=pid)),
+            "verify": (lambda: wrk(base + "/v2/verify", seconds, {}, str(lua), pid=pid),
+                       lambda: wrk(base + "/bench/bare", seconds, {}, str(lua), pid=pid)),
         }
         results: dict[str, list[float]] = {"bare": []}
         shares: dict[str, list[float]] = {}
+        cpu_us: dict[str, list[float]] = {"bare": []}  # the server's CPU per request, in microseconds
         for _ in range(rounds):  # interleaved: a noisy neighbour hits every route alike
             for name, (run, bare_run) in routes.items():
                 bare = bare_run()
+                bare_cpu = LAST_WRK["cpu"] / LAST_WRK["requests"] * 1e6
                 results["bare"].append(bare)
+                cpu_us["bare"].append(bare_cpu)
                 results.setdefault(name, []).append(run())
+                cpu_us.setdefault(name, []).append(LAST_WRK["cpu"] / LAST_WRK["requests"] * 1e6)
                 shares.setdefault(name, []).append(results[name][-1] / bare)
+                shares.setdefault(name + " cpu", []).append(bare_cpu / cpu_us[name][-1])
 
         def rounds_of(name: str) -> str:
             return " / ".join(f"{x:,.0f}" for x in results[name])
@@ -281,11 +311,14 @@ def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, wo
         def share(name: str) -> str:
             values = shares[name]
             spread = f", rounds {min(values):.1%}-{max(values):.1%}" if len(values) > 1 else ""
-            return f"{statistics.median(values):6.1%} of the bare app (median{spread})"
+            by_cpu = statistics.median(shares[name + " cpu"])
+            return (f"{statistics.median(values):6.1%} of the bare app (median{spread}); by the server's CPU "
+                    f"per request {statistics.median(cpu_us[name]):.0f} us: {by_cpu:.1%}")
 
         print(f"  {kind}:")
         print(f"    bare WSGI app           {statistics.median(results['bare']):8,.0f} req/s  (the physical "
-              f"limit; rounds {rounds_of('bare')})")
+              f"limit; the server's CPU per request {statistics.median(cpu_us['bare']):.0f} us; "
+              f"rounds {rounds_of('bare')})")
         print(f"    empty Flask route       {statistics.median(results['empty']):8,.0f} req/s  {share('empty')}")
         print(f"    GET /v2/auth/check      {statistics.median(results['check']):8,.0f} req/s  {share('check')} "
               f"(target >= 85 %; rounds {rounds_of('check')})")

@@ -35,6 +35,7 @@ import errno
 import os
 import selectors
 import socket
+import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -195,6 +196,9 @@ class BufferingWorker(JsonErrorWorker):
     """Buffers every request whole (headers and body) before the app runs on it; see the module."""
 
     def init_process(self) -> None:
+        if self.cfg.is_ssl:  # never serve TLS clients garbage: stop the arbiter with one line
+            self.log.error("BufferingWorker serves plain HTTP only: terminate TLS in front of it")
+            sys.exit(3)  # the arbiter's WORKER_BOOT_ERROR: it halts instead of respawning
         self.selector = selectors.DefaultSelector()
         self.conns: dict[int, _Conn] = {}  # incomplete requests, oldest first
         self.closing: dict[int, tuple[socket.socket, float]] = {}  # answered, lingering, oldest first
