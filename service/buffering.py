@@ -82,7 +82,7 @@ class _Source:
 
 class _Conn:
     __slots__ = ("sock", "addr", "server", "buf", "deadline", "scanned", "req", "source", "body_start",
-                 "length", "chunk_pos", "chunk_total")
+                 "length", "chunk_pos", "chunk_total", "registered")
 
     def __init__(self, sock: socket.socket, addr: Any, server: Any, deadline: float) -> None:
         self.sock = sock
@@ -97,6 +97,7 @@ class _Conn:
         self.length = -1  # the body's length; -1 while unknown (chunked)
         self.chunk_pos = 0  # where the next chunk-size line starts in buf
         self.chunk_total = 0
+        self.registered = False  # with the selector (a request that arrives in one read never is)
 
 
 def chunked_end(buf: bytearray, pos: int, total: int) -> tuple[int | None, int, int]:
@@ -280,7 +281,7 @@ class BufferingWorker(JsonErrorWorker):
                 self._shed()
             conn = _Conn(sock, addr, listener.getsockname(), time.monotonic() + READ_TIMEOUT)
             self.conns[sock.fileno()] = conn
-            self._readable(conn, registered=False)
+            self._readable(conn)
 
     def _shed(self) -> None:
         """Drop the oldest incomplete request (a slow client's, if any are slow)."""
@@ -289,12 +290,11 @@ class BufferingWorker(JsonErrorWorker):
             self._forget(oldest)
             oldest.sock.close()
 
-    def _readable(self, conn: _Conn, registered: bool = True) -> None:
+    def _readable(self, conn: _Conn) -> None:
         try:
             data = conn.sock.recv(RECV)
         except (BlockingIOError, InterruptedError):
-            if not registered:
-                self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+            self._register(conn)
             return
         except OSError:
             data = b""
@@ -316,8 +316,13 @@ class BufferingWorker(JsonErrorWorker):
         if complete:
             self._forget(conn)
             self._dispatch(conn)
-        elif not registered:
+        else:
+            self._register(conn)
+
+    def _register(self, conn: _Conn) -> None:
+        if not conn.registered:
             self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+            conn.registered = True
 
     def _framed(self, conn: _Conn) -> bool:
         """Whether ``conn.buf`` holds a whole request (parsing its head once it is complete)."""
@@ -370,10 +375,12 @@ class BufferingWorker(JsonErrorWorker):
 
     def _forget(self, conn: _Conn) -> None:
         self.conns.pop(conn.sock.fileno(), None)
-        try:
-            self.selector.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
+        if conn.registered:
+            conn.registered = False
+            try:
+                self.selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
 
     def _expire(self, now: float) -> None:
         while self.conns:
