@@ -12,7 +12,8 @@ app as ``keyledger serve`` does, so plain gunicorn may face clients directly:
 - every log line is one JSON object on standard error: the app's access log
   (``keyledger.access``) and gunicorn's own lines (``JsonLogger``), key-shaped strings redacted;
 - the stores and views are created once by the master before the workers start, and
-  ``/metrics`` adds up every worker's values (Prometheus multiprocess mode).
+  ``/metrics`` adds up every worker's values (Prometheus multiprocess mode, in a folder of the
+  run's own outside the data directory: /dev/shm, or ``KEYLEDGER_METRICS_DIR``).
 
 Settings come from the environment, validated once here (one line naming the variable and what
 is allowed, exit 2): ``KEYLEDGER_HOST`` (default 127.0.0.1; 0.0.0.0 in a container),
@@ -94,14 +95,15 @@ def on_starting(server) -> None:  # type: ignore[no-untyped-def]
     """In the master, before any worker: the metrics folder, then the stores (created once). Each
     failure is one line and exit status 2, never a traceback."""
     try:
+        _settings.prepare_data_dir()
         serving.prepare_metrics_dir(_settings)
         checkpoint = serving.prepare_store(_settings)
-    except SettingsError as error:  # e.g. KEYLEDGER_DATABASE_URL: cannot connect to PostgreSQL (…)
+    except SettingsError as error:  # the data directory, or KEYLEDGER_DATABASE_URL unreachable (…)
         print(f"keyledger: configuration error: {error}", file=sys.stderr)
         sys.exit(2)
-    except OSError as error:  # the data directory cannot be made or written
-        print(f"keyledger: cannot use the data directory {_settings.data_dir}: "
-              f"{error.strerror or error}", file=sys.stderr)
+    except OSError as error:
+        print(f"keyledger: KEYLEDGER_DATA_DIR={str(_settings.data_dir)!r}: cannot use the data directory "
+              f"({error.strerror or type(error).__name__})", file=sys.stderr)
         sys.exit(2)
     if checkpoint:
         server.log.info("audit checkpoint %s signed at seq %s", checkpoint["number"], checkpoint["seq"])

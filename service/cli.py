@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -13,6 +14,8 @@ from typing import Any
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.errors import KeyledgerError
 from service.settings import Settings, SettingsError
+
+log = logging.getLogger("keyledger.serve")
 
 
 @contextmanager
@@ -51,9 +54,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     # The stores and views are created once, before the workers start (gunicorn.conf.py too).
     checkpoint = serving.prepare_store(settings)
-    if checkpoint:
-        print(f"Audit checkpoint {checkpoint['number']} signed at seq {checkpoint['seq']}",
-              file=sys.stderr, flush=True)
+    if checkpoint:  # a JSON line like every other of the server's (README, "Logs")
+        log.info("audit checkpoint %s signed at seq %s", checkpoint["number"], checkpoint["seq"])
 
     class KeyledgerServer(BaseApplication):
         def load_config(self) -> None:
@@ -86,8 +88,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     def _say_listening(server) -> None:
         where = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"Keyledger listening on http://{where}:{args.port} (data in {settings.data_dir.resolve()})",
-              file=sys.stderr, flush=True)
+        log.info("Keyledger listening on http://%s:%s (data in %s)", where, args.port,
+                 settings.data_dir.resolve())
 
     KeyledgerServer().run()
     return 0
@@ -352,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_audit_verify)
     checkpoint = audit_commands.add_parser("checkpoint", parents=[existing], help="sign the chain's head now")
     checkpoint.set_defaults(handler=_audit_checkpoint)
-    export = audit_commands.add_parser("export", parents=[existing], help="every audit event, oldest first")
+    # Reads an existing store only: no --init (an export of a store made for it would be empty).
+    export = audit_commands.add_parser("export", help="every audit event, oldest first")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument("--output", "-o", help="write to this file (default: standard output)")
     export.add_argument("--app-id", help="only this app's events")
@@ -361,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--actor", type=_actor, help="only events by account:<id>, key:<id> or system")
     export.add_argument("--since", type=_time, help="only events at or after this RFC 3339 time")
     export.add_argument("--until", type=_time, help="only events before this RFC 3339 time")
-    export.set_defaults(handler=_audit_export)
+    export.set_defaults(handler=_audit_export, init=None)
     return parser
 
 
@@ -375,8 +378,9 @@ def _existing_store(args: argparse.Namespace, settings: Settings) -> bool:
     else:
         store = f"{where} (KEYLEDGER_DATA_DIR)"
     if not store_exists(settings) and not args.init:
-        print(f"keyledger: no Keyledger store in {store}; point the settings at the service's store, "
-              "or add --init to create a new one", file=sys.stderr)
+        offer = ", or add --init to create a new one" if args.init is not None else ""
+        print(f"keyledger: no Keyledger store in {store}; point the settings at the service's store{offer}",
+              file=sys.stderr)
         return False
     print(f"keyledger: data directory {where}" + (f", store {store}" if settings.uses_postgres else ""),
           file=sys.stderr)
@@ -418,18 +422,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hasattr(args, "init") and not _existing_store(args, settings):
             return 2
+        settings.prepare_data_dir()  # one line naming KEYLEDGER_DATA_DIR if it cannot be used
         return args.handler(args, settings)
     except SettingsError as error:
         print(f"keyledger: configuration error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # the data directory cannot be made or written
-        print(f"keyledger: cannot use the data directory {settings.data_dir}: {error.strerror or error}",
-              file=sys.stderr)
+        print(f"keyledger: KEYLEDGER_DATA_DIR={str(settings.data_dir)!r}: cannot use the data directory "
+              f"({error.strerror or type(error).__name__})", file=sys.stderr)
         return 2
     except KeyledgerError as error:
         print(f"keyledger: {error.code}: {error.message}", file=sys.stderr)
         for name, problems in error.details.items():
             print(f"  {name}: {problems}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        from service.composition import store_fault
+
+        if (reason := store_fault(error)) is None:
+            raise
+        # e.g. a full disk: SQLite cannot even open its store without room for its -wal and -shm files
+        where = ("KEYLEDGER_DATABASE_URL: PostgreSQL" if settings.uses_postgres
+                 else f"KEYLEDGER_DATA_DIR={str(settings.data_dir)!r}: the SQLite store")
+        print(f"keyledger: {where} cannot be used now ({reason}); is its disk full? Retry when it has room",
+              file=sys.stderr)
         return 1
 
 

@@ -11,14 +11,17 @@ names only the exception's class in the log, and echoes nothing of the request.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import json
 import logging
 import os
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gunicorn import util
@@ -140,17 +143,67 @@ class JsonLogger(Logger):
             handler.setFormatter(JsonFormatter())
 
 
-def prepare_metrics_dir(settings: Settings) -> None:
-    """Prometheus multiprocess mode for the workers: a fresh ``<data dir>/metrics`` (unless
-    PROMETHEUS_MULTIPROC_DIR is set already). Call it in the master, before the workers start
-    and before anything imports prometheus_client."""
+METRICS_PREFIX = "keyledger-metrics-"
+
+
+def metrics_parent(settings: Settings) -> Path:
+    """Where the run's metrics folder is made: ``KEYLEDGER_METRICS_DIR``, else shared memory
+    (/dev/shm), else the runtime directory, else the temporary one — never the data directory:
+    prometheus_client memory-maps these files, and a worker touching a page of a full
+    filesystem dies of SIGBUS (a full data disk must only cost writes)."""
+    if settings.metrics_dir is not None:
+        return settings.metrics_dir
+    for candidate in ("/dev/shm", os.environ.get("XDG_RUNTIME_DIR")):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return Path(candidate)
+    return Path(tempfile.gettempdir())
+
+
+def prepare_metrics_dir(settings: Settings) -> Path | None:
+    """Prometheus multiprocess mode for the workers: a fresh folder of this run's own (owner
+    only, removed when the master exits), unless PROMETHEUS_MULTIPROC_DIR is set already. Call
+    it in the master, before the workers start and before anything imports prometheus_client."""
+    from service.settings import SettingsError
+
     variable = "PROMETHEUS_MULTIPROC_DIR"  # not from service.metrics: that imports prometheus_client
     if os.environ.get(variable):
-        return
-    folder = settings.data_dir / "metrics"
-    shutil.rmtree(folder, ignore_errors=True)  # values of a previous run's processes
-    folder.mkdir(parents=True, mode=0o700)
+        return None
+    parent = metrics_parent(settings)
+    _remove_abandoned(parent)
+    shutil.rmtree(settings.data_dir / "metrics", ignore_errors=True)  # where earlier versions kept them
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-", dir=parent))  # 0700
+    except OSError as error:
+        raise SettingsError(f"KEYLEDGER_METRICS_DIR={str(parent)!r}: cannot make the metrics folder there "
+                            f"({error.strerror or type(error).__name__})") from None
     os.environ[variable] = str(folder)
+    master = os.getpid()
+    atexit.register(lambda: os.getpid() == master and shutil.rmtree(folder, ignore_errors=True))
+    try:
+        if folder.stat().st_dev == settings.data_dir.stat().st_dev:
+            log.warning("the metrics folder %s is on the data directory's filesystem: should it fill up, "
+                        "the workers stop; set KEYLEDGER_METRICS_DIR to another filesystem", folder)
+    except OSError:
+        pass
+    return folder
+
+
+def _remove_abandoned(parent: Path) -> None:
+    """Folders of earlier runs whose master is gone (killed, so never cleaned up)."""
+    try:
+        entries = list(parent.glob(f"{METRICS_PREFIX}*"))
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(METRICS_PREFIX):].partition("-")[0]
+        try:
+            if not pid.isdigit() or entry.stat().st_uid != os.geteuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def prepare_store(settings: Settings) -> dict | None:
@@ -159,7 +212,7 @@ def prepare_store(settings: Settings) -> dict | None:
     sign). Returns the checkpoint signed, if any."""
     from service.composition import build_system
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.prepare_data_dir()
     system = build_system(settings, follow=False)
     try:
         return system.sign_checkpoint()

@@ -16,6 +16,30 @@ import re
 
 from apispec import BasePlugin
 
+# The document's own introduction: it must stand alone (it is read at /docs, without the repository).
+DESCRIPTION = """\
+Keyledger owns the life of an API platform's credentials. **API keys** (`ak_…`) belong to one app,
+carry scopes (`Predict`, `Search`, `Models:Add`, … or `All`) and can be changed, rolled and revoked;
+**personal tokens** (`pat_…`) are people's credentials for managing them; **legacy OAuth2 access
+tokens** (`POST /v2/token`) keep working until the deprecation's sunset. Every change is an immutable
+event recording who made it, when and from which request (`/v2/audit/…`).
+
+**Authentication.** `Authorization: Key pat_…` (a personal token; the first admin's comes from
+`keyledger accounts create`). Owners manage their own apps; auditors and admins read everything.
+
+**Gateways** ask `POST /v2/verify` (a JSON verdict, always 200 for a well-formed request) or
+`GET /v2/auth/check` (forward-auth: 200, or 401/403, for the caller's own `Authorization` header).
+Neither takes a credential of its own: expose them only to your gateways.
+
+**Errors** are JSON, `{"error": {"code", "message", "details"}, "request_id"}`, with a stable `code`:
+`INVALID_REQUEST` (400, `details` names each field), `UNAUTHENTICATED` (401), `FORBIDDEN` (403),
+`NOT_FOUND` (404), `CONFLICT` (409), `PRECONDITION_FAILED` (412, a stale `If-Match`),
+`UNAVAILABLE` (503, retry after `Retry-After` seconds), among others. `X-Request-Id` is echoed in every
+answer.
+
+**Migrating from access tokens:** the guide is served at [/docs/migration](/docs/migration).
+"""
+
 ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 OAUTH_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/OAuthError"}}}}
 

@@ -98,3 +98,15 @@ def test_new_resources_link_to_what_a_client_does_next(client):
     paths = client.get("/openapi.json").json["paths"]
     links = paths["/v2/apps/{app_id}/keys"]["post"]["responses"]["201"]["links"]
     assert {"GetKey", "ChangeKey", "RevokeKey", "RollKey", "KeyHistory"} <= set(links)
+
+
+def test_the_document_stands_alone(client):
+    """/openapi.json (and /docs, which shows it) is read without the repository: its introduction
+    points at no file, and says how to authenticate, what gateways call and what an error looks like."""
+    import re
+
+    description = client.get("/openapi.json").json["info"]["description"]
+    assert not re.search(r"\b[\w./-]+\.md\b", description), description  # no "See API.md"
+    for needed in ("Authorization: Key pat_", "/v2/verify", "/v2/auth/check", '"error"', "request_id",
+                   "UNAVAILABLE", "Retry-After", "/docs/migration"):
+        assert needed in description, needed
