@@ -339,7 +339,11 @@ def main() -> None:
     parser.add_argument("--servers", default="gunicorn",
                         help="comma-separated: gunicorn (as keyledger serve runs it), gunicorn-sync, granian")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per route")
+    parser.add_argument("--log-level", default=None,
+                        help="the servers' KEYLEDGER_LOG_LEVEL (default: theirs, INFO: an access line per request)")
     args = parser.parse_args()
+    if args.log_level:
+        os.environ["KEYLEDGER_LOG_LEVEL"] = args.log_level.upper()  # the servers inherit it
     workdir = Path(tempfile.mkdtemp(prefix="keyledger-bench-"))
     try:
         empty_dir, full_dir = workdir / "empty", workdir / "full"
