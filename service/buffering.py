@@ -224,7 +224,9 @@ class BufferingWorker(JsonErrorWorker):
                 if error.errno != errno.EINTR:
                     raise
                 events = []
-            for key, _ in events:
+            for turn, (key, _) in enumerate(events, 1):
+                if turn % 32 == 0:  # a long turn of the loop still tells the master it lives
+                    self.notify()
                 data = key.data
                 if data is _LISTENER:
                     self._accept(key.fileobj)
@@ -248,8 +250,10 @@ class BufferingWorker(JsonErrorWorker):
             self._close(sock)
 
     def _stop_by(self) -> float:
+        """When a stopping worker gives up on requests still arriving: before the master's
+        graceful timeout runs out and it kills the worker."""
         if not hasattr(self, "_stopping_at"):
-            self._stopping_at = time.monotonic() + self.cfg.graceful_timeout
+            self._stopping_at = time.monotonic() + max(self.cfg.graceful_timeout - 1, 0.5)
         return self._stopping_at
 
     def _wait(self) -> float:
