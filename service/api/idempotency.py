@@ -83,6 +83,10 @@ def _committing_last(view: Callable, system: System, seal_keys: SealKeys, kill_a
         if key is None:
             return _run(lambda: view(*args, **kwargs), system)
         problem = key_problem(key)
+        if problem and request.path.startswith(VIEWS_LATER):  # OAuth2 clients read its error shape
+            from service.api.legacy import oauth_error
+
+            return oauth_error("invalid_request", f"{HEADER}: {problem}")
         if problem:
             return error_response("INVALID_REQUEST", f"{HEADER}: {problem}", {HEADER: [problem]}, 400)
         call = system.keys_app.idempotent_call(_scope(), key, _request_material())

@@ -276,3 +276,21 @@ def test_patch_and_delete_ignore_the_header_and_still_work(owner, owner_app):
     changed = owner.patch(f"/v2/keys/{key_id}", json={"description": "x"}, headers=with_key("p"))
     assert changed.status_code == 200 and "Idempotent-Replayed" not in changed.headers
     assert owner.delete(f"/v2/keys/{key_id}", headers=with_key("p")).status_code == 204
+
+
+def test_every_post_documents_the_header_the_422_and_the_replay_header(client):
+    spec = client.get("/openapi.json").json
+    posts = {path: methods["post"] for path, methods in spec["paths"].items() if "post" in methods}
+    assert {"/v2/accounts", "/v2/apps", "/v2/apps/{app_id}/keys", "/v2/keys/{key_id}/roll",
+            "/v2/apps/{app_id}/legacy-credentials", "/v2/token", "/v2/verify"} <= set(posts)
+    for path, operation in posts.items():
+        [header] = [p for p in operation.get("parameters", []) if p["name"] == "Idempotency-Key"]
+        assert header["in"] == "header" and header["required"] is False
+        if path == "/v2/verify":  # a question, answered afresh
+            assert "422" not in operation["responses"]
+            continue
+        assert header["schema"]["maxLength"] == 255
+        assert "IDEMPOTENCY_KEY_REUSED" in operation["responses"]["422"]["description"]
+        assert operation["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
+        success = [s for s in operation["responses"] if s.startswith("2")]
+        assert success and all("Idempotent-Replayed" in operation["responses"][s]["headers"] for s in success)
