@@ -98,10 +98,8 @@ def _committing_last(view: Callable, system: System, seal_keys: SealKeys, kill_a
         except Exception as error:  # noqa: BLE001 - nothing has been done: the client retries
             log.warning("no seal key for an idempotent request: %s", error)
             raise Unavailable("The store is busy or unreachable right now; retry shortly.") from None
-        response = _run(lambda: view(*args, **kwargs), system, _Idempotent(call, seal_key, seal_keys))
-        if kill_after is not None and key == kill_after and not response.headers.get(REPLAYED):
-            os.kill(os.getpid(), signal.SIGKILL)  # tests only: the answer is lost after the commit
-        return response
+        return _run(lambda: view(*args, **kwargs), system,
+                    _Idempotent(call, seal_key, seal_keys, die_after_commit=key == kill_after))
 
     return run
 
@@ -130,6 +128,7 @@ class _Idempotent:
     call: IdempotentCall
     seal_key: bytes = field(repr=False)
     seal_keys: SealKeys
+    die_after_commit: bool = False  # tests only (KILL_SWITCH)
 
     def recorded(self, system: System) -> Answer | None:
         return system.keys_app.recorded_answer(self.call, lambda: self.seal_keys.get(str(self.call.record_id)))
@@ -171,6 +170,8 @@ def _run(view: Callable[[], Any], system: System, idempotent: _Idempotent | None
             if answer is not None:
                 return replay(answer)
             continue
+        if idempotent is not None and idempotent.die_after_commit:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests only: the answer is lost after the commit
         _catch_up(system, views=not request.path.startswith(VIEWS_LATER))
         return response
     raise Conflict("What this request changes is being changed by someone else right now; retry.")
