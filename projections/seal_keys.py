@@ -35,17 +35,17 @@ class SealKeys:
             db.execute(INDEX)
 
     def claim(self, record_id: str, now: datetime, *, timeout: float | None = None) -> bytes:
-        """The seal key for a request about to run: the one a concurrent duplicate already
-        claimed, or a new one (also when the last use of this record has expired). Deletes
-        the keys of answers past their retention on the way."""
+        """The seal key for a request about to run: the one a concurrent duplicate (or an
+        earlier attempt that changed nothing) already claimed, or a new one when the last use
+        of this record has expired. Either way it is kept from ``now`` for the retention
+        period, as long as the answer it may seal. Deletes expired keys on the way."""
         with self.store.write(timeout) as db:
             db.execute("DELETE FROM idempotency_seal_keys WHERE created_us < ?",
                        (_us(now - self.retention - _MARGIN),))
             row = db.execute("SELECT seal_key, created_us FROM idempotency_seal_keys WHERE record_id = ?",
                              (record_id,)).fetchone()
-            if row is not None and row[1] >= _us(now - self.retention):
-                return bytes(row[0])
-            key = os.urandom(_SIZE)
+            current = row is not None and row[1] >= _us(now - self.retention)
+            key = bytes(row[0]) if current else os.urandom(_SIZE)
             db.execute(_REPLACE, (record_id, key, _us(now)))
             return key
 

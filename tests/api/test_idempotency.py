@@ -294,3 +294,17 @@ def test_every_post_documents_the_header_the_422_and_the_replay_header(client):
         assert operation["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
         success = [s for s in operation["responses"] if s.startswith("2")]
         assert success and all("Idempotent-Replayed" in operation["responses"][s]["headers"] for s in success)
+
+
+def test_a_seal_key_claimed_by_a_refused_attempt_lives_as_long_as_the_later_answer(system, owner, owner_app):
+    start = datetime.now(UTC)
+    with freeze_time(start) as clock:
+        refused = owner.post("/v2/apps/vision/keys", json={"description": "d", "scopes": ["Nope"]},
+                             headers=with_key("slow-fix"))
+        assert refused.status_code == 400
+        clock.move_to(start + timedelta(hours=23))
+        first = owner.post("/v2/apps/vision/keys", json=NEW_KEY, headers=with_key("slow-fix"))
+        clock.move_to(start + timedelta(hours=46))  # the first claim is long past; the answer is not
+        SealKeys(system.views, retention=RETENTION).claim("another-record", system.keys_app.now())
+        again = owner.post("/v2/apps/vision/keys", json=NEW_KEY, headers=with_key("slow-fix"))
+    assert again.status_code == 201 and again.json == first.json
