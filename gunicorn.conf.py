@@ -41,29 +41,26 @@ except SettingsError as _error:
     sys.exit(2)
 
 
-def _address() -> str:
-    host = os.environ.get("KEYLEDGER_HOST", "127.0.0.1").strip()
-    port = os.environ.get("KEYLEDGER_PORT", "8080").strip()
-    if not host or any(c.isspace() or c in "/?#" for c in host):
-        print(f"keyledger: configuration error: KEYLEDGER_HOST={host!r}: expected an address to listen "
-              "on, e.g. 127.0.0.1, 0.0.0.0 or ::", file=sys.stderr)
-        sys.exit(2)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        print(f"keyledger: configuration error: KEYLEDGER_PORT={port!r}: expected a port number, "
-              "1 to 65535", file=sys.stderr)
-        sys.exit(2)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 from service import serving
 
+try:
+    _host, _port = serving.listen_address(os.environ)
+    if _settings.uses_postgres:  # unreachable: one line now, before gunicorn logs anything
+        from service.composition import store_exists
+
+        store_exists(_settings)
+except SettingsError as _error:
+    print(f"keyledger: configuration error: {_error}", file=sys.stderr)
+    sys.exit(2)
+
 # --- Where to listen, and how many workers ---------------------------------------------------
-bind = [_address()]
-# Sync workers, each with its own in-memory verification index (about 220 bytes a key): size
+bind = [serving.bind_text(_host, _port)]
+# Workers, each with its own in-memory verification index (about 220 bytes a key): size
 # them by CPU cores and memory, not by concurrent clients (a verification takes microseconds).
 workers = _settings.workers
-# JSON refusals of malformed HTTP; otherwise gunicorn's sync worker, unchanged.
-worker_class = "service.serving.JsonErrorWorker"
+# Each request buffered whole before the app runs on it (slow clients cost a buffer, not the
+# worker), malformed HTTP refused in the JSON envelope: service/buffering.py.
+worker_class = "service.buffering.BufferingWorker"
 # No max_requests: a new worker rebuilds its verification index from the store, which takes
 # seconds with millions of keys. Restart workers with SIGHUP on a deploy instead.
 
@@ -95,12 +92,13 @@ if os.path.isdir("/dev/shm"):
 
 
 def on_starting(server) -> None:  # type: ignore[no-untyped-def]
-    """In the master, before any worker: the metrics folder, then the stores (created once)."""
+    """In the master, before any worker: the metrics folder, then the stores (created once). Each
+    failure is one line and exit status 2, never a traceback."""
     try:
         _settings.prepare_data_dir()
         serving.prepare_metrics_dir(_settings)
         checkpoint = serving.prepare_store(_settings)
-    except SettingsError as error:  # e.g. the data directory cannot be made or written
+    except SettingsError as error:  # the data directory, or KEYLEDGER_DATABASE_URL unreachable (…)
         print(f"keyledger: configuration error: {error}", file=sys.stderr)
         sys.exit(2)
     except OSError as error:

@@ -41,6 +41,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from service import serving
 
+    args.host, args.port = serving.listen_address(os.environ, getattr(args, "host", None),
+                                                  getattr(args, "port", None))
+    taken = serving.port_taken(args.host, args.port)
+    if taken:  # one line now, not gunicorn's five attempts over five seconds
+        print(f"keyledger: cannot listen on {serving.bind_text(args.host, args.port)}: {taken}",
+              file=sys.stderr)
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     serving.prepare_metrics_dir(settings)
     from service.api import create_app
@@ -52,12 +59,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     class KeyledgerServer(BaseApplication):
         def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("bind", serving.bind_text(args.host, args.port))
             self.cfg.set("workers", args.workers)
-            # The sync worker, answering malformed HTTP in the contract's envelope; the access
-            # log is the app's (service.api.gateway), gunicorn's own lines are JSON too.
+            # Each request buffered whole before the app runs on it, malformed HTTP answered in
+            # the contract's envelope (service.buffering); the access log is the app's
+            # (service.api.gateway), gunicorn's own lines are JSON too.
             # (gunicorn.conf.py at the repository's root sets the same for plain gunicorn.)
-            self.cfg.set("worker_class", serving.JsonErrorWorker)
+            from service.buffering import BufferingWorker
+
+            self.cfg.set("worker_class", BufferingWorker)
             self.cfg.set("logger_class", serving.JsonLogger)
             self.cfg.set("accesslog", None)
             self.cfg.set("timeout", serving.TIMEOUT)
@@ -77,7 +87,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             return create_app(settings)
 
     def _say_listening(server) -> None:
-        log.info("Keyledger listening on http://%s:%s (data in %s)", args.host, args.port,
+        where = f"[{args.host}]" if ":" in args.host else args.host
+        log.info("Keyledger listening on http://%s:%s (data in %s)", where, args.port,
                  settings.data_dir.resolve())
 
     KeyledgerServer().run()
@@ -299,8 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the HTTP API (with projections)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=_port, default=8080, help="port to listen on (1-65535)")
+    serve.add_argument("--host", default=argparse.SUPPRESS,
+                       help="address to listen on (default: KEYLEDGER_HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=argparse.SUPPRESS,
+                       help="port to listen on, 1-65535 (default: KEYLEDGER_PORT, else 8080)")
     serve.add_argument("--workers", type=_workers, default=argparse.SUPPRESS,
                        help="HTTP worker processes (default: KEYLEDGER_WORKERS, else 2)")
     serve.add_argument("--no-scheduler", action="store_true", help="do not run the scheduler here")

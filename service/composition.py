@@ -113,10 +113,17 @@ class System:
         """Bring this process's index and the views up to date before answering.
 
         The index is updated from the log in memory and cannot be held up by the view
-        store, so a revoked key is refused before DELETE answers. Should the views be
-        locked for longer than VIEW_WRITE_TIMEOUT (a rebuild in progress), the command
-        still answers — the event is recorded — and the follower writes them later."""
-        self.follower.catch_up()
+        store, so a revoked key is refused before DELETE answers. Should the log not be
+        readable or the views be locked for longer than VIEW_WRITE_TIMEOUT (a rebuild in
+        progress), the command still answers — the event is recorded — and the follower
+        catches up later. Inside a deferred command (service.api.idempotency) nothing is
+        recorded yet: this runs after the commit instead."""
+        if self.keys_app.deferring():
+            return
+        try:
+            self.follower.catch_up()
+        except Exception:
+            log.exception("the index could not catch up with the log now; the follower retries")
         try:
             self.follower.update_views(timeout=VIEW_WRITE_TIMEOUT)
         except Exception as error:

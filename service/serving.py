@@ -12,12 +12,15 @@ names only the exception's class in the log, and echoes nothing of the request.
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +46,52 @@ LIMIT_REQUEST_FIELD_SIZE = 8190  # bytes per header; longer is 431
 _CLIENT_ERRORS = tuple(getattr(http_errors, name) for name in (
     "ParseException", "NoMoreData", "ExpectationFailed")) + (UnicodeError, ValueError)
 _APP_ERRORS = (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName)
+
+
+def listen_address(environ: Mapping[str, str], host: str | None = None, port: int | None = None) -> tuple[str, int]:
+    """Where to listen: ``host`` and ``port`` if given (command-line options), else
+    ``KEYLEDGER_HOST`` (default 127.0.0.1) and ``KEYLEDGER_PORT`` (default 8080). Raises
+    ``SettingsError`` naming the variable."""
+    from service.settings import SettingsError
+
+    if host is None:
+        host = environ.get("KEYLEDGER_HOST", "127.0.0.1").strip()
+        if not host or any(c.isspace() or c in "/?#" for c in host):
+            raise SettingsError(f"KEYLEDGER_HOST={host!r}: expected an address to listen on, e.g. 127.0.0.1, "
+                                "0.0.0.0 or ::")
+    if port is None:
+        text = environ.get("KEYLEDGER_PORT", "8080").strip()
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise SettingsError(f"KEYLEDGER_PORT={text!r}: expected a port number, 1 to 65535")
+        port = int(text)
+    return host, port
+
+
+def bind_text(host: str, port: int) -> str:
+    """gunicorn's ``bind`` for an address (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (taken, not an address here), or None. Checked before
+    gunicorn tries: its own attempt retries for 5 s and prints a dozen lines. Skipped when the
+    listening socket is inherited (a USR2 upgrade, systemd socket activation)."""
+    if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as error:
+        return f"{host!r} is not an address to listen on ({getattr(error, 'strerror', None) or error})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return "the address is already in use (is another server running there?)"
+            return error.strerror or str(error)
+    return None
 
 
 def refusal(exc: BaseException) -> tuple[int, str, str, str]:

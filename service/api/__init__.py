@@ -97,6 +97,9 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
                       campaign.blp):
         api.register_blueprint(blueprint)
     _serve_migration_guide(flask_app)
+    from service.api import idempotency
+
+    idempotency.install(flask_app, system)  # every change committed last; Idempotency-Key on POST
     from service import console  # the web console: the same process, the same use cases
 
     console.register(flask_app, system)
