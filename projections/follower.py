@@ -87,21 +87,29 @@ class Follower:
     # -- life ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Create missing views, bring them up to date, load the in-memory indexes."""
-        last = self.source.last_position()
+        """Create missing views, bring them up to date, load the in-memory indexes.
+
+        The views' positions are read under the writer lock and the log's last position after
+        them: instances writing meanwhile can move the log past what was read, never the views
+        (they only ever apply events already in the log). So views are "ahead" only when the log
+        really is behind them — a store restored from an older backup — and only then rebuilt."""
         with self._views_lock:
             with self.store.write() as db:
                 for projection in self.projections:
                     projection.create(db)
-                ahead = [p for p in self.projections if self.store.position(db, p.name) > last]
+                positions = self.store.positions(db)
+                last = self.source.last_position()
+                ahead = [p for p in self.projections if positions.get(p.name, 0) > last]
             if ahead:
                 log.warning("views %s are ahead of the event log (a store restored from a backup?); "
                             "rebuilding them", ", ".join(p.name for p in ahead))
                 self._rebuild(ahead)
             self._update_views(bulk=True)
         self._load_indexes()
-        if self.beacon is not None and self.beacon.value() > last:
-            self.beacon.reset(last)  # left by another log: it would make every request look
+        if self.beacon is not None:
+            published = self.beacon.value()  # before the log's end, which only grows: same reasoning
+            if published > last and published > (last := self.source.last_position()):
+                self.beacon.reset(last)  # left by another log: it would make every request look
         self.catch_up()
 
     def follow(self, interval: float) -> None:
