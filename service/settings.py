@@ -286,6 +286,8 @@ class Settings:
             url = parse_database_url(self.database_url)
             env = {
                 "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                # one attempt per call and short waits: a database outage is a 503 at once
+                "APPLICATION_RECORDER_TOPIC": "service.event_store:FailFastRecorder",
                 "POSTGRES_DBNAME": url["dbname"], "POSTGRES_HOST": url["host"],
                 "POSTGRES_PORT": url["port"], "POSTGRES_USER": url["user"],
                 "POSTGRES_SCHEMA": self.database_schema,

@@ -41,6 +41,9 @@ def decoded_path(environ: dict) -> str:
 # Past this many seconds without reaching the event store, verdicts say they come from an index
 # that may be missing the newest changes (the event store is unreachable, or following stalled).
 STALE_AFTER = 1.0
+# At most this many seconds a verdict waits for events another process of this machine has just
+# published (the catch-up thread reads them; nothing on the request path touches the store).
+SYNC_WAIT = 0.1
 
 class Gateway:
     __slots__ = ("flask_wsgi", "system", "verdicts", "metrics", "_access")
@@ -92,7 +95,7 @@ class Gateway:
 
     def _answer(self, environ: dict, path: str, request_id: str):  # type: ignore[no-untyped-def]
         try:
-            self.system.follower.sync()  # another process wrote? catch up before answering
+            self.system.follower.sync(SYNC_WAIT)  # another process wrote? catch up before answering
         except Exception:  # verification needs no store: answer from the index as it is
             errors.exception("catching up with the event log failed; answering from the current index")
             self.metrics.store_error("events")

@@ -1,0 +1,57 @@
+"""The PostgreSQL event store, failing fast: how long a request can wait when the database is gone.
+
+The eventsourcing library retries every PostgreSQL read and write up to ten times, 0.2 s apart, and
+each attempt waits up to ``POSTGRES_CONNECT_TIMEOUT`` for a pooled connection: with the database
+stopped, one command held its worker about 20 s (an independent probe measured 19.3–19.9 s for the
+verifications queued behind it). Its pool reconnects with a backoff that grows towards five
+minutes, so after the database came back requests kept waiting for the pool's next scheduled
+attempt (7–10 s). ``FailFastRecorder`` (``APPLICATION_RECORDER_TOPIC``, set by
+``Settings.eventsourcing_env``) is the library's recorder with:
+
+- one attempt per call: a command that cannot reach the store answers 503 ``UNAVAILABLE`` with
+  ``Retry-After`` at once, and the client retries (a background reader simply tries again);
+- a pooled connection waited for ``POOL_WAIT`` seconds at most, a new one given up after
+  ``CONNECT_TIMEOUT`` (libpq's smallest, whole seconds);
+- a connection slot whose reconnection fails handed back after ``RECONNECT_GIVE_UP`` seconds
+  instead of retried on a growing backoff, so the pool opens connections again as soon as the
+  database answers: the first command after an outage waits milliseconds.
+
+Requests never get here once the database is known to be down (the listener's breaker,
+``System.store_unreachable``); this bounds the first ones, before it is known.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventsourcing.postgres import PostgresApplicationRecorder
+
+POOL_WAIT = 1.0  # seconds a command waits for a pooled connection
+CONNECT_TIMEOUT = 2  # seconds to open a connection (libpq's minimum)
+RECONNECT_GIVE_UP = 0.5  # seconds a failed connection slot is retried before it is handed back
+
+
+def fail_fast(pool: Any) -> None:
+    """Bound a psycopg pool's waits as described above (its attributes are read at each use)."""
+    pool.timeout = POOL_WAIT
+    pool.reconnect_timeout = RECONNECT_GIVE_UP
+    if isinstance(pool.kwargs, dict):
+        pool.kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
+
+
+def _once(method: Any) -> Any:
+    """The library's method without its retry decorator (``functools.wraps`` keeps the original)."""
+    return getattr(method, "__wrapped__", method)
+
+
+class FailFastRecorder(PostgresApplicationRecorder):
+    """The eventsourcing PostgreSQL application recorder: one attempt per call, short waits."""
+
+    def __init__(self, datastore: Any, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        fail_fast(datastore.pool)
+
+    insert_events = _once(PostgresApplicationRecorder.insert_events)
+    select_events = _once(PostgresApplicationRecorder.select_events)
+    select_notifications = _once(PostgresApplicationRecorder.select_notifications)
+    max_notification_id = _once(PostgresApplicationRecorder.max_notification_id)
