@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 BUSY_TIMEOUT_MS = 10_000
+OPEN_TIMEOUT = 10.0  # seconds a PostgreSQL view store waits for its first connection at start
 CACHE_KIB = 64 * 1024  # page cache per connection while serving
 BULK_CACHE_KIB = 512 * 1024  # while rebuilding: a million-key view's B-trees fit
 
@@ -338,7 +339,7 @@ class PostgresViewStore(ViewStore):
             kwargs={"options": f"-c search_path={schema}", "connect_timeout": max(2, int(connect_timeout)),
                     "application_name": "keyledger-views", "autocommit": True},
             check=psycopg_pool.ConnectionPool.check_connection, name="keyledger-views")
-        self.pool.open(wait=False)
+        self.pool.open(wait=True, timeout=OPEN_TIMEOUT)  # at start a busy server may take longer
         with self.write() as db:
             db.execute(TRACKING_DDL)
 

@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("--verify-every", type=float, default=0.02, help="seconds between one instance's verifications")
     parser.add_argument("--write-every", type=float, default=0.1, help="seconds between one instance's writes")
     parser.add_argument("--json", type=Path, help="also write every sample and the timeline to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the instances' logs and data (kept anyway on failure)")
     args = parser.parse_args()
     if reason := unavailable_reason():
         print(f"fault_outage: cannot make a throwaway PostgreSQL cluster: {reason}", file=sys.stderr)
@@ -90,8 +91,10 @@ def main() -> int:
             except BaseException as error:  # noqa: BLE001 - stop the others anyway
                 print(f"could not stop {server.log_path.name}: {error!r}", file=sys.stderr)
         postgres.remove()
-        if status == 0:
+        if status == 0 and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs and data kept in {work}")
     return status
 
 

@@ -155,7 +155,8 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         last_used.run_every(settings.last_used_interval)
         if settings.uses_postgres:  # other instances' events within milliseconds; polling stays as fallback
             listener = LogListener(settings.database_conninfo, keys_app.recorder.channel_name,
-                                   lambda: _on_notification(follower))
+                                   lambda: _on_notification(follower),
+                                   on_reachable=lambda: _refresh_pools(keys_app, views))
             listener.start()
 
     def write_legacy_use(use: tuple[bytes, str, float, RequestInfo]) -> None:
@@ -208,6 +209,16 @@ def _on_notification(follower: Follower) -> None:
     need nothing here: the instance that saved brings them up to date before it answers, and every
     instance's poll applies whatever a crashed writer left behind."""
     follower.wake()
+
+
+def _refresh_pools(keys_app: Keyledger, views: ViewStore) -> None:
+    """PostgreSQL answers again after an outage: test the pools' idle connections now and replace
+    the broken ones, before the breaker lets requests through — psycopg's pool would find each
+    broken connection only when a request takes it, and pause a second before trying the next."""
+    for pool in (getattr(getattr(keys_app.recorder, "datastore", None), "pool", None),
+                 getattr(views, "pool", None)):
+        if pool is not None:
+            pool.check()
 
 
 def view_store(settings: Settings) -> ViewStore:

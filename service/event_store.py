@@ -5,8 +5,9 @@ each attempt waits up to ``POSTGRES_CONNECT_TIMEOUT`` for a pooled connection: w
 stopped, one command held its worker about 20 s (an independent probe measured 19.3–19.9 s for the
 verifications queued behind it). Its pool reconnects with a backoff that grows towards five
 minutes, so after the database came back requests kept waiting for the pool's next scheduled
-attempt (7–10 s). ``FailFastRecorder`` (``APPLICATION_RECORDER_TOPIC``, set by
-``Settings.eventsourcing_env``) is the library's recorder with:
+attempt (7–10 s). ``FailFastFactory`` (the ``PERSISTENCE_MODULE`` ``Settings.eventsourcing_env``
+names) is the library's PostgreSQL persistence with recorders — the events' and the snapshots' —
+that have:
 
 - one attempt per call: a command that cannot reach the store answers 503 ``UNAVAILABLE`` with
   ``Retry-After`` at once, and the client retries (a background reader simply tries again);
@@ -24,11 +25,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresApplicationRecorder,
+    PostgresFactory,
+)
 
 POOL_WAIT = 1.0  # seconds a command waits for a pooled connection
 CONNECT_TIMEOUT = 2  # seconds to open a connection (libpq's minimum)
 RECONNECT_GIVE_UP = 0.5  # seconds a failed connection slot is retried before it is handed back
+OPEN_TIMEOUT = 10.0  # seconds to wait at start for the pool's first connections
 
 
 def fail_fast(pool: Any) -> None:
@@ -44,14 +50,30 @@ def _once(method: Any) -> Any:
     return getattr(method, "__wrapped__", method)
 
 
-class FailFastRecorder(PostgresApplicationRecorder):
-    """The eventsourcing PostgreSQL application recorder: one attempt per call, short waits."""
+class FailFastAggregateRecorder(PostgresAggregateRecorder):
+    """The snapshots' recorder: one attempt per call."""
 
-    def __init__(self, datastore: Any, **kwargs: Any) -> None:
-        super().__init__(datastore, **kwargs)
-        fail_fast(datastore.pool)
+    insert_events = _once(PostgresAggregateRecorder.insert_events)
+    select_events = _once(PostgresAggregateRecorder.select_events)
+
+
+class FailFastRecorder(PostgresApplicationRecorder):
+    """The events' recorder: one attempt per call."""
 
     insert_events = _once(PostgresApplicationRecorder.insert_events)
     select_events = _once(PostgresApplicationRecorder.select_events)
     select_notifications = _once(PostgresApplicationRecorder.select_notifications)
     max_notification_id = _once(PostgresApplicationRecorder.max_notification_id)
+
+
+class FailFastFactory(PostgresFactory):
+    """The library's PostgreSQL persistence with the recorders above and short pool waits."""
+
+    aggregate_recorder_class = FailFastAggregateRecorder
+    application_recorder_class = FailFastRecorder
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        fail_fast(self.datastore.pool)
+        # Connections made now, at start, where a busy server may take longer than POOL_WAIT.
+        self.datastore.pool.open(wait=True, timeout=OPEN_TIMEOUT)

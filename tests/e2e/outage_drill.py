@@ -47,6 +47,7 @@ class Sample:
     status: int  # 0: no answer (connection error or timeout)
     stale: bool = False  # answered with X-Keyledger-Index-Stale
     error: str | None = None  # a write's error code, or the exception's class
+    request_id: str | None = None  # a write's (to find it in the instance's log)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -190,7 +191,8 @@ class Drill:
                     error = (parsed.get("error") or {}).get("code") if isinstance(parsed, dict) else None
                     if status == 503 and "retry-after" not in headers:
                         error = f"{error} without Retry-After"
-                sample = Sample(n, "write", started, seconds, status, error=error)
+                sample = Sample(n, "write", started, seconds, status, error=error,
+                                request_id=headers.get("x-request-id"))
             except OSError as error:
                 sample = Sample(n, "write", started, time.monotonic() - started, 0, error=type(error).__name__)
             self._keep(sample)
