@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from projections.listener import LogListener
 from tests.conftest import wait_until
 from tests.e2e.conftest import StartServer
 from tests.e2e.outage_drill import AFTER, BASELINE, OUTAGE, Drill
@@ -66,3 +67,22 @@ def test_three_instances_under_load_through_a_20_s_outage(tmp_path, start_server
         while (verdict := server.post("/v2/verify", {"key": key["key"]})).json["code"] != "REVOKED":
             assert time.monotonic() - answered < CONTRACT, f"{server.url} accepts a key revoked {CONTRACT} s ago"
         assert "X-Keyledger-Index-Stale" not in verdict.headers
+
+
+def test_the_breaker_opens_when_the_database_goes_and_the_pools_are_refreshed_before_it_closes(
+        throwaway_postgres: ThrowawayPostgres):
+    seen: list[bool] = []  # the breaker's state while the pools are being refreshed
+    conninfo = f"host=127.0.0.1 port={throwaway_postgres.port} dbname=postgres user=postgres connect_timeout=2"
+    listener = LogListener(conninfo, "keyledger_test", lambda: None,
+                           on_reachable=lambda: seen.append(listener.unreachable))
+    listener.start()
+    try:
+        assert wait_until(lambda: listener.connected, 5.0)
+        throwaway_postgres.stop()
+        assert wait_until(lambda: listener.unreachable and not listener.connected, 5.0)
+        assert seen == []
+        throwaway_postgres.start()
+        assert wait_until(lambda: not listener.unreachable and listener.connected, 5.0)
+        assert seen == [True]  # refreshed while requests were still refused, then the breaker closed
+    finally:
+        listener.stop()
