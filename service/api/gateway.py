@@ -20,6 +20,7 @@ from service.api.verify import MAX_BODY, Verdicts, envelope
 from service.composition import System
 from service.credentials import redact
 from service.domain.actors import RequestInfo
+from service.event_store import on_the_request_path
 from service.metrics import Metrics
 
 log = logging.getLogger("keyledger.access")
@@ -57,6 +58,10 @@ class Gateway:
         self._access = log.isEnabledFor
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        with on_the_request_path():  # a store call here is tried once: 503 rather than wait
+            return self._serve(environ, start_response)
+
+    def _serve(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID"))
         environ["keyledger.request_id"] = request_id
