@@ -83,8 +83,8 @@ class Follower:
         self._views_lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        # The catch-up thread (while following): woken by requests, notifications and polls;
-        # ``_attempts`` are numbered, so a request can wait for one that began after it asked.
+        # The catch-up thread (while following): woken by requests and notifications. Attempts
+        # are counted as they begin and end, so a request can wait for one that began after it asked.
         self._catch_up_thread: threading.Thread | None = None
         self._wanted = threading.Event()
         self._moved = threading.Condition()
@@ -163,6 +163,8 @@ class Follower:
             self._wanted.clear()
             try:
                 self.catch_up()
+                if failures:
+                    log.info("catching up with the event log works again")
                 failures = 0
             except Exception as error:  # noqa: BLE001 - the log is unreachable: retried when woken
                 failures += 1
