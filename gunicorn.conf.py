@@ -12,7 +12,8 @@ app as ``keyledger serve`` does, so plain gunicorn may face clients directly:
 - every log line is one JSON object on standard error: the app's access log
   (``keyledger.access``) and gunicorn's own lines (``JsonLogger``), key-shaped strings redacted;
 - the stores and views are created once by the master before the workers start, and
-  ``/metrics`` adds up every worker's values (Prometheus multiprocess mode).
+  ``/metrics`` adds up every worker's values (Prometheus multiprocess mode, in a folder of the
+  run's own outside the data directory: /dev/shm, or ``KEYLEDGER_METRICS_DIR``).
 
 Settings come from the environment, validated once here (one line naming the variable and what
 is allowed, exit 2): ``KEYLEDGER_HOST`` (default 127.0.0.1; 0.0.0.0 in a container),
@@ -40,29 +41,26 @@ except SettingsError as _error:
     sys.exit(2)
 
 
-def _address() -> str:
-    host = os.environ.get("KEYLEDGER_HOST", "127.0.0.1").strip()
-    port = os.environ.get("KEYLEDGER_PORT", "8080").strip()
-    if not host or any(c.isspace() or c in "/?#" for c in host):
-        print(f"keyledger: configuration error: KEYLEDGER_HOST={host!r}: expected an address to listen "
-              "on, e.g. 127.0.0.1, 0.0.0.0 or ::", file=sys.stderr)
-        sys.exit(2)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        print(f"keyledger: configuration error: KEYLEDGER_PORT={port!r}: expected a port number, "
-              "1 to 65535", file=sys.stderr)
-        sys.exit(2)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 from service import serving
 
+try:
+    _host, _port = serving.listen_address(os.environ)
+    if _settings.uses_postgres:  # unreachable: one line now, before gunicorn logs anything
+        from service.composition import store_exists
+
+        store_exists(_settings)
+except SettingsError as _error:
+    print(f"keyledger: configuration error: {_error}", file=sys.stderr)
+    sys.exit(2)
+
 # --- Where to listen, and how many workers ---------------------------------------------------
-bind = [_address()]
-# Sync workers, each with its own in-memory verification index (about 220 bytes a key): size
+bind = [serving.bind_text(_host, _port)]
+# Workers, each with its own in-memory verification index (about 220 bytes a key): size
 # them by CPU cores and memory, not by concurrent clients (a verification takes microseconds).
 workers = _settings.workers
-# JSON refusals of malformed HTTP; otherwise gunicorn's sync worker, unchanged.
-worker_class = "service.serving.JsonErrorWorker"
+# Each request buffered whole before the app runs on it (slow clients cost a buffer, not the
+# worker), malformed HTTP refused in the JSON envelope: service/buffering.py.
+worker_class = "service.buffering.BufferingWorker"
 # No max_requests: a new worker rebuilds its verification index from the store, which takes
 # seconds with millions of keys. Restart workers with SIGHUP on a deploy instead.
 
@@ -94,13 +92,18 @@ if os.path.isdir("/dev/shm"):
 
 
 def on_starting(server) -> None:  # type: ignore[no-untyped-def]
-    """In the master, before any worker: the metrics folder, then the stores (created once)."""
+    """In the master, before any worker: the metrics folder, then the stores (created once). Each
+    failure is one line and exit status 2, never a traceback."""
     try:
+        _settings.prepare_data_dir()
         serving.prepare_metrics_dir(_settings)
         checkpoint = serving.prepare_store(_settings)
-    except OSError as error:  # the data directory cannot be made or written
-        print(f"keyledger: cannot use the data directory {_settings.data_dir}: "
-              f"{error.strerror or error}", file=sys.stderr)
+    except SettingsError as error:  # the data directory, or KEYLEDGER_DATABASE_URL unreachable (…)
+        print(f"keyledger: configuration error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:
+        print(f"keyledger: KEYLEDGER_DATA_DIR={str(_settings.data_dir)!r}: cannot use the data directory "
+              f"({error.strerror or type(error).__name__})", file=sys.stderr)
         sys.exit(2)
     if checkpoint:
         server.log.info("audit checkpoint %s signed at seq %s", checkpoint["number"], checkpoint["seq"])

@@ -25,7 +25,8 @@ from service.domain.audit import GENESIS, chain_hash
 from service.domain.keys import ApiKey
 
 _NOT_DATA = {"originator_id", "originator_version", "originator_topic", "timestamp", "by", "request"}
-_SECRET_LIKE = {"digest", "digests", "previous_digest", "token_digest", "secret_digest"}  # not secrets, but of no use here
+_SECRET_LIKE = {"digest", "digests", "previous_digest", "token_digest", "secret_digest",  # not secrets,
+                "request_digest", "sealed_answer"}  # but of no use here (a retry's answer: sealed)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 

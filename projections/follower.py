@@ -40,7 +40,11 @@ from typing import Any, Protocol
 
 from projections.beacon import ChangeBeacon
 from projections.projection import Projection
-from projections.store import ViewStore
+from projections.store import TRANSIENT_ERRORS, ViewStore
+from service.domain.errors import Unavailable
+
+# A store that cannot be used right now (a full disk, a lock, an outage): logged without a traceback.
+TRANSIENT = (Unavailable, *TRANSIENT_ERRORS)
 
 log = logging.getLogger("keyledger.projections")
 
@@ -186,10 +190,17 @@ class Follower:
                 else:
                     self.views_ok_at = time.time()
                 self._reached = _monotonic()
+                if self._failing:
+                    log.info("following the event log works again")
                 self._failing = False
-            except Exception:  # keep following; the next poll retries
+            except Exception as error:  # keep following; the next poll retries
+                if not self._failing:  # said once per fault, not every poll (a full disk, an outage)
+                    if isinstance(error, TRANSIENT):
+                        log.warning("following the event log failed (%s); retrying every %s s",
+                                    (str(error).strip().splitlines() or [type(error).__name__])[0], interval)
+                    else:
+                        log.exception("following the event log failed; retrying")
                 self._failing = True
-                log.exception("following the event log failed; retrying")
                 if self.on_error is not None:
                     self.on_error()
             finally:

@@ -33,6 +33,10 @@ LEGACY_DDL = """CREATE TABLE IF NOT EXISTS legacy_use_counts (
     last_used_at REAL NOT NULL, PRIMARY KEY (client_id, window_start)) WITHOUT ROWID"""
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class LastUsed:
     def __init__(self, store: ViewStore) -> None:
         self.store = store
@@ -71,6 +75,29 @@ class LastUsed:
         legacy = {k: tuple(v) for k, v in dict(legacy).items()}
         if not pending and not legacy:
             return 0
+        try:
+            self._write(pending, legacy)
+        except BaseException:
+            self._keep(pending, legacy)  # written with the next round's (a full disk, a locked store)
+            raise
+        if self.on_flush is not None:
+            self.on_flush(len(pending) + len(legacy))
+        return len(pending) + len(legacy)
+
+    def _keep(self, pending: dict[bytes, float], legacy: dict[tuple[bytes, float], tuple]) -> None:
+        """Put back what a failed write did not write, merged with the uses noted since."""
+        for key_id, at in pending.items():
+            if at > self.pending.get(key_id, 0.0):
+                self.pending[key_id] = at
+        for window, (uses, at) in legacy.items():
+            counted = self.legacy_pending.get(window)
+            if counted is None:
+                self.legacy_pending[window] = [uses, at]
+            else:
+                counted[0] += uses
+                counted[1] = max(counted[1], at)
+
+    def _write(self, pending: dict[bytes, float], legacy: dict[tuple[bytes, float], tuple]) -> None:
         with self.store.write() as db:
             db.executemany(
                 "INSERT INTO key_last_used (key_id, last_used_at) VALUES (?, ?) "
@@ -86,9 +113,6 @@ class LastUsed:
                 "uses = legacy_use_counts.uses + excluded.uses, "
                 "last_used_at = GREATEST(legacy_use_counts.last_used_at, excluded.last_used_at)",
                 [(str(UUID(bytes=c)), w, n, t) for (c, w), (n, t) in legacy.items()])
-        if self.on_flush is not None:
-            self.on_flush(len(pending) + len(legacy))
-        return len(pending) + len(legacy)
 
     def of(self, key_ids: Iterable[str]) -> dict[str, datetime]:
         """The last use of each key (that has one), including uses not flushed yet."""
@@ -133,13 +157,21 @@ class LastUsed:
             self._thread.start()
 
     def _run(self, interval: float) -> None:
+        failures = 0
         while not self._stopping.wait(interval):
             try:
                 self.flush()
-            except Exception:
-                log.exception("writing last-used times failed; retrying next round")
+            except Exception as error:  # noqa: BLE001 - kept and retried; said once per outage
+                failures += 1
+                if failures == 1:
+                    log.warning("writing last-used times failed (%s); kept in memory, retrying every %s s",
+                                _first_line(error), interval)
                 if self.on_error is not None:
                     self.on_error()
+            else:
+                if failures:
+                    log.info("last-used times written again after %d failed round(s)", failures)
+                failures = 0
 
     def stop(self) -> None:
         self._stopping.set()

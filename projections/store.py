@@ -55,6 +55,10 @@ except ImportError:  # pragma: no cover - psycopg is a dependency; kept importab
 
 # What a view store raises when it cannot be reached or written: the API answers 503.
 STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, *_PG_ERRORS)
+# Of those, the ones that say "not now" (a full disk, a lock, an outage) rather than a bug.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    sqlite3.OperationalError,
+    *((psycopg.OperationalError, psycopg_pool.PoolTimeout) if psycopg is not None else ()))
 
 
 def upsert(table: str, columns: Sequence[str], key: Sequence[str], *, update: Sequence[str] | None = None,
@@ -142,6 +146,16 @@ class _SqliteDb:
         return {row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")}
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    """End whatever transaction a failed statement left open, so the connection's next ``BEGIN``
+    works (a full disk heals without a restart)."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 class SqliteViewStore(ViewStore):
     """SQLite in WAL mode, one connection per thread. Writers take ``BEGIN IMMEDIATE`` so
     several processes sharing the file serialise their view writes."""
@@ -183,9 +197,13 @@ class SqliteViewStore(ViewStore):
         try:
             yield _SqliteDb(db)
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
-        db.execute("COMMIT")
+        try:
+            db.execute("COMMIT")
+        except BaseException:  # e.g. "database or disk is full": SQLite may leave the transaction open
+            _rollback(db)
+            raise
 
     @contextmanager
     def read(self) -> Iterator[_SqliteDb]:

@@ -31,7 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from scheduler import jobs
 from scheduler.lock import PostgresSchedulerLock, SchedulerLock
 from scheduler.transport import MailTransport, transport_for
-from service.composition import System, build_system
+from service.composition import System, build_system, store_fault
 from service.settings import Settings
 
 log = logging.getLogger("keyledger.scheduler")
@@ -49,15 +49,28 @@ class CampaignRuns:
         self.usage = usage
         self.mailer = mailer
         self._locks = {name: threading.Lock() for name in ("reminders", "sunset", "mail", "checkpoint")}
+        self._faults = dict.fromkeys(self._locks, 0)  # runs in a row a store could not be used
 
     def _run(self, name: str, work: Callable[[], Any]) -> Any:
         with self._locks[name]:
             try:
-                return work()
-            except Exception:  # logged here; the next run tries again
-                log.exception("campaign job %s failed; it runs again in %.1f s", name,
-                              self.system.settings.scheduler_interval)
+                result = work()
+            except Exception as error:  # logged here; the next run tries again
+                interval = self.system.settings.scheduler_interval
+                reason = store_fault(error)
+                if reason is None:
+                    log.exception("campaign job %s failed; it runs again in %.1f s", name, interval)
+                else:  # a full disk or an outage: said once, not every round, and without a traceback
+                    self._faults[name] += 1
+                    if self._faults[name] == 1:
+                        log.warning("campaign job %s cannot use the store (%s); it runs again every %.1f s",
+                                    name, reason, interval)
                 return None
+            if self._faults[name]:
+                log.info("campaign job %s ran again after %d round(s) the store could not be used",
+                         name, self._faults[name])
+                self._faults[name] = 0
+            return result
 
     def reminders(self) -> Any:
         def work() -> int:
@@ -185,8 +198,9 @@ class CampaignScheduler:
                     return
                 continue
             if not standing_by:
-                log.warning("another scheduler holds %s (held by %s); this one is standing by and runs no jobs",
-                            self.lock.path, self.lock.holder())
+                # As intended (one scheduler per deployment; every worker of `serve` offers): not a warning.
+                log.info("another scheduler holds %s (held by %s); this one is standing by and runs no jobs",
+                         self.lock.path, self.lock.holder())
                 standing_by = True
             self._stopping.wait(self.standby_interval)
 

@@ -56,7 +56,7 @@ def subject(reminder: dict) -> str:
     sunset = utc_text(reminder["sunset_at"])
     if reminder["stage"] == FINAL:
         return f"Access tokens stopped working on {sunset}: switch {apps} to API keys"
-    return f"Action needed: access tokens stop working on {sunset} ({apps} still use them)"
+    return f"Action needed: access tokens stop working on {sunset} ({apps} still {'uses' if count == 1 else 'use'} them)"
 
 
 def compose(reminder: dict, *, mail_from: str, lookback: timedelta) -> EmailMessage:

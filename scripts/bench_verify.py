@@ -2,7 +2,7 @@
 """Benchmark the verification path; every figure is printed next to a baseline from the same run.
 
     .venv/bin/python scripts/bench_verify.py [--keys 1000000] [--seconds 10] [--workers 2]
-                                             [--servers gunicorn,granian]
+                                             [--servers gunicorn,gunicorn-sync,granian] [--rounds 2]
 
 1. seeds N keys into a fresh SQLite store (events written in batches of 1,000 per save);
 2. rebuilds the verification view from the log: events/s next to a raw SELECT of the same rows;
@@ -12,10 +12,16 @@
    interleaved rounds (the ratio is the median of the rounds' ratios);
 5. the metrics' cost per request (one histogram observation + one verdict counted), in
    prometheus_client's multiprocess mode as served;
-6. over HTTP (wrk on the same machine), for each server named in --servers (gunicorn sync workers
-   as ``keyledger serve`` runs them, granian's WSGI workers), the same app with the same number of
-   workers: GET /v2/auth/check and POST /v2/verify against an empty Flask route served by the same
-   server and workers, in interleaved rounds.
+6. over HTTP (wrk on the same machine), for each server named in --servers (``gunicorn``: its
+   workers as ``keyledger serve`` runs them, service.buffering.BufferingWorker; ``gunicorn-sync``:
+   gunicorn's sync worker, as before issue 15; ``granian``: its WSGI workers), the same app with
+   the same number of workers: GET /v2/auth/check and POST /v2/verify against the physical limit,
+   a bare WSGI answer (200, empty body) served by the same server and workers before any of
+   Keyledger's code, and an empty Flask route, in interleaved rounds (each share is the median of
+   the rounds' shares; a round measures the bare app sent the route's very request, headers,
+   query and body alike, and then the route). Beside each throughput share, the share by the
+   server's CPU time per request (its processes' user + system time over the round, divided by
+   the requests answered): less at the mercy of what else runs on the machine.
 """
 
 from __future__ import annotations
@@ -157,7 +163,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wrk(url: str, seconds: int, headers: dict, script: str | None = None) -> float:
+LAST_WRK: dict[str, float] = {}  # the last run's requests and the server's CPU seconds meanwhile
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a server process and its workers so far."""
+    total = 0.0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pids += [int(x) for x in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, seconds: int, headers: dict, script: str | None = None, pid: int | None = None) -> float:
+    before = server_cpu(pid) if pid else 0.0
     command = ["wrk", "-t1", "-c4", f"-d{seconds}s", "--latency"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
@@ -166,8 +192,10 @@ def wrk(url: str, seconds: int, headers: dict, script: str | None = None) -> flo
     output = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", output)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if errors and "empty" in url:
+    if errors and ("empty" in url or "bare" in url or "check" in url):
         raise SystemExit(f"the baseline route answered errors: {output}")
+    LAST_WRK["requests"] = float(re.search(r"(\d+) requests in", output).group(1))
+    LAST_WRK["cpu"] = server_cpu(pid) - before if pid else 0.0
     return float(match.group(1))
 
 
@@ -200,20 +228,22 @@ def start_server(kind: str, data_dir: Path, port: int, workers: int, log) -> sub
     env = {**os.environ, "KEYLEDGER_DATA_DIR": str(data_dir), "KEYLEDGER_PEPPER": PEPPER,
            "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}", "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
     bin_dir = Path(sys.executable).parent
-    if kind == "gunicorn":  # as keyledger serve runs it: sync workers answering bad HTTP in JSON
-        command = [str(bin_dir / "gunicorn"), "-w", str(workers), "-k", "service.serving.JsonErrorWorker",
+    if kind in ("gunicorn", "gunicorn-sync"):  # as keyledger serve runs it (now, or before issue 15)
+        worker = "service.buffering.BufferingWorker" if kind == "gunicorn" else "service.serving.JsonErrorWorker"
+        command = [str(bin_dir / "gunicorn"), "-w", str(workers), "-k", worker,
                    "--logger-class", "service.serving.JsonLogger", "-b", f"127.0.0.1:{port}",
                    "--timeout", "120", "bench_app:create_bench_app()"]
     elif kind == "granian":
         command = [str(bin_dir / "granian"), "--interface", "wsgi", "--workers", str(workers),
                    "--host", "127.0.0.1", "--port", str(port), "--factory", "bench_app:create_bench_app"]
     else:
-        raise SystemExit(f"unknown server {kind!r}: gunicorn or granian")
+        raise SystemExit(f"unknown server {kind!r}: gunicorn, gunicorn-sync or granian")
     # cwd: not the repository's root, where gunicorn would also read ./gunicorn.conf.py by itself
     return subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=data_dir)
 
 
-def bench_http(data_dir: Path, secrets: list[str], seconds: int, workers: int, servers: list[str]) -> None:
+def bench_http(data_dir: Path, secrets: list[str], seconds: int, workers: int, servers: list[str],
+               rounds: int) -> None:
     if shutil.which("wrk") is None:
         print("HTTP: skipped, wrk is not installed (apt-get install wrk)")
         return
@@ -221,16 +251,17 @@ def bench_http(data_dir: Path, secrets: list[str], seconds: int, workers: int, s
     lua = Path(tempfile.mkstemp(suffix=".lua")[1])
     lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                    f"wrk.body = '{body}'\n")
-    print(f"HTTP ({workers} workers per server, wrk -t1 -c4, {seconds} s x 2 interleaved rounds per route; "
-          f"load before: {os.getloadavg()[0]:.2f}):")
+    print(f"HTTP ({workers} workers per server, wrk -t1 -c4, {rounds} interleaved rounds of {seconds} s per "
+          f"route, each after the bare app's; load before: {os.getloadavg()[0]:.2f}):")
     try:
         for kind in servers:
-            bench_server(kind, data_dir, secrets, seconds, workers, lua)
+            bench_server(kind, data_dir, secrets, seconds, workers, lua, rounds)
     finally:
         lua.unlink()
 
 
-def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, workers: int, lua: Path) -> None:
+def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, workers: int, lua: Path,
+                 rounds: int) -> None:
     port = free_port()
     log_path = data_dir / f"bench-{kind}.log"
     log = open(log_path, "w")
@@ -247,26 +278,52 @@ def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, wo
                     raise SystemExit(f"{kind} did not start; see {log_path}") from None
                 time.sleep(0.5)
         time.sleep(1)  # let every worker finish loading
-        wrk(base + "/bench/empty", 2, {})  # warm-up
-        results: dict[str, list[float]] = {}
-        for _ in range(2):  # interleave rounds: a noisy neighbour hits every route alike
-            results.setdefault("empty", []).append(wrk(base + "/bench/empty", seconds, {}))
-            results.setdefault("check", []).append(wrk(
-                base + "/v2/auth/check?scope=Predict", seconds, {"Authorization": f"Key {secrets[1]}"}))
-            results.setdefault("verify", []).append(wrk(base + "/v2/verify", seconds, {}, str(lua)))
-        empty = statistics.mean(results["empty"])
-        check = statistics.mean(results["check"])
-        verify = statistics.mean(results["verify"])
+        wrk(base + "/bench/bare", 2, {})  # warm-up
+        check_headers = {"Authorization": f"Key {secrets[1]}"}
+        pid = server.pid
+        # Each route's round follows a round of the bare app sent the very same request (headers,
+        # query, body): the difference is Keyledger's own work, nothing the server parses or sends.
+        routes = {
+            "empty": (lambda: wrk(base + "/bench/empty", seconds, {}, pid=pid),
+                      lambda: wrk(base + "/bench/bare", seconds, {}, pid=pid)),
+            "check": (lambda: wrk(base + "/v2/auth/check?scope=Predict", seconds, check_headers, pid=pid),
+                      lambda: wrk(base + "/bench/bare?scope=Predict", seconds, check_headers, pid=pid)),
+            "verify": (lambda: wrk(base + "/v2/verify", seconds, {}, str(lua), pid=pid),
+                       lambda: wrk(base + "/bench/bare", seconds, {}, str(lua), pid=pid)),
+        }
+        results: dict[str, list[float]] = {"bare": []}
+        shares: dict[str, list[float]] = {}
+        cpu_us: dict[str, list[float]] = {"bare": []}  # the server's CPU per request, in microseconds
+        for _ in range(rounds):  # interleaved: a noisy neighbour hits every route alike
+            for name, (run, bare_run) in routes.items():
+                bare = bare_run()
+                bare_cpu = LAST_WRK["cpu"] / LAST_WRK["requests"] * 1e6
+                results["bare"].append(bare)
+                cpu_us["bare"].append(bare_cpu)
+                results.setdefault(name, []).append(run())
+                cpu_us.setdefault(name, []).append(LAST_WRK["cpu"] / LAST_WRK["requests"] * 1e6)
+                shares.setdefault(name, []).append(results[name][-1] / bare)
+                shares.setdefault(name + " cpu", []).append(bare_cpu / cpu_us[name][-1])
 
-        def rounds(name: str) -> str:
+        def rounds_of(name: str) -> str:
             return " / ".join(f"{x:,.0f}" for x in results[name])
 
+        def share(name: str) -> str:
+            values = shares[name]
+            spread = f", rounds {min(values):.1%}-{max(values):.1%}" if len(values) > 1 else ""
+            by_cpu = statistics.median(shares[name + " cpu"])
+            return (f"{statistics.median(values):6.1%} of the bare app (median{spread}); by the server's CPU "
+                    f"per request {statistics.median(cpu_us[name]):.0f} us: {by_cpu:.1%}")
+
         print(f"  {kind}:")
-        print(f"    empty Flask route       {empty:8,.0f} req/s  (baseline; rounds {rounds('empty')})")
-        print(f"    GET /v2/auth/check      {check:8,.0f} req/s  {check / empty:6.1%} of baseline "
-              f"(target >= 100 %; rounds {rounds('check')})")
-        print(f"    POST /v2/verify         {verify:8,.0f} req/s  {verify / empty:6.1%} of baseline "
-              f"(target >= 85 %; rounds {rounds('verify')})")
+        print(f"    bare WSGI app           {statistics.median(results['bare']):8,.0f} req/s  (the physical "
+              f"limit; the server's CPU per request {statistics.median(cpu_us['bare']):.0f} us; "
+              f"rounds {rounds_of('bare')})")
+        print(f"    empty Flask route       {statistics.median(results['empty']):8,.0f} req/s  {share('empty')}")
+        print(f"    GET /v2/auth/check      {statistics.median(results['check']):8,.0f} req/s  {share('check')} "
+              f"(target >= 85 %; rounds {rounds_of('check')})")
+        print(f"    POST /v2/verify         {statistics.median(results['verify']):8,.0f} req/s  {share('verify')} "
+              f"(rounds {rounds_of('verify')})")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -280,8 +337,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--servers", default="gunicorn",
-                        help="comma-separated: gunicorn (as keyledger serve runs it), granian")
+                        help="comma-separated: gunicorn (as keyledger serve runs it), gunicorn-sync, granian")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per route")
+    parser.add_argument("--log-level", default=None,
+                        help="the servers' KEYLEDGER_LOG_LEVEL (default: theirs, INFO: an access line per request)")
     args = parser.parse_args()
+    if args.log_level:
+        os.environ["KEYLEDGER_LOG_LEVEL"] = args.log_level.upper()  # the servers inherit it
     workdir = Path(tempfile.mkdtemp(prefix="keyledger-bench-"))
     try:
         empty_dir, full_dir = workdir / "empty", workdir / "full"
@@ -301,7 +363,7 @@ def main() -> None:
               f"target <= 2; load {os.getloadavg()[0]:.2f})")
         bench_metrics()
         if not args.skip_http:
-            bench_http(full_dir, secrets, args.seconds, args.workers, args.servers.split(","))
+            bench_http(full_dir, secrets, args.seconds, args.workers, args.servers.split(","), args.rounds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -13,6 +14,8 @@ from typing import Any
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.errors import KeyledgerError
 from service.settings import Settings, SettingsError
+
+log = logging.getLogger("keyledger.serve")
 
 
 @contextmanager
@@ -38,24 +41,33 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from service import serving
 
+    args.host, args.port = serving.listen_address(os.environ, getattr(args, "host", None),
+                                                  getattr(args, "port", None))
+    taken = serving.port_taken(args.host, args.port)
+    if taken:  # one line now, not gunicorn's five attempts over five seconds
+        print(f"keyledger: cannot listen on {serving.bind_text(args.host, args.port)}: {taken}",
+              file=sys.stderr)
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     serving.prepare_metrics_dir(settings)
     from service.api import create_app
 
     # The stores and views are created once, before the workers start (gunicorn.conf.py too).
     checkpoint = serving.prepare_store(settings)
-    if checkpoint:
-        print(f"Audit checkpoint {checkpoint['number']} signed at seq {checkpoint['seq']}",
-              file=sys.stderr, flush=True)
+    if checkpoint:  # a JSON line like every other of the server's (README, "Logs")
+        log.info("audit checkpoint %s signed at seq %s", checkpoint["number"], checkpoint["seq"])
 
     class KeyledgerServer(BaseApplication):
         def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("bind", serving.bind_text(args.host, args.port))
             self.cfg.set("workers", args.workers)
-            # The sync worker, answering malformed HTTP in the contract's envelope; the access
-            # log is the app's (service.api.gateway), gunicorn's own lines are JSON too.
+            # Each request buffered whole before the app runs on it, malformed HTTP answered in
+            # the contract's envelope (service.buffering); the access log is the app's
+            # (service.api.gateway), gunicorn's own lines are JSON too.
             # (gunicorn.conf.py at the repository's root sets the same for plain gunicorn.)
-            self.cfg.set("worker_class", serving.JsonErrorWorker)
+            from service.buffering import BufferingWorker
+
+            self.cfg.set("worker_class", BufferingWorker)
             self.cfg.set("logger_class", serving.JsonLogger)
             self.cfg.set("accesslog", None)
             self.cfg.set("timeout", serving.TIMEOUT)
@@ -75,8 +87,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             return create_app(settings)
 
     def _say_listening(server) -> None:
-        print(f"Keyledger listening on http://{args.host}:{args.port} (data in {settings.data_dir.resolve()})",
-              file=sys.stderr, flush=True)
+        where = f"[{args.host}]" if ":" in args.host else args.host
+        log.info("Keyledger listening on http://%s:%s (data in %s)", where, args.port,
+                 settings.data_dir.resolve())
 
     KeyledgerServer().run()
     return 0
@@ -274,8 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the HTTP API (with projections)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=_port, default=8080, help="port to listen on (1-65535)")
+    serve.add_argument("--host", default=argparse.SUPPRESS,
+                       help="address to listen on (default: KEYLEDGER_HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=argparse.SUPPRESS,
+                       help="port to listen on, 1-65535 (default: KEYLEDGER_PORT, else 8080)")
     serve.add_argument("--workers", type=_workers, default=argparse.SUPPRESS,
                        help="HTTP worker processes (default: KEYLEDGER_WORKERS, else 2)")
     serve.add_argument("--no-scheduler", action="store_true", help="do not run the scheduler here")
@@ -339,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_audit_verify)
     checkpoint = audit_commands.add_parser("checkpoint", parents=[existing], help="sign the chain's head now")
     checkpoint.set_defaults(handler=_audit_checkpoint)
-    export = audit_commands.add_parser("export", parents=[existing], help="every audit event, oldest first")
+    # Reads an existing store only: no --init (an export of a store made for it would be empty).
+    export = audit_commands.add_parser("export", help="every audit event, oldest first")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument("--output", "-o", help="write to this file (default: standard output)")
     export.add_argument("--app-id", help="only this app's events")
@@ -348,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--actor", type=_actor, help="only events by account:<id>, key:<id> or system")
     export.add_argument("--since", type=_time, help="only events at or after this RFC 3339 time")
     export.add_argument("--until", type=_time, help="only events before this RFC 3339 time")
-    export.set_defaults(handler=_audit_export)
+    export.set_defaults(handler=_audit_export, init=None)
     return parser
 
 
@@ -362,8 +378,9 @@ def _existing_store(args: argparse.Namespace, settings: Settings) -> bool:
     else:
         store = f"{where} (KEYLEDGER_DATA_DIR)"
     if not store_exists(settings) and not args.init:
-        print(f"keyledger: no Keyledger store in {store}; point the settings at the service's store, "
-              "or add --init to create a new one", file=sys.stderr)
+        offer = ", or add --init to create a new one" if args.init is not None else ""
+        print(f"keyledger: no Keyledger store in {store}; point the settings at the service's store{offer}",
+              file=sys.stderr)
         return False
     print(f"keyledger: data directory {where}" + (f", store {store}" if settings.uses_postgres else ""),
           file=sys.stderr)
@@ -405,18 +422,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hasattr(args, "init") and not _existing_store(args, settings):
             return 2
+        settings.prepare_data_dir()  # one line naming KEYLEDGER_DATA_DIR if it cannot be used
         return args.handler(args, settings)
     except SettingsError as error:
         print(f"keyledger: configuration error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # the data directory cannot be made or written
-        print(f"keyledger: cannot use the data directory {settings.data_dir}: {error.strerror or error}",
-              file=sys.stderr)
+        print(f"keyledger: KEYLEDGER_DATA_DIR={str(settings.data_dir)!r}: cannot use the data directory "
+              f"({error.strerror or type(error).__name__})", file=sys.stderr)
         return 2
     except KeyledgerError as error:
         print(f"keyledger: {error.code}: {error.message}", file=sys.stderr)
         for name, problems in error.details.items():
             print(f"  {name}: {problems}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        from service.composition import store_fault
+
+        if (reason := store_fault(error)) is None:
+            raise
+        # e.g. a full disk: SQLite cannot even open its store without room for its -wal and -shm files
+        where = ("KEYLEDGER_DATABASE_URL: PostgreSQL" if settings.uses_postgres
+                 else f"KEYLEDGER_DATA_DIR={str(settings.data_dir)!r}: the SQLite store")
+        print(f"keyledger: {where} cannot be used now ({reason}); is its disk full? Retry when it has room",
+              file=sys.stderr)
         return 1
 
 

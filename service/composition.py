@@ -27,7 +27,7 @@ from projections.follower import Follower
 from projections.last_used import LastUsed
 from projections.legacy_usage import LegacyUsage, LegacyUsageView
 from projections.listener import LogListener
-from projections.store import ViewStore, advisory_key, open_view_store
+from projections.store import TRANSIENT_ERRORS, ViewStore, advisory_key, open_view_store
 from projections.verification import VerificationIndex, VerificationView
 from service import checkpoints, credentials
 from service.application import Keyledger, LegacyPolicy, utc_now
@@ -91,14 +91,24 @@ class System:
         """Bring this process's index and the views up to date before answering.
 
         The index is updated from the log in memory and cannot be held up by the view
-        store, so a revoked key is refused before DELETE answers. Should the views be
-        locked for longer than VIEW_WRITE_TIMEOUT (a rebuild in progress), the command
-        still answers — the event is recorded — and the follower writes them later."""
-        self.follower.catch_up()
+        store, so a revoked key is refused before DELETE answers. Should the log not be
+        readable or the views be locked for longer than VIEW_WRITE_TIMEOUT (a rebuild in
+        progress), the command still answers — the event is recorded — and the follower
+        catches up later. Inside a deferred command (service.api.idempotency) nothing is
+        recorded yet: this runs after the commit instead."""
+        if self.keys_app.deferring():
+            return
+        try:
+            self.follower.catch_up()
+        except Exception:
+            log.exception("the index could not catch up with the log now; the follower retries")
         try:
             self.follower.update_views(timeout=VIEW_WRITE_TIMEOUT)
-        except Exception:
-            log.exception("the views could not be brought up to date now; the follower retries")
+        except Exception as error:
+            if (reason := store_fault(error)) is None:
+                log.exception("the views could not be brought up to date now; the follower retries")
+            else:  # a full disk, a lock held too long: expected, no traceback
+                log.warning("the views could not be brought up to date now (%s); the follower retries", reason)
 
     def close(self) -> None:
         if self._closed:
@@ -294,6 +304,19 @@ def store_exists(settings: Settings) -> bool:
 def first_line(error: BaseException) -> str:
     """An error's first line (driver errors run to several, with hints): for one-line messages."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def store_fault(error: BaseException) -> str | None:
+    """The one-line reason when ``error`` says a store cannot be used right now (a full disk, a
+    lock, an outage: expected and retried, so logged without a traceback), else None (a bug:
+    log it in full)."""
+    from eventsourcing.persistence import InterfaceError, OperationalError
+
+    if isinstance(error, Unavailable):
+        return first_line(error.__cause__) if error.__cause__ is not None else error.message
+    if isinstance(error, (*TRANSIENT_ERRORS, OperationalError, InterfaceError)):
+        return first_line(error)
+    return None
 
 
 def campaign_plan(settings: Settings) -> CampaignPlan:

@@ -1,8 +1,9 @@
 """Prometheus metrics (``GET /metrics``), correct across gunicorn workers.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set before ``prometheus_client`` is first imported (``keyledger
-serve`` sets it to ``<data dir>/metrics`` and empties it at start), every worker writes its values
-to memory-mapped files there and a scrape, answered by any worker, adds them up. Without it (one
+serve`` sets it to a fresh folder of the run's own under /dev/shm or ``KEYLEDGER_METRICS_DIR``,
+never in the data directory: see ``service.serving.prepare_metrics_dir``), every worker writes its
+values to memory-mapped files there and a scrape, answered by any worker, adds them up. Without it (one
 process, or tests) the values live in this process.
 
 Hot path: a request costs one histogram observation (a dict look-up of the labelled child, then

@@ -11,11 +11,17 @@ names only the exception's class in the log, and echoes nothing of the request.
 
 from __future__ import annotations
 
+import atexit
+import errno
 import json
 import logging
 import os
 import shutil
+import socket
+import tempfile
 import uuid
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gunicorn import util
@@ -40,6 +46,52 @@ LIMIT_REQUEST_FIELD_SIZE = 8190  # bytes per header; longer is 431
 _CLIENT_ERRORS = tuple(getattr(http_errors, name) for name in (
     "ParseException", "NoMoreData", "ExpectationFailed")) + (UnicodeError, ValueError)
 _APP_ERRORS = (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName)
+
+
+def listen_address(environ: Mapping[str, str], host: str | None = None, port: int | None = None) -> tuple[str, int]:
+    """Where to listen: ``host`` and ``port`` if given (command-line options), else
+    ``KEYLEDGER_HOST`` (default 127.0.0.1) and ``KEYLEDGER_PORT`` (default 8080). Raises
+    ``SettingsError`` naming the variable."""
+    from service.settings import SettingsError
+
+    if host is None:
+        host = environ.get("KEYLEDGER_HOST", "127.0.0.1").strip()
+        if not host or any(c.isspace() or c in "/?#" for c in host):
+            raise SettingsError(f"KEYLEDGER_HOST={host!r}: expected an address to listen on, e.g. 127.0.0.1, "
+                                "0.0.0.0 or ::")
+    if port is None:
+        text = environ.get("KEYLEDGER_PORT", "8080").strip()
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise SettingsError(f"KEYLEDGER_PORT={text!r}: expected a port number, 1 to 65535")
+        port = int(text)
+    return host, port
+
+
+def bind_text(host: str, port: int) -> str:
+    """gunicorn's ``bind`` for an address (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (taken, not an address here), or None. Checked before
+    gunicorn tries: its own attempt retries for 5 s and prints a dozen lines. Skipped when the
+    listening socket is inherited (a USR2 upgrade, systemd socket activation)."""
+    if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as error:
+        return f"{host!r} is not an address to listen on ({getattr(error, 'strerror', None) or error})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return "the address is already in use (is another server running there?)"
+            return error.strerror or str(error)
+    return None
 
 
 def refusal(exc: BaseException) -> tuple[int, str, str, str]:
@@ -91,17 +143,67 @@ class JsonLogger(Logger):
             handler.setFormatter(JsonFormatter())
 
 
-def prepare_metrics_dir(settings: Settings) -> None:
-    """Prometheus multiprocess mode for the workers: a fresh ``<data dir>/metrics`` (unless
-    PROMETHEUS_MULTIPROC_DIR is set already). Call it in the master, before the workers start
-    and before anything imports prometheus_client."""
+METRICS_PREFIX = "keyledger-metrics-"
+
+
+def metrics_parent(settings: Settings) -> Path:
+    """Where the run's metrics folder is made: ``KEYLEDGER_METRICS_DIR``, else shared memory
+    (/dev/shm), else the runtime directory, else the temporary one — never the data directory:
+    prometheus_client memory-maps these files, and a worker touching a page of a full
+    filesystem dies of SIGBUS (a full data disk must only cost writes)."""
+    if settings.metrics_dir is not None:
+        return settings.metrics_dir
+    for candidate in ("/dev/shm", os.environ.get("XDG_RUNTIME_DIR")):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return Path(candidate)
+    return Path(tempfile.gettempdir())
+
+
+def prepare_metrics_dir(settings: Settings) -> Path | None:
+    """Prometheus multiprocess mode for the workers: a fresh folder of this run's own (owner
+    only, removed when the master exits), unless PROMETHEUS_MULTIPROC_DIR is set already. Call
+    it in the master, before the workers start and before anything imports prometheus_client."""
+    from service.settings import SettingsError
+
     variable = "PROMETHEUS_MULTIPROC_DIR"  # not from service.metrics: that imports prometheus_client
     if os.environ.get(variable):
-        return
-    folder = settings.data_dir / "metrics"
-    shutil.rmtree(folder, ignore_errors=True)  # values of a previous run's processes
-    folder.mkdir(parents=True, mode=0o700)
+        return None
+    parent = metrics_parent(settings)
+    _remove_abandoned(parent)
+    shutil.rmtree(settings.data_dir / "metrics", ignore_errors=True)  # where earlier versions kept them
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-", dir=parent))  # 0700
+    except OSError as error:
+        raise SettingsError(f"KEYLEDGER_METRICS_DIR={str(parent)!r}: cannot make the metrics folder there "
+                            f"({error.strerror or type(error).__name__})") from None
     os.environ[variable] = str(folder)
+    master = os.getpid()
+    atexit.register(lambda: os.getpid() == master and shutil.rmtree(folder, ignore_errors=True))
+    try:
+        if folder.stat().st_dev == settings.data_dir.stat().st_dev:
+            log.warning("the metrics folder %s is on the data directory's filesystem: should it fill up, "
+                        "the workers stop; set KEYLEDGER_METRICS_DIR to another filesystem", folder)
+    except OSError:
+        pass
+    return folder
+
+
+def _remove_abandoned(parent: Path) -> None:
+    """Folders of earlier runs whose master is gone (killed, so never cleaned up)."""
+    try:
+        entries = list(parent.glob(f"{METRICS_PREFIX}*"))
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(METRICS_PREFIX):].partition("-")[0]
+        try:
+            if not pid.isdigit() or entry.stat().st_uid != os.geteuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def prepare_store(settings: Settings) -> dict | None:
@@ -110,7 +212,7 @@ def prepare_store(settings: Settings) -> dict | None:
     sign). Returns the checkpoint signed, if any."""
     from service.composition import build_system
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.prepare_data_dir()
     system = build_system(settings, follow=False)
     try:
         return system.sign_checkpoint()

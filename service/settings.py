@@ -38,6 +38,23 @@ def parse_time(text: str, name: str) -> datetime:
     return value
 
 
+_MAILBOX = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def parse_mail_from(text: str, name: str) -> str:
+    """A sender for the reminders' From header: ``user@host`` or ``Display Name <user@host>``,
+    on one line (a newline would let the value add headers to every message)."""
+    shape = "expected an address such as keyledger@example.com or Keyledger <keyledger@example.com>"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise SettingsError(f"{name}: a control character or line break in the value; {shape}")
+    value = text.strip()
+    match = re.fullmatch(r'([^<>@",;:]*?)\s*<([^<>]+)>', value)
+    address = match.group(2) if match else value
+    if not _MAILBOX.fullmatch(address):
+        raise SettingsError(f"{name}={value!r}: not an e-mail address; {shape}")
+    return value
+
+
 SMTP_SCHEMES = ("smtp", "smtps", "smtp+starttls")
 
 
@@ -135,6 +152,7 @@ class Settings:
     proxy_hops: int = 0  # trusted reverse proxies in front (X-Forwarded-For/-Proto/-Host)
     store_lock_timeout: int = 5  # whole seconds a write waits for SQLite's lock before 503
     workers: int = 2  # HTTP worker processes of `keyledger serve`
+    metrics_dir: Path | None = None  # where the run's metrics folder is made (default: /dev/shm, …)
     log_level: str = "INFO"
 
     @classmethod
@@ -177,7 +195,8 @@ class Settings:
             reminders = tuple(
                 parse_duration(part, "KEYLEDGER_REMINDERS") for part in v.split(",") if part.strip()
             )
-            if len({duration_name(r) for r in reminders}) != len(reminders) or not all(reminders):
+            if (not reminders or len({duration_name(r) for r in reminders}) != len(reminders)
+                    or not all(reminders)):
                 raise SettingsError(f"KEYLEDGER_REMINDERS={v!r}: expected distinct durations before "
                                     "the sunset, e.g. 90d,30d,7d,1d")
             kwargs["reminders"] = reminders
@@ -198,14 +217,18 @@ class Settings:
                 raise SettingsError(f"KEYLEDGER_SCHEDULER_INTERVAL={v!r}: expected seconds from 0.05 to 3600, e.g. 5")
         if (v := get("KEYLEDGER_LEGACY_USE_WINDOW")) is not None:
             kwargs["legacy_use_window"] = parse_duration(v, "KEYLEDGER_LEGACY_USE_WINDOW")
+            if not kwargs["legacy_use_window"]:
+                raise SettingsError(f"KEYLEDGER_LEGACY_USE_WINDOW={v!r}: expected a duration above zero, e.g. 1h")
         if (v := get("KEYLEDGER_ACCESS_TOKEN_TTL")) is not None:
             kwargs["access_token_ttl"] = parse_duration(v, "KEYLEDGER_ACCESS_TOKEN_TTL")
+            if not kwargs["access_token_ttl"]:
+                raise SettingsError(f"KEYLEDGER_ACCESS_TOKEN_TTL={v!r}: expected a duration above zero, e.g. 48h")
         kwargs["smtp_url"] = get("KEYLEDGER_SMTP_URL")
         kwargs["smtp_password"] = get("KEYLEDGER_SMTP_PASSWORD")
         if kwargs["smtp_url"] is not None:
             parse_smtp_url(kwargs["smtp_url"], "KEYLEDGER_SMTP_URL")  # a bad URL stops the start
         if (v := get("KEYLEDGER_MAIL_FROM")) is not None:
-            kwargs["mail_from"] = v
+            kwargs["mail_from"] = parse_mail_from(v, "KEYLEDGER_MAIL_FROM")
         kwargs["audit_signing_key"] = get("KEYLEDGER_AUDIT_SIGNING_KEY")
         if (v := get("KEYLEDGER_PROXY_HOPS")) is not None:
             if not v.isdigit() or int(v) > 10:
@@ -223,6 +246,11 @@ class Settings:
             if not v.strip().isdigit() or not 1 <= int(v) <= 64:
                 raise SettingsError(f"KEYLEDGER_WORKERS={v!r}: expected a whole number of worker processes, 1 to 64")
             kwargs["workers"] = int(v)
+        if (v := get("KEYLEDGER_METRICS_DIR")) is not None:
+            if not os.path.isabs(v) or any(ord(c) < 0x20 for c in v):
+                raise SettingsError(f"KEYLEDGER_METRICS_DIR={v!r}: expected an absolute path to an existing "
+                                    "folder, on another filesystem than the data directory (e.g. /dev/shm)")
+            kwargs["metrics_dir"] = Path(v)
         if (v := get("KEYLEDGER_LOG_LEVEL")) is not None:
             if v.strip().upper() not in LOG_LEVELS:
                 raise SettingsError(f"KEYLEDGER_LOG_LEVEL={v!r}: expected one of {', '.join(LOG_LEVELS)}")
@@ -242,6 +270,32 @@ class Settings:
         if self.smtp_url is None:
             return None
         return parse_smtp_url(self.smtp_url, "KEYLEDGER_SMTP_URL", self.smtp_password)
+
+    def prepare_data_dir(self) -> Path:
+        """Make the data directory (owner only, 0700) or check the one there; a directory that
+        cannot be used stops the command with one line naming KEYLEDGER_DATA_DIR."""
+        where = self.data_dir
+        try:
+            where.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as error:
+            raise SettingsError(f"KEYLEDGER_DATA_DIR={str(where)!r}: cannot make the data directory "
+                                f"({error.strerror or type(error).__name__})") from None
+        if not where.is_dir():
+            raise SettingsError(f"KEYLEDGER_DATA_DIR={str(where)!r}: not a directory")
+        if not os.access(where, os.W_OK | os.X_OK):
+            try:
+                read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
+            except OSError:
+                read_only = False
+            why = "on a read-only file system" if read_only else "not writable by this user"
+            raise SettingsError(f"KEYLEDGER_DATA_DIR={str(where)!r}: the data directory is {why}; "
+                                "Keyledger writes its store, keys and outbox there")
+        try:
+            if where.stat().st_mode & 0o077 and where.stat().st_uid == os.geteuid():
+                where.chmod(0o700)  # made by an earlier version, or with a loose umask
+        except OSError:
+            pass
+        return where
 
     @property
     def outbox_path(self) -> Path:

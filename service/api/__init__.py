@@ -14,7 +14,7 @@ from service.api import context
 from service.api.errors import KeyledgerApi, error_response, register_error_handlers
 from service.api.gateway import SYNC_WAIT
 from service.api.jsonbody import BodyError, load_json
-from service.composition import System, build_system
+from service.composition import System, build_system, store_fault
 from service.domain.errors import KeyledgerError
 from service.metrics import Metrics
 from service.settings import Settings
@@ -75,8 +75,10 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
 
         hops = system.settings.proxy_hops
         flask_app.wsgi_app = ProxyFix(flask_app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    from service.api.openapi import DESCRIPTION
+
     api = KeyledgerApi(flask_app, spec_kwargs={
-        "info": {"description": "Scoped API keys with an immutable history. See API.md for the contract."},
+        "info": {"description": DESCRIPTION},
     })
     flask_app.extensions["keyledger_api"] = api
     api.spec.components.security_scheme(
@@ -96,6 +98,9 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
                       campaign.blp):
         api.register_blueprint(blueprint)
     _serve_migration_guide(flask_app)
+    from service.api import idempotency
+
+    idempotency.install(flask_app, system)  # every change committed last; Idempotency-Key on POST
     from service import console  # the web console: the same process, the same use cases
 
     console.register(flask_app, system)
@@ -119,8 +124,11 @@ def _sign_at_start(system: System) -> None:
     """Sign the audit chain's head at start (a no-op when nothing is new since the last checkpoint)."""
     try:
         system.sign_checkpoint()
-    except Exception:  # serving matters more; the next start or the scheduler signs
-        log.exception("could not sign an audit checkpoint at start")
+    except Exception as error:  # serving matters more; the next start or the scheduler signs
+        if (reason := store_fault(error)) is None:
+            log.exception("could not sign an audit checkpoint at start")
+        else:
+            log.warning("could not sign an audit checkpoint at start (%s); the scheduler signs later", reason)
 
 
 def _serve_docs_assets(flask_app: Flask) -> None:

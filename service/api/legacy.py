@@ -112,6 +112,9 @@ def _oauth_error(error: str, description: str, status: int = 400, headers: dict 
     return response
 
 
+oauth_error = _oauth_error  # for the Idempotency-Key's refusal on /v2/token (service.api.idempotency)
+
+
 def _invalid_client(description: str) -> Response:
     return _oauth_error("invalid_client", description, 401, {"WWW-Authenticate": 'Basic realm="keyledger"'})
 

@@ -15,6 +15,7 @@ from service.application.apps import AppUseCases
 from service.application.audit import AuditUseCases
 from service.application.base import DESCRIPTION_MAX, NAME_MAX, Clock, utc_now
 from service.application.campaign import CampaignUseCases
+from service.application.idempotency import IdempotencyUseCases
 from service.application.keys import MAX_GRACE_SECONDS, KeyUseCases
 from service.application.legacy import LegacyPolicy, LegacyUseCases
 from service.domain.audit import AuditLedger
@@ -25,7 +26,8 @@ __all__ = ["DESCRIPTION_MAX", "MAX_GRACE_SECONDS", "NAME_MAX", "Clock", "Keyledg
            "utc_now"]
 
 
-class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, AuditUseCases, CampaignUseCases):
+class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, AuditUseCases, CampaignUseCases,
+                IdempotencyUseCases):
     """Accounts, apps, their scoped API keys and legacy OAuth2 clients, and the deprecation
     campaign, as immutable events; the audit trail's checkpoints."""
 

@@ -1,10 +1,12 @@
-"""The console's session: one signed cookie, no server-side state.
+"""The console's session: one signed cookie, and the sessions signed out on the server side.
 
 The cookie holds a random nonce (the CSRF token is derived from it), an expiry and, once
 signed in, the keyed digest of the personal token the session was opened with — never the
 token. Each request looks the digest up in the verification index like any credential, so a
 replaced or revoked personal token ends its console sessions at once, on every instance.
 The cookie is signed with a key derived from the pepper, which every instance shares.
+Signing out records the session's id (a keyed digest of its nonce) in the shared view store
+(``projections.console_sessions``): any copy of the cookie then stops working, on every instance.
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ class Sessions:
         if not isinstance(nonce, str) or not isinstance(expires, int) or expires <= self._clock():
             return None
         return Session(nonce=nonce, expires=expires, digest=digest)
+
+    def session_id(self, session: Session) -> str:
+        """The id a signed-out session is recorded under (not the nonce, which the CSRF token
+        derives from)."""
+        return _b64(hmac.new(self._key, b"id|" + session.nonce.encode("ascii"), hashlib.sha256).digest())
+
+    def now(self) -> float:
+        return self._clock()
 
     def csrf_token(self, session: Session) -> str:
         return _b64(hmac.new(self._key, b"csrf|" + session.nonce.encode("ascii"), hashlib.sha256).digest())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -29,9 +28,11 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
+from projections.console_sessions import EndedSessions
+from projections.store import STORE_ERRORS
 from service.api import context
 from service.api.errors import STATUS_BY_CODE
-from service.composition import System
+from service.composition import System, first_line
 from service.console.session import COOKIE, PRE_COOKIE, Session, Sessions
 from service.domain.actors import Actor
 from service.domain.errors import CredentialRefused, KeyledgerError
@@ -63,10 +64,15 @@ def configure(flask_app: Flask, system: System) -> None:
     # A key of its own for signing sessions, derived from the pepper every instance shares.
     key = system.authenticator.digester.digest("keyledger-console-session-key/v1")
     flask_app.extensions["keyledger_console"] = Sessions(key)
+    flask_app.extensions["keyledger_console_ended"] = EndedSessions(system.views)
 
 
 def sessions() -> Sessions:
     return current_app.extensions["keyledger_console"]
+
+
+def ended_sessions() -> EndedSessions:
+    return current_app.extensions["keyledger_console_ended"]
 
 
 def system() -> System:
@@ -86,6 +92,9 @@ def _open_session() -> Response | None:
     g.console_drop = set()  # cookies to delete
     g.console_actor = None
     session = store.load(request.cookies.get(COOKIE))
+    if session is not None and session.signed_in and ended_sessions().ended(store.session_id(session)):
+        session = None  # signed out (this copy of the cookie, or another)
+        g.console_drop.add(COOKIE)
     if session is not None and session.signed_in:
         try:
             g.console_actor = system().authenticator.actor_of_digest(session.digest)
@@ -250,7 +259,11 @@ def sign_in_post() -> Response:
 
 @bp.post("/sign-out")
 def sign_out() -> Response:
-    signed_out_anew(sessions().new())  # a new nonce: the old page's forms no longer post
+    store = sessions()
+    if g.console_actor is not None:  # every copy of this session's cookie stops working, everywhere
+        ended = g.console_session
+        ended_sessions().end(store.session_id(ended), ended.expires, store.now())
+    signed_out_anew(store.new())  # a new nonce: the old page's forms no longer post
     return redirect(url_for("console.sign_in"), code=303)
 
 
@@ -275,13 +288,16 @@ def _domain_error(error: KeyledgerError) -> Response:
     return response
 
 
-@bp.errorhandler(sqlite3.Error)
-def _view_store_error(error: sqlite3.Error) -> Response:
-    log.error("view store error (request %s): %s", g.get("request_id"), error)
+def _view_store_error(error: Exception) -> Response:
+    log.error("view store error (request %s): %s", g.get("request_id"), first_line(error))
     response = page("console/error.html", status=503, title=TITLES[503],
                     message="The read store is unavailable right now; reload the page in a moment.")
     response.headers["Retry-After"] = "1"
     return response
+
+
+for _store_error in STORE_ERRORS:  # SQLite's and PostgreSQL's: a page saying "in a moment", not a 500
+    bp.errorhandler(_store_error)(_view_store_error)
 
 
 @bp.errorhandler(HTTPException)

@@ -408,3 +408,36 @@ def test_audit_knows_legacy_clients_and_their_events(client, system, admin, audi
     assert "access_token" not in {c["kind"] for c in after["credentials"]}
     before = auditor.get(f"/v2/audit/access?app_id=vision&scope=Models:Add&at={now}").json
     assert "access_token" in {c["kind"] for c in before["credentials"]}
+
+
+def token_with(client, headers: dict):
+    return client.post("/v2/token", data={"grant_type": "client_credentials"}, headers=headers)
+
+
+def test_a_token_request_retried_with_its_idempotency_key_gets_the_same_token(client, credentials):
+    first = token_with(client, headers={**basic(credentials["client_id"], credentials["client_secret"]),
+                                                    "Idempotency-Key": "token-1"})
+    again = token_with(client, headers={**basic(credentials["client_id"], credentials["client_secret"]),
+                                                    "Idempotency-Key": "token-1"})
+    assert first.status_code == again.status_code == 200
+    assert again.json["access_token"] == first.json["access_token"]
+    assert again.headers["Idempotent-Replayed"] == "true" and again.headers["Sunset"] == first.headers["Sunset"]
+    assert verify(client, again.json["access_token"]).json["code"] == "VALID"
+    fresh = get_token(client, credentials)  # no key: a new token
+    assert fresh.json["access_token"] != first.json["access_token"]
+
+
+def test_a_token_idempotency_key_is_scoped_to_the_credentials_sent(client, credentials):
+    headers = {**basic(credentials["client_id"], credentials["client_secret"]), "Idempotency-Key": "shared"}
+    first = token_with(client, headers=headers)
+    wrong = token_with(client, headers={**basic(credentials["client_id"], "not-the-secret"),
+                                                    "Idempotency-Key": "shared"})
+    assert first.status_code == 200
+    assert wrong.status_code == 401 and "access_token" not in wrong.json  # never someone else's answer
+
+
+def test_a_bad_idempotency_key_on_the_token_endpoint_is_an_oauth2_error(client, credentials):
+    response = token_with(client, headers={**basic(credentials["client_id"], credentials["client_secret"]),
+                                                       "Idempotency-Key": "x" * 256})
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_request" and "Idempotency-Key" in response.json["error_description"]

@@ -57,7 +57,9 @@ def operations(spec: dict):
 
 def test_no_operation_declares_422_the_server_answers_400(client):
     spec = client.get("/openapi.json").json
-    assert [(p, m) for p, m, op in operations(spec) if "422" in op["responses"]] == []
+    # 422 is only ever a reused Idempotency-Key (tests/api/test_idempotency.py)
+    assert [(p, m) for p, m, op in operations(spec)
+            if "422" in op["responses"] and "IDEMPOTENCY_KEY_REUSED" not in op["responses"]["422"]["description"]] == []
     assert all("400" in op["responses"] for _, _, op in operations(spec) if "requestBody" in op)
 
 
@@ -98,3 +100,15 @@ def test_new_resources_link_to_what_a_client_does_next(client):
     paths = client.get("/openapi.json").json["paths"]
     links = paths["/v2/apps/{app_id}/keys"]["post"]["responses"]["201"]["links"]
     assert {"GetKey", "ChangeKey", "RevokeKey", "RollKey", "KeyHistory"} <= set(links)
+
+
+def test_the_document_stands_alone(client):
+    """/openapi.json (and /docs, which shows it) is read without the repository: its introduction
+    points at no file, and says how to authenticate, what gateways call and what an error looks like."""
+    import re
+
+    description = client.get("/openapi.json").json["info"]["description"]
+    assert not re.search(r"\b[\w./-]+\.md\b", description), description  # no "See API.md"
+    for needed in ("Authorization: Key pat_", "/v2/verify", "/v2/auth/check", '"error"', "request_id",
+                   "UNAVAILABLE", "Retry-After", "/docs/migration"):
+        assert needed in description, needed

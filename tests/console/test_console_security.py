@@ -205,3 +205,48 @@ def test_signing_in_drops_the_anonymous_cookie(browser_of, owner):
     response = browser.post("/console/sign-in", {"token": owner.token})
     written = [v for k, v in response.headers.items() if k == "Set-Cookie"]
     assert any(v.startswith("keyledger_console_pre=;") and "Max-Age=0" in v for v in written), written
+
+
+def test_signing_out_ends_every_copy_of_the_cookie_on_every_instance(browser_of, owner, settings):
+    """The cookie is signed, not stored: signing out must still end it on the server side, so a
+    copy (another tab, a proxy's log) stops working at once — on this instance and on another
+    one sharing the store."""
+    from service.api import create_app
+    from service.composition import build_system
+    from tests.console.conftest import Browser
+
+    browser = browser_of(owner)
+    cookie = browser.client.get_cookie("keyledger_console", path="/console").value
+    here = Browser(browser.client.application)
+    here.client.set_cookie("keyledger_console", cookie, path="/console")
+    other_system = build_system(settings)
+    try:
+        there = Browser(create_app(system=other_system))
+        there.client.set_cookie("keyledger_console", cookie, path="/console")
+        assert here.get("/console/").status_code == 200 and there.get("/console/").status_code == 200
+
+        assert browser.post("/console/sign-out").status_code == 303
+        for copy in (here, there):
+            response = copy.get("/console/")
+            assert response.status_code == 302 and "/console/sign-in" in response.headers["Location"]
+            gone = copy.client.get_cookie("keyledger_console", path="/console")
+            assert gone is None or not gone.value  # and the copy is told to forget it
+            copy.client.set_cookie("keyledger_console", cookie, path="/console")  # sent again anyway
+            assert copy.get("/console/apps/vision").status_code == 302
+            assert copy.post("/console/sign-out", {"csrf_token": browser.csrf}).status_code == 403
+        again = browser_of(owner)  # signing in again opens a new session, which works
+        assert again.get("/console/").status_code == 200
+    finally:
+        other_system.close()
+
+
+def test_a_signed_out_session_is_recorded_by_a_digest_not_the_cookie(browser_of, owner, system):
+    browser = browser_of(owner)
+    cookie = browser.client.get_cookie("keyledger_console", path="/console").value
+    assert browser.post("/console/sign-out").status_code == 303
+    with system.views.read() as db:
+        rows = [tuple(r) for r in db.execute("SELECT session_id, expires_at FROM console_sessions_ended")]
+    assert len(rows) == 1
+    session_id, _expires = rows[0]
+    body = cookie.split(".")[0]
+    assert session_id not in cookie and body not in session_id

@@ -18,6 +18,9 @@ def test_the_demo_shows_reminders_arriving_and_the_token_refused_after_the_sunse
     report = f"exit {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
     assert done.returncode == 0, report
     assert re.findall(r"X-Keyledger-Stage: (\S+)", done.stdout) == ["25s", "12s", "final"], report
+    assert "reminder stages 25s,12s before it" in done.stdout, report  # announced as shown
+    subjects = re.findall(r"Subject: (.*)", done.stdout)
+    assert len(subjects) == 3 and all(s.endswith(("still uses them)", "to API keys")) for s in subjects), report
     after = done.stdout.split("After the sunset", 1)[1]
     assert "LEGACY_TOKEN_SUNSET" in after and "unauthorized_client" in after, report
     assert "Legacy OAuth2 access tokens stopped working" in after, report

@@ -45,7 +45,7 @@ def test_plain_gunicorn_writes_the_json_access_log(tmp_path: Path, server) -> No
 
     lines = [line for line in log_path.read_text("utf-8").splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]  # every line, gunicorn's included, is JSON
-    assert any(e["logger"] == "gunicorn.error" and "JsonErrorWorker" in e["msg"] for e in entries)
+    assert any(e["logger"] == "gunicorn.error" and "BufferingWorker" in e["msg"] for e in entries)
     plain, served = access(log_path), access(server.log_path)
     assert plain["plain-1"].keys() == served["serve-1"].keys()
     assert {k: v for k, v in plain["plain-1"].items() if k not in ("ts", "duration_ms", "request_id")} == \

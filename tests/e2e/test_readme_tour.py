@@ -15,6 +15,9 @@ pytestmark = pytest.mark.e2e
 README = REPO_ROOT / "README.md"
 TOUR = re.compile(r"<!-- tour:begin -->\s*```bash\n(?P<script>.*?)```\s*<!-- tour:end -->", re.DOTALL)
 PERSONAL_TOKEN = re.compile(r"pat_[0-9A-Za-z]{38}")
+AUDIT_EXAMPLES = re.compile(r"<!-- audit-examples:begin -->\s*```bash\n(?P<script>.*?)```\s*<!-- audit-examples:end -->",
+                            re.DOTALL)
+MARK = "--- the audit examples"
 
 
 def tour_script() -> str:
@@ -35,6 +38,12 @@ def test_the_readme_tour_runs_as_printed(start_server: StartServer, tmp_path: Pa
     env = base_environment(server.data_dir)
     env.pop("KEYLEDGER_FOLLOW_INTERVAL")  # the tour's own shell sets only what the README implies
     env["KL"] = server.url
+    # Then the audit trail's examples, in the same shell (they use the tour's variables; their
+    # CSV goes to a folder of the test's).
+    examples = AUDIT_EXAMPLES.search(README.read_text("utf-8"))
+    assert examples, "README.md has no ```bash block between <!-- audit-examples:begin --> and :end -->"
+    (tmp_path / "out").mkdir()
+    script += f'\necho "{MARK}"\ncd "{tmp_path / "out"}"\n' + examples.group("script")
     tour_file = tmp_path / "tour.sh"
     tour_file.write_text(script, "utf-8")
 
@@ -48,7 +57,15 @@ def test_the_readme_tour_runs_as_printed(start_server: StartServer, tmp_path: Pa
               f"\n--- server log: {server.log_path}")
 
     assert done.returncode == 0, report
-    lines = done.stdout.splitlines()
+    tour_out, audit_out = done.stdout.split(MARK + "\n")
+    lines = tour_out.splitlines()
     assert lines[-2:] == ["revoked", "active"], report
+    import json
+
+    on_app, of_key, revocations, access = (json.loads(line) for line in audit_out.splitlines() if line)
+    assert len(on_app["events"]) >= 4 and len(of_key["events"]) == 4, report  # issued, changed, rolled, revoked
+    assert [e["type"] for e in revocations["events"]] == ["ApiKey.Revoked"], report
+    assert access["credentials"], report  # the app's All key could, before the revocation
+    assert (tmp_path / "out" / "audit.csv").read_text("utf-8").startswith("seq,"), report
     assert not PERSONAL_TOKEN.findall(done.stdout + done.stderr), (
         "the tour printed a personal token; it should only capture them in variables\n" + report)

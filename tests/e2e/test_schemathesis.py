@@ -9,7 +9,7 @@ string in the server's log.
 Where the contract answers 400 to a request that no schema can call invalid (an `expires_at`
 already past, a cursor the server did not give out) the configuration below says so for
 that operation alone; likewise 412 for an `If-Match` version that is well-formed but no
-longer current.
+longer current, and 422 for an `Idempotency-Key` the fuzzer sends again with another request.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ MAX_EXAMPLES = int(os.environ.get("KEYLEDGER_SCHEMATHESIS_EXAMPLES", "8"))
 SEED = os.environ.get("KEYLEDGER_SCHEMATHESIS_SEED", "20171201")
 
 # 412: a well-formed If-Match that is no longer the key's version (the contract's answer)
-ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "412", "429"]
+# 422 IDEMPOTENCY_KEY_REUSED: the fuzzer sends the few short Idempotency-Keys it makes up ("0")
+# with different requests; refusing the second request is the contract (only POSTs declare it)
+ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "412", "422", "429"]
 CONFIG = f"""
 [checks.positive_data_acceptance]
 expected-statuses = {ACCEPTED!r}

@@ -43,7 +43,8 @@ def test_a_bad_option_exits_2(tmp_path, option):
 def test_serve_help_shows_each_default(tmp_path):
     done = run_cli(["serve", "--help"], base_environment(tmp_path / "var"))
     assert done.returncode == 0
-    assert "(default: 127.0.0.1)" in done.stdout and "(default: 8080)" in done.stdout
+    help_text = " ".join(done.stdout.split())
+    assert "KEYLEDGER_HOST, else 127.0.0.1)" in help_text and "KEYLEDGER_PORT, else 8080)" in help_text
     assert "KEYLEDGER_WORKERS, else 2" in " ".join(done.stdout.split())
 
 
@@ -75,3 +76,80 @@ def test_plain_gunicorn_with_the_production_config_exits_2_on_a_bad_setting(tmp_
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and variable in lines[0] and "Traceback" not in done.stderr
     assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("KEYLEDGER_LEGACY_USE_WINDOW", "0s"),  # once the divisor of every legacy verification
+    ("KEYLEDGER_ACCESS_TOKEN_TTL", "0s"),
+    ("KEYLEDGER_REMINDERS", ","),
+    ("KEYLEDGER_MAIL_FROM", "keyledger@example.com\nBcc: everyone@example.com"),
+    ("KEYLEDGER_MAIL_FROM", "keyledger"),
+    ("KEYLEDGER_MAIL_FROM", "Keyledger <not an address>"),
+])
+def test_values_that_broke_later_are_refused_at_start(tmp_path, variable, value):
+    done = run_cli(["serve", "--port", "1"], base_environment(tmp_path / "var", {variable: value}), timeout=30)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and variable in lines[0] and "Traceback" not in done.stderr
+    assert "Bcc" not in done.stderr  # a line break is named, not echoed into the log
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("value", ["keyledger@example.com", "Keyledger <keyledger@example.com>"])
+def test_a_sender_address_is_accepted(value):
+    from service.settings import Settings
+
+    assert Settings.from_env({"KEYLEDGER_MAIL_FROM": value}).mail_from == value
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["db", "init"]])
+def test_a_bad_data_directory_is_named_by_its_variable(tmp_path, command):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    done = run_cli(command, base_environment(blocker / "var"), timeout=30)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and "KEYLEDGER_DATA_DIR" in lines[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.sqlite_only
+def test_a_read_only_data_directory_gives_one_line(tmp_path):
+    from tests.e2e.small_fs import remount_read_only, small_filesystem
+
+    with small_filesystem(tmp_path / "disk", "16m") as disk:
+        env = base_environment(disk / "var")
+        made = run_cli(["db", "init"], env, timeout=60)
+        assert made.returncode == 0, made.stderr
+        remount_read_only(disk)
+        for command in (["serve", "--port", "1"], ["audit", "verify"], ["projections", "rebuild"]):
+            done = run_cli(command, env, timeout=30)
+            problems = [line for line in done.stderr.strip().splitlines()
+                        if not line.startswith("keyledger: data directory ")]  # where the command looks
+            assert done.returncode == 2, (command, done.stderr)
+            assert len(problems) == 1 and "KEYLEDGER_DATA_DIR" in problems[0], (command, done.stderr)
+            assert "read-only" in problems[0] and "Traceback" not in done.stderr
+
+
+def test_audit_export_offers_no_init_and_refuses_a_missing_store(tmp_path):
+    env = base_environment(tmp_path / "none")
+    shown = run_cli(["audit", "export", "--help"], env)
+    assert shown.returncode == 0 and "--format" in shown.stdout and "--init" not in shown.stdout
+    refused = run_cli(["audit", "export"], env)
+    assert refused.returncode == 2 and "no Keyledger store" in refused.stderr and "--init" not in refused.stderr
+    assert not (tmp_path / "none").exists()
+    assert run_cli(["audit", "export", "--init"], env).returncode == 2  # not an option of export
+
+
+def test_plain_gunicorn_names_a_bad_data_directory_in_one_line(tmp_path):
+    import subprocess
+
+    from tests.e2e.conftest import GUNICORN, REPO_ROOT, free_port
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = base_environment(blocker / "var", {"KEYLEDGER_PORT": str(free_port())})
+    done = subprocess.run([str(GUNICORN), "-c", "gunicorn.conf.py", "service.api:create_app()"], env=env,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False)
+    plain = [line for line in done.stderr.strip().splitlines() if not line.startswith("{")]  # gunicorn's JSON
+    assert done.returncode == 2, done.stderr
+    assert len(plain) == 1 and "KEYLEDGER_DATA_DIR" in plain[0] and "Traceback" not in done.stderr

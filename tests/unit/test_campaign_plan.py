@@ -112,3 +112,16 @@ def test_smtp_urls_are_understood_and_their_password_never_shown():
                                   "KEYLEDGER_SMTP_PASSWORD": "from-a-secret-store"})
     assert separate.smtp_server.password == "from-a-secret-store"
     assert "from-a-secret-store" not in repr(separate)
+
+
+def test_a_reminder_s_subject_agrees_with_its_count_of_apps():
+    from datetime import UTC, datetime
+
+    from scheduler.messages import subject
+
+    sunset = datetime(2018, 1, 1, tzinfo=UTC)
+    one = {"apps": [{}], "sunset_at": sunset, "stage": "7d"}
+    two = {"apps": [{}, {}], "sunset_at": sunset, "stage": "7d"}
+    assert subject(one).endswith("(1 app still uses them)")
+    assert subject(two).endswith("(2 apps still use them)")
+    assert subject({**one, "stage": "final"}).endswith("switch 1 app to API keys")

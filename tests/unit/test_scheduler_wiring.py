@@ -57,6 +57,9 @@ def test_a_second_scheduler_stands_by_and_takes_over_when_the_first_stops(system
     try:
         assert wait_until(lambda: "standing by" in caplog.text, 5)
         assert not second.active.is_set() and second.scheduler is None
+        # Standing by is how it is meant to work (every worker of `serve` offers): no warning.
+        standing = [r for r in caplog.records if "standing by" in r.getMessage()]
+        assert [r.levelname for r in standing] == ["INFO"]
         first.stop()
         assert second.active.wait(5)
         assert "took over" in caplog.text
