@@ -20,7 +20,12 @@ is rebuilt at start.
 The process that wrote an event calls ``catch_up()`` and ``update_views()`` before it
 answers; processes on the same machine learn of new events from the change beacon on
 their next request; a background thread polls as the fallback (and, with PostgreSQL, a
-subscription can call the same two methods).
+subscription wakes the catch-up thread).
+
+A request never reads the log itself while the process follows it: ``sync()`` hands the
+catch-up to the catch-up thread and waits for it a bounded time (milliseconds in the common
+case), and not at all while the log cannot be reached — the answer then comes from memory as
+it is. A store that is down or slow can delay what an index knows, never an answer.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ from service.domain.errors import Unavailable
 TRANSIENT = (Unavailable, *TRANSIENT_ERRORS)
 
 log = logging.getLogger("keyledger.projections")
+
+SYNC_WAIT = 1.0  # seconds a request waits, at most, for this machine's newer events to reach the index
+RETRY_PAUSE = 0.25  # seconds between catch-up attempts while the log cannot be read
 
 
 class EventSource(Protocol):
@@ -79,6 +87,15 @@ class Follower:
         self._views_lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # The catch-up thread (while following): woken by requests and notifications. Attempts
+        # are counted as they begin and end, so a request can wait for one that began after it asked.
+        self._catch_up_thread: threading.Thread | None = None
+        self._wanted = threading.Event()
+        self._moved = threading.Condition()
+        self._begun = 0  # catch-up attempts begun
+        self._ended = 0  # and ended (they run one at a time, under the memory lock)
+        self._catch_up_failed = False  # the last attempt could not read the log
+        self._attempt_started: float | None = None  # the attempt under way began then
         # For monitoring: when the indexes last reached the log's end, when the views were last
         # found or brought up to date (wall-clock seconds), and a hook called on each failed poll.
         self.caught_up_at = time.time()
@@ -94,38 +111,76 @@ class Follower:
     # -- life ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Create missing views, bring them up to date, load the in-memory indexes."""
-        last = self.source.last_position()
+        """Create missing views, bring them up to date, load the in-memory indexes.
+
+        The views' positions are read under the writer lock and the log's last position after
+        them: instances writing meanwhile can move the log past what was read, never the views
+        (they only ever apply events already in the log). So views are "ahead" only when the log
+        really is behind them — a store restored from an older backup — and only then rebuilt."""
         with self._views_lock:
             with self.store.write() as db:
                 for projection in self.projections:
                     projection.create(db)
-                positions = {p.name: self.store.position(db, p.name) for p in self.projections}
-                ahead = [p for p in self.projections if positions[p.name] > last]
+                positions = self.store.positions(db)
+                last = self.source.last_position()
+                ahead = [p for p in self.projections if positions.get(p.name, 0) > last]
             if ahead:
-                self.views_ahead_at = max(positions[p.name] for p in ahead)
+                self.views_ahead_at = max(positions.get(p.name, 0) for p in ahead)
                 log.warning("views %s are ahead of the event log (a store restored from a backup?); "
                             "rebuilding them", ", ".join(p.name for p in ahead))
                 self._rebuild(ahead)
             self._update_views(bulk=True)
         self._load_indexes()
-        if self.beacon is not None and self.beacon.value() > last:
-            self.beacon.reset(last)  # left by another log: it would make every request look
+        if self.beacon is not None:
+            published = self.beacon.value()  # before the log's end, which only grows: same reasoning
+            if published > last and published > (last := self.source.last_position()):
+                self.beacon.reset(last)  # left by another log: it would make every request look
         self.catch_up()
 
     def follow(self, interval: float) -> None:
-        """Poll for events written by other processes every ``interval`` seconds."""
+        """Poll for events written by other processes every ``interval`` seconds, and catch up
+        in a thread of its own whenever woken (``wake()``, ``sync()``)."""
         if self._thread is not None:
             return
+        self._catch_up_thread = threading.Thread(target=self._catch_up_when_woken,
+                                                 name="keyledger-catch-up", daemon=True)
+        self._catch_up_thread.start()
         self._thread = threading.Thread(target=self._follow, args=(interval,),
                                         name="keyledger-follower", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._wanted.set()
+        for thread in (self._thread, self._catch_up_thread):
+            if thread is not None:
+                thread.join(timeout=5)
+        self._thread = self._catch_up_thread = None
+
+    def wake(self) -> None:
+        """Ask the catch-up thread to read the log now (a notification, a request); returns at once.
+        Without one (not following), nothing happens: the caller catches up itself if it must."""
+        self._wanted.set()
+
+    def _catch_up_when_woken(self) -> None:
+        failures = 0
+        while True:
+            self._wanted.wait()
+            if self._stopping.is_set():
+                return
+            self._wanted.clear()
+            try:
+                self.catch_up()
+                if failures:
+                    log.info("catching up with the event log works again")
+                failures = 0
+            except Exception as error:  # noqa: BLE001 - the log is unreachable: retried when woken
+                failures += 1
+                if failures == 1:
+                    log.warning("catching up with the event log failed (%s); answering from memory "
+                                "until it can be read", type(error).__name__)
+                if self._stopping.wait(RETRY_PAUSE):  # requests keep waking it: don't hammer the store
+                    return
 
     def _follow(self, interval: float) -> None:
         while not self._stopping.wait(interval):
@@ -157,32 +212,77 @@ class Follower:
 
     # -- memory --------------------------------------------------------------------
 
-    def sync(self) -> None:
-        """Catch up if another process on this machine published newer events (a memory read)."""
-        if self.beacon is not None and self.beacon.value() > self.position:
+    def sync(self, wait: float = SYNC_WAIT) -> bool:
+        """Before answering a request: catch up if another process on this machine published
+        newer events. Nothing new (the common case): a memory read. Something new: while
+        following, the catch-up thread reads the log and this waits for it at most ``wait``
+        seconds — not at all once the log has been found unreachable (the index answers as it
+        is, and the follower's staleness says since when). Not following (a command-line
+        process): catches up here. True when the index reflects what was published."""
+        beacon = self.beacon
+        if beacon is None:
+            return True
+        target = beacon.value()
+        if target <= self.position:
+            return True
+        if self._catch_up_thread is None:
             self.catch_up()
+            return True
+        now = _monotonic()
+        started = self._attempt_started
+        if self._catch_up_failed or self._failing or (started is not None and now - started > wait):
+            self._wanted.set()  # unreachable, or an attempt already stuck longer than we would wait
+            return False
+        deadline = now + wait
+        with self._moved:
+            asked = self._begun  # an attempt numbered above this one began after the request
+            self._wanted.set()
+            while self.position < target and self._ended <= asked:
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    return False
+                self._moved.wait(remaining)
+            return self.position >= target
 
     def catch_up(self) -> int:
         """Apply new events to the in-memory indexes (reads the log; no view lock).
         Publishes the new position on the beacon for the other processes."""
         with self._memory_lock:
-            total = 0
-            while True:
-                batch = self.source.read_events(self.position, self.batch_size)
-                if not batch:
-                    break
-                events = [event for _, event in batch]
-                for index in self.indexes:
-                    index.apply(events)
-                self.position = batch[-1][0]
-                total += len(batch)
-                if len(batch) < self.batch_size:
-                    break
-            self.caught_up_at = time.time()
-            self._reached = _monotonic()
-            if total and self.beacon is not None:
-                self.beacon.publish(self.position)
+            with self._moved:
+                self._begun += 1
+            self._attempt_started = _monotonic()
+            try:
+                total = self._catch_up()
+            except BaseException:
+                self._catch_up_failed = True
+                raise
+            else:
+                self._catch_up_failed = False
+            finally:
+                self._attempt_started = None
+                with self._moved:
+                    self._ended += 1
+                    self._moved.notify_all()
             return total
+
+    def _catch_up(self) -> int:
+        total = 0
+        while True:
+            batch = self.source.read_events(self.position, self.batch_size)
+            if not batch:
+                break
+            events = [event for _, event in batch]
+            for index in self.indexes:
+                index.apply(events)
+            self.position = batch[-1][0]
+            total += len(batch)
+            if len(batch) < self.batch_size:
+                break
+        self.caught_up_at = time.time()
+        self._reached = _monotonic()
+        if total and self.beacon is not None:
+            self.beacon.publish(self.position)
+        return total
 
     def _load_indexes(self) -> None:
         with self._memory_lock:

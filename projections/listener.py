@@ -7,7 +7,11 @@ sees another instance's revocation milliseconds after it commits.
 
 A notification can be lost (a dropped connection, a listener restarting), so the follower's
 polling keeps running beside it as the fallback, and the listener reconnects by itself with
-a growing pause. ``connected`` says whether the subscription is up (metrics, ``/readyz``).
+a growing pause. ``connected`` says whether the subscription is up (metrics, ``/readyz``);
+``unreachable`` whether the database could not be reached at the last attempt (the breaker that
+refuses writes at once). When the database answers again, ``on_reachable`` runs before the
+breaker closes (the composition refreshes the connection pools there, so that no request meets
+a connection the outage broke).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ log = logging.getLogger("keyledger.listener")
 
 class LogListener:
     def __init__(self, conninfo: str, channel: str, on_change: Callable[[], None], *,
-                 max_pause: float = 1.0) -> None:
+                 max_pause: float = 0.25, on_reachable: Callable[[], None] | None = None) -> None:
         self.conninfo = conninfo
         self.channel = channel
         self.on_change = on_change
+        self.on_reachable = on_reachable
         self.max_pause = max_pause
         self.connected = False
         self.unreachable = False  # the last attempt to listen failed: the database is down
@@ -65,6 +70,11 @@ class LogListener:
                     if not self.connected:
                         log.info("listening for new events on channel %s", self.channel)
                     self.connected = True
+                    if self.unreachable and self.on_reachable is not None:
+                        try:
+                            self.on_reachable()
+                        except Exception:  # noqa: BLE001 - the breaker closes anyway
+                            log.exception("preparing for the database's return failed")
                     self.unreachable = False
                     established = True
                     pause = 0.1

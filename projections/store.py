@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 BUSY_TIMEOUT_MS = 10_000
+OPEN_TIMEOUT = 10.0  # seconds a PostgreSQL view store waits for its first connection at start
 CACHE_KIB = 64 * 1024  # page cache per connection while serving
 BULK_CACHE_KIB = 512 * 1024  # while rebuilding: a million-key view's B-trees fit
 
@@ -342,17 +343,21 @@ class PostgresViewStore(ViewStore):
     dialect = "postgresql"
 
     def __init__(self, conninfo: str, *, schema: str = "public", pool_size: int = 4,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 2.0, pool_wait: float = 1.0) -> None:
         if psycopg is None:  # pragma: no cover
             raise RuntimeError("PostgreSQL needs the psycopg package: pip install 'psycopg[binary,pool]'")
         self.schema = schema
         self._lock_key = advisory_key(f"keyledger:views:{schema}")
+        # Short waits, so a database outage is a 503 at once rather than a held worker: a pooled
+        # connection waited for ``pool_wait`` seconds at most, a failed connection slot given back
+        # after half a second (not retried on a backoff growing to minutes), so connections open
+        # again the moment the database answers.
         self.pool = psycopg_pool.ConnectionPool(
-            conninfo, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
-            kwargs={"options": f"-c search_path={schema}", "connect_timeout": max(1, int(connect_timeout)),
+            conninfo, min_size=1, max_size=pool_size, open=False, timeout=pool_wait, reconnect_timeout=0.5,
+            kwargs={"options": f"-c search_path={schema}", "connect_timeout": max(2, int(connect_timeout)),
                     "application_name": "keyledger-views", "autocommit": True},
             check=psycopg_pool.ConnectionPool.check_connection, name="keyledger-views")
-        self.pool.open(wait=False)
+        self.pool.open(wait=True, timeout=OPEN_TIMEOUT)  # at start a busy server may take longer
         with self.write() as db:
             db.execute(TRACKING_DDL)
 

@@ -32,6 +32,7 @@ from projections.verification import VerificationIndex, VerificationView
 from service import checkpoints, credentials
 from service.application import Keyledger, LegacyPolicy, utc_now
 from service.authentication import Authenticator
+from service.background_writer import BackgroundWriter, QueueFull
 from service.domain.actors import Actor, RequestInfo
 from service.domain.campaign import CampaignPlan
 from service.domain.errors import AuditChainBroken, Unavailable
@@ -63,6 +64,7 @@ class System:
     alarm: checkpoints.Alarm = field(default_factory=checkpoints.Alarm)
     mark: checkpoints.TailMark | None = None
     listener: LogListener | None = None
+    use_writer: BackgroundWriter | None = None  # legacy-token uses, recorded off the request path
     _closed: bool = field(default=False, repr=False)
 
     def sign_checkpoint(self, now: datetime | None = None) -> dict | None:
@@ -136,6 +138,8 @@ class System:
         if self._closed:
             return
         self._closed = True
+        if self.use_writer is not None:
+            self.use_writer.close()  # the uses still queued, if the store takes them now
         if self.listener is not None:
             self.listener.stop()
         self.follower.stop()
@@ -191,15 +195,35 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         last_used.run_every(settings.last_used_interval)
         if settings.uses_postgres:  # other instances' events within milliseconds; polling stays as fallback
             listener = LogListener(settings.database_conninfo, keys_app.recorder.channel_name,
-                                   lambda: _on_notification(follower))
+                                   lambda: _on_notification(follower),
+                                   on_reachable=lambda: _refresh_pools(keys_app, views))
             listener.start()
 
-    def record_legacy_use(client_id: bytes, token_display: str, at: float, request: RequestInfo) -> None:
-        if listener is not None and listener.unreachable:  # don't hold the verdict up trying
-            raise Unavailable("the event store is unreachable; the use is recorded when it is back")
+    def write_legacy_use(use: tuple[bytes, str, float, RequestInfo]) -> None:
+        client_id, token_display, at, request = use
         if keys_app.record_legacy_use(UUID(bytes=client_id), token_display=token_display,
                                       at=datetime.fromtimestamp(at, UTC), request=request):
-            follower.catch_up()  # and tell this machine's other processes: no second record
+            try:
+                follower.catch_up()  # and tell this machine's other processes: no second record
+            except Exception:  # noqa: BLE001 - recorded; the follower learns of it on its next poll
+                log.debug("catching up after recording a legacy use failed", exc_info=True)
+
+    def store_reachable() -> bool:
+        return not (listener is not None and listener.unreachable) and follower.staleness() == 0
+
+    # A legacy token's first use in a window is recorded as an event by a background writer: the
+    # verdict waits for it a quarter of a second at most (in the common case it is stored before
+    # the answer, as DESIGN.md wants), and not at all while the store is down; queued uses are
+    # written when it is back (one per client and window, at most 10,000 waiting).
+    use_writer = BackgroundWriter(write_legacy_use, name="legacy-use-writer", healthy=store_reachable)
+    window = settings.legacy_use_window.total_seconds()
+
+    def record_legacy_use(client_id: bytes, token_display: str, at: float, request: RequestInfo) -> None:
+        try:
+            use_writer.submit((client_id, at - at % window if window > 0 else at),
+                              (client_id, token_display, at, request))
+        except QueueFull as error:
+            raise Unavailable(f"the use cannot be queued for recording ({error})") from None
 
     system = System(
         settings=settings, keys_app=keys_app, views=views, follower=follower, index=index,
@@ -212,7 +236,7 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         legacy_usage=LegacyUsage(views),
         signing_key=signing_key, mirror=checkpoints.CheckpointMirror(settings.data_dir / checkpoints.MIRROR_FILE),
         campaign=CampaignProgress(views), plan=campaign_plan(settings), listener=listener,
-        alarm=alarm, mark=mark,
+        use_writer=use_writer, alarm=alarm, mark=mark,
     )
     if follow:  # a serving process: flush last-used times and close stores on a normal exit
         atexit.register(system.close)
@@ -234,13 +258,21 @@ def _tamper_evidence(settings: Settings, keys_app: Keyledger,
 
 
 def _on_notification(follower: Follower) -> None:
-    """Another instance (or this one) saved events: catch up in memory. The shared views need
-    nothing here: the instance that saved brings them up to date before it answers, and every
+    """Another instance (or this one) saved events: the catch-up thread brings the in-memory index
+    up to date (the listener only wakes it, and goes back to listening at once). The shared views
+    need nothing here: the instance that saved brings them up to date before it answers, and every
     instance's poll applies whatever a crashed writer left behind."""
-    try:
-        follower.catch_up()
-    except Exception as error:  # noqa: BLE001 - the poll retries; the listener must keep listening
-        log.debug("catching up after a notification failed: %s", error)
+    follower.wake()
+
+
+def _refresh_pools(keys_app: Keyledger, views: ViewStore) -> None:
+    """PostgreSQL answers again after an outage: test the pools' idle connections now and replace
+    the broken ones, before the breaker lets requests through — psycopg's pool would find each
+    broken connection only when a request takes it, and pause a second before trying the next."""
+    for pool in (getattr(getattr(keys_app.recorder, "datastore", None), "pool", None),
+                 getattr(views, "pool", None)):
+        if pool is not None:
+            pool.check()
 
 
 def view_store(settings: Settings) -> ViewStore:

@@ -339,7 +339,9 @@ class Settings:
         if self.database_url:
             url = parse_database_url(self.database_url)
             env = {
-                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                # eventsourcing.postgres, with one attempt per call and short waits (a database
+                # outage is a 503 at once): service/event_store.py
+                "PERSISTENCE_MODULE": "service.event_store:FailFastFactory",
                 "POSTGRES_DBNAME": url["dbname"], "POSTGRES_HOST": url["host"],
                 "POSTGRES_PORT": url["port"], "POSTGRES_USER": url["user"],
                 "POSTGRES_SCHEMA": self.database_schema,

@@ -12,6 +12,7 @@ from flask import Flask, Response, g, request
 from service import logs
 from service.api import context
 from service.api.errors import KeyledgerApi, error_response, register_error_handlers
+from service.api.gateway import SYNC_WAIT
 from service.api.jsonbody import BodyError, load_json
 from service.composition import System, build_system, store_fault
 from service.domain.errors import KeyledgerError
@@ -147,8 +148,8 @@ def _register_request_hooks(flask_app: Flask, system: System) -> None:
     def _begin() -> Response | None:
         context.assign_request_id()
         g.actor = None
-        try:
-            system.follower.sync()  # another process wrote? catch up before answering
+        try:  # another process wrote? catch up before answering (verdicts wait milliseconds at most)
+            system.follower.sync(SYNC_WAIT if request.path.startswith(STORE_FREE_PREFIXES + ("/v2/token",)) else 1.0)
         except Exception:  # verification needs no store: answer from the index as it is
             log.exception("catching up with the event log failed; answering from the current index")
             flask_app.extensions["keyledger_metrics"].store_error("events")
@@ -159,9 +160,10 @@ def _register_request_hooks(flask_app: Flask, system: System) -> None:
                 return error_response(error.code, error.message, error.details,
                                       headers={"WWW-Authenticate": 'Key realm="keyledger"'})
         if (system.store_unreachable() and request.path.startswith("/v2/")
-                and not request.path.startswith(STORE_FREE_PREFIXES)):
+                and not request.path.startswith(STORE_FREE_PREFIXES + ("/v2/token",))):
             # The database is known to be down: say so now rather than hold the request through
-            # the driver's retries. Verification still answers, from memory.
+            # the driver's retries. Verification still answers, from memory; /v2/token answers its
+            # refusals without the store and says temporarily_unavailable in OAuth2's words itself.
             flask_app.extensions["keyledger_metrics"].store_error("events")
             return error_response("UNAVAILABLE", "The event store is unreachable right now; retry shortly.",
                                   None, 503, {"Retry-After": "1"})

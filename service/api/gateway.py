@@ -20,6 +20,7 @@ from service.api.verify import MAX_BODY, Verdicts, envelope
 from service.composition import System
 from service.credentials import redact
 from service.domain.actors import RequestInfo
+from service.event_store import on_the_request_path
 from service.logs import JsonFormatter, sole_handler, write_line
 from service.metrics import Metrics
 
@@ -42,6 +43,9 @@ def decoded_path(environ: dict) -> str:
 # Past this many seconds without reaching the event store, verdicts say they come from an index
 # that may be missing the newest changes (the event store is unreachable, or following stalled).
 STALE_AFTER = 1.0
+# At most this many seconds a verdict waits for events another process of this machine has just
+# published (the catch-up thread reads them; nothing on the request path touches the store).
+SYNC_WAIT = 0.1
 
 class Gateway:
     __slots__ = ("flask_wsgi", "system", "verdicts", "metrics", "_access")
@@ -55,6 +59,10 @@ class Gateway:
         self._access = log.isEnabledFor
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        with on_the_request_path():  # a store call here is tried once: 503 rather than wait
+            return self._serve(environ, start_response)
+
+    def _serve(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID"))
         environ["keyledger.request_id"] = request_id
@@ -93,7 +101,7 @@ class Gateway:
 
     def _answer(self, environ: dict, path: str, request_id: str):  # type: ignore[no-untyped-def]
         try:
-            self.system.follower.sync()  # another process wrote? catch up before answering
+            self.system.follower.sync(SYNC_WAIT)  # another process wrote? catch up before answering
         except Exception:  # verification needs no store: answer from the index as it is
             errors.exception("catching up with the event log failed; answering from the current index")
             self.metrics.store_error("events")

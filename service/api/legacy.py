@@ -216,6 +216,9 @@ def token():
                             "Use an API key instead ('Authorization: Key <api key>').", 400, notice().headers)
     if not client_id or not secret:
         return _invalid_client("Send the client id and secret with HTTP Basic authentication.")
+    if system.store_unreachable():  # known down: say so at once rather than wait on the driver
+        return _oauth_error("temporarily_unavailable", "The event store is unreachable right now; retry shortly.",
+                            503, {"Retry-After": "1"})
     try:
         access_token, _expires_at, expires_in = system.keys_app.issue_access_token(
             client_id, secret, request=context.request_info())

@@ -32,7 +32,8 @@ from typing import Any
 import pytest
 
 from tests import backend
-from tests.conftest import TEST_PEPPER, secrets_in
+from tests.conftest import TEST_PEPPER, require, secrets_in
+from tests.throwaway_postgres import ThrowawayPostgres, unavailable_reason
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEYLEDGER = Path(sys.executable).parent / "keyledger"
@@ -350,3 +351,17 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 def server(start_server: StartServer) -> ServerProcess:
     """One running server (one worker) on a fresh data directory."""
     return start_server()
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL cluster of the test's own (``tests/throwaway_postgres.py``): a temporary folder,
+    a free port, stopped and removed afterwards. Tests that stop the database use this one, never
+    the machine's. Skipped where initdb/pg_ctl are missing (failed under KEYLEDGER_REQUIRE_ALL=1)."""
+    reason = unavailable_reason()
+    require("a throwaway PostgreSQL cluster", reason is None, reason or "")
+    cluster = ThrowawayPostgres()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.remove()

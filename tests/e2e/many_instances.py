@@ -19,9 +19,10 @@ from tests.e2e.conftest import ServerProcess, StartServer, base_environment, run
 NOT_REBUILT = {"key_last_used", "key_use_days", "legacy_use_counts", "store_identity", "projection_tracking"}
 
 
-def cluster_env(schema: str) -> dict[str, str]:
+def cluster_env(schema: str, database_url: str | None = None) -> dict[str, str]:
+    """Settings for instances sharing ``schema`` of the suite's database (or of ``database_url``)."""
     pem = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
-    return {"KEYLEDGER_DATABASE_URL": backend.DATABASE_URL or "", "KEYLEDGER_DATABASE_SCHEMA": schema,
+    return {"KEYLEDGER_DATABASE_URL": database_url or backend.DATABASE_URL or "", "KEYLEDGER_DATABASE_SCHEMA": schema,
             "KEYLEDGER_AUDIT_SIGNING_KEY": pem}
 
 
@@ -43,19 +44,19 @@ class Cluster:
         return done.stdout
 
     def start(self, count: int, *, extra_env: dict[str, str] | None = None,
-              args: list[str] | None = None) -> list[ServerProcess]:
+              args: list[str] | None = None, workers: int = 1) -> list[ServerProcess]:
         for _ in range(count):
             n = len(self.servers) + 1
             self.servers.append(self.start_server(self.tmp_path / f"instance{n}" / "var", name=f"instance{n}",
-                                                  env={**self.env, **(extra_env or {})},
+                                                  env={**self.env, **(extra_env or {})}, workers=workers,
                                                   args=["--no-scheduler", *(args or [])]))
         return self.servers
 
     def connect(self) -> psycopg.Connection:
-        assert backend.DATABASE_URL is not None
+        assert self.env["KEYLEDGER_DATABASE_URL"]
         from service.settings import parse_database_url
 
-        url = parse_database_url(backend.DATABASE_URL)
+        url = parse_database_url(self.env["KEYLEDGER_DATABASE_URL"])
         return psycopg.connect(host=url["host"], port=url["port"], dbname=url["dbname"], user=url["user"],
                                autocommit=True, options=f"-c search_path={self.schema}")
 

@@ -282,3 +282,39 @@ def test_instances_starting_together_create_the_tables_once(tmp_path):
     cluster = Cluster(env, tmp_path, None)  # type: ignore[arg-type]
     assert cluster.events() == []
     assert set(cluster.views()) >= {"verification", "directory_keys", "audit_events", "legacy_usage"}
+
+
+def test_instances_starting_while_others_write_rebuild_nothing(tmp_path, start_server: StartServer):
+    """An instance reading the log's end before the views' positions, while another wrote and moved
+    them, found the views "ahead" and rebuilt every shared view (2 of 11 restarts in a probe), with
+    LockNotAvailable on the other instances meanwhile. Two instances take key creations without a
+    pause while a third starts six times (each start: the master's and the worker's)."""
+    cluster = Cluster(cluster_env(_schema()), tmp_path, start_server)
+    cluster.cli("db", "init")
+    writers = cluster.start(2)
+    _, owner = _setup(cluster)
+    stop = threading.Event()
+    statuses: Counter = Counter()
+
+    def write(server: ServerProcess) -> None:
+        while not stop.is_set():
+            r = server.post("/v2/apps/vision/keys", {"description": "w", "scopes": ["Predict"]}, token=owner)
+            statuses[r.status] += 1
+
+    threads = [threading.Thread(target=write, args=(server,)) for server in writers]
+    for thread in threads:
+        thread.start()
+    try:
+        starting = cluster.start(1)[-1]
+        for _ in range(5):
+            starting.restart()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert statuses[201] > 0 and set(statuses) == {201}, statuses
+    for server in cluster.servers:
+        log = server.log_path.read_text("utf-8", "replace")
+        assert "ahead of the event log" not in log, f"{server.log_path.name} rebuilt views at start"
+        assert "LockNotAvailable" not in log, f"{server.log_path.name} waited on a rebuild's lock"
+    assert starting.starts == 6

@@ -147,3 +147,62 @@ def test_views_ahead_of_a_restored_event_store_are_rebuilt_at_start(tmp_path):
         assert [a["id"] for a in system.directory.apps()] == ["old", "new"]
     finally:
         system.close()
+
+
+class WritesWhileRead:
+    """The event log as a starting instance sees it, while another instance writes: right after
+    this instance reads the log's end, the other saves an event and brings the shared views up to
+    date (waiting at most a second for the views' writer lock, as a real instance would)."""
+
+    def __init__(self, source, write) -> None:
+        self.source = source
+        self.write = write
+        self.writes = 0
+
+    def read_events(self, after: int, limit: int):
+        return self.source.read_events(after, limit)
+
+    def last_position(self) -> int:
+        last = self.source.last_position()
+        if self.writes < 3:
+            self.writes += 1
+            writer = threading.Thread(target=self.write)
+            writer.start()
+            writer.join(timeout=1.0)  # the other instance's view write may wait for this one's lock
+        return last
+
+
+def test_an_instance_starting_while_another_writes_rebuilds_nothing(tmp_path, caplog):
+    from projections.audit import AuditTrail
+    from projections.campaign import CampaignView
+    from projections.directory import DirectoryView
+    from projections.follower import Follower
+    from projections.legacy_usage import LegacyUsageView
+    from projections.verification import VerificationView
+    from service.composition import view_store
+
+    settings = settings_for(tmp_path / "var")
+    other = build_system(settings)  # an instance already serving, writing to the shared store
+    owner = make_account(other, "owner", "o@example.com")
+    count = iter(range(100))
+
+    def write() -> None:
+        other.keys_app.create_app(name="App", slug=f"app-{next(count)}", owner_id=owner["id"], by=ADMIN,
+                                  request=NO_REQUEST)
+        other.after_command()  # its views are brought up to date before it answers
+
+    views = view_store(settings)
+    projections = [VerificationView(), DirectoryView(), AuditTrail(other.keys_app.stored_records),
+                   LegacyUsageView(), CampaignView()]  # as build_system makes them
+    starting = Follower(WritesWhileRead(other.keys_app, write), views, projections)
+    rebuilt = []
+    starting._rebuild = lambda chosen: rebuilt.append([p.name for p in chosen])  # type: ignore[method-assign]
+    try:
+        starting.start()
+        assert rebuilt == [] and "ahead of the event log" not in caplog.text
+        other.follower.update_views()
+        starting.update_views()
+        assert other.follower.views_position == starting.views_position == other.keys_app.last_position()
+    finally:
+        views.close()
+        other.close()
