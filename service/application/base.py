@@ -143,7 +143,7 @@ class LedgerApplication(Application):
                         f"{self.recorder.events_table_name} WHERE rowid > ? ORDER BY rowid LIMIT ?",
                         (after, limit))
                     return cursor.fetchall()
-            if type(self.recorder).__module__ == "eventsourcing.postgres":
+            if _on_postgres(self.recorder):
                 return self._raw_postgres_records(after, limit)
             return [(n.id, n.originator_id, n.originator_version, n.topic, n.state)  # in memory (tests)
                     for n in self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)]
@@ -161,7 +161,7 @@ class LedgerApplication(Application):
                         f"{self.recorder.events_table_name} WHERE originator_id = ? ORDER BY originator_version",
                         (originator_id.hex,))
                     return cursor.fetchall()
-            if type(self.recorder).__module__ == "eventsourcing.postgres":
+            if _on_postgres(self.recorder):
                 return self._raw_postgres_records(0, None, originator_id)
             return [(None, s.originator_id, s.originator_version, s.topic, s.state)
                     for s in self.recorder.select_events(originator_id)]
@@ -228,3 +228,7 @@ class LedgerApplication(Application):
         if by.kind == "key":
             raise Forbidden("API keys cannot manage apps or keys; use a personal token (pat_…).")
 
+
+def _on_postgres(recorder: object) -> bool:
+    """The library's PostgreSQL recorder, or a subclass of it (service.event_store's fail-fast one)."""
+    return any(cls.__module__ == "eventsourcing.postgres" for cls in type(recorder).__mro__)
