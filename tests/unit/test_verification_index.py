@@ -1,5 +1,6 @@
 """The in-memory verification index: its verdict rules entry by entry, and the memory shape that
-keeps a million keys near 220 bytes each (scripts/bench_verify.py measures the whole)."""
+keeps ten million keys near 150 bytes each: an API key is one packed bytes record
+(scripts/bench_10m.py measures the whole)."""
 
 from __future__ import annotations
 
@@ -102,12 +103,104 @@ def test_keys_of_one_app_with_the_same_scopes_share_one_grant():
     assert index._grant("app", "All").everything
 
 
-def test_an_entry_and_its_key_fit_the_memory_budget():
-    # CPython allocates in steps of 16 bytes: a 4-slot entry takes 64 (5 slots would take 80),
-    # a 15-byte key 48 (16 bytes would take 64). With the dict's ~42 bytes and the 16-byte id
-    # (64) a key costs about 220 bytes; the target is 250.
-    assert len(KeyEntry.__slots__) == 4 and sys.getsizeof(key()) <= 64
+def test_a_key_s_record_and_its_digest_fit_the_memory_budget():
+    # CPython allocates in steps of 16 bytes: a key's record (expiry, grant number, UUID: 28
+    # bytes) takes 64, one with an end 80; the 15-byte digest 48 (16 bytes would take 64). With the
+    # dict's ~35 bytes at ten million, a key costs about 150 bytes; the target is 200.
+    index = VerificationIndex()
+    index.apply([issued("ab", expires_at=EXPIRES)])
+    record = index.by_digest[bytes.fromhex("ab" * 32)[:DIGEST_BYTES]]
+    assert type(record) is bytes and sys.getsizeof(record) <= 64
+    index.apply([revoked("ab")])
+    assert sys.getsizeof(index.by_digest[bytes.fromhex("ab" * 32)[:DIGEST_BYTES]]) <= 80
     assert DIGEST_BYTES == 15 and sys.getsizeof(b"d" * DIGEST_BYTES) <= 48
+    assert len(KeyEntry.__slots__) == 4 and sys.getsizeof(key()) <= 64  # the view a verdict reads
+
+
+ISSUED_AT = 1_900_000_000.0
+EXPIRES = ISSUED_AT + 86_400.123456  # a fraction of a second survives the record
+
+
+def issued(digest: str, scopes=("Predict",), app="app", expires_at=None):
+    from datetime import UTC, datetime
+    from uuid import UUID
+
+    from service.domain.keys import ApiKey
+    return ApiKey.Issued(originator_id=UUID(bytes=ID), originator_version=1, originator_topic="",
+                         timestamp=datetime.fromtimestamp(ISSUED_AT, UTC), app_id=app, description="d",
+                         scopes=list(scopes), digest=digest * 32, display="ak_…abcd", origin="user",
+                         by="account:o", request={},
+                         expires_at=None if expires_at is None else datetime.fromtimestamp(expires_at, UTC))
+
+
+def revoked(*digests: str, at: float = ISSUED_AT + 10):
+    from datetime import UTC, datetime
+    from uuid import UUID
+
+    from service.domain.keys import ApiKey
+    return ApiKey.Revoked(originator_id=UUID(bytes=ID), originator_version=2,
+                          timestamp=datetime.fromtimestamp(at, UTC), digests=[d * 32 for d in digests],
+                          by="account:o", request={})
+
+
+def scopes_changed(*digests: str, scopes=("Search",)):
+    from datetime import UTC, datetime
+    from uuid import UUID
+
+    from service.domain.keys import ApiKey
+    return ApiKey.ScopesChanged(originator_id=UUID(bytes=ID), originator_version=3,
+                                timestamp=datetime.fromtimestamp(ISSUED_AT + 20, UTC),
+                                digests=[d * 32 for d in digests], scopes=list(scopes), previous_scopes=[], by="account:o",
+                                request={})
+
+
+def test_a_key_s_record_reads_back_as_the_key_it_was_issued():
+    index = VerificationIndex()
+    index.apply([issued("ab", scopes=("Predict", "Search"), app="vision", expires_at=EXPIRES),
+                 issued("cd", app="other")])
+    entry = index.entry(bytes.fromhex("ab" * 32))
+    assert type(entry) is KeyEntry
+    assert (entry.kind, entry.id, entry.app_id, entry.scopes, entry.expires_at, entry.ends_at) == (
+        API_KEY, ID, "vision", frozenset({"Predict", "Search"}), EXPIRES, None)
+    assert index.entry(bytes.fromhex("cd" * 32)).expires_at is None  # never expires
+    assert index.entry(bytes.fromhex("ef" * 32)) is None
+    assert index.check(bytes.fromhex("ab" * 32), "Search", "vision", EXPIRES - 1e-6)[0] == VALID
+    assert index.check(bytes.fromhex("ab" * 32), "Search", "vision", EXPIRES)[0] == EXPIRED
+    assert index.check(bytes.fromhex("cd" * 32), "Search", None, EXPIRES)[0] == INSUFFICIENT_SCOPE
+    assert index.check(bytes.fromhex("cd" * 32), "Predict", "vision", NOW)[0] == APP_MISMATCH
+    assert dict(index.entries()).keys() == {bytes.fromhex(d * 32)[:DIGEST_BYTES] for d in ("ab", "cd")}
+
+
+def test_a_revocation_writes_a_new_record_that_ends_the_key_and_no_later_one_postpones_it():
+    index = VerificationIndex()
+    index.apply([issued("ab", expires_at=EXPIRES)])
+    digest = bytes.fromhex("ab" * 32)[:DIGEST_BYTES]
+    before = index.by_digest[digest]
+    index.apply([revoked("ab", at=ISSUED_AT + 10)])
+    assert index.by_digest[digest] is not before and before == index.by_digest[digest][:len(before)]
+    assert index.check(digest, "Predict", None, ISSUED_AT + 10 - 1e-6)[0] == VALID
+    assert index.check(digest, "Predict", None, ISSUED_AT + 10)[0] == REVOKED
+    index.apply([revoked("ab", at=ISSUED_AT + 99)])  # a second end never postpones the first
+    assert index.entry(digest).ends_at == ISSUED_AT + 10
+    index.apply([scopes_changed("ab", scopes=("All",))])  # new scopes keep the end and the expiry
+    entry = index.entry(digest)
+    assert (entry.ends_at, entry.expires_at, entry.scopes) == (ISSUED_AT + 10, EXPIRES, frozenset({"All"}))
+    assert index.check(digest, "Models:Add", None, ISSUED_AT)[0] == VALID
+    assert index.check(digest, "Models:Add", None, ISSUED_AT + 10)[0] == REVOKED
+    index.apply([revoked("ef")])  # an unknown digest: nothing
+    assert len(index) == 1
+
+
+def test_an_entry_held_as_an_object_follows_events_too():
+    index = VerificationIndex()
+    digest = bytes.fromhex("ab" * 32)[:DIGEST_BYTES]
+    index.by_digest[digest] = key(scopes=("Predict",))
+    index.apply([scopes_changed("ab", scopes=("Search",))])
+    assert index.check(digest, "Search", "app", NOW)[0] == VALID
+    assert index.check(digest, "Predict", "app", NOW)[0] == INSUFFICIENT_SCOPE
+    index.apply([revoked("ab", at=NOW)])
+    assert index.check(digest, "Search", "app", NOW)[0] == REVOKED
+    assert index.entry(digest).id == ID
 
 
 def test_an_end_only_ever_comes_sooner():
