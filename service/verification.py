@@ -26,6 +26,7 @@ from projections.verification import (
     AccessTokenEntry,
     Credential,
     KeyEntry,
+    KeyRecord,
     TokenEntry,
     VerificationIndex,
     verdict,
@@ -64,7 +65,7 @@ class Verifier:
     """Verdicts for gateways. ``now`` gives the time as epoch seconds (``epoch_now`` when the
     clock is the real one: no datetime per call)."""
 
-    __slots__ = ("_digest", "_index", "_read", "_now", "_touch", "_count_legacy", "_record_use", "_window")
+    __slots__ = ("_digest", "_index", "_now", "_touch", "_count_legacy", "_record_use", "_window")
 
     def __init__(self, digester: credentials.Digester, index: VerificationIndex,
                  clock: Callable[[], datetime], last_used: LastUsed,
@@ -72,7 +73,6 @@ class Verifier:
                  now: Callable[[], float] | None = None) -> None:
         self._digest = digester.digest
         self._index = index
-        self._read = index.read
         self._now = now if now is not None else lambda: clock().timestamp()
         self._touch = last_used.touch
         self._count_legacy = last_used.count_legacy
@@ -95,12 +95,13 @@ class Verifier:
             return (MALFORMED, None, None) if kind == credentials.MALFORMED else (NOT_FOUND, kind, None)
         # Found: the digest of an issued secret, which was well-formed when it was issued, so the
         # checksum needs no checking (the verdict is the same, for a third of the cost).
-        if type(entry) is bytes:  # an API key's packed record
-            entry = self._read(entry)
         now = self._now()
         code = verdict(entry, scope, app_id, now)
         if code != VALID:
             return code, entry.kind, entry
+        if type(entry) is KeyRecord:
+            self._touch(entry, now)  # the record holds its UUID: no slice here (LastUsed reads it)
+            return VALID, API_KEY, entry
         if type(entry) is KeyEntry:
             self._touch(entry.id, now)
             return VALID, API_KEY, entry

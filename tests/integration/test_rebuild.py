@@ -32,7 +32,7 @@ def dump(system) -> dict[str, list[tuple]]:
 def index_state(index: VerificationIndex) -> dict:
     return {
         "credentials": {d: (e.kind, e.id, e.app_id, e.role, e.scopes, e.expires_at, e.ends_at)
-                        for d, e in index.entries()},
+                        for d, e in index.by_digest.items()},
         "clients": {c: (s.client_id, s.app_id, s.ends_at) for c, s in index.clients.items()},
     }
 
