@@ -382,15 +382,20 @@ class VerificationIndex:
                 state = self._client(UUID(client_id).bytes, client, app_id)
                 state.ends_at = _earliest(state.ends_at, ends_at)
                 clients[state.id] = state
-            pack, pack_ended = _KEY_RECORD.pack, _ENDED_KEY_RECORD.pack
+            pack, pack_ended, fromhex = _KEY_RECORD.pack, _ENDED_KEY_RECORD.pack, bytes.fromhex
+            numbers: dict[tuple[str, str], int] = {}
             for row in store.scan(db, "SELECT " + ", ".join(VerificationView._COLUMNS) + " FROM verification"):
                 digest, kind, key_id, app_id, role, scopes, expires_at, ends_at = row
                 if kind == API_KEY:  # inline: ten million of them at start-up
-                    number = grant_of(app_id, scopes).number
+                    number = numbers.get((app_id, scopes))
+                    if number is None:
+                        number = numbers[(app_id, scopes)] = grant_of(app_id, scopes).number
                     expires_at = NEVER if expires_at is None else expires_at
+                    id = fromhex(key_id.replace("-", ""))  # the view's canonical text: 5x UUID()'s speed
+                    if len(id) != 16:
+                        id = UUID(key_id).bytes
                     fresh[bytes(digest[:DIGEST_BYTES])] = KeyRecord(
-                        pack(expires_at, number, UUID(key_id).bytes) if ends_at is None
-                        else pack_ended(expires_at, number, UUID(key_id).bytes, ends_at))
+                        pack(expires_at, number, id) if ends_at is None else pack_ended(expires_at, number, id, ends_at))
                 else:
                     fresh[bytes(digest[:DIGEST_BYTES])] = self._entry(row, clients)
             store.release(db)  # give back the page cache the full scan filled
