@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import threading
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -191,7 +192,7 @@ class Grant:
         self.app_id = app_id
         self.scopes = scopes
         self.everything = ALL in scopes  # the scope "All": any scope passes
-        self.number = number  # its place in the index's list of grants (a key's record holds it)
+        self.number = number  # its place in ``GRANTS`` (a key's record holds it)
 
 
 class KeyEntry(Credential):
@@ -216,8 +217,10 @@ class KeyEntry(Credential):
         return self.grant.scopes
 
 
-# Grants by number, shared by every index of the process (a key's record holds the number).
+# Grants by number, shared by every index of the process (a key's record holds the number). New
+# ones are numbered under a lock: two followers (two stores in one process) may add at once.
 GRANTS: list[Grant] = []
+_NUMBERING = threading.Lock()
 _GRANT_OF: dict[tuple[str, frozenset], Grant] = {}
 _SCOPE_SETS: dict[str, frozenset] = {}
 _STRINGS: dict[str, str] = {}
@@ -234,9 +237,12 @@ def grant_of(app_id: str, scopes: str) -> Grant:
         scope_set = _SCOPE_SETS.setdefault(scopes, frozenset(scopes.split()))
     grant = _GRANT_OF.get((app_id, scope_set))
     if grant is None:
-        grant = Grant(_intern(app_id), scope_set, len(GRANTS))
-        GRANTS.append(grant)
-        grant = _GRANT_OF.setdefault((app_id, scope_set), grant)
+        with _NUMBERING:
+            grant = _GRANT_OF.get((app_id, scope_set))
+            if grant is None:
+                grant = Grant(_intern(app_id), scope_set, len(GRANTS))
+                GRANTS.append(grant)
+                _GRANT_OF[(app_id, scope_set)] = grant
     return grant
 
 
@@ -244,8 +250,9 @@ def _number(grant: Grant) -> int:
     """The number of ``grant`` (one made elsewhere, as tests do, gets one)."""
     number = grant.number
     if number >= len(GRANTS) or GRANTS[number] is not grant:
-        number = grant.number = len(GRANTS)
-        GRANTS.append(grant)
+        with _NUMBERING:
+            number = grant.number = len(GRANTS)
+            GRANTS.append(grant)
     return number
 
 

@@ -240,3 +240,22 @@ def test_a_rolled_key_s_new_secret_keeps_its_expiry_and_its_old_one_ends_with_th
     assert index.check(old, "Predict", "vision", grace_until.timestamp())[0] == REVOKED
     assert index.check(new, "Predict", "vision", grace_until.timestamp())[0] == VALID
     assert index.check(new, "Predict", "vision", expires_at.timestamp())[0] == EXPIRED
+
+
+def test_grants_made_by_threads_at_once_keep_their_numbers():
+    import threading
+
+    from projections.verification import GRANTS, grant_of
+    barrier = threading.Barrier(4)
+    made: list = []
+
+    def make(worker: int) -> None:
+        barrier.wait()
+        made.extend(grant_of(f"threads-{worker}-{i}", "Predict") for i in range(300))
+
+    threads = [threading.Thread(target=make, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 1200 and all(GRANTS[g.number] is g for g in made)
