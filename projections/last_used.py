@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime
 from uuid import UUID
 
 from projections.store import ViewStore
+from projections.verification import KEY_ID_BYTES
 
 log = logging.getLogger("keyledger.last_used")
 
@@ -37,10 +38,21 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def _by_key_id(pending: dict[bytes, float]) -> dict[bytes, float]:
+    """The latest use per key UUID, from uses noted by UUID or by index record (a key that
+    changed between uses has two records)."""
+    latest: dict[bytes, float] = {}
+    for key, at in pending.items():
+        key_id = key if len(key) == 16 else bytes(key[KEY_ID_BYTES])
+        if at > latest.get(key_id, 0.0):
+            latest[key_id] = at
+    return latest
+
+
 class LastUsed:
     def __init__(self, store: ViewStore) -> None:
         self.store = store
-        self.pending: dict[bytes, float] = {}  # key UUID bytes → time of last use
+        self.pending: dict[bytes, float] = {}  # key UUID bytes (or index record) → time of last use
         # (legacy client's UUID bytes, window start) → [uses, time of last use]
         self.legacy_pending: dict[tuple[bytes, float], list] = {}
         self._stopping = threading.Event()
@@ -54,7 +66,8 @@ class LastUsed:
             db.execute(LEGACY_DDL)
 
     def touch(self, key_id: bytes, at: float) -> None:
-        """Hot path: remember the use (the key's UUID as 16 bytes); no I/O."""
+        """Hot path: remember the use (the key's UUID as 16 bytes, or its index record, which
+        holds it: no slice on the hot path); no I/O."""
         self.pending[key_id] = at
 
     def count_legacy(self, client_id: bytes, window_start: float, at: float) -> None:
@@ -71,7 +84,7 @@ class LastUsed:
         legacy, self.legacy_pending = self.legacy_pending, {}
         # A verification racing the swap may still add to the old dict: copy it in one
         # step (atomic under the GIL); such a late use is simply written next time.
-        pending = dict(pending)
+        pending = _by_key_id(dict(pending))
         legacy = {k: tuple(v) for k, v in dict(legacy).items()}
         if not pending and not legacy:
             return 0
@@ -126,8 +139,9 @@ class LastUsed:
                     found.update(db.execute(
                         f"SELECT key_id, last_used_at FROM key_last_used WHERE key_id IN ({marks})",
                         chunk).fetchall())
+        noted = _by_key_id(dict(self.pending))
         for key_id in ids:
-            pending = self.pending.get(UUID(key_id).bytes)
+            pending = noted.get(UUID(key_id).bytes)
             if pending is not None and pending > found.get(key_id, 0):
                 found[key_id] = pending
         return {k: datetime.fromtimestamp(v, UTC) for k, v in found.items()}
@@ -139,7 +153,7 @@ class LastUsed:
             rows = db.execute("SELECT DISTINCT d.day, k.app_id FROM key_use_days d "
                               "JOIN directory_keys k ON k.id = d.key_id WHERE d.day >= ?",
                               (since.isoformat(),)).fetchall()
-            pending = [(str(UUID(bytes=k)), datetime.fromtimestamp(t, UTC).date()) for k, t in dict(self.pending).items()]
+            pending = [(str(UUID(bytes=k)), datetime.fromtimestamp(t, UTC).date()) for k, t in _by_key_id(dict(self.pending)).items()]
             apps = {}
             for key_id, day in pending:
                 if day >= since:

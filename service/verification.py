@@ -26,6 +26,7 @@ from projections.verification import (
     AccessTokenEntry,
     Credential,
     KeyEntry,
+    KeyRecord,
     TokenEntry,
     VerificationIndex,
     verdict,
@@ -98,6 +99,9 @@ class Verifier:
         code = verdict(entry, scope, app_id, now)
         if code != VALID:
             return code, entry.kind, entry
+        if type(entry) is KeyRecord:
+            self._touch(entry, now)  # the record holds its UUID: no slice here (LastUsed reads it)
+            return VALID, API_KEY, entry
         if type(entry) is KeyEntry:
             self._touch(entry.id, now)
             return VALID, API_KEY, entry
