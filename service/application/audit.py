@@ -286,11 +286,7 @@ class AuditUseCases(LedgerApplication):
         if not news:
             return None
         fingerprint = credentials.public_key_sha256(signing_key)
-        ledger_id = AuditLedger.create_id()
-        aggregate = self._ledger_aggregate(ledger_id)
-        if aggregate is None:
-            aggregate = AuditLedger._create(AuditLedger.Opened, id=ledger_id, public_key_sha256=fingerprint,
-                                            by=by.ref, request={}, timestamp=now)
+        aggregate = self._open_ledger(fingerprint, by=by, now=now)
         signed_at = _rfc3339(now)
         previous = aggregate.last_signature_digest
         message = checkpoint_message(number=aggregate.checkpoints + 1, seq=seq, head_hash=head,
@@ -307,6 +303,15 @@ class AuditUseCases(LedgerApplication):
         return {"number": aggregate.checkpoints, "seq": seq, "hash": head, "signed_at": signed_at,
                 "previous": previous, "message": message, "epoch": ledger.epoch,
                 "signature": signature, "public_key_sha256": fingerprint}
+
+    def _open_ledger(self, fingerprint: str, *, by: Actor, now: datetime) -> AuditLedger:
+        """The ledger of checkpoints and baselines, opened now if the store has none yet."""
+        ledger_id = AuditLedger.create_id()
+        aggregate = self._ledger_aggregate(ledger_id)
+        if aggregate is None:
+            aggregate = AuditLedger._create(AuditLedger.Opened, id=ledger_id, public_key_sha256=fingerprint,
+                                            by=by.ref, request={}, timestamp=now)
+        return aggregate
 
     def accept_baseline(self, signing_key: Ed25519PrivateKey, *, reason: str, by: Actor,
                         now: datetime | None = None) -> dict:
@@ -326,11 +331,7 @@ class AuditUseCases(LedgerApplication):
             seq, head = record[0], chain_hash(head, *record)
             checked += 1
         fingerprint = credentials.public_key_sha256(signing_key)
-        ledger_id = AuditLedger.create_id()
-        aggregate = self._ledger_aggregate(ledger_id)
-        if aggregate is None:
-            aggregate = AuditLedger._create(AuditLedger.Opened, id=ledger_id, public_key_sha256=fingerprint,
-                                            by=by.ref, request={}, timestamp=now)
+        aggregate = self._open_ledger(fingerprint, by=by, now=now)
         accepted_at = _rfc3339(now)
         message = baseline_message(seq=seq, head_hash=head, accepted_at=accepted_at, by=by.ref, reason=reason)
         signature = base64.b64encode(signing_key.sign(message.encode("utf-8"))).decode("ascii")
