@@ -97,6 +97,7 @@ class AuditTrail(Projection):
         # in memory so most events need no look-up; bounded, re-read from the view on a miss.
         self._apps: dict[str, str | None] = {}
         self._owners: dict[str, str | None] = {}
+        self._prefetched: tuple[Any, Any] | None = None  # (db, the head's cursor): see prefetch()
 
     def create(self, db: Any, *, with_indexes: bool = True) -> None:
         columns = db.columns("audit_events")
@@ -109,12 +110,19 @@ class AuditTrail(Projection):
     def process(self, db: Any, position: int, event: Any) -> None:
         self.process_batch(db, [(position, event)])
 
+    def prefetch(self, db: Any) -> None:
+        """Ask for the chain's head now: in a pipelined write it travels with the positions'
+        read, and the next batch of this transaction reads the answer without a round trip."""
+        self._prefetched = (db, db.execute(_HEAD))
+
     def process_batch(self, db: Any, batch: Sequence[tuple[int, Any]]) -> None:
         if not batch:
             return
         first, last = batch[0][0], batch[-1][0]
         records = {r[0]: r for r in self.stored_records(first - 1, last - first + 1)}
-        row = db.execute("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+        prefetched, self._prefetched = self._prefetched, None
+        head = prefetched[1] if prefetched is not None and prefetched[0] is db else db.execute(_HEAD)
+        row = head.fetchone()
         prev_hash = row[0] if row else GENESIS
         if len(self._apps) > 200_000 or len(self._owners) > 200_000:
             self._apps.clear()
@@ -138,6 +146,7 @@ class AuditTrail(Projection):
             self.on_head(last, prev_hash)
 
 
+_HEAD = "SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1"
 _AGGREGATE_APP = upsert("audit_aggregate_apps", ("aggregate_id", "app_id"), ("aggregate_id",), update=())
 _APP_OWNER = upsert("audit_app_owners", ("app_id", "owner_id"), ("app_id",))
 

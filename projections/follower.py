@@ -345,19 +345,28 @@ class Follower:
                 stack.enter_context(collector_paused())
                 stack.enter_context(self.store.bulk())
             while True:
-                with self.store.write(timeout=timeout) as db:
-                    known = self.store.positions(db)
-                    positions = {p.name: known.get(p.name, 0) for p in self.projections}
-                    written, finished = self._fill(db, self.projections, positions, limit=self.bulk_size)
-                    moved = {name: position for name, position in positions.items()
-                             if position != known.get(name)}
-                    if moved:
-                        self.store.set_positions(db, moved)
+                written, positions, finished = self.store.again_if_died(lambda: self._write_views(bulk, timeout))
                 count += written
                 self.views_position = min(positions.values(), default=0)
                 if finished:
                     self.views_ok_at = time.time()
                     return count
+
+    def _write_views(self, bulk: bool, timeout: float | None) -> tuple[int, dict[str, int], bool]:
+        """One transaction of ``_update_views``: the views' positions, the events after them, the
+        rows and the new positions. Live (not bulk), the rows' statements are sent without waiting
+        for their answers, and the reads the views will need go with the positions' read."""
+        with self.store.write(timeout=timeout, pipelined=not bulk) as db:
+            if not bulk and self.store.pipelines:
+                for projection in self.projections:
+                    projection.prefetch(db)
+            known = self.store.positions(db)
+            positions = {p.name: known.get(p.name, 0) for p in self.projections}
+            written, finished = self._fill(db, self.projections, positions, limit=self.bulk_size)
+            moved = {name: position for name, position in positions.items() if position != known.get(name)}
+            if moved:
+                self.store.set_positions(db, moved)
+        return written, positions, finished
 
     def _fill(self, db: Any, projections: Sequence[Projection], positions: dict[str, int],
               limit: int | None) -> tuple[int, bool]:

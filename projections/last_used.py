@@ -132,13 +132,18 @@ class LastUsed:
         ids = list(key_ids)
         found: dict[str, float] = {}
         if ids:
-            with self.store.read() as db:
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start:start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    found.update(db.execute(
-                        f"SELECT key_id, last_used_at FROM key_last_used WHERE key_id IN ({marks})",
-                        chunk).fetchall())
+            def read() -> dict[str, float]:
+                rows: dict[str, float] = {}
+                with self.store.read(pipelined=True) as db:
+                    for start in range(0, len(ids), 500):
+                        chunk = ids[start:start + 500]
+                        marks = ",".join("?" * len(chunk))
+                        rows.update(db.execute(
+                            f"SELECT key_id, last_used_at FROM key_last_used WHERE key_id IN ({marks})",
+                            chunk).fetchall())
+                return rows
+
+            found = self.store.again_if_died(read)
         noted = _by_key_id(dict(self.pending))
         for key_id in ids:
             pending = noted.get(UUID(key_id).bytes)

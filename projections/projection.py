@@ -54,6 +54,10 @@ class Projection:
         if handler is not None:
             getattr(self, handler)(db, position, event)
 
+    def prefetch(self, db: Any) -> None:
+        """Start the reads the next ``process_batch`` of this transaction will need (a live write
+        sends them with its first round trip); nothing by default."""
+
     def process_batch(self, db: Any, batch: Sequence[tuple[int, Any]]) -> None:
         """Apply events in order; a projection may override this to write rows in bulk."""
         for position, event in batch:

@@ -26,13 +26,17 @@ import itertools
 import re
 import sqlite3
 import threading
+import weakref
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
+POSITIONS_MOVED_ATTEMPTS = 5  # runs of a pipelined view write that found the positions moved under it
 OPEN_TIMEOUT = 10.0  # seconds a PostgreSQL view store waits for its first connection at start
 CACHE_KIB = 64 * 1024  # page cache per connection while serving
 BULK_CACHE_KIB = 512 * 1024  # while rebuilding: a million-key view's B-trees fit
@@ -53,6 +57,18 @@ except ImportError:  # pragma: no cover - psycopg is a dependency; kept importab
     psycopg = None  # type: ignore[assignment]
     psycopg_pool = None  # type: ignore[assignment]
     _PG_ERRORS = ()
+
+class ConnectionDied(*((psycopg.OperationalError,) if psycopg is not None else (Exception,))):  # type: ignore[misc]
+    """A pooled connection that had answered before was found dead inside a pipelined transaction
+    (the server restarted, the network dropped it while idle): nothing of the block can be known
+    to have committed but what its own statements guard (positions commit with their rows), so
+    the caller runs the block again (``ViewStore.again_if_died``)."""
+
+
+class PositionsMoved(Exception):
+    """A pipelined write found, under the writer lock, the positions moved since it read them
+    (another process applied those events): nothing of it was written; run the block again."""
+
 
 # What a view store raises when it cannot be reached or written: the API answers 503.
 STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, *_PG_ERRORS)
@@ -78,17 +94,21 @@ class ViewStore:
     """What projections and queries see of a store; ``open_view_store`` picks the backend."""
 
     dialect: str
+    pipelines = False  # statements can travel together (PostgreSQL); prefetching pays only then
 
     @contextmanager
-    def write(self, timeout: float | None = None) -> Iterator[Any]:
+    def write(self, timeout: float | None = None, *, pipelined: bool = False) -> Iterator[Any]:
         """A write transaction: rows and tracking commit together or not at all, one writer
-        at a time. ``timeout`` (seconds) bounds the wait for another writer; default 10 s."""
+        at a time. ``timeout`` (seconds) bounds the wait for another writer; default 10 s.
+        ``pipelined``: statements whose results are not read are sent without waiting for
+        their answers (PostgreSQL's pipeline mode; no server-side cursor then)."""
         raise NotImplementedError
         yield
 
     @contextmanager
-    def read(self) -> Iterator[Any]:
-        """A read transaction: a consistent snapshot across several statements."""
+    def read(self, *, pipelined: bool = False) -> Iterator[Any]:
+        """A read transaction: a consistent snapshot across several statements (``pipelined``:
+        its begin travels with the first statement, no server-side cursor then)."""
         raise NotImplementedError
         yield
 
@@ -96,6 +116,23 @@ class ViewStore:
     def bulk(self) -> Iterator[None]:
         """Settings for a bulk pass (rebuild, start-up catch-up) on this thread's connection."""
         yield
+
+    @staticmethod
+    def again_if_died(block: Callable[[], T]) -> T:
+        """``block()``, run once more if its pipelined transaction met a connection that died
+        while pooled (``ConnectionDied``), and again (a few times) while it finds the positions
+        moved under it (``PositionsMoved``)."""
+        died = False
+        for _ in range(POSITIONS_MOVED_ATTEMPTS):
+            try:
+                return block()
+            except ConnectionDied:
+                if died:
+                    raise
+                died = True
+            except PositionsMoved:
+                continue
+        return block()
 
     def position(self, db: Any, projection: str) -> int:
         row = db.execute("SELECT position FROM projection_tracking WHERE projection = ?",
@@ -186,7 +223,7 @@ class SqliteViewStore(ViewStore):
         return db
 
     @contextmanager
-    def write(self, timeout: float | None = None) -> Iterator[_SqliteDb]:
+    def write(self, timeout: float | None = None, *, pipelined: bool = False) -> Iterator[_SqliteDb]:
         db = self._connection()
         if timeout is not None:
             db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
@@ -207,7 +244,7 @@ class SqliteViewStore(ViewStore):
             raise
 
     @contextmanager
-    def read(self) -> Iterator[_SqliteDb]:
+    def read(self, *, pipelined: bool = False) -> Iterator[_SqliteDb]:
         db = self._connection()
         db.execute("BEGIN")
         try:
@@ -300,11 +337,14 @@ def _row_factory(cursor: Any) -> Any:
 class _PgDb:
     """A PostgreSQL connection inside a transaction, speaking the portable subset."""
 
-    __slots__ = ("connection", "_sql")
+    __slots__ = ("connection", "_sql", "begin_after_positions")
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, begin_after_positions: Sequence[tuple[str, Sequence[Any]]] | None = None
+                 ) -> None:
         self.connection = connection
         self._sql: dict[str, str] = {}
+        # A pipelined write: its transaction's BEGIN and writer lock, queued once the positions are read.
+        self.begin_after_positions = begin_after_positions
 
     def _translate(self, sql: str) -> str:
         translated = self._sql.get(sql)
@@ -330,6 +370,44 @@ class _PgDb:
         return {r[0] for r in rows}
 
 
+# Connections that have answered once: one that then fails died while it was pooled (see _begin).
+_answered: weakref.WeakSet[Any] = weakref.WeakSet()
+_answered_lock = threading.Lock()
+
+
+# Fails (division by zero) unless the positions are those a pipelined write read before its lock.
+_POSITIONS_GUARD = ("SELECT 1 / (CASE WHEN (SELECT coalesce(string_agg(projection || '=' || position, ',' "
+                    "ORDER BY projection), '') FROM projection_tracking) = %s THEN 1 ELSE 0 END)")
+
+
+def _fingerprint(positions: dict[str, int]) -> str:
+    return ",".join(f"{name}={position}" for name, position in sorted(positions.items()))
+
+
+class _Pipeline:
+    """A connection's pipeline mode, entered now and ended once (``end``), by whoever comes first."""
+
+    def __init__(self, connection: Any) -> None:
+        self._manager = connection.pipeline()
+        self._manager.__enter__()
+        self._open = True
+
+    def end(self, error: BaseException | None = None) -> None:
+        if self._open:
+            self._open = False
+            if error is None:
+                self._manager.__exit__(None, None, None)
+            else:
+                self._manager.__exit__(type(error), error, error.__traceback__)
+
+
+def _died_while_pooled(connection: Any, error: BaseException) -> bool:
+    if not isinstance(error, psycopg.Error) or not connection.broken:
+        return False
+    with _answered_lock:
+        return connection in _answered
+
+
 def advisory_key(name: str) -> int:
     """A signed 64-bit advisory-lock key for ``name`` (stable across processes and versions)."""
     value = zlib.crc32(name.encode()) << 32 | zlib.crc32(name[::-1].encode())
@@ -343,6 +421,7 @@ class PostgresViewStore(ViewStore):
     with the transaction, also when its holder is killed."""
 
     dialect = "postgresql"
+    pipelines = True
 
     def __init__(self, conninfo: str, *, schema: str = "public", pool_size: int = 4,
                  connect_timeout: float = 2.0, pool_wait: float = 1.0) -> None:
@@ -354,31 +433,93 @@ class PostgresViewStore(ViewStore):
         # connection waited for ``pool_wait`` seconds at most, a failed connection slot given back
         # after half a second (not retried on a backoff growing to minutes), so connections open
         # again the moment the database answers.
+        # No check before each use (a round trip each time): a connection found dead when a
+        # transaction begins is replaced and the transaction begun on another (``_begin``).
         self.pool = psycopg_pool.ConnectionPool(
             conninfo, min_size=1, max_size=pool_size, open=False, timeout=pool_wait, reconnect_timeout=0.5,
             kwargs={"options": f"-c search_path={schema}", "connect_timeout": max(2, int(connect_timeout)),
                     "application_name": "keyledger-views", "autocommit": True},
-            check=psycopg_pool.ConnectionPool.check_connection, name="keyledger-views")
+            name="keyledger-views")
         self.pool.open(wait=True, timeout=OPEN_TIMEOUT)  # at start a busy server may take longer
         with self.write() as db:
             db.execute(TRACKING_DDL)
 
     @contextmanager
-    def write(self, timeout: float | None = None) -> Iterator[_PgDb]:
-        wait_ms = int((BUSY_TIMEOUT_MS / 1000 if timeout is None else timeout) * 1000)
-        with self.pool.connection() as connection, connection.transaction():
-            # One round trip: bound the wait (for this transaction), then queue for the writer lock.
-            # The commit need not wait for the disk: views and their positions commit together, so
-            # a view write lost in a crash is a position not moved, and those events are applied again.
-            connection.execute("SELECT set_config('lock_timeout', %s, true), "
-                               "set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(%s)",
-                               (f"{max(1, wait_ms)}ms", self._lock_key))
-            yield _PgDb(connection)
+    def _begin(self, statements: Sequence[tuple[str, Sequence[Any]]], *, pipelined: bool) -> Iterator[Any]:
+        """A pooled connection with a transaction begun by ``statements``, sent together: one round
+        trip (none yet when ``pipelined``: they go with the first statement whose answer is read).
+        A connection that answered before and is found dead here (the server restarted, the network
+        dropped it while idle) is replaced, and the transaction begun on another, once. Commits
+        when the block ends, rolls back if it raises."""
+        for attempt in (1, 2):
+            with self.pool.connection() as connection:
+                pipeline = _Pipeline(connection)
+                try:
+                    for sql, params in statements:
+                        connection.execute(sql, params)
+                    if not pipelined:
+                        pipeline.end()
+                except BaseException as error:
+                    pipeline.end(error)
+                    if attempt == 2 or not _died_while_pooled(connection, error):
+                        raise
+                    connection = None  # the pool replaces the broken one
+                if connection is not None:
+                    try:
+                        yield connection
+                        connection.execute("COMMIT")
+                        pipeline.end()  # pipelined: sends what is queued, the COMMIT, a Sync
+                    except BaseException as error:
+                        pipeline.end(error)
+                        if _died_while_pooled(connection, error):  # the begin went with the block
+                            self.pool.check()
+                            raise ConnectionDied(str(error)) from error
+                        raise  # the pool's connection context rolls back
+                    with _answered_lock:
+                        _answered.add(connection)
+                    return
+            self.pool.check()  # its idle connections likely died with it (a restart): tested now, once
 
     @contextmanager
-    def read(self) -> Iterator[_PgDb]:
-        with self.pool.connection() as connection, connection.transaction():
-            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    def write(self, timeout: float | None = None, *, pipelined: bool = False) -> Iterator[_PgDb]:
+        """Pipelined (a command's views, live): the positions are read first, without the writer
+        lock, with whatever the block asked for before them (``Projection.prefetch``); then the
+        lock is queued, a guard that fails the transaction unless the positions are still those
+        read (``PositionsMoved``: the block is run again), the rows, the new positions and COMMIT,
+        all sent at the end. The lock is held while the server runs them, not across a round trip
+        and the client's work: instances writing views at once take turns in microseconds."""
+        wait_ms = int((BUSY_TIMEOUT_MS / 1000 if timeout is None else timeout) * 1000)
+        # Bound the wait (for this transaction), then queue for the writer lock. The commit need
+        # not wait for the disk: views and their positions commit together, so a view write lost
+        # in a crash is a position not moved, and those events are applied again.
+        begin = [("BEGIN", ()),
+                 ("SELECT set_config('lock_timeout', %s, true), set_config('synchronous_commit', 'off', true), "
+                  "pg_advisory_xact_lock(%s)", (f"{max(1, wait_ms)}ms", self._lock_key))]
+        if not pipelined:
+            with self._begin(begin, pipelined=False) as connection:
+                yield _PgDb(connection)
+            return
+        try:
+            with self._begin([], pipelined=True) as connection:
+                yield _PgDb(connection, begin_after_positions=begin)
+        except psycopg.errors.DivisionByZero as error:  # the guard
+            raise PositionsMoved("another process moved the views' positions meanwhile") from error
+
+    def positions(self, db: Any) -> dict[str, int]:
+        begin = db.begin_after_positions
+        if begin is None:
+            return super().positions(db)
+        db.begin_after_positions = None
+        known = super().positions(db)  # one round trip, without the lock (an implicit transaction ...
+        for sql, params in begin:  # ... that BEGIN makes the write's: one transaction)
+            db.connection.execute(sql, params)
+        db.connection.execute(_POSITIONS_GUARD, (_fingerprint(known),))
+        return known
+
+    @contextmanager
+    def read(self, *, pipelined: bool = False) -> Iterator[_PgDb]:
+        with self._begin([("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", ())],
+                         pipelined=pipelined) as connection:
             yield _PgDb(connection)
 
     def scan(self, db: _PgDb, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple]:

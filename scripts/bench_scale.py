@@ -186,7 +186,11 @@ def run(tree: Path, label: str, count: int, base_env: dict[str, str], args: argp
         for instance in instances:
             instance.wait_ready()
         token = setup(instances)
-        done, failed, latencies = write_load(instances, token, args.seconds, args.clients)
+        sampler = WaitSampler(base_env["KEYLEDGER_DATABASE_URL"]) if "KEYLEDGER_DATABASE_URL" in base_env else None
+        try:
+            done, failed, latencies = write_load(instances, token, args.seconds, args.clients)
+        finally:
+            waits = sampler.stop() if sampler is not None else {}
         delays = propagation(instances, token, args.samples) if count > 1 else []
     finally:
         for instance in instances:
@@ -195,7 +199,54 @@ def run(tree: Path, label: str, count: int, base_env: dict[str, str], args: argp
     return {"label": label, "instances": count, "commands": done, "failed": failed,
             "per_second": done / args.seconds, "delays": delays,
             "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
-            "load": (load_before, os.getloadavg()[0])}
+            "load": (load_before, os.getloadavg()[0]), "waits": waits}
+
+
+class WaitSampler:
+    """What the instances' PostgreSQL sessions are doing while under load: ``pg_stat_activity``
+    sampled every 20 ms in the bench's own database, per pool (the event store's connections, the
+    views'), as shares of the samples: running, waiting for a lock (which one), or inside a
+    transaction waiting for the client (a lock held across a round trip)."""
+
+    def __init__(self, url: str, interval: float = 0.02) -> None:
+        import psycopg
+
+        from service.settings import parse_database_url
+
+        u = parse_database_url(url)
+        self.db = psycopg.connect(host=u["host"], port=u["port"], dbname=u["dbname"], user=u["user"],
+                                  password=u["password"] or None, autocommit=True)
+        self.counts: dict[tuple[str, str], int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            rows = self.db.execute(
+                "SELECT application_name, state, wait_event_type, wait_event FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'").fetchall()
+            self.samples += 1
+            for app, state, wait_type, wait in rows:
+                pool = {"keyledger-views": "views", "": "events"}.get(app)
+                if pool is None:
+                    continue
+                if state == "active":
+                    what = f"lock:{wait}" if wait_type == "Lock" else (f"{wait_type}:{wait}" if wait_type else "running")
+                elif state and state.startswith("idle in transaction"):
+                    what = "in a transaction, waiting for the client"
+                else:
+                    continue  # idle in the pool
+                self.counts[(pool, what)] = self.counts.get((pool, what), 0) + 1
+
+    def stop(self) -> dict[str, float]:
+        """Per "pool / what": sessions in that state, on average over the samples."""
+        self._stop.set()
+        self._thread.join(5)
+        self.db.close()
+        return {f"{pool} {what}": n / max(1, self.samples) for (pool, what), n in sorted(self.counts.items())}
 
 
 def percentile(ordered: list[float], p: float) -> float:
@@ -293,6 +344,9 @@ def main() -> int:
               "KEYLEDGER_PEPPER": secrets.token_hex(32), "KEYLEDGER_AUDIT_SIGNING_KEY": pem,
               "KEYLEDGER_LAST_USED_INTERVAL": "60"}
     root = Path(tempfile.mkdtemp(prefix="keyledger-bench-scale-"))
+    # A database of the run's own: the lock sampler looks at its sessions only.
+    bench_db = f"keyledger_bench_{os.getpid()}"
+    server_url, args.database_url = args.database_url, database(args.database_url, bench_db, create=True)
     trees = {"this tree": ROOT}
     configs = [("sqlite", 1)] + [(f"pg{n}", n) for n in (int(n) for n in args.instances.split(","))]
     results: dict[str, dict[str, list[dict]]] = {}
@@ -326,6 +380,7 @@ def main() -> int:
                           f"load {r['load'][0]:.2f}->{r['load'][1]:.2f}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        database(server_url, bench_db, create=False)
     print(f"\nmedian (quartiles) over {args.rounds} rounds; ratios are taken within each round")
     for name in trees:
         sqlite = [r["per_second"] for r in results[name]["sqlite"]]
@@ -344,6 +399,14 @@ def main() -> int:
             print(f"{label:<8}{quartiles(per, '.1f'):>22}{quartiles(vs_sqlite, '.2f'):>20}"
                   f"{quartiles(vs_pg1, '.2f'):>20}{quartiles([r['p50_ms'] for r in runs], '.1f'):>20}"
                   f"{quartiles([r['p99_ms'] for r in runs], '.1f'):>22}{prop:>26}")
+    print("\nPostgreSQL sessions during the load (pg_stat_activity every 20 ms; average number of sessions per"
+          " state, median over rounds):")
+    for name in trees:
+        for label, _ in configs[1:]:
+            runs = results[name][label]
+            keys = sorted({k for r in runs for k in r["waits"]})
+            shown = ", ".join(f"{k} {statistics.median(r['waits'].get(k, 0.0) for r in runs):.2f}" for k in keys)
+            print(f"  {name:<10} {label:<6} {shown}")
     if args.baseline_ref:
         print(f"\nthis tree against {args.baseline_ref}, commands/s ratio per configuration (within rounds):")
         for label, _ in configs:
@@ -352,6 +415,24 @@ def main() -> int:
             print(f"  {label:<8}{quartiles([a / b for a, b in zip(mine, base, strict=False)], '.2f')}")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     return 0
+
+
+def database(url: str, name: str, *, create: bool) -> str:
+    """Create (or drop) the database ``name`` on ``url``'s server; its URL."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    from service.settings import parse_database_url
+
+    u = parse_database_url(url)
+    with psycopg.connect(host=u["host"], port=u["port"], dbname=u["dbname"], user=u["user"],
+                         password=u["password"] or None, autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if create:
+            db.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 def drop_schema(url: str, schema: str) -> None:

@@ -348,7 +348,9 @@ class Settings:
                 "POSTGRES_POOL_SIZE": str(self.database_pool_size),
                 "POSTGRES_MAX_OVERFLOW": str(self.database_pool_size),
                 "POSTGRES_CONNECT_TIMEOUT": "2",
-                "POSTGRES_PRE_PING": "y",  # a connection broken by an outage is replaced, not used
+                # No check before each use (a round trip each time): a pooled connection found dead
+                # when used is replaced and the call tried once more (service.event_store).
+                "POSTGRES_PRE_PING": "n",
                 "POSTGRES_LOCK_TIMEOUT": str(self.store_lock_timeout),
                 "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
                 "CREATE_TABLE": "y" if create_tables else "n",

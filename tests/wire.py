@@ -4,7 +4,9 @@ Point a client at ``WireCounter(host, port).port`` instead of PostgreSQL's port.
 connection the proxy counts the times the server answers after the client has sent something
 since the server last spoke: one round trip. (PostgreSQL's extended protocol sends nothing back
 before a ``Sync`` or a ``Flush``, so statements queued in a pipeline and sent in several writes
-still make one round trip, as they should.) Each connection is named by the ``application_name``
+still make one round trip, as they should.) It also counts the statements the client has the
+server run (each extended-protocol ``Execute`` and each simple ``Query``), pipelined or not.
+Each connection is named by the ``application_name``
 of its start-up message (SSL is not negotiated through the proxy: the client is told "no"), so
 the event subscription's connection (``keyledger-listener``) can be left out.
 
@@ -30,6 +32,8 @@ class _Link:
     name: str = "?"
     last: str = ""  # "c" (the client spoke last) or "s"
     trips: int = 0
+    statements: int = 0
+    parsing: bytes = b""  # the client's bytes not yet split into messages
     startup: bytes = b""
     started: bool = False
     closed: bool = False
@@ -67,6 +71,11 @@ class WireCounter:
         """Round trips so far on every connection but those named in ``exclude``."""
         with self._lock:
             return sum(link.trips for link in self._links if link.name not in exclude)
+
+    def statements(self, exclude: tuple[str, ...] = ("keyledger-listener",)) -> int:
+        """Statements run so far on every connection but those named in ``exclude``."""
+        with self._lock:
+            return sum(link.statements for link in self._links if link.name not in exclude)
 
     def by_name(self) -> Counter:
         with self._lock:
@@ -124,8 +133,9 @@ class WireCounter:
         if not data:
             self._close(link)
             return
-        if side == "c" and not link.started:
-            data = self._startup(link, data)
+        started = link.started
+        if side == "c" and not started:
+            data = self._startup(link, data)  # counts the statements of what follows the packet
             if not data:
                 return
         with self._lock:
@@ -135,6 +145,8 @@ class WireCounter:
                     self.journal.append((link.name, link.said))
             if side == "c":
                 link.said = (link.said if link.last == "c" else b"") + data[:2000]
+                if started:
+                    self._count_statements(link, data)
             link.last = side
         try:
             target.setblocking(True)
@@ -142,6 +154,19 @@ class WireCounter:
             target.setblocking(False)
         except OSError:
             self._close(link)
+
+    @staticmethod
+    def _count_statements(link: _Link, data: bytes) -> None:
+        buffer = link.parsing + data
+        at = 0
+        while len(buffer) - at >= 5:
+            kind, length = buffer[at:at + 1], struct.unpack("!I", buffer[at + 1:at + 5])[0]
+            if len(buffer) - at < 1 + length:
+                break
+            if kind in (b"E", b"Q"):
+                link.statements += 1
+            at += 1 + length
+        link.parsing = buffer[at:]
 
     def _startup(self, link: _Link, data: bytes) -> bytes:
         """Read the start-up packet (answering an SSL or GSS request with "no" ourselves)."""
@@ -162,6 +187,8 @@ class WireCounter:
         link.name = params.get(b"application_name", b"").decode() or "?"
         link.started = True
         rest, link.startup = link.startup, b""
+        if rest:
+            self._count_statements(link, rest)
         return packet + rest
 
     def _close(self, link: _Link) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, Repository
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import EventStore, IntegrityError, Mapper, PersistenceError
 from eventsourcing.sqlite import SQLiteApplicationRecorder
@@ -92,6 +93,12 @@ class LedgerApplication(Application):
 
     def construct_snapshot_store(self) -> EventStore:
         return SealedSnapshotStore(mapper=self.mapper, recorder=self.factory.aggregate_recorder(purpose="snapshots"))
+
+    def construct_repository(self) -> Repository:
+        repository = super().construct_repository()
+        if hasattr(self.recorder, "select_latest"):  # PostgreSQL: a load in one round trip
+            repository.__class__ = OneReadRepository
+        return repository
 
     def now(self) -> datetime:
         now = self.clock()
@@ -174,17 +181,26 @@ class LedgerApplication(Application):
         from psycopg.rows import tuple_row
         from psycopg.sql import SQL, Identifier
 
+        from service.event_store import on_a_live_connection
+
         where, params = ("notification_id > %s ORDER BY notification_id LIMIT %s", (after, limit))
         if originator_id is not None:
             where, params = ("originator_id = %s ORDER BY originator_version", (originator_id,))  # type: ignore[assignment]
+        elif limit is not None and (recent := getattr(self.recorder, "recent", None)) is not None:
+            written = recent(after, limit)  # what this process just wrote: no read needed
+            if written is not None:
+                return written
         statement = SQL("SELECT notification_id, originator_id, originator_version, topic, state FROM {}.{} WHERE "
                         + where).format(Identifier(self.recorder.datastore.schema),  # type: ignore[attr-defined]
                                         Identifier(self.recorder.events_table_name))  # type: ignore[attr-defined]
-        try:
-            with (self.recorder.datastore.get_connection() as connection,  # type: ignore[attr-defined]
-                  connection.cursor(row_factory=tuple_row) as cursor):
+
+        def select(connection: Any) -> list[RawRecord]:
+            with connection.cursor(row_factory=tuple_row) as cursor:
                 cursor.execute(statement, params, prepare=True)
                 return cursor.fetchall()
+
+        try:
+            return on_a_live_connection(self.recorder.datastore, select)  # type: ignore[attr-defined]
         except psycopg.Error as error:
             raise Unavailable("The event store cannot be read right now; retry shortly.") from error
 
@@ -227,6 +243,25 @@ class LedgerApplication(Application):
     def _require_person(by: Actor) -> None:
         if by.kind == "key":
             raise Forbidden("API keys cannot manage apps or keys; use a personal token (pat_…).")
+
+
+class OneReadRepository(Repository):
+    """The library's repository, loading the current version of an aggregate in one round trip:
+    its latest snapshot and the events after it in one statement (the library reads them in two).
+    A snapshot that is not genuine is ignored, and the aggregate replayed from all its events."""
+
+    def _reconstruct_aggregate(self, aggregate_id: Any, version: int | None, projector_func: Any) -> Any:
+        if version is not None or self.snapshot_store is None:
+            return super()._reconstruct_aggregate(aggregate_id, version, projector_func)
+        snapshot_records, event_records = self.event_store.recorder.select_latest(aggregate_id)  # type: ignore[attr-defined]
+        snapshots = list(self.snapshot_store._genuine(snapshot_records))  # type: ignore[attr-defined]
+        if snapshot_records and not snapshots:
+            return super()._reconstruct_aggregate(aggregate_id, version, projector_func)
+        events = self.event_store._checked(event_records, sealed_seen=bool(snapshots), ordered=True)  # type: ignore[attr-defined]
+        aggregate = projector_func(None, chain(snapshots, events))
+        if aggregate is None:
+            raise AggregateNotFoundError(f"Aggregate {aggregate_id!r} version None not found.")
+        return aggregate
 
 
 def _on_postgres(recorder: object) -> bool:

@@ -52,8 +52,8 @@ class KillingStore:
     commits = 0
 
     @contextmanager
-    def write(self, timeout=None):
-        with super().write(timeout) as db:
+    def write(self, timeout=None, **kwargs):
+        with super().write(timeout, **kwargs) as db:
             yield db
         if KillingStore.kill_after:
             KillingStore.commits += 1

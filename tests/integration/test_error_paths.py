@@ -24,6 +24,14 @@ def broken(error: Exception):
     return fail
 
 
+def break_reads(recorder, monkeypatch, error: Exception) -> None:  # type: ignore[no-untyped-def]
+    """The recorder's reads of an aggregate fail (on PostgreSQL the current version is read in one
+    statement, ``select_latest``; a past version and the history with ``select_events``)."""
+    monkeypatch.setattr(recorder, "select_events", broken(error))
+    if hasattr(recorder, "select_latest"):
+        monkeypatch.setattr(recorder, "select_latest", broken(error))
+
+
 @pytest.fixture
 def key(owner) -> dict:
     return owner.post("/v2/apps", json={"id": "vision", "name": "Vision"}).json["default_key"]
@@ -37,8 +45,7 @@ def assert_unavailable(response) -> None:
 
 
 def test_a_read_of_the_event_store_that_fails_is_503(system, owner, key, monkeypatch):
-    monkeypatch.setattr(system.keys_app.recorder, "select_events",
-                        broken(OperationalError("disk I/O error")))
+    break_reads(system.keys_app.recorder, monkeypatch, OperationalError("disk I/O error"))
     assert_unavailable(owner.get(f"/v2/keys/{key['id']}"))
     assert_unavailable(owner.get(f"/v2/keys/{key['id']}?as_of=2030-01-01T00:00:00Z"))
 
@@ -61,7 +68,7 @@ def test_a_view_store_that_fails_is_503_not_500(system, owner, key, monkeypatch)
 
 
 def test_an_unexpected_error_is_the_500_envelope_without_a_traceback(system, client, owner, key, monkeypatch):
-    monkeypatch.setattr(system.keys_app.recorder, "select_events", broken(RuntimeError("boom ak_secret")))
+    break_reads(system.keys_app.recorder, monkeypatch, RuntimeError("boom ak_secret"))
     response = owner.get(f"/v2/keys/{key['id']}")
     assert response.status_code == 500
     assert response.mimetype == "application/json"
