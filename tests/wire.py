@@ -19,6 +19,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -32,6 +33,8 @@ class _Link:
     name: str = "?"
     last: str = ""  # "c" (the client spoke last) or "s"
     trips: int = 0
+    waited: float = 0.0  # seconds from the client's last bytes to the server's answer, summed over trips
+    sent_at: float = 0.0
     statements: int = 0
     parsing: bytes = b""  # the client's bytes not yet split into messages
     startup: bytes = b""
@@ -76,6 +79,12 @@ class WireCounter:
         """Statements run so far on every connection but those named in ``exclude``."""
         with self._lock:
             return sum(link.statements for link in self._links if link.name not in exclude)
+
+    def waited(self, exclude: tuple[str, ...] = ("keyledger-listener",)) -> float:
+        """Seconds the clients waited for the server's answers so far (the server's work, the
+        loopback and this proxy), on every connection but those named in ``exclude``."""
+        with self._lock:
+            return sum(link.waited for link in self._links if link.name not in exclude)
 
     def by_name(self) -> Counter:
         with self._lock:
@@ -141,9 +150,11 @@ class WireCounter:
         with self._lock:
             if side == "s" and link.last == "c":
                 link.trips += 1
+                link.waited += time.perf_counter() - link.sent_at
                 if self.journal is not None:
                     self.journal.append((link.name, link.said))
             if side == "c":
+                link.sent_at = time.perf_counter()
                 link.said = (link.said if link.last == "c" else b"") + data[:2000]
                 if started:
                     self._count_statements(link, data)
