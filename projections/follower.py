@@ -357,10 +357,12 @@ class Follower:
         rows and the new positions. Live (not bulk), the rows' statements are sent without waiting
         for their answers, and the reads the views will need go with the positions' read."""
         with self.store.write(timeout=timeout, pipelined=not bulk) as db:
+            prefetch = None
             if not bulk and self.store.pipelines:
-                for projection in self.projections:
-                    projection.prefetch(db)
-            known = self.store.positions(db)
+                def prefetch(db: Any) -> None:
+                    for projection in self.projections:
+                        projection.prefetch(db)
+            known = self.store.positions(db, then=prefetch)
             positions = {p.name: known.get(p.name, 0) for p in self.projections}
             written, finished = self._fill(db, self.projections, positions, limit=self.bulk_size)
             moved = {name: position for name, position in positions.items() if position != known.get(name)}

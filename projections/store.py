@@ -139,9 +139,14 @@ class ViewStore:
                          (projection,)).fetchone()
         return row[0] if row else 0
 
-    def positions(self, db: Any) -> dict[str, int]:
-        """Every view's tracking position, in one read."""
-        return dict(db.execute("SELECT projection, position FROM projection_tracking").fetchall())
+    def positions(self, db: Any, *, then: Callable[[Any], None] | None = None) -> dict[str, int]:
+        """Every view's tracking position, in one read. ``then(db)`` is called once it is asked for
+        (before its answer is read): reads made there see the store as it was then or later, and a
+        pipelined write sends them with it (``PostgresViewStore.write``)."""
+        cursor = db.execute("SELECT projection, position FROM projection_tracking")
+        if then is not None:
+            then(db)
+        return dict(cursor.fetchall())
 
     def set_positions(self, db: Any, positions: dict[str, int]) -> None:
         db.executemany(upsert("projection_tracking", ("projection", "position"), ("projection",)),
@@ -505,12 +510,15 @@ class PostgresViewStore(ViewStore):
         except psycopg.errors.DivisionByZero as error:  # the guard
             raise PositionsMoved("another process moved the views' positions meanwhile") from error
 
-    def positions(self, db: Any) -> dict[str, int]:
+    def positions(self, db: Any, *, then: Callable[[Any], None] | None = None) -> dict[str, int]:
         begin = db.begin_after_positions
         if begin is None:
-            return super().positions(db)
+            return super().positions(db, then=then)
         db.begin_after_positions = None
-        known = super().positions(db)  # one round trip, without the lock (an implicit transaction ...
+        # One round trip, without the lock (an implicit transaction that the BEGIN below makes the
+        # write's). Reads made by ``then`` come after the positions' read: whatever they see that is
+        # newer was written with newer positions, which the guard below then refuses.
+        known = super().positions(db, then=then)
         for sql, params in begin:  # ... that BEGIN makes the write's: one transaction)
             db.connection.execute(sql, params)
         db.connection.execute(_POSITIONS_GUARD, (_fingerprint(known),))
