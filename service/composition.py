@@ -122,17 +122,19 @@ class System:
         recorded yet: this runs after the commit instead."""
         if self.keys_app.deferring():
             return
-        try:
-            self.follower.catch_up()
-        except Exception:
-            log.exception("the index could not catch up with the log now; the follower retries")
-        try:
-            self.follower.update_views(timeout=VIEW_WRITE_TIMEOUT)
-        except Exception as error:
-            if (reason := store_fault(error)) is None:
-                log.exception("the views could not be brought up to date now; the follower retries")
-            else:  # a full disk, a lock held too long: expected, no traceback
-                log.warning("the views could not be brought up to date now (%s); the follower retries", reason)
+        with self.keys_app.reading_own_writes():  # what this process just wrote, from memory
+            try:
+                self.follower.catch_up()
+            except Exception:
+                log.exception("the index could not catch up with the log now; the follower retries")
+            try:
+                self.follower.update_views(timeout=VIEW_WRITE_TIMEOUT)
+            except Exception as error:
+                if (reason := store_fault(error)) is None:
+                    log.exception("the views could not be brought up to date now; the follower retries")
+                else:  # a full disk, a lock held too long: expected, no traceback
+                    log.warning("the views could not be brought up to date now (%s); the follower retries",
+                                reason)
 
     def close(self) -> None:
         if self._closed:

@@ -206,7 +206,8 @@ def _catch_up(system: System, *, views: bool) -> None:
         if views:
             system.after_command()
         else:
-            system.follower.catch_up()
+            with system.keys_app.reading_own_writes():
+                system.follower.catch_up()
     except Exception:  # noqa: BLE001
         log.warning("catching up after a commit failed; the follower retries", exc_info=True)
 

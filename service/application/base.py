@@ -8,7 +8,9 @@ eventsourcing application. Library errors are translated here into ``service.dom
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from itertools import chain
 from typing import Any
@@ -36,6 +38,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 RawRecord = tuple[Any, Any, Any, Any, Any]
 
 Clock = Callable[[], datetime]
+_own_writes: ContextVar[bool] = ContextVar("keyledger_reading_own_writes", default=False)
 
 DESCRIPTION_MAX = 200
 NAME_MAX = 100
@@ -186,7 +189,7 @@ class LedgerApplication(Application):
         where, params = ("notification_id > %s ORDER BY notification_id LIMIT %s", (after, limit))
         if originator_id is not None:
             where, params = ("originator_id = %s ORDER BY originator_version", (originator_id,))  # type: ignore[assignment]
-        elif limit is not None and (recent := getattr(self.recorder, "recent", None)) is not None:
+        elif limit is not None and _own_writes.get() and (recent := getattr(self.recorder, "recent", None)):
             written = recent(after, limit)  # what this process just wrote: no read needed
             if written is not None:
                 return written
@@ -203,6 +206,20 @@ class LedgerApplication(Application):
             return on_a_live_connection(self.recorder.datastore, select)  # type: ignore[attr-defined]
         except psycopg.Error as error:
             raise Unavailable("The event store cannot be read right now; retry shortly.") from error
+
+    @staticmethod
+    @contextmanager
+    def reading_own_writes() -> Iterator[None]:
+        """Reads of the log inside may be answered from the records this process just wrote, when
+        they follow on exactly (PostgreSQL: no round trip). Such an answer can stop short of the
+        log's end — another process's later records are read by the next catch-up, which a
+        notification or a poll brings — so only the catch-up right after a command reads this way,
+        never a rebuild, a start or the follower's own catch-ups, which must reach the end."""
+        token = _own_writes.set(True)
+        try:
+            yield
+        finally:
+            _own_writes.reset(token)
 
     def last_position(self) -> int:
         try:

@@ -209,3 +209,50 @@ def test_an_insert_whose_connection_dies_after_the_commit_is_tried_again_and_rec
         positions = recorder.insert_events(records)
     assert lost and len(positions) == 1
     assert [r[0] for r in system.keys_app.raw_records(positions[0] - 1, 1)] == positions
+
+
+def test_a_view_write_whose_positions_moved_before_its_lock_is_run_again(tmp_path, monkeypatch):
+    """A pipelined view write reads the positions without the writer lock. Another instance that
+    applies the same events in between moves them: the guard under the lock fails the first write,
+    nothing of it is kept, and the run again applies only what is left — each event once, the
+    audit chain unbroken (the views equal a fresh rebuild)."""
+    from tests.integration.test_views_under_pressure import dump
+
+    settings = backend.make_settings(data_dir=tmp_path / "var", pepper=TEST_PEPPER)
+    first, other = build_system(settings, follow=False), build_system(settings, follow=False)
+    try:
+        owner, _ = first.keys_app.register_account(email="o@example.com", name="O", role="owner",
+                                                   by=Actor.system("test"), request=NO_REQUEST)
+        first.after_command()
+        from projections.store import ViewStore
+
+        read_positions = ViewStore.positions  # the read itself, before the write's lock is queued
+        moved = []
+
+        def positions_then_another_writer(self, db, **kwargs):  # type: ignore[no-untyped-def]
+            known = read_positions(self, db, **kwargs)
+            if self is first.views and kwargs.get("then") is not None and not moved:
+                moved.append(True)  # the other instance writes the same events' views now
+                other.follower.catch_up()
+                other.follower.update_views()
+                other.keys_app.create_app(name="B", slug="b", owner_id=owner["id"], by=Actor.system("test"),
+                                          request=NO_REQUEST)
+                other.after_command()
+            return known
+
+        monkeypatch.setattr(ViewStore, "positions", positions_then_another_writer)
+        first.keys_app.create_app(name="A", slug="a", owner_id=owner["id"], by=Actor.system("test"),
+                                  request=NO_REQUEST)
+        first.after_command()
+        monkeypatch.undo()
+        assert moved
+        first.after_command()
+        assert first.follower.views_position == first.keys_app.last_position()
+        live = dump(first)
+        assert len(live["audit_events"]) == first.keys_app.last_position()
+        assert len(live["directory_apps"]) == 2
+        first.follower.rebuild(reload=False)
+        assert dump(first) == live
+    finally:
+        other.close()
+        first.close()
