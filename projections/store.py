@@ -491,8 +491,9 @@ class PostgresViewStore(ViewStore):
         lock, with whatever the block asked for before them (``Projection.prefetch``); then the
         lock is queued, a guard that fails the transaction unless the positions are still those
         read (``PositionsMoved``: the block is run again), the rows, the new positions and COMMIT,
-        all sent at the end. The lock is held while the server runs them, not across a round trip
-        and the client's work: instances writing views at once take turns in microseconds."""
+        sent as they come without waiting for an answer until the end. The lock is held from the
+        moment the server reaches it until the commit — while the client builds the rows, but not
+        across a round trip or the reading of the positions and the events."""
         wait_ms = int((BUSY_TIMEOUT_MS / 1000 if timeout is None else timeout) * 1000)
         # Bound the wait (for this transaction), then queue for the writer lock. The commit need
         # not wait for the disk: views and their positions commit together, so a view write lost
