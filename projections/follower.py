@@ -147,9 +147,10 @@ class Follower:
         really is behind them — a store restored from an older backup — and only then rebuilt."""
         with self._views_lock:
             with self.store.write() as db:
-                for projection in self.projections:
-                    projection.create(db)
                 positions = self.store.positions(db)
+                fresh = [p for p in self.projections if positions.get(p.name, 0) == 0]
+                for projection in self.projections:  # a view never built gets its indexes once filled
+                    projection.create(db, with_indexes=projection not in fresh)
                 last = self.source.last_position()
                 ahead = [p for p in self.projections if positions.get(p.name, 0) > last]
             if ahead:
@@ -158,6 +159,10 @@ class Follower:
                             "rebuilding them", ", ".join(p.name for p in ahead))
                 self._rebuild(ahead)
             self._build()
+            if fresh:
+                with self.store.write() as db:
+                    for projection in fresh:
+                        projection.create_indexes(db)
         self._load_indexes()
         if self.beacon is not None:
             published = self.beacon.value()  # before the log's end, which only grows: same reasoning
