@@ -70,6 +70,7 @@ class AuditTrail(Projection):
     belong to an aggregate that did) appear under their app with no change here."""
 
     name = "audit"
+    reads_records = True  # the chain is hashed over the stored records
     tables = ("audit_events", "audit_aggregate_apps", "audit_app_owners")
     ddl = (
         """CREATE TABLE IF NOT EXISTS audit_events (

@@ -25,6 +25,7 @@ class Projection:
     ddl: ClassVar[tuple[str, ...]] = ()
     indexes: ClassVar[tuple[str, ...]] = ()  # built after the rows when rebuilding
     tables: ClassVar[tuple[str, ...]] = ()
+    reads_records: ClassVar[bool] = False  # wants a page's stored records (``Page.records``)
     _handlers: ClassVar[dict[type, str]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
