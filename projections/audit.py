@@ -36,7 +36,12 @@ _MICROSECOND = timedelta(microseconds=1)
 StoredRecords = Callable[[int, int], Sequence[tuple]]
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def _plain(value: Any) -> Any:
+    if type(value) in _SCALARS:  # most of an event's values: as they are
+        return value
     if isinstance(value, datetime):
         return rfc3339(value)
     if isinstance(value, dict):

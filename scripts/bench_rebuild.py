@@ -121,7 +121,7 @@ def drop_views(data_dir: Path, database_url: str | None, schema: str | None) -> 
             tables = [r[0] for r in db.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))]
             for table in tables:
-                if table not in ("stored_events", "snapshots", "store_identity") and not table.endswith("_events"):
+                if table != "store_identity" and not table.startswith("keyledger_"):  # the event store's own
                     db.execute(f'DROP TABLE "{schema}"."{table}"')
 
 
