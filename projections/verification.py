@@ -379,13 +379,6 @@ class VerificationIndex:
 
     # -- loading and following --------------------------------------------------------
 
-    # An API key's row as the load reads it: the digest's prefix, the UUID's 32 hex digits and the
-    # grant's text made by the store (a few fewer objects a row: ten million of them at start-up).
-    _LOAD_KEYS = (f"SELECT substr(digest, 1, {DIGEST_BYTES}), replace(key_id, '-', ''), app_id || ? || scopes, "
-                  "app_id, scopes, expires_at, ends_at FROM verification WHERE kind = 'api_key'")
-    _LOAD_OTHERS = ("SELECT " + ", ".join(VerificationView._COLUMNS) + " FROM verification "
-                    "WHERE kind <> 'api_key'")
-
     def load(self, store: ViewStore) -> int:
         fresh: dict[bytes, Credential] = {}
         clients: dict[bytes, LegacyClientState] = {}
@@ -397,24 +390,22 @@ class VerificationIndex:
                 state.ends_at = _earliest(state.ends_at, ends_at)
                 clients[state.id] = state
             pack, pack_ended, fromhex = _KEY_RECORD.pack, _ENDED_KEY_RECORD.pack, bytes.fromhex
-            numbers: dict[str, int] = {}
-            for digest, hex_id, grant, app_id, scopes, expires_at, ends_at in store.scan(db, self._LOAD_KEYS, ("\x1f",)):
-                number = numbers.get(grant)  # inline: ten million of them at start-up
-                if number is None:
-                    number = numbers[grant] = grant_of(app_id, scopes).number
-                if expires_at is None:
-                    expires_at = NEVER
-                try:
-                    id = fromhex(hex_id)  # the view's canonical text: 5x UUID()'s speed
-                except ValueError:
-                    id = b""
-                if len(id) != 16:
-                    id = UUID(hex_id).bytes
-                fresh[bytes(digest)] = KeyRecord(
-                    pack(expires_at, number, id) if ends_at is None else pack_ended(expires_at, number, id, ends_at))
-            for row in store.scan(db, self._LOAD_OTHERS):  # personal and legacy access tokens: few
-                fresh[bytes(row[0][:DIGEST_BYTES])] = self._entry(row, clients)
-            store.release(db)  # give back the page cache the full scans filled
+            numbers: dict[tuple[str, str], int] = {}
+            for row in store.scan(db, "SELECT " + ", ".join(VerificationView._COLUMNS) + " FROM verification"):
+                digest, kind, key_id, app_id, role, scopes, expires_at, ends_at = row
+                if kind == API_KEY:  # inline: ten million of them at start-up
+                    number = numbers.get((app_id, scopes))
+                    if number is None:
+                        number = numbers[(app_id, scopes)] = grant_of(app_id, scopes).number
+                    expires_at = NEVER if expires_at is None else expires_at
+                    id = fromhex(key_id.replace("-", ""))  # the view's canonical text: 5x UUID()'s speed
+                    if len(id) != 16:
+                        id = UUID(key_id).bytes
+                    fresh[bytes(digest[:DIGEST_BYTES])] = KeyRecord(
+                        pack(expires_at, number, id) if ends_at is None else pack_ended(expires_at, number, id, ends_at))
+                else:
+                    fresh[bytes(digest[:DIGEST_BYTES])] = self._entry(row, clients)
+            store.release(db)  # give back the page cache the full scan filled
         self.by_digest = fresh
         self.clients = clients
         release_free_memory()
