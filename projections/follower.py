@@ -12,10 +12,18 @@ positions commit together, so several processes sharing the view store apply eac
 exactly once, and a process killed half-way leaves nothing half-applied. Because the
 positions are read inside the transaction that writes, no view can skip events.
 
-``rebuild()`` drops views and replays the whole log into them in a single transaction:
-other processes keep reading the old rows until it commits, and never see a half-built
-view. A view whose position is beyond the log (a store restored from an older backup)
-is rebuilt at start.
+*Bulk passes* — ``rebuild()``, and a start that finds views behind (a first start, a store
+restored from a backup of the log) — read the log in pages of ``page_size`` events (each
+record read and decoded once for every view, the audit chain hashing the stored record as
+read) and write each view's rows in bulk (``Projection.process_page``: runs of statements as
+one ``executemany``). Each page is one transaction with the views' new positions, so a bulk
+pass killed half-way resumes where its last page committed, and other processes' writers
+interleave with it between pages (each event is still applied exactly once). ``rebuild()``
+drops the views and resets their positions in one transaction, then fills them page by
+page: readers see a rebuilt view grow as a first start's does; every process's in-memory
+index keeps following the log meanwhile, and the rebuilding process reloads its own at the
+end. A view whose position is beyond the log (a store restored from an older backup) is
+rebuilt at start.
 
 The process that wrote an event calls ``catch_up()`` and ``update_views()`` before it
 answers; processes on the same machine learn of new events from the change beacon on
@@ -57,6 +65,25 @@ class EventSource(Protocol):
 
     def last_position(self) -> int: ...
 
+    # Optional: ``read_events`` and the stored records the events were decoded from (seq, originator
+    # id hex, version, topic, state), from one read. Bulk passes use it when the source has it.
+    # def read_records(self, after: int, limit: int) -> tuple[list[tuple[int, Any]], list[tuple]]: ...
+
+
+class Page(list):
+    """A page of the log: (position, event) pairs in order, and — when the source gives them — the
+    stored records they were decoded from, by position (``records``), for the audit chain."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, items: Any = (), records: dict[int, tuple] | None = None) -> None:
+        super().__init__(items)
+        self.records = records
+
+    def after(self, position: int) -> Page:
+        """The events after ``position`` (for a view that is part-way through this page)."""
+        return Page([item for item in self if item[0] > position], self.records)
+
 
 class MemoryIndex(Protocol):
     """An in-memory read model: loaded from its view, then fed events directly."""
@@ -73,13 +100,14 @@ class MemoryIndex(Protocol):
 class Follower:
     def __init__(self, source: EventSource, store: ViewStore, projections: Sequence[Projection],
                  indexes: Sequence[MemoryIndex] = (), *, batch_size: int = 1000,
-                 bulk_size: int = 250_000, beacon: ChangeBeacon | None = None) -> None:
+                 bulk_size: int = 250_000, page_size: int = 10_000, beacon: ChangeBeacon | None = None) -> None:
         self.source = source
         self.store = store
         self.projections = list(projections)
         self.indexes = list(indexes)
         self.batch_size = batch_size  # events read and decoded at a time
         self.bulk_size = bulk_size  # events per commit when views are far behind
+        self.page_size = page_size  # events per page (one read, one transaction) in a bulk pass
         self.beacon = beacon
         self.position = 0  # the last event this process's in-memory indexes reflect
         self.views_position = 0  # the lowest view position seen in the last view write
@@ -119,9 +147,10 @@ class Follower:
         really is behind them — a store restored from an older backup — and only then rebuilt."""
         with self._views_lock:
             with self.store.write() as db:
-                for projection in self.projections:
-                    projection.create(db)
                 positions = self.store.positions(db)
+                fresh = [p for p in self.projections if positions.get(p.name, 0) == 0]
+                for projection in self.projections:  # a view never built gets its indexes once filled
+                    projection.create(db, with_indexes=projection not in fresh)
                 last = self.source.last_position()
                 ahead = [p for p in self.projections if positions.get(p.name, 0) > last]
             if ahead:
@@ -129,7 +158,11 @@ class Follower:
                 log.warning("views %s are ahead of the event log (a store restored from a backup?); "
                             "rebuilding them", ", ".join(p.name for p in ahead))
                 self._rebuild(ahead)
-            self._update_views(bulk=True)
+            self._build()
+            if fresh:
+                with self.store.write() as db:
+                    for projection in fresh:
+                        projection.create_indexes(db)
         self._load_indexes()
         if self.beacon is not None:
             published = self.beacon.value()  # before the log's end, which only grows: same reasoning
@@ -312,8 +345,9 @@ class Follower:
             return self._update_views(bulk=False, timeout=timeout)
 
     def rebuild(self, names: Sequence[str] | None = None, *, reload: bool = True) -> int:
-        """Drop the named views (all by default) and replay the whole log into them, in one
-        transaction; then reload the in-memory indexes from the views (unless told not to)."""
+        """Drop the named views (all by default) and replay the whole log into them, a page per
+        transaction (see the module's docstring); then reload the in-memory indexes from the views
+        (unless told not to). Returns the number of events read."""
         chosen = [p for p in self.projections if names is None or p.name in names]
         unknown = set(names or ()) - {p.name for p in self.projections}
         if unknown:
@@ -326,17 +360,58 @@ class Follower:
         return count
 
     def _rebuild(self, chosen: list[Projection]) -> int:
-        with collector_paused(), self.store.bulk(), self.store.write() as db:
-            positions = {}
+        with self.store.write() as db:  # the old rows go and the positions restart together
             for projection in chosen:
                 projection.drop(db)
                 projection.create(db, with_indexes=False)  # rows first, indexes after: faster
-                positions[projection.name] = 0
-            count, _ = self._fill(db, chosen, positions, limit=None)
+            self.store.set_positions(db, {projection.name: 0 for projection in chosen})
+        count = self._build()
+        with self.store.write() as db:
             for projection in chosen:
                 projection.create_indexes(db)
-            self.store.set_positions(db, positions)
         return count
+
+    def _build(self) -> int:
+        """Bring every view that is behind to the log's end, a page at a time: each page read once
+        (``_read_page``), applied in bulk to every view still behind it, and committed with their
+        new positions in one transaction. The positions are read inside that transaction, so
+        processes building side by side (instances starting together) share the work and apply
+        each event once. Returns the number of events read."""
+        count = 0
+        if not self.projections:
+            return count
+        with collector_paused(), self.store.bulk():
+            while True:
+                with self.store.write() as db:
+                    known = self.store.positions(db)
+                    positions = {p.name: known.get(p.name, 0) for p in self.projections}
+                    after = min(positions.values())
+                    # The stored records too, if a view behind wants them (a view left out here
+                    # that turns out to be behind reads them itself: slower, the same rows).
+                    records = any(p.reads_records and positions[p.name] < after + self.page_size
+                                  for p in self.projections)
+                    page = self._read_page(after, self.page_size, records)
+                    if page:
+                        last = page[-1][0]
+                        for projection in self.projections:
+                            done = positions[projection.name]
+                            if done < last:
+                                projection.process_page(db, page if page[0][0] > done else page.after(done))
+                                positions[projection.name] = last
+                        self.store.set_positions(db, {name: position for name, position in positions.items()
+                                                      if position != known.get(name)})
+                count += len(page)
+                self.views_position = min(positions.values())
+                if len(page) < self.page_size:
+                    self.views_ok_at = time.time()
+                    return count
+
+    def _read_page(self, after: int, limit: int, records: bool = True) -> Page:
+        read_records = getattr(self.source, "read_records", None)
+        if read_records is None or not records:
+            return Page(self.source.read_events(after, limit))
+        events, records = read_records(after, limit)
+        return Page(events, {record[0]: record for record in records})
 
     def _update_views(self, *, bulk: bool, timeout: float | None = None) -> int:
         count = 0

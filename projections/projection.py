@@ -25,6 +25,7 @@ class Projection:
     ddl: ClassVar[tuple[str, ...]] = ()
     indexes: ClassVar[tuple[str, ...]] = ()  # built after the rows when rebuilding
     tables: ClassVar[tuple[str, ...]] = ()
+    reads_records: ClassVar[bool] = False  # wants a page's stored records (``Page.records``)
     _handlers: ClassVar[dict[type, str]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -62,3 +63,49 @@ class Projection:
         """Apply events in order; a projection may override this to write rows in bulk."""
         for position, event in batch:
             self.process(db, position, event)
+
+    def process_page(self, db: Any, page: Sequence[tuple[int, Any]]) -> None:
+        """Apply a page of the log in bulk (a rebuild, a first start): ``process_batch`` with its
+        statements sent in runs (``StatementRuns``), so the rows are those of the live path."""
+        runs = StatementRuns(db)
+        self.process_batch(runs, page)
+        runs.flush()
+
+
+class StatementRuns:
+    """A connection for a bulk pass: consecutive statements with the same SQL go to the store as
+    one ``executemany`` (a single call on SQLite, a pipeline on PostgreSQL). Order is kept — a
+    run is sent before any other statement, and before any ``SELECT``, which goes through at once
+    — so every statement sees the rows it would have seen executed one by one. Writes return
+    nothing: handlers never read a write's cursor."""
+
+    __slots__ = ("db", "sql", "rows")
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.sql: str | None = None
+        self.rows: list[Any] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if sql.startswith("SELECT"):
+            self.flush()
+            return self.db.execute(sql, params)
+        if sql != self.sql:
+            self.flush()
+            self.sql = sql
+        self.rows.append(params)
+        return None
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        self.flush()
+        self.db.executemany(sql, rows)
+
+    def columns(self, table: str) -> set[str]:
+        self.flush()
+        return self.db.columns(table)
+
+    def flush(self) -> None:
+        if self.rows:
+            self.db.executemany(self.sql, self.rows)
+            self.rows = []
+        self.sql = None

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 def rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
+    tz = value.tzinfo
+    if tz is not UTC and tz is not None:  # UTC (every event's time) and naive times are UTC already
+        value = value.astimezone(UTC)
     # isoformat() writes microseconds only when there are some, as RFC 3339 allows.
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+    return value.replace(tzinfo=None).isoformat() + "Z"
 
 
 def from_rfc3339(text: str | None) -> datetime | None:

@@ -116,9 +116,17 @@ class LedgerApplication(Application):
         service did not write as it stands (``RecordRules``) is never applied: it comes as a
         ``RefusedRecord`` (the audit trail shows it, nothing takes effect) and is reported to
         ``on_refused``; the records after it are applied as usual."""
+        return self.read_records(after, limit)[0]
+
+    def read_records(self, after: int, limit: int) -> tuple[list[tuple[int, DomainEventProtocol]], list[tuple]]:
+        """``read_events``, and the stored records they were decoded from, from one read: each as
+        (seq, originator id as 32 hex digits, version, topic, state), what the audit chain hashes.
+        A rebuild reads the log once for every view, the audit trail's chain included."""
         rules, decode = self.record_rules, self.mapper.decode_opened  # type: ignore[attr-defined]
         events: list[tuple[int, DomainEventProtocol]] = []
+        records: list[tuple] = []
         for seq, oid, version, topic, state in self.raw_records(after, limit):
+            records.append((seq, oid.hex if isinstance(oid, UUID) else oid, version, topic, state))
             problem, body = rules.judge(seq, oid, version, topic, state)
             if problem is None:
                 try:
@@ -128,7 +136,7 @@ class LedgerApplication(Application):
                     problem = f"it cannot be decoded ({type(error).__name__})"
             events.append((seq, RefusedRecord(oid, version, topic, problem, _EPOCH)))
             self._refuse(seq, problem)
-        return events
+        return events, records
 
     def _refuse(self, seq: int, problem: str) -> None:
         if seq in self._refused:

@@ -62,6 +62,8 @@ class SealingMapper(Mapper):
     def __init__(self, transcoder: Transcoder, key: bytes) -> None:
         super().__init__(transcoder)
         self.key = sealer(key)  # keyed once; copied for each record
+        # Per (topic, type of id): the event class, its id's convertor, its class version.
+        self._decodings: dict[tuple[str, type], tuple[Any, Any, int]] = {}
 
     def to_stored_event(self, domain_event: DomainEventProtocol) -> StoredEvent:
         # The library's Mapper.to_stored_event (no compressor, no cipher here), sealed.
@@ -89,16 +91,20 @@ class SealingMapper(Mapper):
         """Decode a record whose seal has been judged (its seal, if any, is dropped): the library's
         ``Mapper.to_domain_event`` (no compressor, no cipher here) without building a second
         stored record."""
-        cls = resolve_topic(topic)
+        decoding = self._decodings.get((topic, type(originator_id)))
+        if decoding is None:
+            cls = resolve_topic(topic)
+            decoding = self._decodings[(topic, type(originator_id))] = (
+                cls, find_id_convertor(cls, type(originator_id)), getattr(cls, "class_version", 1))
+        cls, convert_id, class_version = decoding
         try:
             event_state: dict[str, Any] = self.transcoder.decode(state)
             event_state.pop("_mac", None)
         except Exception as error:
             raise MapperDeserialisationError(f"Failed to deserialise the state of {topic} {originator_id} "
                                              f"version {version}: {error}") from error
-        event_state["originator_id"] = find_id_convertor(cls, type(originator_id))(originator_id)
+        event_state["originator_id"] = convert_id(originator_id)
         event_state["originator_version"] = version
-        class_version = getattr(cls, "class_version", 1)
         from_version = event_state.pop("class_version", 1)
         while from_version < class_version:
             getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(event_state)

@@ -4,7 +4,9 @@
 
 MODE ``after-commit``: SIGKILL right after the KILL_AT-th view transaction committed
 (between the view write and the next batch). MODE ``mid-batch``: SIGKILL inside a
-transaction, after KILL_AT events were written but not committed.
+transaction, after KILL_AT events were written but not committed. MODE ``rebuild``: the view
+built first, then rebuilt (a page of ten events a transaction) with a SIGKILL right after the
+rebuild's KILL_AT-th transaction committed (the first drops the view and resets its position).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def build(data_dir: Path, projection: Projection, killing: bool = False) -> tupl
     if killing:  # the same store, dying after a chosen commit
         store.__class__ = type("KillingStore", (KillingStore, type(store)), {})
     # Ten events a transaction, so the kill lands between two of them.
-    return keys_app, store, Follower(keys_app, store, [projection], batch_size=10, bulk_size=10)
+    return keys_app, store, Follower(keys_app, store, [projection], batch_size=10, bulk_size=10, page_size=10)
 
 
 def main() -> None:
@@ -84,6 +86,10 @@ def main() -> None:
         _, _, follower = build(data_dir, CountingProjection(), killing=True)
     with follower.store.write() as db:
         follower.projections[0].create(db)
+    if mode == "rebuild":
+        follower.start()  # built in full (pages, as a first start), then rebuilt and killed
+        KillingStore.kill_after = kill_at
+        follower.rebuild(reload=False)
     KillingStore.kill_after = kill_at
     follower.update_views()
     raise SystemExit("the follower was meant to be killed before it finished")
