@@ -2,7 +2,8 @@
 
 ``start_server(...)`` (a fixture factory) runs ``keyledger serve`` as a subprocess on a
 free port with its own data directory, waits for ``GET /readyz`` to answer 200, and
-stops every process it started when the test ends, passed or failed. A server can be
+stops every process it started when the test ends, passed or failed (``start_module_server``: when
+the module's last test ends — for tests that read back only what their own requests did). A server can be
 stopped (gracefully with SIGTERM, or killed with SIGKILL) and started again on the same
 data directory. ``ServerProcess.cli(...)`` runs the ``keyledger`` command with the same
 environment. HTTP goes through the stdlib only (``urllib.request``), bypassing proxies.
