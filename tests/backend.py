@@ -29,6 +29,26 @@ def _with_database(url: str, name: str) -> str:
 
 DATABASE_URL = _with_database(SERVER_URL, TEST_DATABASE) if SERVER_URL else None
 
+# -- the guard of store-independent tests ---------------------------------------------------------
+# Every way a test reaches the store under test goes through a function below (settings, a server
+# process's environment, a direct connection): a test that calls none of them runs the same on SQLite
+# and on PostgreSQL. While a test marked ``store_independent`` runs (tests/conftest.py sets GUARDED to
+# its id), calling one of them is an error, and the test fails.
+
+GUARDED: str | None = None
+REACHED: list[str] = []
+
+
+class StoreReached(AssertionError):
+    """A test marked ``store_independent`` reached the store under test."""
+
+
+def _reaching(what: str) -> None:
+    if GUARDED is not None:
+        REACHED.append(what)
+        raise StoreReached(f"{GUARDED} is marked store_independent but reached the store under test "
+                           f"(tests.backend.{what}): remove the marker, so that it runs on both stores")
+
 
 def schema_for(data_dir: Path | str) -> str:
     return "t_" + hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
@@ -36,6 +56,7 @@ def schema_for(data_dir: Path | str) -> str:
 
 def make_settings(**kwargs: Any) -> Settings:
     """``Settings(**kwargs)``, on the suite's store: on PostgreSQL, the data directory's schema."""
+    _reaching("make_settings")
     if ON_POSTGRES and "data_dir" in kwargs:
         kwargs.setdefault("database_url", DATABASE_URL)
         kwargs.setdefault("database_schema", schema_for(kwargs["data_dir"]))
@@ -44,6 +65,7 @@ def make_settings(**kwargs: Any) -> Settings:
 
 def environment_for(data_dir: Path | str) -> dict[str, str]:
     """The variables that put a server process on the suite's store."""
+    _reaching("environment_for")
     if not ON_POSTGRES:
         return {}
     return {"KEYLEDGER_DATABASE_URL": DATABASE_URL, "KEYLEDGER_DATABASE_SCHEMA": schema_for(data_dir)}
@@ -68,6 +90,7 @@ def drop_database() -> None:
 
 def connect(data_dir: Path | str) -> Any:
     """A connection to the data directory's schema (tests that look at rows directly)."""
+    _reaching("connect")
     import psycopg
 
     assert DATABASE_URL is not None
@@ -85,6 +108,7 @@ def _conninfo(url: str) -> str:
 
 def view_rows(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
     """Rows of the views as stored, read directly from the store (not through the service)."""
+    _reaching("view_rows")
     from service.composition import view_store
 
     store = view_store(settings)
@@ -98,6 +122,7 @@ def view_rows(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
 def point_environment_at(monkeypatch: Any, data_dir: Path | str) -> None:
     """Set the process's KEYLEDGER_* variables so an in-process ``keyledger`` command uses the
     store of ``data_dir``."""
+    _reaching("point_environment_at")
     monkeypatch.setenv("KEYLEDGER_DATA_DIR", str(data_dir))
     for name, value in environment_for(data_dir).items():
         monkeypatch.setenv(name, value)
@@ -106,6 +131,7 @@ def point_environment_at(monkeypatch: Any, data_dir: Path | str) -> None:
 def event_states(data_dir: Path | str, topic_suffix: str) -> list[dict]:
     """The stored state (JSON, as recorded) of every event whose topic ends with ``topic_suffix``,
     read from the event store of ``data_dir`` directly."""
+    _reaching("event_states")
     import json
     import sqlite3
 

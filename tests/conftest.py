@@ -4,6 +4,15 @@
   name as ``DatetimeAsISO``, so the stored format is unchanged).
 * Every secret generated during the run is remembered; each test's data directory and the
   run's log file are scanned for them at teardown.
+* The suite runs twice, on SQLite and on PostgreSQL (``scripts/test``). A test that never reaches
+  the store under test — a pure unit test, a documentation check, a parser, the domain on the
+  in-memory store — is marked ``store_independent`` (on the test, or ``pytestmark`` for a module):
+  it runs in the SQLite pass only, and the PostgreSQL pass deselects it by design, saying how many.
+  The mark is checked: the store under test is reached only through ``tests/backend.py``
+  (``make_settings``, ``environment_for`` — every server or CLI process —, ``connect``, …), and a
+  marked test that calls one of those fails in the SQLite pass. So the fixtures ``settings``,
+  ``system``, ``flask_app``, ``client``, ``start_server``, ``server`` are out for such a test.
+  Unmarked tests (the default: leave new tests unmarked when in doubt) run on both stores.
 """
 
 from __future__ import annotations
@@ -113,6 +122,8 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "themselves; not collected when the suite runs on PostgreSQL")
     config.addinivalue_line("markers", "postgres_only(reason): many instances on one PostgreSQL, its outages; "
                                        "collected when the suite runs on PostgreSQL")
+    config.addinivalue_line("markers", "store_independent: never reaches the store under test (checked); runs in "
+                                       "the SQLite pass only, deselected on PostgreSQL")
     if backend.ON_POSTGRES:
         backend.create_database()
 
@@ -127,14 +138,58 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"keyledger store: {where}"
 
 
+STORE_INDEPENDENT = pytest.StashKey[int]()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     other = "sqlite_only" if backend.ON_POSTGRES else "postgres_only"  # the other store's tests
-    kept, dropped = [], []
+    kept, dropped, independent = [], [], 0
     for item in items:
-        (dropped if item.get_closest_marker(other) else kept).append(item)
+        if item.get_closest_marker(other):
+            dropped.append(item)
+        elif backend.ON_POSTGRES and item.get_closest_marker("store_independent"):
+            dropped.append(item)
+            independent += 1
+        else:
+            kept.append(item)
+    config.stash[STORE_INDEPENDENT] = independent
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    if not config.stash.get(STORE_INDEPENDENT, 0):
+        return []
+    return [f"keyledger: {config.stash[STORE_INDEPENDENT]} store-independent tests deselected on PostgreSQL "
+            "(marked store_independent: they never reach the store, and ran in the SQLite pass)"]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
+    """While a ``store_independent`` test runs (setup, call, teardown), tests/backend.py refuses to
+    reach the store under test (see the module's docstring)."""
+    if item.get_closest_marker("store_independent") is None:
+        return (yield)
+    backend.GUARDED, backend.REACHED[:] = item.nodeid, []
+    try:
+        return (yield)
+    finally:
+        backend.GUARDED = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(backend.StoreReached):
+        backend.REACHED[:] = []  # reported already
+    if call.when == "teardown" and backend.REACHED and item.get_closest_marker("store_independent"):
+        # Also when the test caught the StoreReached error itself.
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} is marked store_independent but reached the store under test "
+                           f"(tests.backend.{', '.join(dict.fromkeys(backend.REACHED))}): remove the marker")
+        backend.REACHED[:] = []
+    return report
 
 
 def require(what: str, available: bool, reason: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 HEADING = re.compile(r"^### (GET|POST|PUT|PATCH|DELETE) (/\S*)\s*$", re.MULTILINE)
@@ -35,6 +37,7 @@ def test_every_operation_in_openapi_is_in_the_reference_and_nothing_else(client)
     assert set(documented_sections()) == served_operations(client)
 
 
+@pytest.mark.store_independent
 def test_every_operation_in_the_reference_has_an_example_request_and_answer():
     for (method, path), section in documented_sections().items():
         assert "```bash\ncurl" in section, f"{method.upper()} {path}: no example request"
@@ -47,6 +50,7 @@ def relative_links(page: Path) -> list[str]:
             if not re.match(r"^(?:[a-z][a-z0-9+.-]*:|#)", target)]
 
 
+@pytest.mark.store_independent
 def test_the_readme_and_docs_link_only_to_files_in_the_repository():
     pages = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
     broken = []
@@ -58,10 +62,12 @@ def test_the_readme_and_docs_link_only_to_files_in_the_repository():
     assert broken == []
 
 
+@pytest.mark.store_independent
 def test_the_readme_points_to_the_reference():
     assert "docs/api-reference.md" in relative_links(REPO / "README.md")
 
 
+@pytest.mark.store_independent
 def test_the_link_check_can_fail(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("[a](missing.md) [b](https://example.com) [c](#anchor)\n```\n[d](code.md)\n```\n")

@@ -4,7 +4,8 @@ An owner signs in, creates a read-only key, copies its secret, sees it verify, r
 sees it refused; an auditor finds the key's events in the trail; another owner cannot see or
 touch it, even by typing its URL; a form posted without its CSRF token is refused; axe-core finds
 no serious or critical accessibility violation on any page. Every page is photographed at
-1280×800 and 390×844 into docs/screenshots/ (the secret masked out).
+1280×800 and 390×844 into docs/screenshots/ (the secret masked out) — by the SQLite pass; the
+PostgreSQL pass, which scripts/test runs alongside it, shoots the same pages into its own folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import backend
 from tests.e2e.conftest import REPO_ROOT, ServerProcess, StartServer
 
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
@@ -28,8 +30,9 @@ SERIOUS = ("serious", "critical")
 class Pages:
     """Screenshots at both sizes, and the accessibility and small-screen checks of each page."""
 
-    def __init__(self) -> None:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
         self.axe_source = AXE.read_text("utf-8")
         self.violations: list[str] = []
         self.too_wide: list[str] = []
@@ -38,7 +41,7 @@ class Pages:
     def check(self, page, name: str, *, mask: list | None = None) -> None:
         for size, viewport in SIZES.items():
             page.set_viewport_size(viewport)
-            page.screenshot(path=str(SCREENSHOTS / f"{name}-{size}.png"), full_page=True, mask=mask or [],
+            page.screenshot(path=str(self.folder / f"{name}-{size}.png"), full_page=True, mask=mask or [],
                             animations="disabled")
             if size == "phone":
                 width = page.evaluate("document.documentElement.scrollWidth")
@@ -82,7 +85,7 @@ def server(start_server: StartServer) -> ServerProcess:
     return start_server(env={"KEYLEDGER_LEGACY_SUNSET_AT": sunset})
 
 
-def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess):
+def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess, tmp_path: Path):
     admin = server.create_account("admin", "admin@example.com", "Ada Admin")
     owner = server.create_account("owner", "olive@example.com", "Olive Owner")
     other = server.create_account("owner", "oscar@example.com", "Oscar Other")
@@ -99,7 +102,7 @@ def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess):
     while not server.get("/v2/legacy/usage", token=admin["token"]).json["apps"][0]["last_used_at"]:
         assert time.monotonic() < deadline, "the legacy use never reached the views"
         time.sleep(0.05)
-    pages = Pages()
+    pages = Pages(tmp_path / "screenshots" if backend.ON_POSTGRES else SCREENSHOTS)
 
     # -- the owner: sign in, create a read-only key, copy its secret ---------------------------------
     owner_context = chromium.new_context(viewport=SIZES["desktop"])

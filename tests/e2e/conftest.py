@@ -2,7 +2,8 @@
 
 ``start_server(...)`` (a fixture factory) runs ``keyledger serve`` as a subprocess on a
 free port with its own data directory, waits for ``GET /readyz`` to answer 200, and
-stops every process it started when the test ends, passed or failed. A server can be
+stops every process it started when the test ends, passed or failed (``start_module_server``: when
+the module's last test ends — for tests that read back only what their own requests did). A server can be
 stopped (gracefully with SIGTERM, or killed with SIGKILL) and started again on the same
 data directory. ``ServerProcess.cli(...)`` runs the ``keyledger`` command with the same
 environment. HTTP goes through the stdlib only (``urllib.request``), bypassing proxies.
@@ -309,21 +310,17 @@ class ServerProcess:
 StartServer = Callable[..., ServerProcess]
 
 
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """``start_server(data_dir=None, workers=1, env=None, start=True, plain_gunicorn=False)`` → a
-    running server.
-
-    Every server is stopped at teardown; then its log and data directory are scanned for
-    the secrets it handed out."""
+def _servers(folder: Path) -> Iterator[StartServer]:
+    """The factory behind ``start_server`` and ``start_module_server``: servers under ``folder``,
+    every one stopped at the end, then its log and data directory scanned for its secrets."""
     started: list[ServerProcess] = []
 
     def start(data_dir: Path | None = None, *, workers: int = 1, env: dict[str, str] | None = None,
               start: bool = True, name: str | None = None, plain_gunicorn: bool = False,
               args: list[str] | None = None) -> ServerProcess:
         label = name or f"server{len(started) + 1}"
-        server = ServerProcess(data_dir=data_dir or tmp_path / label / "var",
-                               log_path=tmp_path / f"{label}.log", workers=workers,
+        server = ServerProcess(data_dir=data_dir or folder / label / "var",
+                               log_path=folder / f"{label}.log", workers=workers,
                                extra_env=dict(env or {}), plain_gunicorn=plain_gunicorn,
                                args=list(args or []))
         server.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -339,12 +336,31 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         except Exception as error:  # keep stopping the others
             problems.append(f"{server.log_path.name}: could not stop: {error!r}")
     for server in started:
-        for folder in {server.data_dir, server.log_path}:
-            paths = folder.rglob("*") if folder.is_dir() else [folder]
+        for folder_or_file in {server.data_dir, server.log_path}:
+            paths = folder_or_file.rglob("*") if folder_or_file.is_dir() else [folder_or_file]
             for path in paths:
                 if path.is_file() and (hits := secrets_in(path.read_bytes(), server.secrets)):
                     problems.append(f"{len(hits)} secret(s) at rest in {path}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    """``start_server(data_dir=None, workers=1, env=None, start=True, plain_gunicorn=False)`` → a
+    running server.
+
+    Every server is stopped at teardown; then its log and data directory are scanned for
+    the secrets it handed out."""
+    yield from _servers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def start_module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    """``start_server`` for servers that the tests of one module share (a start-up costs a second or
+    more): for tests that each send their own requests and read only what those requests did —
+    never what another test's did, nor a count of log lines or of records. Stopped and scanned for
+    secrets after the module's last test."""
+    yield from _servers(tmp_path_factory.mktemp("module-servers"))
 
 
 @pytest.fixture

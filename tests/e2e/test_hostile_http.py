@@ -39,10 +39,11 @@ def parse(answer: bytes) -> tuple[int, dict[str, str], bytes]:
 SERVERS = ("keyledger serve", "gunicorn -c gunicorn.conf.py")
 
 
-@pytest.fixture(params=SERVERS)
-def any_server(request: pytest.FixtureRequest, start_server: StartServer) -> ServerProcess:
-    """Each way of serving the app in production, one worker, a fresh data directory."""
-    return start_server(plain_gunicorn=request.param != "keyledger serve")
+@pytest.fixture(scope="module", params=SERVERS)
+def any_server(request: pytest.FixtureRequest, start_module_server: StartServer) -> ServerProcess:
+    """Each way of serving the app in production, one worker, a fresh data directory; shared by the
+    module's tests (each reads back only its own request: its request id, its marker in the log)."""
+    return start_module_server(plain_gunicorn=request.param != "keyledger serve")
 
 
 PATH = f"/v2/keys/{KEY}/{MARK}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.e2e.conftest import REPO_ROOT, ServerProcess, free_port, http
+from tests.e2e.conftest import REPO_ROOT, ServerProcess, StartServer, free_port, http
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
@@ -40,7 +40,7 @@ class EchoHandler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def upstream():
     server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -50,10 +50,11 @@ def upstream():
     server.server_close()
 
 
-@pytest.fixture
-def gateway_for(tmp_path: Path, upstream: str):
+@pytest.fixture(scope="module")
+def gateway_for(tmp_path_factory: pytest.TempPathFactory, upstream: str):
     """``gateway_for(server)`` → the URL of nginx, run from scripts/gateway/, in front of
-    ``server`` and the dummy API."""
+    ``server`` and the dummy API (stopped after the module's last test)."""
+    tmp_path = tmp_path_factory.mktemp("gateway")
     require("nginx", NGINX is not None, "install the Debian package nginx")
     import importlib.util
 
@@ -89,12 +90,19 @@ def gateway_for(tmp_path: Path, upstream: str):
         process.wait(10)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def server(start_module_server: StartServer) -> ServerProcess:
+    """One Keyledger behind one nginx for the module: the tests only read (each calls with its own
+    key, and nothing changes a key)."""
+    return start_module_server()
+
+
+@pytest.fixture(scope="module")
 def gateway(server: ServerProcess, gateway_for) -> str:
     return gateway_for(server)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def keys(server: ServerProcess) -> dict:
     admin = server.create_account("admin", "admin@example.com", "Admin")["token"]
     owner = server.post("/v2/accounts", {"email": "o@example.com", "name": "O", "role": "owner"},

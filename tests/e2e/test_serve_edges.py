@@ -42,6 +42,15 @@ def _wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
         time.sleep(0.2)
 
 
+def _wait_workers(log: Path, count: int) -> None:
+    """Until the log shows ``count`` workers booted, then 0.3 s more for any surplus one to show (a
+    fixed second from the first answer was too short under load and too long otherwise)."""
+    deadline = time.monotonic() + 30
+    while log.read_text().count("Booting worker") < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     try:
@@ -59,7 +68,7 @@ def test_serve_listens_where_the_environment_says_and_options_win(tmp_path: Path
     process = _serve(env, log)
     try:
         _wait_healthy(port, process, log)
-        time.sleep(1)
+        _wait_workers(log, 3)
         assert log.read_text().count("Booting worker") == 3
         assert f"listening on http://127.0.0.1:{port}" in log.read_text()
     finally:
@@ -68,7 +77,7 @@ def test_serve_listens_where_the_environment_says_and_options_win(tmp_path: Path
     process = _serve(env, log, "--port", str(other), "--workers", "1")
     try:
         _wait_healthy(other, process, log)
-        time.sleep(1)
+        _wait_workers(log, 1)
         assert log.read_text().count("Booting worker") == 1
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()

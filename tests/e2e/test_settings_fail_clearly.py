@@ -95,6 +95,7 @@ def test_values_that_broke_later_are_refused_at_start(tmp_path, variable, value)
     assert not (tmp_path / "var").exists()
 
 
+@pytest.mark.store_independent
 @pytest.mark.parametrize("value", ["keyledger@example.com", "Keyledger <keyledger@example.com>"])
 def test_a_sender_address_is_accepted(value):
     from service.settings import Settings

@@ -23,6 +23,13 @@ def two_workers(request: pytest.FixtureRequest, start_server: StartServer) -> Se
     return start_server(workers=2, plain_gunicorn=request.param != "keyledger serve")
 
 
+@pytest.fixture(scope="module")
+def server(start_module_server: StartServer) -> ServerProcess:
+    """One server (one worker) for the module's one-request tests: each reads back only its own
+    exchange and that nothing of its marker reached the log."""
+    return start_module_server()
+
+
 def _key(server: ServerProcess) -> str:
     admin = server.create_account("admin", "admin@example.com", "Admin")
     owner = server.post("/v2/accounts", {"email": "o@example.com", "name": "O", "role": "owner"},

@@ -9,6 +9,8 @@ import pytest
 from tests.conftest import require
 from tests.throwaway_postgres import ThrowawayPostgres, unavailable_reason
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 
 def test_a_throwaway_cluster_stops_starts_and_leaves_nothing_behind(throwaway_postgres: ThrowawayPostgres):
     cluster = throwaway_postgres

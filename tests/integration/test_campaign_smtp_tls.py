@@ -17,6 +17,8 @@ from service.settings import parse_smtp_url
 from tests.campaign_support import Mailbox, free_port
 from tests.conftest import require
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 
 @pytest.fixture
 def certificate(tmp_path):

@@ -7,9 +7,13 @@ from __future__ import annotations
 import logging
 import time
 
+import pytest
+
 from projections.follower import Follower
 from projections.store import SqliteViewStore
 from service.domain.errors import Unavailable
+
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
 
 
 class FlakySource:

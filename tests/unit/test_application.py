@@ -18,6 +18,8 @@ from service.domain.errors import (
     ScopeUnknown,
 )
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 ADMIN = Actor.system("test")
 DIGESTER = credentials.Digester(b"unit-test-pepper-0123456789abcdef")
 

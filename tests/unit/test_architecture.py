@@ -6,6 +6,10 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 DOMAIN = Path(__file__).resolve().parents[2] / "service" / "domain"
 
 

@@ -10,6 +10,8 @@ import pytest
 from service.background_writer import BackgroundWriter, QueueFull
 from service.domain.errors import Unavailable
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 
 class Store:
     def __init__(self) -> None:

@@ -10,6 +10,8 @@ from service.composition import campaign_plan
 from service.domain.campaign import FINAL, CampaignPlan, reminder_id, stage_id, sunset_id
 from service.settings import Settings, SettingsError
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 SUNSET = datetime(2018, 1, 1, tzinfo=UTC)
 PLAN = CampaignPlan.of(SUNSET, {"90d": timedelta(days=90), "30d": timedelta(days=30),
                                 "7d": timedelta(days=7), "1d": timedelta(days=1)}, timedelta(days=30))

@@ -7,6 +7,8 @@ import pytest
 
 from service.buffering import MAX_BODY, BodyRefused, chunked_end
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 
 def frame(data: bytes) -> int | None:
     return chunked_end(bytearray(data), 0, 0)[0]

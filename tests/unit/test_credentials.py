@@ -10,6 +10,8 @@ import pytest
 
 from service import credentials
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 SCANNER = re.compile(r"\b(ak|pat)_[0-9A-Za-z]{38}\b")
 
 

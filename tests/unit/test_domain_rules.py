@@ -13,6 +13,8 @@ from service.domain.errors import KeyExpired, KeyRevoked, LegacyAccessEnded
 from service.domain.keys import ApiKey
 from service.domain.legacy import LegacyClient
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 AT = datetime(2030, 1, 1, tzinfo=UTC)
 RESOURCES = ("Annotations", "Concepts", "Inputs", "Models", "Workflows")
 

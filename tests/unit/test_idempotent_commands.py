@@ -19,6 +19,8 @@ from service.domain.actors import NO_REQUEST, Actor
 from service.domain.errors import Conflict
 from service.domain.idempotency import RETENTION, IdempotentRequest
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 ADMIN = Actor.system("test")
 DIGESTER = credentials.Digester(b"unit-test-pepper-0123456789abcdef")
 # Markers with "_", which neither hex nor base64 (the stored forms) can contain by chance

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from projections.last_used import _by_key_id
 from projections.verification import KeyRecord, grant_of
+
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
 
 ID = bytes(range(16))
 OTHER = bytes(range(16, 32))

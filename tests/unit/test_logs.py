@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from service.logs import JsonFormatter
+
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
 
 KEY = "ak_" + "Zq9" * 12 + "Q7"
 LEGACY = "AbCdEfGhIjKlMnOpQrStUvWxYz012345"

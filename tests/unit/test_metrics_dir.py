@@ -13,6 +13,8 @@ import pytest
 from service import serving
 from service.settings import Settings, SettingsError
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 
 @pytest.fixture
 def no_multiproc_dir(monkeypatch):

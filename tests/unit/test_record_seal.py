@@ -9,6 +9,8 @@ import pytest
 from service.application.sealing import RecordRules
 from service.domain.audit import seal, seal_holds, unseal
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 KEY = b"k" * 32
 OID = "0" * 31 + "1"
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from projections.store import _sqlite_sql, advisory_key, postgres_sql, upsert
+
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
 
 
 def test_upsert_is_insert_on_conflict_update_of_every_other_column():

@@ -31,6 +31,8 @@ from projections.verification import (
     verdict,
 )
 
+pytestmark = pytest.mark.store_independent  # never reaches the store under test (tests/conftest.py)
+
 ID = bytes(range(16))
 NOW = 1_900_000_000.0
 
