@@ -107,27 +107,22 @@ class Verifier:
         if type(entry) is KeyRecord:
             self._touch(entry, now)  # the record holds its UUID: no slice here (LastUsed reads it)
             if (limiter := self.limiter) is not None and limiter.book.active:  # someone has limits
-                return self._limited(limiter, entry, entry[KEY_ID_BYTES], now)
+                decision = limiter.check(entry[KEY_ID_BYTES], entry, now)
+                if decision is not None:
+                    return (VALID if decision.allowed else RATE_LIMITED), API_KEY, Limited(entry, decision)
             return VALID, API_KEY, entry
         if type(entry) is KeyEntry:
             self._touch(entry.id, now)
             if (limiter := self.limiter) is not None and limiter.book.active:
-                return self._limited(limiter, entry, entry.id, now)
+                decision = limiter.check(entry.id, entry, now)
+                if decision is not None:
+                    return (VALID if decision.allowed else RATE_LIMITED), API_KEY, Limited(entry, decision)
             return VALID, API_KEY, entry
         if type(entry) is TokenEntry:
             # Personal tokens manage keys; they carry no API scopes.
             return INSUFFICIENT_SCOPE, PERSONAL_TOKEN, entry
         self._legacy_use(entry, credential, now, request)
         return VALID, entry.kind, entry
-
-    @staticmethod
-    def _limited(limiter: Limiter, entry: Credential, key_id: bytes, now: float
-                 ) -> tuple[str, str, Credential]:
-        """Rate limits, after every other check passed (a refused request consumes nothing)."""
-        decision = limiter.check(key_id, entry.app_id, now)  # type: ignore[arg-type]
-        if decision is None:  # neither the key nor its app has limits
-            return VALID, API_KEY, entry
-        return (VALID if decision.allowed else RATE_LIMITED), API_KEY, Limited(entry, decision)
 
     def _legacy_use(self, entry: AccessTokenEntry, token: str, now: float,
                     request: Callable[[], RequestInfo] | None) -> None:

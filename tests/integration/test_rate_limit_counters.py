@@ -109,3 +109,17 @@ def test_redis_counters_hold_and_fall_back_to_local_counters_while_redis_is_away
         assert admitted(counters, (key,), [now] * 11) == [True] * 10 + [False]
         assert counters.reachable and len(fallbacks) == 12
         assert any("answers again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lease_admits_without_the_lock_and_what_it_did_not_spend_is_given_back(tmp_path: Path):
+    counters, key = SharedCounters(tmp_path / "c"), limits((1000, "1s"))  # lease: 10 units for 10 ms
+    other = SharedCounters(tmp_path / "c")  # another process's view of the same counters
+    try:
+        assert counters.take((key,), 100.0).allowed  # takes 10: one spent, nine leased
+        assert other.take((key,), 100.0).remaining == 980  # sees them taken, and takes ten of its own
+        assert counters.take((key,), 100.001).allowed  # from the lease
+        # The lease ran out at 100.01 with 8 unspent: given back at the next take, which takes ten
+        # more: 22 taken in all, 11 back after 11 ms (without giving back: 30 taken, 981 left).
+        assert 988 <= counters.take((key,), 100.011).remaining <= 989
+    finally:
+        counters.remove()
