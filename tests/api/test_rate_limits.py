@@ -187,3 +187,17 @@ def test_bad_limits_change_nothing(owner, owner_app):
 def test_an_auditor_cannot_change_an_apps_limits(auditor, owner_app):
     response = auditor.patch("/v2/apps/vision", json={"limits": [{"limit": 5, "per": "1s"}]})
     assert response.status_code == 403
+
+
+def test_limit_changes_are_in_the_audit_trail_and_its_export(owner, auditor, owner_app):
+    key_id = owner_app["default_key"]["id"]
+    assert owner.patch(f"/v2/keys/{key_id}", json={"limits": [{"limit": 7, "per": "1m"}]}).status_code == 200
+    assert owner.patch("/v2/apps/vision", json={"limits": [{"limit": 70, "per": "1h"}]}).status_code == 200
+    events = auditor.get("/v2/audit/events", query_string={"app_id": "vision"}).json["events"]
+    by_type = {e["type"]: e for e in events}
+    assert by_type["ApiKey.LimitsChanged"]["key_id"] == key_id
+    assert by_type["ApiKey.LimitsChanged"]["data"]["limits"] == [{"limit": 7, "per": "1m"}]
+    assert by_type["App.LimitsChanged"]["app_id"] == "vision"
+    assert by_type["App.LimitsChanged"]["data"]["limits"] == [{"limit": 70, "per": "1h"}]
+    exported = auditor.get("/v2/audit/events.jsonl", query_string={"type": "App.LimitsChanged"}).get_data(as_text=True)
+    assert '"limits": [{"limit": 70, "per": "1h"}]' in exported or '"limits":[{"limit":70,"per":"1h"}]' in exported
