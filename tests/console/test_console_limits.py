@@ -18,6 +18,7 @@ def test_an_owner_sets_a_keys_limits_and_sees_them_in_the_history(browser_of, ow
     key = owner_app["default_key"]
     page = browser.get(f"/console/keys/{key['id']}").get_data(as_text=True)
     assert "Rate limits" in page and 'name="limit"' in page
+    assert 'name="csrf_token" value=""' not in page  # every form carries the session's token
     response = browser.post(f"/console/keys/{key['id']}/limits", {
         "version": str(key["version"]), "limit": ["20", "100000", "", "", ""], "per": ["1s", "1d", "", "", ""]})
     assert response.status_code == 303, response.get_data(as_text=True)
