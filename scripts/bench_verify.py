@@ -21,7 +21,10 @@
    the rounds' shares; a round measures the bare app sent the route's very request, headers,
    query and body alike, and then the route). Beside each throughput share, the share by the
    server's CPU time per request (its processes' user + system time over the round, divided by
-   the requests answered): less at the mercy of what else runs on the machine.
+   the requests answered): less at the mercy of what else runs on the machine;
+7. rate limits: in-process verification of a key with two limits (local counters shared by the
+   workers) against the unlimited key's, and forward-auth with that key against the empty Flask
+   route, once with the local counters and once with counters in a throwaway redis-server.
 """
 
 from __future__ import annotations
@@ -90,10 +93,14 @@ def seed(data_dir: Path, count: int) -> list[str]:
                                    request=NO_REQUEST)
     _, read_only = app.issue_key("bench", description="ro", scopes=["Predict", "Search"], by=admin,
                                  request=NO_REQUEST)
+    # A key with rate limits (two, as in the issue's example, high enough never to refuse here).
+    _, limited = app.issue_key("bench", description="limited", scopes=["Predict", "Search"], by=admin,
+                               request=NO_REQUEST, limits=[{"limit": 10**9, "per": "1s"},
+                                                           {"limit": 10**9, "per": "1d"}])
     system.follower.catch_up()
     system.close()
     print(f"seeded {count:,} keys in {elapsed:.1f} s ({count / elapsed:,.0f} keys/s, 1,000 per save)")
-    return [all_key, read_only]
+    return [all_key, read_only, limited]
 
 
 def bench_rebuild(data_dir: Path) -> None:
@@ -139,14 +146,20 @@ if secrets:
     assert verify(key, "Models:Add")[0] == "INSUFFICIENT_SCOPE"
     # Interleaved: one round of each in turn, so that a neighbour's load hits both alike; the
     # ratio is the median of the rounds' ratios.
-    fns = (lambda: verify(key, "Predict"), lambda: table.get(digest(key)))
-    rounds = [[], []]
+    limited = secrets[2]
+    assert verify(limited, "Predict")[0] == "VALID", verify(limited, "Predict")
+    assert type(verify(limited, "Predict")[2]).__name__ == "Limited"  # counted (local counters)
+    fns = (lambda: verify(key, "Predict"), lambda: table.get(digest(key)), lambda: verify(limited, "Predict"))
+    rounds = [[], [], []]
     for _ in range(200):
         for times, fn in zip(rounds, fns):
             times.append(timeit.timeit(fn, number=2000) / 2000 * 1e6)
-    out["verify_us"], out["baseline_us"] = (statistics.median(times) for times in rounds)
-    out["ratio"] = statistics.median(v / b for v, b in zip(*rounds))
-    out["ratio_quartiles"] = statistics.quantiles([v / b for v, b in zip(*rounds)], n=4)[::2]
+    out["verify_us"], out["baseline_us"], out["limited_us"] = (statistics.median(times) for times in rounds)
+    out["ratio"] = statistics.median(v / b for v, b, _ in zip(*rounds))
+    out["ratio_quartiles"] = statistics.quantiles([v / b for v, b, _ in zip(*rounds)], n=4)[::2]
+    out["limited_ratio"] = statistics.median(x / v for v, _, x in zip(*rounds))
+    out["limited_quartiles"] = statistics.quantiles([x / v for v, _, x in zip(*rounds)], n=4)[::2]
+    system.limiter.counters.shared.remove()
 print(json.dumps(out))
 """
 
@@ -221,12 +234,14 @@ print(observe, verified)
 """
 
 
-def start_server(kind: str, data_dir: Path, port: int, workers: int, log) -> subprocess.Popen:  # noqa: ANN001
+def start_server(kind: str, data_dir: Path, port: int, workers: int, log,  # noqa: ANN001
+                 extra_env: dict | None = None) -> subprocess.Popen:
     metrics = data_dir / f"metrics-{kind}"
     shutil.rmtree(metrics, ignore_errors=True)
     metrics.mkdir()
     env = {**os.environ, "KEYLEDGER_DATA_DIR": str(data_dir), "KEYLEDGER_PEPPER": PEPPER,
-           "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}", "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+           "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}", "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+           **(extra_env or {})}
     bin_dir = Path(sys.executable).parent
     if kind in ("gunicorn", "gunicorn-sync"):  # as keyledger serve runs it (now, or before issue 15)
         worker = "service.buffering.BufferingWorker" if kind == "gunicorn" else "service.serving.JsonErrorWorker"
@@ -243,7 +258,7 @@ def start_server(kind: str, data_dir: Path, port: int, workers: int, log) -> sub
 
 
 def bench_http(data_dir: Path, secrets: list[str], seconds: int, workers: int, servers: list[str],
-               rounds: int) -> None:
+               rounds: int, redis: bool = True) -> None:
     if shutil.which("wrk") is None:
         print("HTTP: skipped, wrk is not installed (apt-get install wrk)")
         return
@@ -256,16 +271,24 @@ def bench_http(data_dir: Path, secrets: list[str], seconds: int, workers: int, s
     try:
         for kind in servers:
             bench_server(kind, data_dir, secrets, seconds, workers, lua, rounds)
+        if redis:  # the rate-limited key's counters in Redis (a throwaway redis-server of this run's own)
+            sys.path.insert(0, str(ROOT / "tests"))
+            from throwaway_redis import ThrowawayRedis
+
+            with ThrowawayRedis() as server:
+                bench_server(servers[0], data_dir, secrets, seconds, workers, lua, rounds,
+                             redis_url=server.url)
     finally:
         lua.unlink()
 
 
 def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, workers: int, lua: Path,
-                 rounds: int) -> None:
+                 rounds: int, redis_url: str | None = None) -> None:
     port = free_port()
     log_path = data_dir / f"bench-{kind}.log"
     log = open(log_path, "w")
-    server = start_server(kind, data_dir, port, workers, log)
+    server = start_server(kind, data_dir, port, workers, log,
+                          {"KEYLEDGER_REDIS_URL": redis_url} if redis_url else None)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -280,6 +303,7 @@ def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, wo
         time.sleep(1)  # let every worker finish loading
         wrk(base + "/bench/bare", 2, {})  # warm-up
         check_headers = {"Authorization": f"Key {secrets[1]}"}
+        limited_headers = {"Authorization": f"Key {secrets[2]}"}
         pid = server.pid
         # Each route's round follows a round of the bare app sent the very same request (headers,
         # query, body): the difference is Keyledger's own work, nothing the server parses or sends.
@@ -290,7 +314,11 @@ def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, wo
                       lambda: wrk(base + "/bench/bare?scope=Predict", seconds, check_headers, pid=pid)),
             "verify": (lambda: wrk(base + "/v2/verify", seconds, {}, str(lua), pid=pid),
                        lambda: wrk(base + "/bench/bare", seconds, {}, str(lua), pid=pid)),
+            "limited": (lambda: wrk(base + "/v2/auth/check?scope=Predict", seconds, limited_headers, pid=pid),
+                        lambda: wrk(base + "/bench/bare?scope=Predict", seconds, limited_headers, pid=pid)),
         }
+        if redis_url:  # only what the counters change: the rate-limited key's forward-auth
+            del routes["check"], routes["verify"]
         results: dict[str, list[float]] = {"bare": []}
         shares: dict[str, list[float]] = {}
         cpu_us: dict[str, list[float]] = {"bare": []}  # the server's CPU per request, in microseconds
@@ -315,15 +343,20 @@ def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, wo
             return (f"{statistics.median(values):6.1%} of the bare app (median{spread}); by the server's CPU "
                     f"per request {statistics.median(cpu_us[name]):.0f} us: {by_cpu:.1%}")
 
-        print(f"  {kind}:")
+        print(f"  {kind}{' with rate-limit counters in Redis' if redis_url else ''}:")
         print(f"    bare WSGI app           {statistics.median(results['bare']):8,.0f} req/s  (the physical "
               f"limit; the server's CPU per request {statistics.median(cpu_us['bare']):.0f} us; "
               f"rounds {rounds_of('bare')})")
         print(f"    empty Flask route       {statistics.median(results['empty']):8,.0f} req/s  {share('empty')}")
-        print(f"    GET /v2/auth/check      {statistics.median(results['check']):8,.0f} req/s  {share('check')} "
-              f"(target >= 85 %; rounds {rounds_of('check')})")
-        print(f"    POST /v2/verify         {statistics.median(results['verify']):8,.0f} req/s  {share('verify')} "
-              f"(rounds {rounds_of('verify')})")
+        if "check" in results:
+            print(f"    GET /v2/auth/check      {statistics.median(results['check']):8,.0f} req/s  {share('check')} "
+                  f"(target >= 85 %; rounds {rounds_of('check')})")
+            print(f"    POST /v2/verify         {statistics.median(results['verify']):8,.0f} req/s  "
+                  f"{share('verify')} (rounds {rounds_of('verify')})")
+        against_empty = statistics.median(x / e for x, e in zip(results["limited"], results["empty"], strict=True))
+        print(f"    auth/check, limited key {statistics.median(results['limited']):8,.0f} req/s  {share('limited')}; "
+              f"{against_empty:.1%} of the empty Flask route (median of the rounds; target >= "
+              f"{'70' if redis_url else '100'} %; rounds {rounds_of('limited')})")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -339,6 +372,8 @@ def main() -> None:
     parser.add_argument("--servers", default="gunicorn",
                         help="comma-separated: gunicorn (as keyledger serve runs it), gunicorn-sync, granian")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per route")
+    parser.add_argument("--no-redis", action="store_true",
+                        help="skip the run with rate-limit counters in a throwaway redis-server")
     parser.add_argument("--log-level", default=None,
                         help="the servers' KEYLEDGER_LOG_LEVEL (default: theirs, INFO: an access line per request)")
     args = parser.parse_args()
@@ -361,9 +396,13 @@ def main() -> None:
               f"({1e6 / full['verify_us']:,.0f}/s); bare HMAC + dict look-up {full['baseline_us']:.2f} us; "
               f"ratio {full['ratio']:.2f} (quartiles {full['ratio_quartiles'][0]:.2f}-{full['ratio_quartiles'][1]:.2f}; "
               f"target <= 2; load {os.getloadavg()[0]:.2f})")
+        print(f"in-process verification of a rate-limited key (two limits, counters shared by the workers): "
+              f"median {full['limited_us']:.2f} us per call; {full['limited_ratio']:.2f}x the unlimited key's "
+              f"(quartiles {full['limited_quartiles'][0]:.2f}-{full['limited_quartiles'][1]:.2f}; target <= 1.25)")
         bench_metrics()
         if not args.skip_http:
-            bench_http(full_dir, secrets, args.seconds, args.workers, args.servers.split(","), args.rounds)
+            bench_http(full_dir, secrets, args.seconds, args.workers, args.servers.split(","), args.rounds,
+                       redis=not args.no_redis)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

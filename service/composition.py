@@ -26,6 +26,7 @@ from projections.directory import Directory, DirectoryView
 from projections.follower import Follower
 from projections.last_used import LastUsed
 from projections.legacy_usage import LegacyUsage, LegacyUsageView
+from projections.limits import LimitBook, LimitsView
 from projections.listener import LogListener
 from projections.store import TRANSIENT_ERRORS, ViewStore, advisory_key, open_view_store
 from projections.verification import VerificationIndex, VerificationView
@@ -36,6 +37,9 @@ from service.background_writer import BackgroundWriter, QueueFull
 from service.domain.actors import Actor, RequestInfo
 from service.domain.campaign import CampaignPlan
 from service.domain.errors import AuditChainBroken, Unavailable
+from service.ratelimit import Limiter
+from service.ratelimit.local import FILE_NAME as COUNTERS_FILE
+from service.ratelimit.local import LocalCounters
 from service.settings import Settings, SettingsError, duration_name
 from service.verification import Verifier, epoch_now
 
@@ -65,6 +69,7 @@ class System:
     mark: checkpoints.TailMark | None = None
     listener: LogListener | None = None
     use_writer: BackgroundWriter | None = None  # legacy-token uses, recorded off the request path
+    limiter: Limiter | None = None  # rate limits of keys and apps (service.ratelimit)
     _closed: bool = field(default=False, repr=False)
 
     def sign_checkpoint(self, now: datetime | None = None) -> dict | None:
@@ -181,10 +186,11 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         _check_identity(views, digester, signing_key)
     alarm, mark = _tamper_evidence(settings, keys_app, signing_key)
     index = VerificationIndex(legacy_sunset_at=settings.legacy_sunset_at.timestamp())
+    limit_book = LimitBook()
     beacon = ChangeBeacon(settings.data_dir / "changes.beacon")
     follower = Follower(keys_app, views,
                         [VerificationView(), DirectoryView(), AuditTrail(keys_app.stored_records, on_head=mark.note),
-                         LegacyUsageView(), CampaignView()], [index],
+                         LegacyUsageView(), CampaignView(), LimitsView()], [index, limit_book],
                         beacon=beacon)
     follower.start()
     if follower.views_ahead_at is not None:  # the log ends before the views: truncated, or restored
@@ -227,14 +233,16 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         except QueueFull as error:
             raise Unavailable(f"the use cannot be queued for recording ({error})") from None
 
+    verifier = Verifier(digester, index, clock, last_used, record_use=record_legacy_use,
+                        legacy_window=settings.legacy_use_window.total_seconds(),
+                        now=epoch_now if clock is utc_now else None)  # no datetime per call
+    verifier.limiter = limiter = Limiter(limit_book, rate_limit_counters(settings))
     system = System(
         settings=settings, keys_app=keys_app, views=views, follower=follower, index=index,
         directory=Directory(views), audit=AuditLog(views),
         authenticator=Authenticator(digester, index, clock),
         last_used=last_used,
-        verifier=Verifier(digester, index, clock, last_used, record_use=record_legacy_use,
-                          legacy_window=settings.legacy_use_window.total_seconds(),
-                          now=epoch_now if clock is utc_now else None),  # no datetime per call
+        verifier=verifier, limiter=limiter,
         legacy_usage=LegacyUsage(views),
         signing_key=signing_key, mirror=checkpoints.CheckpointMirror(settings.data_dir / checkpoints.MIRROR_FILE),
         campaign=CampaignProgress(views), plan=campaign_plan(settings), listener=listener,
@@ -243,6 +251,17 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     if follow:  # a serving process: flush last-used times and close stores on a normal exit
         atexit.register(system.close)
     return system
+
+
+def rate_limit_counters(settings: Settings):  # noqa: ANN201 - a service.ratelimit Counters
+    """Counters shared by this instance's workers (a file in the data directory), or by every
+    instance through Redis (``KEYLEDGER_REDIS_URL``), falling back to the local ones."""
+    local = LocalCounters(settings.data_dir / COUNTERS_FILE)
+    if settings.redis_url is None:
+        return local
+    from service.ratelimit.redis import RedisCounters
+
+    return RedisCounters(settings.redis_url, local)
 
 
 def _tamper_evidence(settings: Settings, keys_app: Keyledger,

@@ -55,6 +55,9 @@ class Metrics:
         self.verifications = Counter(
             "keyledger_verifications", "Verifications (forward-auth and /v2/verify) by verdict code",
             ("code",), registry=own)
+        self.rate_limit_fallbacks = Counter(
+            "keyledger_rate_limit_fallbacks", "Rate-limit checks answered from this instance's own counters "
+            "because Redis (KEYLEDGER_REDIS_URL) could not be reached", registry=own)
         self.last_used_flushes = Counter(
             "keyledger_last_used_flushes", "Writes of last-used times to the view store", registry=own)
         self.store_errors = Counter(
@@ -119,7 +122,11 @@ class Metrics:
         self.store_errors.labels(store).inc()
 
     def watch(self, system: System) -> None:
-        """Count the follower's and the last-used writer's store errors and flushes."""
+        """Count the follower's and the last-used writer's store errors and flushes (and the
+        rate-limit checks Redis could not answer)."""
+        counters = system.limiter.counters if system.limiter is not None else None
+        if hasattr(counters, "on_fallback"):
+            counters.on_fallback = self.rate_limit_fallbacks.inc
         system.follower.on_error = lambda: self.store_error("events")
         system.last_used.on_flush = self.flushed
         system.last_used.on_error = lambda: self.store_error("views")

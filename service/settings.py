@@ -127,6 +127,23 @@ def parse_database_url(value: str, name: str = "KEYLEDGER_DATABASE_URL") -> dict
             "user": unquote(parts.username or "postgres"), "password": unquote(parts.password or "")}
 
 
+def parse_redis_url(value: str, name: str = "KEYLEDGER_REDIS_URL") -> str:
+    """``redis://[user:password@]host[:port][/db]`` (or ``rediss://``), checked now."""
+    shape = "expected redis://host:port/db"
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise SettingsError(f"{name}: scheme or host missing; {shape}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise SettingsError(f"{name}: the port is not a number from 1 to 65535; {shape}") from None
+    if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+        raise SettingsError(f"{name}: the database is a number (/0); {shape}")
+    if parts.query or parts.fragment or any(c.isspace() or ord(c) < 32 for c in value):
+        raise SettingsError(f"{name}: unexpected options, spaces or control characters; {shape}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./var")
@@ -154,6 +171,7 @@ class Settings:
     workers: int = 2  # HTTP worker processes of `keyledger serve`
     metrics_dir: Path | None = None  # where the run's metrics folder is made (default: /dev/shm, …)
     log_level: str = "INFO"
+    redis_url: str | None = field(default=None, repr=False)  # rate-limit counters shared by instances
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -167,6 +185,8 @@ class Settings:
         if (v := get("KEYLEDGER_DATA_DIR")) is not None:
             kwargs["data_dir"] = Path(v)
         kwargs["database_url"] = get("KEYLEDGER_DATABASE_URL")
+        if (v := get("KEYLEDGER_REDIS_URL")) is not None:
+            kwargs["redis_url"] = parse_redis_url(v)
         if kwargs["database_url"] is not None:
             parse_database_url(kwargs["database_url"])  # fails clearly now, not at the first query
         if (v := get("KEYLEDGER_DATABASE_SCHEMA")) is not None:

@@ -20,6 +20,7 @@ from projections.verification import (
     API_KEY,
     DIGEST_BYTES,
     INSUFFICIENT_SCOPE,
+    KEY_ID_BYTES,
     NOT_FOUND,
     PERSONAL_TOKEN,
     VALID,
@@ -34,6 +35,7 @@ from projections.verification import (
 from service import credentials
 from service.credentials import misshapen
 from service.domain.actors import RequestInfo
+from service.ratelimit import RATE_LIMITED, Decision, Limiter
 
 log = logging.getLogger("keyledger.verification")
 
@@ -52,6 +54,8 @@ REFUSALS = {
     "EXPIRED": "This credential has expired; use another one.",
     "LEGACY_TOKEN_SUNSET": "Access tokens stopped working at the sunset; send an API key as "
                            "'Authorization: Key <api key>' instead.",
+    RATE_LIMITED: "This key (or its app) is over its rate limit; retry after the number of seconds in "
+                  "Retry-After.",
 }
 
 
@@ -65,7 +69,7 @@ class Verifier:
     """Verdicts for gateways. ``now`` gives the time as epoch seconds (``epoch_now`` when the
     clock is the real one: no datetime per call)."""
 
-    __slots__ = ("_digest", "_index", "_now", "_touch", "_count_legacy", "_record_use", "_window")
+    __slots__ = ("_digest", "_index", "_now", "_touch", "_count_legacy", "_record_use", "_window", "limiter")
 
     def __init__(self, digester: credentials.Digester, index: VerificationIndex,
                  clock: Callable[[], datetime], last_used: LastUsed,
@@ -78,6 +82,7 @@ class Verifier:
         self._count_legacy = last_used.count_legacy
         self._record_use = record_use
         self._window = legacy_window
+        self.limiter: Limiter | None = None  # rate limits (service.ratelimit), set by the composition root
 
     def verify(self, credential: str, scope: str | None = None, app_id: str | None = None,
                request: Callable[[], RequestInfo] | None = None
@@ -101,9 +106,17 @@ class Verifier:
             return code, entry.kind, entry
         if type(entry) is KeyRecord:
             self._touch(entry, now)  # the record holds its UUID: no slice here (LastUsed reads it)
+            if (limiter := self.limiter) is not None and limiter.book.active:  # someone has limits
+                decision = limiter.check(entry[KEY_ID_BYTES], entry, now)
+                if decision is not None:
+                    return (VALID if decision.allowed else RATE_LIMITED), API_KEY, Limited(entry, decision)
             return VALID, API_KEY, entry
         if type(entry) is KeyEntry:
             self._touch(entry.id, now)
+            if (limiter := self.limiter) is not None and limiter.book.active:
+                decision = limiter.check(entry.id, entry, now)
+                if decision is not None:
+                    return (VALID if decision.allowed else RATE_LIMITED), API_KEY, Limited(entry, decision)
             return VALID, API_KEY, entry
         if type(entry) is TokenEntry:
             # Personal tokens manage keys; they carry no API scopes.
@@ -129,3 +142,35 @@ class Verifier:
                         client.client_id, RETRY_RECORD_AFTER, exc_info=True)
             return
         client.recorded_until = window_start + self._window
+
+
+class Limited(Credential):
+    """A limited key's entry in a verdict: the key's own entry and the rate-limit decision."""
+
+    __slots__ = ("entry", "decision")
+    kind = API_KEY
+    role = None
+
+    def __init__(self, entry: Credential, decision: Decision) -> None:
+        self.entry = entry
+        self.decision = decision
+
+    @property
+    def id(self) -> bytes:  # type: ignore[override]
+        return self.entry.id
+
+    @property
+    def app_id(self) -> str | None:  # type: ignore[override]
+        return self.entry.app_id
+
+    @property
+    def scopes(self) -> frozenset:  # type: ignore[override]
+        return self.entry.scopes
+
+    @property
+    def expires_at(self) -> float | None:  # type: ignore[override]
+        return self.entry.expires_at
+
+    @property
+    def ends_at(self) -> float | None:  # type: ignore[override]
+        return self.entry.ends_at

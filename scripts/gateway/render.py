@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Render nginx.conf.template into PREFIX/nginx.conf (with the include beside it).
+"""Render nginx.conf.template into PREFIX/nginx.conf (with the include beside it), or with
+--caddy Caddyfile.template into PREFIX/Caddyfile.
 
-    python scripts/gateway/render.py PREFIX LISTEN KEYLEDGER UPSTREAM
+    python scripts/gateway/render.py [--caddy] PREFIX LISTEN KEYLEDGER UPSTREAM
 """
 
 from __future__ import annotations
@@ -26,7 +27,20 @@ def render(prefix: Path, listen: str, keyledger: str, upstream: str) -> Path:
     return config
 
 
+def render_caddy(prefix: Path, listen: str, keyledger: str, upstream: str) -> Path:
+    prefix = prefix.resolve()
+    (prefix / "data").mkdir(parents=True, exist_ok=True)
+    text = Template((HERE / "Caddyfile.template").read_text()).safe_substitute(
+        PREFIX=str(prefix), LISTEN=listen, KEYLEDGER=keyledger, UPSTREAM=upstream)
+    config = prefix / "Caddyfile"
+    config.write_text(text)
+    return config
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
+    args = sys.argv[1:]
+    caddy = args[:1] == ["--caddy"]
+    args = args[1:] if caddy else args
+    if len(args) != 4:
         raise SystemExit(__doc__)
-    print(render(Path(sys.argv[1]), *sys.argv[2:]))
+    print((render_caddy if caddy else render)(Path(args[0]), *args[1:]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -9,6 +11,7 @@ from service.api import context
 from service.api.schemas import (
     AppCreatedSchema,
     AppCreateSchema,
+    AppLimitsChangeSchema,
     AppListSchema,
     AppSchema,
     ErrorSchema,
@@ -43,7 +46,10 @@ class Apps(MethodView):
         """The caller's apps (auditors and admins: every app)."""
         system = context.system()
         owner = system.keys_app.listing_owner(by=context.actor())
-        return {"apps": system.directory.apps(owner_id=owner)}
+        apps = system.directory.apps(owner_id=owner)
+        for app in apps:  # the directory has no limits; the in-memory book has them
+            app["limits"] = system.limiter.book.app_limits(app["id"])
+        return {"apps": apps}
 
 
 @blp.route("/v2/apps/<app_id>")
@@ -54,6 +60,20 @@ class AppById(MethodView):
     def get(self, app_id):
         """One app."""
         return context.system().keys_app.get_app(app_id, by=context.actor())
+
+    @blp.arguments(AppLimitsChangeSchema)
+    @blp.response(200, AppSchema)
+    @blp.alt_response(400, schema=ErrorSchema)
+    @blp.alt_response(403, schema=ErrorSchema)
+    @blp.alt_response(404, schema=ErrorSchema)
+    @blp.doc(security=[{"personalToken": []}])
+    def patch(self, body, app_id):
+        """Change the rate limits every key of the app shares (`[]`: none)."""
+        system = context.system()
+        app = system.keys_app.change_app_limits(app_id, body["limits"], by=context.actor(),
+                                                request=context.request_info())
+        system.after_command()
+        return app
 
 
 @blp.route("/v2/apps/<app_id>/keys")
@@ -69,7 +89,8 @@ class AppKeys(MethodView):
         system = context.system()
         key, secret = system.keys_app.issue_key(
             app_id, description=body["description"], scopes=body["scopes"],
-            expires_at=body.get("expires_at"), by=context.actor(), request=context.request_info())
+            expires_at=body.get("expires_at"), by=context.actor(), request=context.request_info(),
+            limits=body.get("limits"))
         system.after_command()
         return {**key, "key": secret}, 201, {"ETag": f'"{key["version"]}"',
                                              "Location": f"/v2/keys/{key['id']}"}
@@ -83,4 +104,6 @@ class AppKeys(MethodView):
         system.keys_app.get_app(app_id, by=context.actor())
         keys = system.directory.keys(app_id, system.keys_app.now())
         context.with_last_used(*keys)
+        for key in keys:  # the directory has no limits; the in-memory book has them
+            key["limits"] = system.limiter.book.key_limits(UUID(key["id"]).bytes)
         return {"keys": keys}

@@ -30,6 +30,7 @@ errors = logging.getLogger("keyledger.api")
 CHECK = "/v2/auth/check"
 VERIFY = "/v2/verify"
 _REASONS = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED", 403: "403 FORBIDDEN",
+            429: "429 TOO MANY REQUESTS",
             500: "500 INTERNAL SERVER ERROR"}
 StartResponse = Callable[..., Any]
 
@@ -115,7 +116,7 @@ class Gateway:
             return self.verdicts.auth_check(
                 environ.get("HTTP_AUTHORIZATION", ""), environ.get("HTTP_X_REQUIRED_SCOPE"),
                 environ.get("HTTP_X_REQUIRED_APP_ID"), environ.get("QUERY_STRING", ""), request_id,
-                request_info)
+                request_info, environ.get("HTTP_X_KEYLEDGER_LIMITED_STATUS"))
         length = environ.get("CONTENT_LENGTH", "")
         if not length.isdigit() or int(length) > MAX_BODY or "HTTP_TRANSFER_ENCODING" in environ:
             return None  # Flask judges it (413, chunked bodies)

@@ -45,10 +45,10 @@ class KeyById(MethodView):
     @blp.alt_response(412, schema=ErrorSchema)
     @blp.doc(security=[{"personalToken": []}])
     def patch(self, body, key_id):
-        """Change a key's scopes or description. `If-Match: <version>` guards against lost updates."""
+        """Change a key's scopes, description or rate limits. `If-Match: <version>` guards against lost updates."""
         system = context.system()
         key = system.keys_app.change_key(
-            key_id, scopes=body.get("scopes"), description=body.get("description"),
+            key_id, scopes=body.get("scopes"), description=body.get("description"), limits=body.get("limits"),
             if_match=context.if_match(), by=context.actor(), request=context.request_info())
         system.after_command()
         context.with_last_used(key)

@@ -68,6 +68,27 @@ class AccountCreatedSchema(AccountSchema):
 
 # -- keys --------------------------------------------------------------------------------
 
+class LimitSchema(Schema):
+    limit = fields.Integer(required=True, metadata={"minimum": 1, "maximum": 1_000_000_000,
+                                                    "description": "Verifications admitted per period."})
+    per = fields.String(required=True, metadata={
+        "pattern": "^[1-9][0-9]{0,7}[smhd]$", "example": "1m",
+        "description": "The period: a whole number and a unit s, m, h or d (1s to 365d)."})
+
+
+_LIMITS_DOC = ("Rate limits: at most 5, each period once; every verification counts against each. A key's limits "
+               "are its own, an app's are shared by all its keys. Over a limit: RATE_LIMITED. [] for none.")
+
+
+class Limits(fields.Raw):
+    """A list of limits, checked by the application (service.domain.limits), so that every bad
+    item is named as ``limits[i].field``; documented as an array of Limit."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(metadata={"type": "array", "items": {"$ref": "#/components/schemas/Limit"},
+                                   "maxItems": 5, "description": _LIMITS_DOC}, **kwargs)
+
+
 class KeySchema(Schema):
     id = fields.String(required=True)
     app_id = fields.String(required=True)
@@ -81,6 +102,7 @@ class KeySchema(Schema):
     display = fields.String(required=True, metadata={"example": "ak_…abcd"})
     origin = fields.String(required=True, metadata={"enum": ["user", "auto", "migration"]})
     version = fields.Integer(required=True)
+    limits = fields.List(fields.Nested(LimitSchema), required=True, metadata={"description": _LIMITS_DOC})
 
 
 class KeyCreatedSchema(KeySchema):
@@ -103,16 +125,18 @@ class KeyCreateSchema(StrictSchema):
                                 metadata={"pattern": ONE_LINE})
     scopes = _scopes(required=True)
     expires_at = Rfc3339(allow_none=True)
+    limits = Limits()
 
 
 class KeyChangeSchema(StrictSchema):
     description = fields.String(validate=validate.Length(max=DESCRIPTION_MAX), metadata={"pattern": ONE_LINE})
     scopes = _scopes()
+    limits = Limits()
 
     @validates_schema
     def _says_something(self, data, **kwargs):  # documented as minProperties (service.api.openapi)
         if not data:
-            raise ValidationError("Give scopes, description or both.", "_schema")
+            raise ValidationError("Give scopes, description, limits or several.", "_schema")
 
 
 class KeyRollSchema(StrictSchema):
@@ -139,6 +163,11 @@ class AppSchema(Schema):
     name = fields.String(required=True)
     owner_id = fields.String(required=True)
     created_at = Rfc3339(required=True)
+    limits = fields.List(fields.Nested(LimitSchema), required=True, metadata={"description": _LIMITS_DOC})
+
+
+class AppLimitsChangeSchema(StrictSchema):
+    limits = Limits(required=True)
 
 
 class AppCreatedSchema(AppSchema):
@@ -322,7 +351,7 @@ class VerifyResultSchema(Schema):
     valid = fields.Boolean(required=True)
     code = fields.String(required=True, metadata={"enum": [
         "VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE", "APP_MISMATCH",
-        "LEGACY_TOKEN_SUNSET"]})
+        "LEGACY_TOKEN_SUNSET", "RATE_LIMITED"]})
     kind = fields.String(allow_none=True, metadata={"enum": ["api_key", "access_token", "personal_token"]})
     key_id = fields.String(allow_none=True)
     app_id = fields.String(allow_none=True)
@@ -332,6 +361,9 @@ class VerifyResultSchema(Schema):
         "description": "Legacy access tokens only: the OAuth2 client that holds it."})
     deprecation = fields.Nested(DeprecationSchema, metadata={
         "description": "Legacy access tokens only: when they stop working, and how to move to API keys."})
+    retry_after = fields.Integer(metadata={
+        "minimum": 1, "description": "RATE_LIMITED only: whole seconds after which a retry is admitted (the "
+                                     "answer also carries Retry-After, RateLimit-Policy and RateLimit headers)."})
     status = fields.Nested(LegacyStatusSchema, metadata={
         "description": "Legacy access tokens only: the status object 2017-era clients read "
                        "(code 11001 with details 'expired token' tells them to fetch a new token)."})

@@ -37,7 +37,8 @@ from service.api.legacy import EXPIRED_TOKEN, LegacyNotice
 from service.api.schemas import ErrorSchema, VerifyRequestSchema, VerifyResultSchema
 from service.credentials import redact
 from service.domain.actors import RequestInfo
-from service.verification import REFUSALS, Verifier
+from service.ratelimit import RATE_LIMITED
+from service.verification import REFUSALS, Limited, Verifier
 
 blp = Blueprint("verification", __name__, description="Verification for gateways (no credential of its own)")
 
@@ -142,6 +143,11 @@ class Verdicts:
             "scopes": _scope_forms(entry.scopes)[0] if is_key or kind == ACCESS_TOKEN else [],
             "expires_at": rfc3339_from_epoch(entry.expires_at),
         }
+        if type(entry) is Limited:  # a key with rate limits: the decision's headers, and when refused
+            decision = entry.decision  # the seconds to wait
+            if not decision.allowed:
+                answer["retry_after"] = decision.retry_after
+            return 200, [_JSON, *decision.headers()], _json(answer)
         if kind != ACCESS_TOKEN:
             return 200, [_JSON], _json(answer)
         legacy = self._notice
@@ -159,8 +165,11 @@ class Verdicts:
     # -- GET /v2/auth/check ---------------------------------------------------------------
 
     def auth_check(self, authorization: str, scope: str | None, app_id: str | None, query_string: str,
-                   request_id: str | None, request: Callable[[], RequestInfo]) -> Answer:
-        """``scope`` and ``app_id`` from the gateway's headers win over the query's."""
+                   request_id: str | None, request: Callable[[], RequestInfo],
+                   limited_status: str | None = None) -> Answer:
+        """``scope`` and ``app_id`` from the gateway's headers win over the query's. A rate-limited
+        request is answered 429, or 403 when the gateway asks so (``X-Keyledger-Limited-Status:
+        403``: nginx's auth_request turns any status but 2xx, 401 and 403 into a 500)."""
         scheme, _, credential = authorization.partition(" ")
         credential = credential.strip()
         if scheme.lower() not in ("key", "bearer") or not credential:
@@ -175,9 +184,13 @@ class Verdicts:
         if kind == ACCESS_TOKEN and entry is not None:
             return self._legacy_auth_check(code, entry, scope, request_id)
         if code == VALID:
-            return 200, [("X-Keyledger-App-Id", entry.app_id or ""),
-                         ("X-Keyledger-Key-Id", _key_id_text(entry.id)),
-                         ("X-Keyledger-Scopes", _scope_forms(entry.scopes)[1])], b""
+            headers = [("X-Keyledger-App-Id", entry.app_id or ""), ("X-Keyledger-Key-Id", _key_id_text(entry.id)),
+                       ("X-Keyledger-Scopes", _scope_forms(entry.scopes)[1])]
+            if type(entry) is Limited:
+                headers += entry.decision.headers()
+            return 200, headers, b""
+        if code == RATE_LIMITED:
+            return self._rate_limited(entry, limited_status, request_id)
         if code in (INSUFFICIENT_SCOPE, APP_MISMATCH):
             message = ("This credential may not perform this scope." if code == INSUFFICIENT_SCOPE
                        else "This key belongs to another app.")
@@ -186,6 +199,14 @@ class Verdicts:
         code = "UNAUTHENTICATED" if code == NOT_FOUND else code
         return 401, [_JSON, _KEY_REALM, ("X-Keyledger-Code", code)], envelope(
             code, REFUSALS[code], None, request_id)
+
+    @staticmethod
+    def _rate_limited(entry: Limited, limited_status: str | None, request_id: str | None) -> Answer:
+        decision = entry.decision
+        status = 403 if limited_status == "403" else 429
+        return status, [_JSON, ("X-Keyledger-Code", RATE_LIMITED), *decision.headers()], envelope(
+            RATE_LIMITED, REFUSALS[RATE_LIMITED], {"retry_after": decision.retry_after, "limit": decision.name},
+            request_id)
 
     def _legacy_auth_check(self, code: str, entry, scope: str | None, request_id: str | None) -> Answer:
         """Forward-auth for a legacy access token: its answers carry the deprecation headers, and an
@@ -251,7 +272,12 @@ class Verify(MethodView):
         "200": {"description": "Allowed. Headers X-Keyledger-App-Id, X-Keyledger-Key-Id, X-Keyledger-Scopes."},
         "401": {"description": "No, malformed, unknown, revoked or expired credential",
                 "content": {"application/json": {"schema": ErrorSchema}}},
-        "403": {"description": "Valid credential without the scope (or for another app)",
+        "403": {"description": "Valid credential without the scope (or for another app); or, when the gateway "
+                               "sent X-Keyledger-Limited-Status: 403 (nginx), over a rate limit "
+                               "(X-Keyledger-Code: RATE_LIMITED, with the 429's headers)",
+                "content": {"application/json": {"schema": ErrorSchema}}},
+        "429": {"description": "Over a rate limit of the key or its app (code RATE_LIMITED). Headers: Retry-After "
+                               "(seconds), RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers)",
                 "content": {"application/json": {"schema": ErrorSchema}}},
     },
 )
@@ -261,4 +287,4 @@ def auth_check():
     return _response(_verdicts().auth_check(
         environ.get("HTTP_AUTHORIZATION", ""), environ.get("HTTP_X_REQUIRED_SCOPE"),
         environ.get("HTTP_X_REQUIRED_APP_ID"), environ.get("QUERY_STRING", ""), context.request_id(),
-        context.request_info))
+        context.request_info, environ.get("HTTP_X_KEYLEDGER_LIMITED_STATUS")))

@@ -8,11 +8,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from service.application.base import NAME_MAX, LedgerApplication, text_problem
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+from service.application.base import COMMAND_ATTEMPTS, NAME_MAX, LedgerApplication, text_problem
 from service.domain.accounts import Account
 from service.domain.actors import Actor, RequestInfo
 from service.domain.apps import App
-from service.domain.errors import Forbidden, InvalidRequest, NotFound
+from service.domain.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
+from service.domain.limits import checked_limits
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -77,7 +80,24 @@ class AppUseCases(LedgerApplication):
 
     @staticmethod
     def _app_view(app: App) -> dict:
-        return {"id": app.slug, "name": app.name, "owner_id": app.owner_id, "created_at": app.created_on}
+        return {"id": app.slug, "name": app.name, "owner_id": app.owner_id, "created_at": app.created_on,
+                "limits": [dict(limit) for limit in app.limits]}
+
+    def change_app_limits(self, app_id: str, limits: list, *, by: Actor, request: RequestInfo) -> dict:
+        """Replace the rate limits every key of the app shares (``[]``: none)."""
+        limits = checked_limits(limits)
+        for _attempt in range(COMMAND_ATTEMPTS):
+            app = self._manageable_app(app_id, by)
+            if not app.change_limits(limits, by=by.ref, request=request.as_dict(), at=self.now()):
+                return self._app_view(app)
+            try:
+                self.save(app)
+            except IntegrityError:
+                continue
+            except PersistenceError as error:
+                raise Unavailable("The event store cannot be written right now; retry shortly.") from error
+            return self._app_view(app)
+        raise Conflict("The app is being changed by someone else right now; retry.")
 
     def listing_owner(self, *, by: Actor) -> str | None:
         """Whose apps the caller may list: their own (owners), or everyone's (None)."""

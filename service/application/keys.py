@@ -29,6 +29,7 @@ from service.domain.errors import (
     Unavailable,
 )
 from service.domain.keys import ApiKey
+from service.domain.limits import checked_limits
 from service.domain.scopes import CATALOGUE, normalise, unknown_scopes
 
 MAX_GRACE_SECONDS = 604_800
@@ -39,13 +40,16 @@ MAX_KEY_LIFETIME = timedelta(days=36_525)  # 100 years
 class KeyUseCases(LedgerApplication):
     def issue_key(self, app_id: str, *, description: str, scopes: list[str],
                   expires_at: datetime | None = None, by: Actor, request: RequestInfo,
-                  origin: str = "user") -> tuple[dict, str]:
+                  origin: str = "user", limits: list | None = None) -> tuple[dict, str]:
         """Create a key for an app; the secret is returned this once."""
         self._manageable_app(app_id, by)
+        limits = checked_limits(limits) if limits is not None else None
         now = self.now()
         key, secret = self._new_key(app_id=app_id, description=description, scopes=scopes,
                                     expires_at=expires_at, origin=origin, by=by, request=request,
                                     now=now)
+        if limits:  # its own event, saved with the key's creation (one atomic save)
+            key.change_limits(limits, by=by.ref, request=request.as_dict(), at=now)
         self._save_new(key, conflict="The key could not be created; try again.")
         return self.key_view(key, now), secret
 
@@ -76,17 +80,21 @@ class KeyUseCases(LedgerApplication):
 
     def change_key(self, key_id: str, *, by: Actor, request: RequestInfo,
                    scopes: list[str] | None = None, description: str | None = None,
-                   if_match: int | None = None) -> dict:
+                   if_match: int | None = None, limits: list | None = None) -> dict:
         if scopes is not None:
             scopes = self._checked_scopes(scopes)
         if description is not None:
             self._check_description(description)
+        if limits is not None:
+            limits = checked_limits(limits)
 
         def change(key: ApiKey, now: datetime) -> None:
             if scopes is not None:
                 key.change_scopes(scopes, by=by.ref, request=request.as_dict(), at=now)
             if description is not None:
                 key.change_description(description, by=by.ref, request=request.as_dict(), at=now)
+            if limits is not None:
+                key.change_limits(limits, by=by.ref, request=request.as_dict(), at=now)
 
         return self._update_key(key_id, by, change, if_match)
 
@@ -132,6 +140,7 @@ class KeyUseCases(LedgerApplication):
             "scopes": list(key.scopes), "status": key.status_at(now), "created_at": key.created_on,
             "expires_at": key.expires_at, "revoked_at": key.revoked_at, "last_used_at": None,
             "display": key.display, "origin": key.origin, "version": key.version,
+            "limits": [dict(limit) for limit in key.limits],
         }
 
     def scope_catalogue(self) -> dict[str, str]:

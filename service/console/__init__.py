@@ -8,6 +8,7 @@ call the same use cases and query objects as the API's (``system.keys_app``, ``d
 * ``web`` — the request frame: the blueprint, the cookie session, sign-in, CSRF, security
   headers (a strict Content-Security-Policy: no inline script or style) and error pages.
 * ``owners`` — apps and their keys: create, change scopes, roll, revoke, history.
+* ``limits`` — the rate-limit forms of a key and of an app.
 * ``security`` — the audit trail, integrity, "who could do S on A at T", the campaign.
 * ``chart`` — the campaign's chart, drawn on the server as SVG.
 """
@@ -20,7 +21,7 @@ from service.composition import System
 
 
 def register(flask_app: Flask, system: System) -> None:
-    from service.console import owners, security, web  # noqa: F401 (their routes join the blueprint)
+    from service.console import limits, owners, security, web  # noqa: F401 (their routes join the blueprint)
 
     web.configure(flask_app, system)
     flask_app.register_blueprint(web.bp)

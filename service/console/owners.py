@@ -13,6 +13,7 @@ from typing import Any
 from flask import Response, redirect, request, url_for
 
 from service.api import context
+from service.console.limits import PERIODS, limit_rows
 from service.console.web import actor, bp, field_errors, page, signed_in, system
 from service.credentials import redact
 from service.domain.errors import KeyledgerError
@@ -23,10 +24,11 @@ GRACE_CHOICES = ((0, "None: the old secret stops at once"), (3600, "1 hour"), (8
 PRESET_CHOICES = (("read_only", "Read-only: Predict and Search"), ("all", "All scopes, including future ones"),
                   ("custom", "Choose scopes below"))
 DONE = {"scopes": "Saved: the key's scopes and description are as shown.",
-        "revoked": "Revoked: the key no longer verifies."}
+        "revoked": "Revoked: the key no longer verifies.",
+        "limits": "Saved: the rate limits are as shown."}
 EVENT_NAMES = {"ApiKey.Issued": "Created", "ApiKey.ScopesChanged": "Scopes changed",
                "ApiKey.DescriptionChanged": "Description changed", "ApiKey.Rolled": "Secret rolled",
-               "ApiKey.Revoked": "Revoked"}
+               "ApiKey.Revoked": "Revoked", "ApiKey.LimitsChanged": "Rate limits changed"}
 
 
 def scope_groups() -> list[tuple[str, list[tuple[str, str]]]]:
@@ -93,14 +95,17 @@ def home() -> Response:
 
 @bp.get("/apps/<app_id>")
 @signed_in
-def app_page(app_id: str) -> Response:
+def app_page(app_id: str, *, status: int = 200, errors: dict | None = None, message: str | None = None,
+             limit_rows_shown: list | None = None) -> Response:
     sys = system()
     app = sys.keys_app.get_app(app_id, by=actor())  # NotFound for someone else's app
     keys = sys.directory.keys(app["id"], sys.keys_app.now())
     context.with_last_used(*keys)
     legacy = legacy_of([app["id"]], owner_id=app["owner_id"]).get(app["id"])
-    return page("console/app.html", title=app["name"], app=app, keys=keys, legacy=legacy,
-                can_change=not actor().is_auditor)
+    done = DONE.get(request.args.get("done", "")) if request.method == "GET" else None
+    return page("console/app.html", status=status, title=app["name"], app=app, keys=keys, legacy=legacy,
+                can_change=not actor().is_auditor, errors=errors or {}, message=message, done=done,
+                limit_rows=limit_rows_shown or limit_rows(app["limits"]), periods=PERIODS)
 
 
 @bp.route("/apps/<app_id>/keys/new", methods=["GET", "POST"])
@@ -194,13 +199,15 @@ def _actor_name(who: dict) -> str:
 
 
 def key_page(key_id: str, *, status: int = 200, errors: dict | None = None, message: str | None = None,
-             form_scopes: list[str] | None = None, description: str | None = None) -> Response:
+             form_scopes: list[str] | None = None, description: str | None = None,
+             limit_rows_shown: list | None = None) -> Response:
     key, app = _key_and_app(key_id)
     done = DONE.get(request.args.get("done", "")) if request.method == "GET" else None
     return page("console/key.html", status=status, title=key["description"] or key["display"], key=key,
                 app=app, events=_timeline(key["id"]), errors=errors or {}, message=message, done=done,
                 grace_choices=GRACE_CHOICES, description=key["description"] if description is None else description,
                 can_change=not actor().is_auditor and key["status"] == "active",
+                limit_rows=limit_rows_shown or limit_rows(key["limits"]), periods=PERIODS,
                 **scope_form_values(key["scopes"] if form_scopes is None else form_scopes))
 
 

@@ -21,6 +21,13 @@ class App(LedgerAggregate):
     class LegacyClientAttached(LedgerAggregate.Event):
         client_id: str
 
+    class LimitsChanged(LedgerAggregate.Event):
+        app_id: str  # the app's slug (its id in the API)
+        limits: list  # shared by every key of the app (service.domain.limits); [] for none
+        previous_limits: list
+
+    limits = ()  # rate limits (LimitsChanged: a list); never changed in place, only replaced
+
     @event(Registered)
     def __init__(self, slug: str, name: str, owner_id: str, origin: str, by: str, request: dict) -> None:
         self.slug = slug
@@ -39,6 +46,19 @@ class App(LedgerAggregate):
     @event(LegacyClientAttached)
     def _attach_legacy_client(self, client_id: str, by: str, request: dict, timestamp: datetime) -> None:
         self.legacy_client_id = client_id
+
+    def change_limits(self, limits: list, *, by: str, request: dict, at: datetime) -> bool:
+        """Replace the app's rate limits (checked and canonical); the same limits change nothing."""
+        if list(limits) == list(self.limits):
+            return False
+        self._change_limits(app_id=self.slug, limits=list(limits), previous_limits=list(self.limits), by=by,
+                            request=request, timestamp=at)
+        return True
+
+    @event(LimitsChanged)
+    def _change_limits(self, app_id: str, limits: list, previous_limits: list, by: str, request: dict,
+                       timestamp: datetime) -> None:
+        self.limits = list(limits)
 
     @staticmethod
     def create_id(slug: str, **_: object) -> UUID:

@@ -20,6 +20,7 @@ def key_status(revoked_at: datetime | None, expires_at: datetime | None, now: da
 
 
 class ApiKey(LedgerAggregate):
+    limits = ()  # rate limits (LimitsChanged: a list); never changed in place, only replaced
     class Issued(LedgerAggregate.Created):
         app_id: str
         description: str
@@ -46,6 +47,10 @@ class ApiKey(LedgerAggregate):
 
     class Revoked(LedgerAggregate.Event):
         digests: list  # every secret the key still honoured
+
+    class LimitsChanged(LedgerAggregate.Event):
+        limits: list  # [{"limit": n, "per": "1m"}], canonical (service.domain.limits); [] for none
+        previous_limits: list
 
     @event(Issued)
     def __init__(
@@ -135,3 +140,19 @@ class ApiKey(LedgerAggregate):
     def _revoke(self, digests: list, by: str, request: dict, timestamp: datetime) -> None:
         self.revoked_at = timestamp
         self.retiring = []
+
+    # -- rate limits (service.domain.limits) -----------------------------------
+
+    def change_limits(self, limits: list, *, by: str, request: dict, at: datetime) -> bool:
+        """Replace the key's rate limits (checked and canonical); the same limits change nothing."""
+        self._require_changeable(at)
+        if list(limits) == list(self.limits):
+            return False
+        self._change_limits(limits=list(limits), previous_limits=list(self.limits), by=by, request=request,
+                            timestamp=at)
+        return True
+
+    @event(LimitsChanged)
+    def _change_limits(self, limits: list, previous_limits: list, by: str, request: dict,
+                       timestamp: datetime) -> None:
+        self.limits = list(limits)

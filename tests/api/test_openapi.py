@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 KEY_FIELDS = {"id", "app_id", "description", "scopes", "status", "created_at", "expires_at", "revoked_at",
-              "last_used_at", "display", "origin", "version"}
+              "last_used_at", "display", "origin", "version", "limits"}
 UNDOCUMENTED = {"/openapi.json", "/docs", "/docs/<path:filename>", "/docs/assets/<path:filename>", "/docs/migration",
                 "/static/<path:filename>"}
 
@@ -112,3 +112,20 @@ def test_the_document_stands_alone(client):
     for needed in ("Authorization: Key pat_", "/v2/verify", "/v2/auth/check", '"error"', "request_id",
                    "UNAVAILABLE", "Retry-After", "/docs/migration"):
         assert needed in description, needed
+
+
+def test_openapi_describes_limits_and_rate_limited(client):
+    spec = client.get("/openapi.json").json
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["Limit"]["properties"]) == {"limit", "per"}
+    assert "limits" in schemas["App"]["properties"]
+    assert "RATE_LIMITED" in schemas["VerifyResult"]["properties"]["code"]["enum"]
+    assert "retry_after" in schemas["VerifyResult"]["properties"]
+    assert "429" in spec["paths"]["/v2/auth/check"]["get"]["responses"]
+    assert "patch" in spec["paths"]["/v2/apps/{app_id}"]
+    for path, method in (("/v2/apps/{app_id}/keys", "post"), ("/v2/keys/{key_id}", "patch"),
+                         ("/v2/apps/{app_id}", "patch")):
+        body = spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        name = body["$ref"].rsplit("/", 1)[-1]
+        limits = schemas[name]["properties"]["limits"]
+        assert limits["type"] == "array" and limits["items"] == {"$ref": "#/components/schemas/Limit"}

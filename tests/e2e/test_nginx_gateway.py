@@ -150,3 +150,28 @@ def test_no_key_is_refused_with_401(gateway, keys):
     response = call(gateway, "GET", "/v2/search", None)
     assert response.status == 401
     assert response.json["error"]["code"] == "UNAUTHENTICATED"
+
+
+def test_a_limited_key_gets_429_with_retry_after_through_nginx_and_recovers(server, gateway, keys):
+    owner = server.post("/v2/accounts", {"email": "l@example.com", "name": "L", "role": "owner"},
+                        token=server.create_account("admin", "a2@example.com", "A2")["token"]).json["token"]
+    assert server.post("/v2/apps", {"id": "limited", "name": "Limited"}, token=owner).status == 201
+    key = server.post("/v2/apps/limited/keys", {"description": "web", "scopes": ["Predict"],
+                                                 "limits": [{"limit": 2, "per": "2s"}]}, token=owner).json
+    first = call(gateway, "GET", "/v2/predict", key["key"])
+    assert first.status == 200
+    assert first.headers["RateLimit-Policy"] == '"key-2s";q=2;w=2'
+    codes = [call(gateway, "GET", "/v2/predict", key["key"]) for _ in range(3)]
+    refused = codes[-1]
+    assert refused.status == 429, (refused.status, refused.body)
+    assert refused.json["error"]["code"] == "RATE_LIMITED"
+    assert refused.headers["X-Keyledger-Code"] == "RATE_LIMITED"
+    wait = int(refused.headers["Retry-After"])
+    assert 1 <= wait <= 2
+    assert refused.json["error"]["details"]["retry_after"] == wait
+    assert refused.headers["RateLimit-Policy"] == '"key-2s";q=2;w=2'
+    assert refused.headers["RateLimit"].startswith('"key-2s";r=0;t=')
+    time.sleep(wait)
+    assert call(gateway, "GET", "/v2/predict", key["key"]).status == 200  # recovered
+    other = call(gateway, "POST", "/v2/models", keys["read_only"]["key"])  # another refusal: no rate headers
+    assert other.status == 403 and "Retry-After" not in other.headers

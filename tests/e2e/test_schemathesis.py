@@ -43,6 +43,13 @@ include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}
 
 [[operations]]
+include-path-regex = "^/v2/(keys/{{key_id}}|apps/{{app_id}})$"
+include-method = "PATCH"
+# 400: rate limits that each fit the Limit schema but not together (a period given twice: 1m and
+# 60s) or a period over 365 days (the pattern cannot count days)
+checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}
+
+[[operations]]
 include-path-regex = "^/v2/audit/events"
 # 400: a cursor must be one the server gave out (opaque, signed by the server)
 checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}

@@ -15,7 +15,7 @@ from tests.conftest import TEST_PEPPER
 
 TABLES = ("verification", "verification_legacy_clients", "directory_accounts", "directory_apps",
           "directory_keys", "audit_events", "audit_aggregate_apps", "audit_app_owners", "legacy_usage",
-          "projection_tracking")
+          "projection_tracking", "key_limits", "app_limits")
 
 
 @pytest.fixture
@@ -37,6 +37,11 @@ def index_state(index: VerificationIndex) -> dict:
     }
 
 
+def limit_state(system) -> dict:
+    book = system.limiter.book
+    return {"keys": {k: s.limits for k, s in book.keys.items()}, "apps": {a: s.limits for a, s in book.apps.items()}}
+
+
 def make_history(system) -> None:
     app = system.keys_app
     admin = Actor.system("test")
@@ -54,6 +59,14 @@ def make_history(system) -> None:
         system.after_command()
         if i % 2:
             app.revoke_key(default["id"], by=admin, request=NO_REQUEST)
+        # Rate limits: a key's, changed and (for one) removed; an app's; a limited key revoked
+        app.change_key(key["id"], limits=[{"limit": 10 + i, "per": "1s"}], by=admin, request=NO_REQUEST)
+        app.change_app_limits(f"app-{i}", [{"limit": 100 * (i + 1), "per": "1m"}], by=admin, request=NO_REQUEST)
+        if i == 2:
+            app.change_key(key["id"], limits=[], by=admin, request=NO_REQUEST)
+            app.change_app_limits(f"app-{i}", [], by=admin, request=NO_REQUEST)
+        if i == 3:
+            app.revoke_key(key["id"], by=admin, request=NO_REQUEST)
     # Legacy OAuth2: imported and issued clients, tokens, uses, a disabled client, a new personal token.
     for i in range(3):
         app.import_legacy_app({"app_id": f"old-{i}", "app_name": f"Old {i}", "owner_email": "o@example.com",
@@ -81,11 +94,15 @@ def test_rebuilding_every_view_gives_identical_rows(system):
     assert len(live["legacy_usage"]) == len(live["verification_legacy_clients"]) == 4
     assert sum(row[1] == "access_token" for row in live["verification"]) == 6
 
+    assert len(live["key_limits"]) == 3 and len(live["app_limits"]) == 4
+    live_limits = limit_state(system)
+
     rebuilt_count = system.follower.rebuild()
 
     assert rebuilt_count == system.keys_app.last_position()
     assert dump(system) == live
     assert index_state(system.index) == live_index
+    assert limit_state(system) == live_limits
 
 
 def test_rebuilding_one_view_leaves_the_others_alone(system):

@@ -1,0 +1,125 @@
+"""The rate-limit engine and its counters: GCRA's arithmetic, the counters shared by the processes of
+one instance (a mapped file and a semaphore), and Redis's (a throwaway redis-server), with the fallback
+to local counters while Redis is away."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from service.ratelimit import LimitSet
+from service.ratelimit.local import ProcessCounters, SharedCounters
+from tests import throwaway_redis
+from tests.conftest import require
+
+
+def limits(*pairs: tuple[int, str], scope: str = "key", owner: str = "k1") -> LimitSet:
+    return LimitSet(scope, owner, [{"limit": n, "per": per} for n, per in pairs])
+
+
+def admitted(counters, sets, times) -> list[bool]:
+    return [counters.take(sets, t).allowed for t in times]
+
+
+def test_gcra_admits_a_burst_of_the_limit_then_one_per_interval():
+    counters, key = ProcessCounters(), limits((5, "10s"))
+    assert admitted(counters, (key,), [100.0] * 6) == [True] * 5 + [False]
+    refused = counters.take((key,), 100.0)
+    assert refused.retry_after == 2  # one every 2 s
+    assert admitted(counters, (key,), [101.9, 102.0, 102.1]) == [False, True, False]
+
+
+def test_every_limit_of_the_key_and_its_app_must_admit_and_a_refusal_takes_nothing():
+    counters = ProcessCounters()
+    key, app = limits((2, "1s"), (3, "1h")), limits((100, "1m"), scope="app", owner="vision")
+    assert admitted(counters, (key, app), [0.0, 0.0, 0.0]) == [True, True, False]
+    assert admitted(counters, (key, app), [1.0, 1.0]) == [True, False]  # the hourly quota is spent
+    decision = counters.take((key, app), 1.0)
+    # 3 per hour: one per 20 minutes; the first of them came at 0, so the fourth is admitted at 1200
+    assert decision.name == "key-1h" and decision.retry_after == 1199
+    assert decision.headers()[0] == ("RateLimit-Policy", '"key-1s";q=2;w=1, "key-1h";q=3;w=3600, "app-1m";q=100;w=60')
+    # the refusals took nothing from the app: four taken in all (this one too), 1.67 back after a second
+    other_key = limits((1000, "1s"), owner="k2")
+    assert counters.take((other_key, app), 1.0).remaining == 97
+
+
+def _hammer(path: str, n: int, out) -> None:  # noqa: ANN001
+    counters, key = SharedCounters(Path(path)), limits((500, "1h"))
+    out.put(sum(counters.take((key,), time.time()).allowed for _ in range(n)))
+
+
+def test_shared_counters_hold_across_processes(tmp_path: Path):
+    path = tmp_path / "ratelimit.counters"
+    context = multiprocessing.get_context("spawn")  # nothing inherited: the file and the name are the link
+    out = context.Queue()
+    workers = [context.Process(target=_hammer, args=(str(path), 400, out)) for _ in range(4)]
+    try:
+        for w in workers:
+            w.start()
+        total = sum(out.get(timeout=60) for _ in workers)
+        for w in workers:
+            w.join(30)
+        # 1,600 tries against 500 per hour for a few seconds: 500 and the trickle (one per 7.2 s)
+        assert 500 <= total <= 502, total
+    finally:
+        SharedCounters(path).remove()
+
+
+def test_shared_counters_reuse_records_whose_counters_have_run_out(tmp_path: Path):
+    counters = SharedCounters(tmp_path / "c", slots=8)
+    try:
+        for i in range(40):  # five times the slots, each set spent long before the next
+            assert counters.take((limits((1, "1s"), owner=f"k{i}"),), float(i * 10)).allowed
+    finally:
+        counters.remove()
+
+
+@pytest.fixture
+def redis_server():
+    require("redis-server", throwaway_redis.unavailable_reason() is None, "install Debian's redis-server")
+    server = throwaway_redis.ThrowawayRedis().start()
+    yield server
+    server.remove()
+
+
+def test_redis_counters_hold_and_fall_back_to_local_counters_while_redis_is_away(redis_server, tmp_path, caplog):
+    from service.ratelimit.redis import RETRY_EVERY, RedisCounters
+
+    fallbacks = []
+    local = ProcessCounters()
+    counters = RedisCounters(redis_server.url, local, on_fallback=lambda: fallbacks.append(1))
+    key = limits((10, "1h"))
+    now = time.time()
+    assert admitted(counters, (key,), [now] * 12) == [True] * 10 + [False, False]
+    assert counters.take((key,), now).retry_after in (360, 361)  # one per 6 minutes
+    with caplog.at_level(logging.WARNING, logger="keyledger.ratelimit"):
+        redis_server.stop()
+        # Redis away: answered from the local counters (a fresh budget of their own), no error
+        assert admitted(counters, (key,), [now] * 12) == [True] * 10 + [False, False]
+        assert len(fallbacks) == 12 and not counters.reachable
+        warnings = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
+        assert len(warnings) == 1  # once per outage, not per check
+        redis_server.start()
+        time.sleep(RETRY_EVERY + 0.1)
+        # Back to Redis (a fresh one: no persistence), not the spent local counters
+        assert admitted(counters, (key,), [now] * 11) == [True] * 10 + [False]
+        assert counters.reachable and len(fallbacks) == 12
+        assert any("answers again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lease_admits_without_the_lock_and_what_it_did_not_spend_is_given_back(tmp_path: Path):
+    counters, key = SharedCounters(tmp_path / "c"), limits((1000, "1s"))  # lease: 10 units for 10 ms
+    other = SharedCounters(tmp_path / "c")  # another process's view of the same counters
+    try:
+        assert counters.take((key,), 100.0).allowed  # takes 10: one spent, nine leased
+        assert other.take((key,), 100.0).remaining == 980  # sees them taken, and takes ten of its own
+        assert counters.take((key,), 100.001).allowed  # from the lease
+        # The lease ran out at 100.01 with 8 unspent: given back at the next take, which takes ten
+        # more: 22 taken in all, 11 back after 11 ms (without giving back: 30 taken, 981 left).
+        assert 988 <= counters.take((key,), 100.011).remaining <= 989
+    finally:
+        counters.remove()
