@@ -34,6 +34,8 @@ from projections.verification import (
 from service import credentials
 from service.credentials import misshapen
 from service.domain.actors import RequestInfo
+from service.domain.restrictions import NO_FACTS, Facts
+from service.domain.restrictions import REFUSALS as RESTRICTION_REFUSALS
 
 log = logging.getLogger("keyledger.verification")
 
@@ -52,6 +54,7 @@ REFUSALS = {
     "EXPIRED": "This credential has expired; use another one.",
     "LEGACY_TOKEN_SUNSET": "Access tokens stopped working at the sunset; send an API key as "
                            "'Authorization: Key <api key>' instead.",
+    **RESTRICTION_REFUSALS,  # ORIGIN_NOT_ALLOWED, IP_NOT_ALLOWED, APP_NOT_ALLOWED
 }
 
 
@@ -80,10 +83,11 @@ class Verifier:
         self._window = legacy_window
 
     def verify(self, credential: str, scope: str | None = None, app_id: str | None = None,
-               request: Callable[[], RequestInfo] | None = None
+               request: Callable[[], RequestInfo] | None = None, facts: Facts = NO_FACTS,
                ) -> tuple[str, str | None, Credential | None]:
         """(code, kind, entry): the verdict, the credential's kind if known, its entry if found.
-        ``request`` gives the facts of the request, should a legacy token's use be recorded."""
+        ``request`` gives the facts of the request, should a legacy token's use be recorded;
+        ``facts`` (or a function giving them) what a restricted key is judged by."""
         if misshapen(credential):  # wrong length or not base62: refused without a digest or look-up
             return MALFORMED, None, None
         entry = self._index.by_digest.get(self._digest(credential)[:DIGEST_BYTES])
@@ -96,7 +100,7 @@ class Verifier:
         # Found: the digest of an issued secret, which was well-formed when it was issued, so the
         # checksum needs no checking (the verdict is the same, for a third of the cost).
         now = self._now()
-        code = verdict(entry, scope, app_id, now)
+        code = verdict(entry, scope, app_id, now, facts)
         if code != VALID:
             return code, entry.kind, entry
         if type(entry) is KeyRecord:

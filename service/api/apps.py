@@ -69,7 +69,8 @@ class AppKeys(MethodView):
         system = context.system()
         key, secret = system.keys_app.issue_key(
             app_id, description=body["description"], scopes=body["scopes"],
-            expires_at=body.get("expires_at"), by=context.actor(), request=context.request_info())
+            expires_at=body.get("expires_at"), by=context.actor(), request=context.request_info(),
+            restrictions=body.get("restrictions"))
         system.after_command()
         return {**key, "key": secret}, 201, {"ETag": f'"{key["version"]}"',
                                              "Location": f"/v2/keys/{key['id']}"}

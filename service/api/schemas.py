@@ -66,6 +66,35 @@ class AccountCreatedSchema(AccountSchema):
     token = fields.String(required=True, metadata={"description": "The personal token; shown only in this response."})
 
 
+# -- client restrictions (checked by service.domain.restrictions, which names the bad item) ------
+
+_RESTRICTIONS_DOC = {
+    "description": "Who may use the key: null (anyone) or one kind. browser: page patterns matched "
+                   "against Origin, else Referer (https://app.example.com, https://*.example.com/*, "
+                   "http://localhost:*); server: IPv4/IPv6 addresses and CIDR blocks; android: "
+                   "{package, sha256_cert} pairs; ios: bundle ids.",
+    "type": "object", "nullable": True, "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+    "properties": {
+        "browser": {"type": "array", "minItems": 1, "maxItems": 100,
+                    "items": {"type": "string", "maxLength": 255, "example": "https://*.example.com/*"}},
+        "server": {"type": "array", "minItems": 1, "maxItems": 100,
+                   "items": {"type": "string", "maxLength": 255, "example": "203.0.113.0/24"}},
+        "android": {"type": "array", "minItems": 1, "maxItems": 100, "items": {
+            "type": "object", "required": ["package", "sha256_cert"], "additionalProperties": False,
+            "properties": {"package": {"type": "string", "example": "com.example.app"},
+                           "sha256_cert": {"type": "string", "description": "SHA-256 signing-certificate "
+                                           "fingerprint: 64 hex digits, colons allowed"}}}},
+        "ios": {"type": "array", "minItems": 1, "maxItems": 100,
+                "items": {"type": "string", "maxLength": 255, "example": "com.example.app"}},
+    },
+    "example": {"browser": ["https://app.example.com", "https://*.example.com/*"]},
+}
+
+
+def restrictions_field(*, dump: bool = False) -> fields.Raw:
+    return fields.Raw(allow_none=True, required=dump, metadata=_RESTRICTIONS_DOC)
+
+
 # -- keys --------------------------------------------------------------------------------
 
 class KeySchema(Schema):
@@ -81,6 +110,7 @@ class KeySchema(Schema):
     display = fields.String(required=True, metadata={"example": "ak_…abcd"})
     origin = fields.String(required=True, metadata={"enum": ["user", "auto", "migration"]})
     version = fields.Integer(required=True)
+    restrictions = restrictions_field(dump=True)
 
 
 class KeyCreatedSchema(KeySchema):
@@ -103,11 +133,13 @@ class KeyCreateSchema(StrictSchema):
                                 metadata={"pattern": ONE_LINE})
     scopes = _scopes(required=True)
     expires_at = Rfc3339(allow_none=True)
+    restrictions = restrictions_field()
 
 
 class KeyChangeSchema(StrictSchema):
     description = fields.String(validate=validate.Length(max=DESCRIPTION_MAX), metadata={"pattern": ONE_LINE})
     scopes = _scopes()
+    restrictions = restrictions_field()
 
     @validates_schema
     def _says_something(self, data, **kwargs):  # documented as minProperties (service.api.openapi)
@@ -303,6 +335,19 @@ class VerifyRequestSchema(StrictSchema):
                           metadata={"description": "The scope the request needs, e.g. Predict (null: none)."})
     app_id = fields.String(allow_none=True, validate=validate.Length(max=100), metadata={
         "description": "The app the request is for; another app's key is APP_MISMATCH (null: any)."})
+    # The request's facts: a key with a client restriction is judged by them (missing: refused).
+    origin = fields.String(allow_none=True, validate=validate.Length(max=2048), metadata={
+        "description": "The request's Origin header (browser keys), e.g. https://app.example.com."})
+    referrer = fields.String(allow_none=True, validate=validate.Length(max=2048), metadata={
+        "description": "The request's Referer header (browser keys; used when there is no origin)."})
+    ip = fields.String(allow_none=True, validate=validate.Length(max=64), metadata={
+        "description": "The client's IPv4 or IPv6 address (server keys)."})
+    android_package = fields.String(allow_none=True, validate=validate.Length(max=255), metadata={
+        "description": "The X-Android-Package header (Android keys)."})
+    android_cert = fields.String(allow_none=True, validate=validate.Length(max=128), metadata={
+        "description": "The X-Android-Cert header: the app's signing-certificate SHA-256 fingerprint."})
+    ios_bundle_id = fields.String(allow_none=True, validate=validate.Length(max=255), metadata={
+        "description": "The X-Ios-Bundle-Identifier header (iOS keys)."})
 
 
 class DeprecationSchema(Schema):
@@ -322,7 +367,7 @@ class VerifyResultSchema(Schema):
     valid = fields.Boolean(required=True)
     code = fields.String(required=True, metadata={"enum": [
         "VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE", "APP_MISMATCH",
-        "LEGACY_TOKEN_SUNSET"]})
+        "LEGACY_TOKEN_SUNSET", "ORIGIN_NOT_ALLOWED", "IP_NOT_ALLOWED", "APP_NOT_ALLOWED"]})
     kind = fields.String(allow_none=True, metadata={"enum": ["api_key", "access_token", "personal_token"]})
     key_id = fields.String(allow_none=True)
     app_id = fields.String(allow_none=True)
