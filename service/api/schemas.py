@@ -272,6 +272,19 @@ class AccessQuerySchema(StrictSchema):
     scope = fields.String(required=True, validate=validate.Length(min=1, max=100),
                           metadata={"example": "Models:Add", "enum": list(CATALOGUE)})
     at = Rfc3339(metadata={"description": "The moment to answer for; now if left out."})
+    # "…from origin O": a key whose client restriction refuses these facts is left out (one that
+    # judges a fact not given here is listed: it could be used, from where it allows).
+    origin = fields.String(validate=validate.Length(min=1, max=2048),
+                           metadata={"description": "Only keys usable from this origin (browser keys are judged)."})
+    referrer = fields.String(validate=validate.Length(min=1, max=2048),
+                             metadata={"description": "Only keys usable from this page (browser keys are judged)."})
+    ip = fields.IP(metadata={"description": "Only keys usable from this client address (server keys are judged)."})
+    android_package = fields.String(validate=validate.Length(min=1, max=255),
+                                    metadata={"description": "With android_cert: only keys usable by this Android app."})
+    android_cert = fields.String(validate=validate.Length(min=1, max=128),
+                                 metadata={"description": "The Android app's signing-certificate SHA-256 fingerprint."})
+    ios_bundle_id = fields.String(validate=validate.Length(min=1, max=255),
+                                  metadata={"description": "Only keys usable by this iOS app."})
 
 
 class SecretHintSchema(Schema):
@@ -281,6 +294,7 @@ class SecretHintSchema(Schema):
 
 class CredentialSchema(Schema):
     kind = fields.String(required=True, metadata={"enum": ["api_key", "access_token"]})
+    restrictions = restrictions_field(dump=True)
     key_id = fields.String()
     client_id = fields.String()
     scopes = fields.List(fields.String(), required=True)
@@ -293,6 +307,13 @@ class AccessSchema(Schema):
     scope = fields.String(required=True)
     at = Rfc3339(required=True)
     credentials = fields.List(fields.Nested(CredentialSchema), required=True)
+    # the facts asked about, echoed when given
+    origin = fields.String()
+    referrer = fields.String()
+    ip = fields.String()
+    android_package = fields.String()
+    android_cert = fields.String()
+    ios_bundle_id = fields.String()
 
 
 # -- scopes and operations ---------------------------------------------------------------------

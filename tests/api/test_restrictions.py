@@ -253,3 +253,91 @@ def test_a_pattern_for_every_site_is_refused_with_the_reason(owner, owner_app):
     assert response.status_code == 400
     assert "would match every site" in response.json["error"]["message"]
     assert "protect nothing" in response.json["error"]["message"]
+
+
+# -- the record: history, as_of, the access question, the exports ----------------------------------
+
+@pytest.fixture
+def restricted_timeline(owner, auditor):
+    """10:00 app "atlas" (default key: no restriction); 10:10 a browser key for *.example.com;
+    11:00 changed to https://app.example.com only; 12:00 changed to a server key for 10.0.0.0/8."""
+    from datetime import timedelta
+
+    from freezegun import freeze_time
+
+    with freeze_time("2017-06-01T10:00:00Z") as frozen:
+        app = owner.post("/v2/apps", json={"id": "atlas", "name": "Atlas"}).json
+        frozen.tick(timedelta(minutes=10))
+        key = owner.post("/v2/apps/atlas/keys", json={"description": "web", "scopes": ["Predict"],
+                                                      "restrictions": {"browser": ["https://*.example.com"]}}).json
+        frozen.tick(timedelta(minutes=50))
+        owner.patch(f"/v2/keys/{key['id']}", json={"restrictions": {"browser": ["https://app.example.com"]}})
+        frozen.tick(timedelta(hours=1))
+        owner.patch(f"/v2/keys/{key['id']}", json={"restrictions": {"server": ["10.0.0.0/8"]}})
+        frozen.tick(timedelta(hours=1))
+        yield {"key": key, "default_key": app["default_key"]}
+
+
+def test_every_restriction_change_is_in_the_key_s_history(owner, restricted_timeline):
+    key_id = restricted_timeline["key"]["id"]
+    events = owner.get(f"/v2/keys/{key_id}/history").json["events"]
+    restricted = [e for e in events if e["type"] == "ApiKey.Restricted"]
+    assert [e["data"]["restrictions"] for e in restricted] == [
+        {"browser": ["https://*.example.com"]}, {"browser": ["https://app.example.com"]}, {"server": ["10.0.0.0/8"]}]
+    assert [e["data"]["previous_restrictions"] for e in restricted] == [
+        None, {"browser": ["https://*.example.com"]}, {"browser": ["https://app.example.com"]}]
+    assert all("digests" not in e["data"] for e in restricted)
+    assert restricted[0]["actor"]["kind"] == "account"
+
+
+@pytest.mark.parametrize("at,expected", [
+    ("2017-06-01T10:30:00Z", {"browser": ["https://*.example.com"]}),
+    ("2017-06-01T11:30:00Z", {"browser": ["https://app.example.com"]}),
+    ("2017-06-01T12:30:00Z", {"server": ["10.0.0.0/8"]}),
+])
+def test_as_of_gives_the_restriction_of_that_moment(owner, restricted_timeline, at, expected):
+    key = owner.get(f"/v2/keys/{restricted_timeline['key']['id']}?as_of={at}").json
+    assert key["restrictions"] == expected
+
+
+@pytest.mark.parametrize("at,origin,ip,could", [
+    # "which keys could do Predict on atlas from origin O at T"
+    ("2017-06-01T10:30:00Z", "https://shop.example.com", None, True),
+    ("2017-06-01T11:30:00Z", "https://shop.example.com", None, False),
+    ("2017-06-01T11:30:00Z", "https://app.example.com", None, True),
+    ("2017-06-01T11:30:00Z", None, None, True),  # no fact asked about: every key, with its restriction
+    ("2017-06-01T12:30:00Z", "https://app.example.com", None, True),  # judged on its address, not asked
+    ("2017-06-01T12:30:00Z", None, "10.1.2.3", True),
+    ("2017-06-01T12:30:00Z", "https://app.example.com", "192.0.2.1", False),
+])
+def test_access_answers_which_keys_could_act_from_an_origin_or_address(auditor, restricted_timeline, at, origin,
+                                                                       ip, could):
+    from urllib.parse import urlencode
+
+    query = {"app_id": "atlas", "scope": "Predict", "at": at, **({"origin": origin} if origin else {}),
+             **({"ip": ip} if ip else {})}
+    response = auditor.get("/v2/audit/access?" + urlencode(query))
+    assert response.status_code == 200, response.json
+    found = {c["key_id"]: c["restrictions"] for c in response.json["credentials"]}
+    assert found[restricted_timeline["default_key"]["id"]] is None  # unrestricted: from anywhere
+    assert (restricted_timeline["key"]["id"] in found) is could
+    if origin:
+        assert response.json["origin"] == origin
+
+
+def test_access_refuses_a_malformed_address(auditor, restricted_timeline):
+    response = auditor.get("/v2/audit/access?app_id=atlas&scope=Predict&ip=10.0.0.300")
+    assert response.status_code == 400 and "ip" in response.json["error"]["details"]
+
+
+def test_the_audit_export_holds_every_restriction_change(auditor, restricted_timeline):
+    import csv
+    import io
+    import json
+
+    lines = auditor.get("/v2/audit/events.jsonl?type=ApiKey.Restricted").get_data(as_text=True).splitlines()
+    assert [json.loads(line)["data"]["restrictions"] for line in lines] == [
+        {"browser": ["https://*.example.com"]}, {"browser": ["https://app.example.com"]}, {"server": ["10.0.0.0/8"]}]
+    rows = list(csv.DictReader(io.StringIO(
+        auditor.get("/v2/audit/events.csv?type=ApiKey.Restricted").get_data(as_text=True))))
+    assert len(rows) == 3 and "10.0.0.0/8" in rows[2]["data"]
