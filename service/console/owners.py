@@ -16,6 +16,7 @@ from service.api import context
 from service.console.web import actor, bp, field_errors, page, signed_in, system
 from service.credentials import redact
 from service.domain.errors import KeyledgerError
+from service.domain.restrictions import DESCRIPTIONS, KINDS
 from service.domain.scopes import ALL, PRESETS
 
 GRACE_CHOICES = ((0, "None: the old secret stops at once"), (3600, "1 hour"), (86400, "24 hours"),
@@ -112,7 +113,10 @@ def new_key(app_id: str) -> Response:
     message = None
     form = {"description": "", "expires_at": ""}
     scopes: list[str] = []
+    restriction = {"kind": "none", "items": ""}
     if request.method == "POST":
+        restriction = {"kind": request.form.get("restriction_kind", "none"),
+                       "items": request.form.get("restriction_items", "")}
         form = {"description": request.form.get("description", ""),
                 "expires_at": request.form.get("expires_at", "").strip()}
         shown = {"description": redact(form["description"]), "expires_at": redact(form["expires_at"])}
@@ -125,11 +129,14 @@ def new_key(app_id: str) -> Response:
             try:
                 key, secret = sys.keys_app.issue_key(
                     app["id"], description=form["description"], scopes=scopes, expires_at=expires_at,
-                    by=actor(), request=context.request_info())
+                    by=actor(), request=context.request_info(),
+                    restrictions=restrictions_of_form(restriction["kind"], restriction["items"]))
             except KeyledgerError as error:
                 if error.code in ("NOT_FOUND", "UNAVAILABLE"):
                     raise
                 errors, message = field_errors(error), error.message
+                for name in [n for n in errors if n.startswith("restrictions.")]:
+                    errors.setdefault("restrictions", []).extend(errors.pop(name))
             else:
                 sys.after_command()
                 return secret_page("Your new API key", key, secret, app)
@@ -138,7 +145,29 @@ def new_key(app_id: str) -> Response:
     # What was typed comes back for correction, but never a secret pasted by mistake.
     return page("console/key_new.html", status=400 if errors or message else 200,
                 title="Create New API Key", app=app, form=shown, errors=errors, message=message,
-                **scope_form_values(scopes))
+                restriction={"kind": restriction["kind"], "items": redact(restriction["items"])},
+                restriction_kinds=RESTRICTION_KINDS, **scope_form_values(scopes))
+
+
+# The create-key form's restriction kinds: (value, label, the one-line explanation).
+RESTRICTION_KINDS = [("none", "None", "anyone holding the key may use it (keep such keys on your servers)")] + [
+    (kind, {"browser": "Web pages", "server": "Servers", "android": "Android apps", "ios": "iOS apps"}[kind],
+     DESCRIPTIONS[kind]) for kind in KINDS]
+
+
+def restrictions_of_form(kind: str, items: str) -> dict | str | None:
+    """The restriction the form describes (the application judges it): one item per line;
+    an Android line is the package and the fingerprint, separated by spaces or a comma."""
+    if kind == "none":
+        return None
+    lines = [line.strip() for line in items.splitlines() if line.strip()]
+    if kind == "android":
+        pairs: list = []
+        for line in lines:
+            package, _, cert = line.replace(",", " ").partition(" ")
+            pairs.append({"package": package, "sha256_cert": cert.strip()})
+        return {kind: pairs}
+    return {kind: lines}
 
 
 def parse_expiry(text: str) -> tuple[datetime | None, str | None]:
