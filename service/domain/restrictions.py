@@ -192,7 +192,7 @@ def _browser_pattern(path: str, item: Any) -> str:
             raise _refuse(path, item, "the port must be a number from 1 to 65535, or *")
         if port != "*" and int(port) == _SCHEMES[scheme]:
             port = None  # the scheme's default: browsers leave it out
-    if page not in ("", "/", "/*"):
+    if page not in ("", "/"):
         if not page.startswith("/") or "*" in page[:-1]:
             raise _refuse(path, item, "a wildcard in the path may only end it, as in https://example.com/app/*")
         if "/../" in page + "/" or "/./" in page + "/":
