@@ -24,10 +24,11 @@ GRACE_CHOICES = ((0, "None: the old secret stops at once"), (3600, "1 hour"), (8
 PRESET_CHOICES = (("read_only", "Read-only: Predict and Search"), ("all", "All scopes, including future ones"),
                   ("custom", "Choose scopes below"))
 DONE = {"scopes": "Saved: the key's scopes and description are as shown.",
-        "revoked": "Revoked: the key no longer verifies."}
+        "revoked": "Revoked: the key no longer verifies.",
+        "restrictions": "Saved: who may use the key is as shown (in force at once)."}
 EVENT_NAMES = {"ApiKey.Issued": "Created", "ApiKey.ScopesChanged": "Scopes changed",
                "ApiKey.DescriptionChanged": "Description changed", "ApiKey.Rolled": "Secret rolled",
-               "ApiKey.Revoked": "Revoked"}
+               "ApiKey.Revoked": "Revoked", "ApiKey.Restricted": "Restriction changed"}
 
 
 def scope_groups() -> list[tuple[str, list[tuple[str, str]]]]:
@@ -170,6 +171,15 @@ def restrictions_of_form(kind: str, items: str) -> dict | str | None:
     return {kind: lines}
 
 
+def restriction_form_values(restrictions: dict | None) -> dict:
+    """A key's restriction as the form shows it: its kind and one item per line."""
+    if not restrictions:
+        return {"kind": "none", "items": ""}
+    (kind, items), = restrictions.items()
+    lines = [f"{i['package']} {i['sha256_cert']}" if isinstance(i, dict) else i for i in items]
+    return {"kind": kind, "items": "\n".join(lines)}
+
+
 def parse_expiry(text: str) -> tuple[datetime | None, str | None]:
     """An optional expiry from the form (``2027-01-31T12:00``, read as UTC); the application
     judges whether it is acceptable (in the future, not too far)."""
@@ -223,13 +233,16 @@ def _actor_name(who: dict) -> str:
 
 
 def key_page(key_id: str, *, status: int = 200, errors: dict | None = None, message: str | None = None,
-             form_scopes: list[str] | None = None, description: str | None = None) -> Response:
+             form_scopes: list[str] | None = None, description: str | None = None,
+             restriction: dict | None = None) -> Response:
     key, app = _key_and_app(key_id)
     done = DONE.get(request.args.get("done", "")) if request.method == "GET" else None
     return page("console/key.html", status=status, title=key["description"] or key["display"], key=key,
                 app=app, events=_timeline(key["id"]), errors=errors or {}, message=message, done=done,
                 grace_choices=GRACE_CHOICES, description=key["description"] if description is None else description,
                 can_change=not actor().is_auditor and key["status"] == "active",
+                restriction=restriction or restriction_form_values(key["restrictions"]),
+                restriction_kinds=RESTRICTION_KINDS,
                 **scope_form_values(key["scopes"] if form_scopes is None else form_scopes))
 
 
@@ -260,6 +273,29 @@ def change_key(key_id: str) -> Response:
                         message=error.message, form_scopes=scopes, description=redact(description))
     sys.after_command()
     return redirect(url_for("console.key_detail", key_id=key["id"], done="scopes"), code=303)
+
+
+@bp.post("/keys/<key_id>/restrictions")
+@signed_in
+def restrict_key(key_id: str) -> Response:
+    sys = system()
+    restriction = {"kind": request.form.get("restriction_kind", "none"),
+                   "items": request.form.get("restriction_items", "")}
+    try:
+        key = sys.keys_app.change_key(
+            key_id, restrictions=restrictions_of_form(restriction["kind"], restriction["items"]),
+            if_match=_version(), by=actor(), request=context.request_info())
+    except KeyledgerError as error:
+        if error.code in ("NOT_FOUND", "UNAVAILABLE"):
+            raise
+        errors = field_errors(error)
+        for name in [n for n in errors if n.startswith("restrictions.")]:
+            errors.setdefault("restrictions", []).extend(errors.pop(name))
+        return key_page(key_id, status=400 if error.code != "CONFLICT" else 409, errors=errors,
+                        message=error.message,
+                        restriction={"kind": restriction["kind"], "items": redact(restriction["items"])})
+    sys.after_command()
+    return redirect(url_for("console.key_detail", key_id=key["id"], done="restrictions"), code=303)
 
 
 @bp.post("/keys/<key_id>/roll")

@@ -224,3 +224,26 @@ def test_a_bad_restriction_is_a_sentence_next_to_its_field(browser_of, owner, ow
     html = response.get_data(as_text=True)
     assert 'id="restrictions-problem"' in html and sentence in html
     assert items.splitlines()[0] in html if items else True  # what was typed comes back for correction
+
+
+def test_the_key_page_shows_and_changes_who_may_use_the_key(browser_of, owner, read_only_key, client):
+    browser = browser_of(owner)
+    page = browser.get(f"/console/keys/{read_only_key['id']}").get_data(as_text=True)
+    assert "Anyone holding the key" in page and "Change who may use it" in page
+    version = owner.get(f"/v2/keys/{read_only_key['id']}").json["version"]
+    refused = browser.post(f"/console/keys/{read_only_key['id']}/restrictions",
+                           {"version": str(version), "restriction_kind": "server", "restriction_items": "10.0.0.1/24"})
+    assert refused.status_code == 400 and "did you mean 10.0.0.0/24" in refused.get_data(as_text=True)
+    saved = browser.post(f"/console/keys/{read_only_key['id']}/restrictions",
+                         {"version": str(version), "restriction_kind": "server",
+                          "restriction_items": "10.0.0.0/24\n2001:db8::/32"})
+    assert saved.status_code == 303
+    page = browser.get(saved.headers["Location"]).get_data(as_text=True)
+    assert "Servers:" in page and "10.0.0.0/24" in page and "Restriction changed" in page
+    assert client.post("/v2/verify", json={"key": read_only_key["key"], "ip": "10.0.0.9"}).json["code"] == "VALID"
+    assert client.post("/v2/verify", json={"key": read_only_key["key"]}).json["code"] == "IP_NOT_ALLOWED"
+    stale = browser.post(f"/console/keys/{read_only_key['id']}/restrictions",
+                         {"version": str(version), "restriction_kind": "none", "restriction_items": ""})
+    assert stale.status_code == 400  # an old version: the change is not made
+    assert owner.get(f"/v2/keys/{read_only_key['id']}").json["restrictions"] == {
+        "server": ["10.0.0.0/24", "2001:db8::/32"]}
