@@ -76,16 +76,21 @@ _RESTRICTIONS_DOC = {
     "type": "object", "nullable": True, "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
     "properties": {
         "browser": {"type": "array", "minItems": 1, "maxItems": 100,
-                    "items": {"type": "string", "maxLength": 255, "example": "https://*.example.com/*"}},
+                    "items": {"type": "string", "maxLength": 255, "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s?#@\\]+$",
+                              "example": "https://*.example.com/*"}},
         "server": {"type": "array", "minItems": 1, "maxItems": 100,
-                   "items": {"type": "string", "maxLength": 255, "example": "203.0.113.0/24"}},
+                   "items": {"type": "string", "maxLength": 255, "pattern": r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$",
+                             "example": "203.0.113.0/24"}},
         "android": {"type": "array", "minItems": 1, "maxItems": 100, "items": {
             "type": "object", "required": ["package", "sha256_cert"], "additionalProperties": False,
-            "properties": {"package": {"type": "string", "example": "com.example.app"},
+            "properties": {"package": {"type": "string", "maxLength": 255, "example": "com.example.app",
+                                       "pattern": r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$"},
                            "sha256_cert": {"type": "string", "description": "SHA-256 signing-certificate "
-                                           "fingerprint: 64 hex digits, colons allowed"}}}},
+                                           "fingerprint: 64 hex digits, colons allowed",
+                                           "pattern": r"^([0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){31})$"}}}},
         "ios": {"type": "array", "minItems": 1, "maxItems": 100,
-                "items": {"type": "string", "maxLength": 255, "example": "com.example.app"}},
+                "items": {"type": "string", "maxLength": 255, "pattern": r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
+                          "example": "com.example.app"}},
     },
     "example": {"browser": ["https://app.example.com", "https://*.example.com/*"]},
 }

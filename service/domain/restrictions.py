@@ -142,8 +142,13 @@ def _browser_pattern(path: str, item: Any) -> str:
     text = _text(path, item)
     scheme, sep, rest = text.partition("://")
     if not sep:
+        bare = text.split("/")[0].split(":")[0]
+        if bare.startswith("*") and "." not in bare.lstrip("*."):  # "*", "*.com"
+            raise _refuse(path, item, _EVERY_SITE)
         raise _refuse(path, item, "must start with http:// or https://")
     scheme = scheme.lower()
+    if scheme == "*" and rest.split("/")[0].split(":")[0] == "*":
+        raise _refuse(path, item, _EVERY_SITE)
     if scheme == "*" or scheme not in _SCHEMES:
         raise _refuse(path, item, "the scheme must be http or https (a wildcard scheme is not allowed)")
     for bad, why in (("?", "must not contain a query"), ("#", "must not contain a fragment"),

@@ -43,6 +43,21 @@ include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}
 
 [[operations]]
+include-path = "/v2/keys/{{key_id}}"
+include-method = "PATCH"
+# 400 INVALID_REQUEST: a client restriction no pattern can fully judge (a browser pattern whose
+# wildcard would match every site such as https://*.co.uk, a CIDR block with bits beyond its prefix)
+checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}
+
+[[operations]]
+include-path = "/v2/audit/access"
+# 400: an `ip` that is not an IPv4 or IPv6 address (no pattern of a query parameter says exactly that)
+checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}
+# 414: nine query parameters at their longest, percent-encoded, exceed the server's request line
+# (4,094 bytes): refused as too long before any parameter is judged, which is still a refusal
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "406", "414", "422", "428"]
+
+[[operations]]
 include-path-regex = "^/v2/audit/events"
 # 400: a cursor must be one the server gave out (opaque, signed by the server)
 checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}
