@@ -55,6 +55,11 @@ DESCRIPTIONS = {  # one line each, for the console and the docs
 
 MAX_ITEMS = 100
 MAX_TEXT = 255
+# Each compiled restriction remembers its verdicts for this many distinct facts (origins, pages,
+# addresses): a key is called from a few of them again and again, and a dict look-up costs a
+# tenth of a regular expression's match. Past it, facts are judged afresh (never evicted: a
+# flood of made-up origins cannot push the real ones out).
+SEEN_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +318,7 @@ def _pattern_regex(pattern: str, *, with_path: bool) -> str:
 
 
 class BrowserRestriction(Restriction):
-    __slots__ = ("_origin", "_referrer")
+    __slots__ = ("_origin", "_referrer", "_origins", "_referrers")
     kind = BROWSER
 
     def __init__(self, value: dict) -> None:
@@ -323,15 +328,30 @@ class BrowserRestriction(Restriction):
                                   re.IGNORECASE).fullmatch
         self._referrer = re.compile("|".join(f"(?:{_pattern_regex(p, with_path=True)})" for p in patterns),
                                     re.IGNORECASE).fullmatch
+        self._origins: dict[str, str] = {}  # fact -> "" (allowed) or the code
+        self._referrers: dict[str, str] = {}
 
     def refusal(self, facts: RequestFacts) -> str | None:
         origin = facts.origin
-        if origin:  # "null" (a sandboxed page, a file) matches no pattern
-            return None if self._origin(origin) is not None else ORIGIN_NOT_ALLOWED
+        if origin:  # judged on its own ("null", a sandboxed page or a file, matches no pattern)
+            known = self._origins.get(origin)
+            if known is None:
+                known = _learn(self._origins, origin, self._origin(origin) is not None, ORIGIN_NOT_ALLOWED)
+            return known or None
         referrer = facts.referrer
-        if referrer and self._referrer(referrer) is not None:
-            return None
-        return ORIGIN_NOT_ALLOWED
+        if not referrer:
+            return ORIGIN_NOT_ALLOWED
+        known = self._referrers.get(referrer)
+        if known is None:
+            known = _learn(self._referrers, referrer, self._referrer(referrer) is not None, ORIGIN_NOT_ALLOWED)
+        return known or None
+
+
+def _learn(seen: dict[str, str], fact: str, allowed: bool, code: str) -> str:
+    verdict = "" if allowed else code
+    if len(seen) < SEEN_MAX:
+        seen[fact] = verdict
+    return verdict
 
 
 _inet_pton = socket.inet_pton
@@ -354,7 +374,7 @@ def address_number(text: str) -> tuple[int, int] | None:
 
 
 class ServerRestriction(Restriction):
-    __slots__ = ("_networks",)
+    __slots__ = ("_networks", "_seen")
     kind = SERVER
 
     def __init__(self, value: dict) -> None:
@@ -365,16 +385,20 @@ class ServerRestriction(Restriction):
             mask = int(network.netmask)
             networks.append((network.version, mask, int(network.network_address) & mask))
         self._networks = tuple(networks)
+        self._seen: dict[str, str] = {}  # address -> "" or the code
 
     def refusal(self, facts: RequestFacts) -> str | None:
         ip = facts.ip
-        address = address_number(ip) if ip else None
-        if address is not None:
-            version, number = address
-            for net_version, mask, network in self._networks:
-                if net_version == version and number & mask == network:
-                    return None
-        return IP_NOT_ALLOWED
+        if not ip:
+            return IP_NOT_ALLOWED
+        known = self._seen.get(ip)
+        if known is None:
+            address, allowed = address_number(ip), False
+            if address is not None:
+                version, number = address
+                allowed = any(v == version and number & mask == network for v, mask, network in self._networks)
+            known = _learn(self._seen, ip, allowed, IP_NOT_ALLOWED)
+        return known or None
 
 
 class AndroidRestriction(Restriction):
