@@ -137,8 +137,9 @@ class Verdicts:
         key = body.get("key")
         if not isinstance(key, str) or not key:
             problems["key"] = ["Required: the credential to check, as a string."]
-        for name in _MAX:
-            value = body.get(name)
+        for name, value in body.items():  # the fields given (a gateway's two or three)
+            if name not in _MAX:
+                continue
             if value is not None and (not isinstance(value, str) or len(value) > _MAX[name]):
                 problems[name] = [f"A string of at most {_MAX[name]} characters."]
             elif isinstance(value, str) and has_lone_surrogate(value):
