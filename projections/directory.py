@@ -16,7 +16,7 @@ from service.domain.keys import ApiKey, key_status
 
 class DirectoryView(Projection):
     name = "directory"
-    tables = ("directory_accounts", "directory_apps", "directory_keys")
+    tables = ("directory_accounts", "directory_apps", "directory_keys", "directory_key_restrictions")
     ddl = (
         """CREATE TABLE IF NOT EXISTS directory_accounts (
             id TEXT PRIMARY KEY, email TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
@@ -28,6 +28,9 @@ class DirectoryView(Projection):
             id TEXT PRIMARY KEY, app_id TEXT NOT NULL, description TEXT NOT NULL, scopes TEXT NOT NULL,
             created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, display TEXT NOT NULL,
             origin TEXT NOT NULL, version INTEGER NOT NULL)""",
+        # Client restrictions, for the keys that have one (most have none): canonical JSON.
+        """CREATE TABLE IF NOT EXISTS directory_key_restrictions (
+            id TEXT PRIMARY KEY, restrictions TEXT NOT NULL)""",
     )
     indexes = (
         "CREATE INDEX IF NOT EXISTS directory_apps_by_owner ON directory_apps (owner_id, created_at)",
@@ -72,10 +75,18 @@ class DirectoryView(Projection):
     def _revoked(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e, revoked_at=rfc3339(e.timestamp))
 
+    @handles(ApiKey.Restricted)
+    def _restricted(self, db: Any, position: int, e: Any) -> None:
+        self._update(db, e)
+        db.execute("DELETE FROM directory_key_restrictions WHERE id = ?", (str(e.originator_id),))
+        if e.restrictions:
+            db.execute("INSERT INTO directory_key_restrictions (id, restrictions) VALUES (?, ?)",
+                       (str(e.originator_id), json.dumps(e.restrictions, sort_keys=True)))
+
     @staticmethod
     def _update(db: Any, e: Any, **columns: Any) -> None:
-        sets = ", ".join(f"{name} = ?" for name in columns)
-        db.execute(f"UPDATE directory_keys SET {sets}, version = ? WHERE id = ?",
+        sets = "".join(f"{name} = ?, " for name in columns)
+        db.execute(f"UPDATE directory_keys SET {sets}version = ? WHERE id = ?",
                    (*columns.values(), e.originator_version, str(e.originator_id)))
 
 
@@ -98,7 +109,8 @@ class Directory:
 
     def keys(self, app_id: str, now: datetime) -> list[dict]:
         with self.store.read() as db:
-            rows = db.execute("SELECT * FROM directory_keys WHERE app_id = ? ORDER BY created_at, id",
+            rows = db.execute("SELECT k.*, r.restrictions FROM directory_keys k LEFT JOIN directory_key_restrictions r"
+                              " ON r.id = k.id WHERE k.app_id = ? ORDER BY k.created_at, k.id",
                               (app_id,)).fetchall()
         return [self._key(r, now) for r in rows]
 
@@ -111,4 +123,5 @@ class Directory:
             "scopes": json.loads(r["scopes"]), "created_at": from_rfc3339(r["created_at"]),
             "status": status, "expires_at": expires_at, "revoked_at": from_rfc3339(r["revoked_at"]),
             "display": r["display"], "origin": r["origin"], "version": r["version"],
+            "restrictions": json.loads(r["restrictions"]) if r["restrictions"] else None,
         }

@@ -11,6 +11,7 @@ The index is keyed by the first 120 bits of each HMAC-SHA256 digest (``DIGEST_BY
 from __future__ import annotations
 
 import ctypes
+import json
 import struct
 import threading
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from projections.timefmt import epoch
 from service.domain.accounts import Account
 from service.domain.keys import ApiKey
 from service.domain.legacy import LegacyClient, LegacyUseWindow
+from service.domain.restrictions import NO_FACTS, Facts, Restriction, compile_restriction
 from service.domain.scopes import ALL
 
 API_KEY = "api_key"
@@ -42,7 +44,7 @@ LEGACY_TOKEN_SUNSET = "LEGACY_TOKEN_SUNSET"
 
 class VerificationView(Projection):
     name = "verification"
-    tables = ("verification", "verification_legacy_clients")
+    tables = ("verification", "verification_legacy_clients", "verification_restrictions")
     ddl = (
         """CREATE TABLE IF NOT EXISTS verification (
             digest     BLOB PRIMARY KEY,
@@ -61,6 +63,11 @@ class VerificationView(Projection):
             client_id TEXT NOT NULL,
             app_id    TEXT NOT NULL,
             ends_at   REAL
+        ) WITHOUT ROWID""",
+        # Client restrictions of the secrets of keys that carry one (few): canonical JSON.
+        """CREATE TABLE IF NOT EXISTS verification_restrictions (
+            digest       BLOB PRIMARY KEY,
+            restrictions TEXT NOT NULL
         ) WITHOUT ROWID""",
     )
 
@@ -138,6 +145,21 @@ class VerificationView(Projection):
         old = bytes.fromhex(old_digest)
         db.execute(cls._COPY, (bytes.fromhex(new_digest), old))
         db.execute(cls._END, (old_ends, old_ends, old))
+        db.execute(cls._COPY_RESTRICTION, (bytes.fromhex(new_digest), old))
+
+    # -- client restrictions (a side table: keys without one have no row) -----------------------
+    _RESTRICTION = upsert("verification_restrictions", ("digest", "restrictions"), ("digest",))
+    _COPY_RESTRICTION = upsert("verification_restrictions", ("digest", "restrictions"), ("digest",), select=(
+        "SELECT ?, restrictions FROM verification_restrictions WHERE digest = ?"))
+
+    @handles(ApiKey.Restricted)
+    def _restricted(self, db: Any, position: int, e: Any) -> None:
+        digests = [bytes.fromhex(d) for d in e.digests]
+        if e.restrictions:
+            text = restriction_text(e.restrictions)
+            db.executemany(self._RESTRICTION, [(d, text) for d in digests])
+        else:
+            db.executemany("DELETE FROM verification_restrictions WHERE digest = ?", [(d,) for d in digests])
 
     @handles(ApiKey.Revoked)
     def _revoked(self, db: Any, position: int, e: Any) -> None:
@@ -187,6 +209,7 @@ class Grant:
     """What a key may do: its app and its scopes. Keys of one app with the same scopes share one."""
 
     __slots__ = ("app_id", "scopes", "everything", "number")
+    restriction: Restriction | None = None  # who may use it (a RestrictedGrant): none here
 
     def __init__(self, app_id: str, scopes: frozenset, number: int = 0) -> None:
         self.app_id = app_id
@@ -244,6 +267,44 @@ def grant_of(app_id: str, scopes: str) -> Grant:
                 GRANTS.append(grant)
                 _GRANT_OF[(app_id, scope_set)] = grant
     return grant
+
+
+class RestrictedGrant(Grant):
+    """A grant whose keys carry a client restriction, compiled once for all keys sharing it."""
+
+    __slots__ = ("restriction", "restriction_text", "base")
+
+    def __init__(self, base: Grant, restriction: Restriction, text: str, number: int) -> None:
+        super().__init__(base.app_id, base.scopes, number)
+        self.restriction = restriction  # type: ignore[misc]
+        self.restriction_text = text
+        self.base = base
+
+
+_RESTRICTED_GRANT_OF: dict[tuple[str, frozenset, str], Grant] = {}
+
+
+def restriction_text(restrictions: dict) -> str:
+    """The canonical JSON of a restriction value (the view's column, the grants' key)."""
+    return json.dumps(restrictions, sort_keys=True, separators=(",", ":"))
+
+
+def restricted(grant: Grant, text: str | None) -> Grant:
+    """``grant`` with the restriction of canonical JSON ``text`` (None: without any)."""
+    base = grant.base if type(grant) is RestrictedGrant else grant  # type: ignore[attr-defined]
+    if not text:
+        return base
+    key = (base.app_id, base.scopes, text)
+    found = _RESTRICTED_GRANT_OF.get(key)
+    if found is None:
+        restriction = compile_restriction(json.loads(text))  # compiled here, never on the hot path
+        with _NUMBERING:
+            found = _RESTRICTED_GRANT_OF.get(key)
+            if found is None:
+                found = RestrictedGrant(base, restriction, text, len(GRANTS))  # type: ignore[arg-type]
+                GRANTS.append(found)
+                _RESTRICTED_GRANT_OF[key] = found
+    return found
 
 
 def _number(grant: Grant) -> int:
@@ -369,13 +430,13 @@ class VerificationIndex:
 
     # -- the hot path ---------------------------------------------------------------
 
-    def check(self, digest: bytes, scope: str | None, app_id: str | None, now: float
-              ) -> tuple[str, Credential | None]:
+    def check(self, digest: bytes, scope: str | None, app_id: str | None, now: float,
+              facts: Facts = NO_FACTS) -> tuple[str, Credential | None]:
         """The verdict for a credential's digest: a code and the entry (if known)."""
         entry = self.by_digest.get(digest[:DIGEST_BYTES])
         if entry is None:
             return NOT_FOUND, None
-        return verdict(entry, scope, app_id, now), entry
+        return verdict(entry, scope, app_id, now, facts), entry
 
     # -- loading and following --------------------------------------------------------
 
@@ -405,6 +466,11 @@ class VerificationIndex:
                         pack(expires_at, number, id) if ends_at is None else pack_ended(expires_at, number, id, ends_at))
                 else:
                     fresh[bytes(digest[:DIGEST_BYTES])] = self._entry(row, clients)
+            for digest, text in store.scan(db, "SELECT digest, restrictions FROM verification_restrictions"):
+                digest = bytes(digest[:DIGEST_BYTES])
+                if type(entry := fresh.get(digest)) is KeyRecord:
+                    fresh[digest] = KeyRecord.of(entry.id, restricted(entry.grant, text), entry.expires_at,
+                                                 entry.ends_at)
             store.release(db)  # give back the page cache the full scan filled
         self.by_digest = fresh
         self.clients = clients
@@ -438,8 +504,17 @@ class VerificationIndex:
                 for digest in e.digests:
                     digest = bytes.fromhex(digest)[:DIGEST_BYTES]
                     if (key := table.get(digest)) is not None:
-                        table[digest] = KeyRecord.of(key.id, self._grant(key.app_id, scopes),  # type: ignore[arg-type]
-                                                     key.expires_at, key.ends_at)
+                        grant = self._grant(key.app_id, scopes)  # type: ignore[arg-type]
+                        if key.grant.restriction is not None:  # type: ignore[attr-defined]
+                            grant = restricted(grant, key.grant.restriction_text)  # type: ignore[attr-defined]
+                        table[digest] = KeyRecord.of(key.id, grant, key.expires_at, key.ends_at)  # type: ignore[arg-type]
+            elif kind is ApiKey.Restricted:
+                text = restriction_text(e.restrictions) if e.restrictions else None
+                for digest in e.digests:
+                    digest = bytes.fromhex(digest)[:DIGEST_BYTES]
+                    if type(key := table.get(digest)) is KeyRecord:
+                        table[digest] = KeyRecord.of(key.id, restricted(key.grant, text), key.expires_at,
+                                                     key.ends_at)
             elif kind is ApiKey.Rolled:
                 old_digest = bytes.fromhex(e.previous_digest)[:DIGEST_BYTES]
                 if (old := table.get(old_digest)) is not None:
@@ -491,8 +566,10 @@ class VerificationIndex:
         return KeyRecord.of(UUID(key_id).bytes, self._grant(app_id, scopes), expires_at, ends_at)
 
 
-def verdict(entry: Credential, scope: str | None, app_id: str | None, now: float) -> str:
-    """The verdict for a known credential: may it do ``scope`` (on ``app_id``) at ``now``?"""
+def verdict(entry: Credential, scope: str | None, app_id: str | None, now: float,
+            facts: Facts = NO_FACTS) -> str:
+    """The verdict for a known credential: may it do ``scope`` (on ``app_id``) at ``now``, for a
+    request with these ``facts`` (or a function giving them, called only for a restricted key)?"""
     if type(entry) is KeyRecord:  # the common case first: one unpack, no object built
         if len(entry) != _KEY_RECORD_SIZE and now >= _unpack_ends(entry, _KEY_RECORD_SIZE)[0]:
             return REVOKED
@@ -504,6 +581,8 @@ def verdict(entry: Credential, scope: str | None, app_id: str | None, now: float
             return APP_MISMATCH
         if scope is not None and not grant.everything and scope not in grant.scopes:
             return INSUFFICIENT_SCOPE
+        if grant.restriction is not None:  # the client restriction: only keys that carry one
+            return grant.restriction.refusal(facts() if callable(facts) else facts) or VALID
         return VALID
     if type(entry) is KeyEntry:  # the common case first, reading slots only
         ends_at = entry.ends_at
@@ -517,6 +596,8 @@ def verdict(entry: Credential, scope: str | None, app_id: str | None, now: float
             return APP_MISMATCH
         if scope is not None and not grant.everything and scope not in grant.scopes:
             return INSUFFICIENT_SCOPE
+        if grant.restriction is not None:  # the client restriction: only keys that carry one
+            return grant.restriction.refusal(facts() if callable(facts) else facts) or VALID
         return VALID
     ends_at = entry.ends_at
     if type(entry) is TokenEntry:  # manages keys; carries no API scopes, no app and no expiry

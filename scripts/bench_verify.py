@@ -97,10 +97,18 @@ def seed(data_dir: Path, count: int) -> list[str]:
     _, limited = app.issue_key("bench", description="limited", scopes=["Predict", "Search"], by=admin,
                                request=NO_REQUEST, limits=[{"limit": 10**9, "per": "1s"},
                                                            {"limit": 10**9, "per": "1d"}])
+    # Keys with client restrictions (issue 17): a browser key (three patterns, one a wildcard) and a
+    # server key (three CIDR blocks), with the same scopes as the read-only key.
+    _, browser = app.issue_key("bench", description="web", scopes=["Predict", "Search"], by=admin,
+                               request=NO_REQUEST, restrictions={"browser": [
+                                   "https://www.example.com", "https://*.example.org/*", "http://localhost:*"]})
+    _, server = app.issue_key("bench", description="server", scopes=["Predict", "Search"], by=admin,
+                              request=NO_REQUEST, restrictions={"server": [
+                                  "192.0.2.0/24", "2001:db8::/32", "203.0.113.0/24"]})
     system.follower.catch_up()
     system.close()
     print(f"seeded {count:,} keys in {elapsed:.1f} s ({count / elapsed:,.0f} keys/s, 1,000 per save)")
-    return [all_key, read_only, limited]
+    return [all_key, read_only, limited, browser, server]
 
 
 def bench_rebuild(data_dir: Path) -> None:
@@ -160,6 +168,24 @@ if secrets:
     out["limited_ratio"] = statistics.median(x / v for v, _, x in zip(*rounds))
     out["limited_quartiles"] = statistics.quantiles([x / v for v, _, x in zip(*rounds)], n=4)[::2]
     system.limiter.counters.shared.remove()
+    # Restricted keys against the unrestricted one, interleaved the same way; the facts as
+    # POST /v2/verify passes them (forward-auth builds them from the headers only for such a key).
+    from service.domain.restrictions import RequestFacts
+    origin = RequestFacts(origin="https://shop.example.org")
+    address = RequestFacts(ip="203.0.113.77")
+    assert verify(secrets[3], "Predict", facts=origin)[0] == "VALID"
+    assert verify(secrets[3], "Predict", facts=RequestFacts(origin="https://evil.example.net"))[0] == "ORIGIN_NOT_ALLOWED"
+    assert verify(secrets[4], "Predict", facts=address)[0] == "VALID"
+    assert verify(secrets[4], "Predict", facts=RequestFacts(ip="198.51.100.1"))[0] == "IP_NOT_ALLOWED"
+    fns = (lambda: verify(key, "Predict"), lambda: verify(secrets[3], "Predict", facts=origin),
+           lambda: verify(secrets[4], "Predict", facts=address))
+    rounds = [[], [], []]
+    for _ in range(200):
+        for times, fn in zip(rounds, fns):
+            times.append(timeit.timeit(fn, number=2000) / 2000 * 1e6)
+    out["plain_us"], out["browser_us"], out["server_us"] = (statistics.median(t) for t in rounds)
+    out["browser_ratio"] = statistics.median(v / b for v, b in zip(rounds[1], rounds[0]))
+    out["server_ratio"] = statistics.median(v / b for v, b in zip(rounds[2], rounds[0]))
 print(json.dumps(out))
 """
 
@@ -399,6 +425,10 @@ def main() -> None:
         print(f"in-process verification of a rate-limited key (two limits, counters shared by the workers): "
               f"median {full['limited_us']:.2f} us per call; {full['limited_ratio']:.2f}x the unlimited key's "
               f"(quartiles {full['limited_quartiles'][0]:.2f}-{full['limited_quartiles'][1]:.2f}; target <= 1.25)")
+        print(f"in-process verification of restricted keys, against an unrestricted key's "
+              f"{full['plain_us']:.2f} us in the same rounds: browser (3 patterns) {full['browser_us']:.2f} us, "
+              f"ratio {full['browser_ratio']:.2f}; server (3 CIDR blocks) {full['server_us']:.2f} us, ratio "
+              f"{full['server_ratio']:.2f} (target <= 1.25; load {os.getloadavg()[0]:.2f})")
         bench_metrics()
         if not args.skip_http:
             bench_http(full_dir, secrets, args.seconds, args.workers, args.servers.split(","), args.rounds,

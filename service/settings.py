@@ -55,6 +55,24 @@ def parse_mail_from(text: str, name: str) -> str:
     return value
 
 
+def parse_cidrs(text: str, name: str) -> tuple[str, ...]:
+    """Comma-separated IPv4/IPv6 addresses or CIDR blocks, each in its canonical form."""
+    import ipaddress
+
+    cidrs = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            cidrs.append(str(ipaddress.ip_network(part.strip(), strict=True)))
+        except ValueError:
+            raise SettingsError(f"{name}={text!r}: {part.strip()!r} is not an address or CIDR block; "
+                                "expected e.g. 127.0.0.1/32,10.0.0.0/8,::1") from None
+    if not cidrs:
+        raise SettingsError(f"{name}={text!r}: expected addresses or CIDR blocks, e.g. 127.0.0.1/32,10.0.0.0/8")
+    return tuple(cidrs)
+
+
 SMTP_SCHEMES = ("smtp", "smtps", "smtp+starttls")
 
 
@@ -167,6 +185,8 @@ class Settings:
     follow_interval: float = 0.2  # seconds between polls for other processes' events
     last_used_interval: float = 60.0  # seconds between writes of keys' last-used times
     proxy_hops: int = 0  # trusted reverse proxies in front (X-Forwarded-For/-Proto/-Host)
+    # Peers whose X-Forwarded-For/Forwarded forward-auth believes (client restrictions by address).
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     store_lock_timeout: int = 5  # whole seconds a write waits for SQLite's lock before 503
     workers: int = 2  # HTTP worker processes of `keyledger serve`
     metrics_dir: Path | None = None  # where the run's metrics folder is made (default: /dev/shm, …)
@@ -254,6 +274,8 @@ class Settings:
             if not v.isdigit() or int(v) > 10:
                 raise SettingsError(f"KEYLEDGER_PROXY_HOPS={v!r}: expected how many proxies are in front, 0 to 10")
             kwargs["proxy_hops"] = int(v)
+        if (v := get("KEYLEDGER_TRUSTED_PROXIES")) is not None:
+            kwargs["trusted_proxies"] = parse_cidrs(v, "KEYLEDGER_TRUSTED_PROXIES")
         if (v := get("KEYLEDGER_FOLLOW_INTERVAL")) is not None:
             try:
                 interval = float(v)

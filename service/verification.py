@@ -35,6 +35,8 @@ from projections.verification import (
 from service import credentials
 from service.credentials import misshapen
 from service.domain.actors import RequestInfo
+from service.domain.restrictions import NO_FACTS, Facts
+from service.domain.restrictions import REFUSALS as RESTRICTION_REFUSALS
 from service.ratelimit import RATE_LIMITED, Decision, Limiter
 
 log = logging.getLogger("keyledger.verification")
@@ -56,6 +58,7 @@ REFUSALS = {
                            "'Authorization: Key <api key>' instead.",
     RATE_LIMITED: "This key (or its app) is over its rate limit; retry after the number of seconds in "
                   "Retry-After.",
+    **RESTRICTION_REFUSALS,  # ORIGIN_NOT_ALLOWED, IP_NOT_ALLOWED, APP_NOT_ALLOWED
 }
 
 
@@ -85,10 +88,11 @@ class Verifier:
         self.limiter: Limiter | None = None  # rate limits (service.ratelimit), set by the composition root
 
     def verify(self, credential: str, scope: str | None = None, app_id: str | None = None,
-               request: Callable[[], RequestInfo] | None = None
+               request: Callable[[], RequestInfo] | None = None, facts: Facts = NO_FACTS,
                ) -> tuple[str, str | None, Credential | None]:
         """(code, kind, entry): the verdict, the credential's kind if known, its entry if found.
-        ``request`` gives the facts of the request, should a legacy token's use be recorded."""
+        ``request`` gives the facts of the request, should a legacy token's use be recorded;
+        ``facts`` (or a function giving them) what a restricted key is judged by."""
         if misshapen(credential):  # wrong length or not base62: refused without a digest or look-up
             return MALFORMED, None, None
         entry = self._index.by_digest.get(self._digest(credential)[:DIGEST_BYTES])
@@ -101,7 +105,7 @@ class Verifier:
         # Found: the digest of an issued secret, which was well-formed when it was issued, so the
         # checksum needs no checking (the verdict is the same, for a third of the cost).
         now = self._now()
-        code = verdict(entry, scope, app_id, now)
+        code = verdict(entry, scope, app_id, now, facts)
         if code != VALID:
             return code, entry.kind, entry
         if type(entry) is KeyRecord:

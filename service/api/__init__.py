@@ -68,8 +68,12 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
     verdicts = Verdicts(system.verifier, LegacyNotice.of(system.settings), metrics.verified)
     flask_app.extensions["keyledger_metrics"] = metrics
     flask_app.extensions["keyledger_verdicts"] = verdicts
+    from service.api.client_facts import TrustedProxies
+
+    proxies = flask_app.extensions["keyledger_trusted_proxies"] = TrustedProxies(system.settings.trusted_proxies)
     # Request ids, the access log and metrics for every request; forward-auth without Flask.
-    flask_app.wsgi_app = Gateway(flask_app.wsgi_app, system, verdicts, metrics)  # type: ignore[method-assign]
+    flask_app.wsgi_app = Gateway(flask_app.wsgi_app, system, verdicts, metrics,  # type: ignore[method-assign]
+                                 proxies)
     if system.settings.proxy_hops:  # events record the client's address, not the proxy's
         from werkzeug.middleware.proxy_fix import ProxyFix
 

@@ -90,7 +90,7 @@ class AppKeys(MethodView):
         key, secret = system.keys_app.issue_key(
             app_id, description=body["description"], scopes=body["scopes"],
             expires_at=body.get("expires_at"), by=context.actor(), request=context.request_info(),
-            limits=body.get("limits"))
+            limits=body.get("limits"), restrictions=body.get("restrictions"))
         system.after_command()
         return {**key, "key": secret}, 201, {"ETag": f'"{key["version"]}"',
                                              "Location": f"/v2/keys/{key['id']}"}

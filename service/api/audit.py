@@ -29,6 +29,7 @@ from service.api.schemas import (
 )
 from service.credentials import public_key_pem, public_key_sha256
 from service.domain.errors import InvalidRequest
+from service.domain.restrictions import FACT_FIELDS, RequestFacts
 
 blp = Blueprint("audit", __name__, description="The audit trail (security team)")
 
@@ -148,14 +149,16 @@ class AuditAccess(MethodView):
     @blp.response(200, AccessSchema)
     @_refusals(*_REFUSALS, 404)
     def get(self, query):
-        """The credentials that could perform `scope` on `app_id` at the moment `at`, from their events."""
+        """The credentials that could perform `scope` on `app_id` at the moment `at` (from `origin`, `ip`, … if given), from their events."""
         system = context.system()
         at = utc_field(query, "at") or system.keys_app.now()
         until_us = microseconds(at)
         candidates = system.audit.aggregates_of_app(query["app_id"], until_us=until_us)
+        facts = RequestFacts(**{name: str(query[name]) for name in FACT_FIELDS if query.get(name) is not None})
         credentials = system.keys_app.access_at(query["app_id"], scope=query["scope"], at=at,
-                                                by=context.actor(), aggregate_ids=candidates)
-        return {"app_id": query["app_id"], "scope": query["scope"], "at": at, "credentials": credentials}
+                                                by=context.actor(), aggregate_ids=candidates, facts=facts)
+        return {"app_id": query["app_id"], "scope": query["scope"], "at": at, "credentials": credentials,
+                **{name: query[name] and str(query[name]) for name in FACT_FIELDS if name in query}}
 
 
 @blp.route("/v2/audit/public-key")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from service.api.client_facts import TrustedProxies, request_facts
 from service.api.context import request_id_for
 from service.api.verify import MAX_BODY, Verdicts, envelope
 from service.composition import System
@@ -49,10 +50,11 @@ STALE_AFTER = 1.0
 SYNC_WAIT = 0.1
 
 class Gateway:
-    __slots__ = ("flask_wsgi", "system", "verdicts", "metrics", "_access")
+    __slots__ = ("flask_wsgi", "system", "verdicts", "metrics", "_access", "proxies")
 
     def __init__(self, flask_wsgi: Callable[[dict, StartResponse], Iterable[bytes]], system: System,
-                 verdicts: Verdicts, metrics: Metrics) -> None:
+                 verdicts: Verdicts, metrics: Metrics, proxies: TrustedProxies | None = None) -> None:
+        self.proxies = proxies or TrustedProxies()  # whose X-Forwarded-For forward-auth believes
         self.flask_wsgi = flask_wsgi
         self.system = system
         self.verdicts = verdicts
@@ -116,7 +118,8 @@ class Gateway:
             return self.verdicts.auth_check(
                 environ.get("HTTP_AUTHORIZATION", ""), environ.get("HTTP_X_REQUIRED_SCOPE"),
                 environ.get("HTTP_X_REQUIRED_APP_ID"), environ.get("QUERY_STRING", ""), request_id,
-                request_info, environ.get("HTTP_X_KEYLEDGER_LIMITED_STATUS"))
+                request_info, lambda: request_facts(environ, self.proxies),
+                environ.get("HTTP_X_KEYLEDGER_LIMITED_STATUS"))
         length = environ.get("CONTENT_LENGTH", "")
         if not length.isdigit() or int(length) > MAX_BODY or "HTTP_TRANSFER_ENCODING" in environ:
             return None  # Flask judges it (413, chunked bodies)

@@ -15,6 +15,7 @@ from service.api.schemas import (
     KeyRollSchema,
     KeySchema,
 )
+from service.application.keys import UNCHANGED
 
 blp = Blueprint("keys", __name__, description="API keys")
 
@@ -45,11 +46,12 @@ class KeyById(MethodView):
     @blp.alt_response(412, schema=ErrorSchema)
     @blp.doc(security=[{"personalToken": []}])
     def patch(self, body, key_id):
-        """Change a key's scopes, description or rate limits. `If-Match: <version>` guards against lost updates."""
+        """Change a key's scopes, description, client restrictions or rate limits. `If-Match: <version>` guards against lost updates."""
         system = context.system()
         key = system.keys_app.change_key(
             key_id, scopes=body.get("scopes"), description=body.get("description"), limits=body.get("limits"),
-            if_match=context.if_match(), by=context.actor(), request=context.request_info())
+            restrictions=body.get("restrictions", UNCHANGED), if_match=context.if_match(), by=context.actor(),
+            request=context.request_info())
         system.after_command()
         context.with_last_used(key)
         return key, 200, _etag(key)

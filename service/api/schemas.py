@@ -66,6 +66,40 @@ class AccountCreatedSchema(AccountSchema):
     token = fields.String(required=True, metadata={"description": "The personal token; shown only in this response."})
 
 
+# -- client restrictions (checked by service.domain.restrictions, which names the bad item) ------
+
+_RESTRICTIONS_DOC = {
+    "description": "Who may use the key: null (anyone) or one kind. browser: page patterns matched "
+                   "against Origin, else Referer (https://app.example.com, https://*.example.com/*, "
+                   "http://localhost:*); server: IPv4/IPv6 addresses and CIDR blocks; android: "
+                   "{package, sha256_cert} pairs; ios: bundle ids.",
+    "type": "object", "nullable": True, "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+    "properties": {
+        "browser": {"type": "array", "minItems": 1, "maxItems": 100,
+                    "items": {"type": "string", "maxLength": 255, "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s?#@\\]+$",
+                              "example": "https://*.example.com/*"}},
+        "server": {"type": "array", "minItems": 1, "maxItems": 100,
+                   "items": {"type": "string", "maxLength": 255, "pattern": r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$",
+                             "example": "203.0.113.0/24"}},
+        "android": {"type": "array", "minItems": 1, "maxItems": 100, "items": {
+            "type": "object", "required": ["package", "sha256_cert"], "additionalProperties": False,
+            "properties": {"package": {"type": "string", "maxLength": 255, "example": "com.example.app",
+                                       "pattern": r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$"},
+                           "sha256_cert": {"type": "string", "description": "SHA-256 signing-certificate "
+                                           "fingerprint: 64 hex digits, colons allowed",
+                                           "pattern": r"^([0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){31})$"}}}},
+        "ios": {"type": "array", "minItems": 1, "maxItems": 100,
+                "items": {"type": "string", "maxLength": 255, "pattern": r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
+                          "example": "com.example.app"}},
+    },
+    "example": {"browser": ["https://app.example.com", "https://*.example.com/*"]},
+}
+
+
+def restrictions_field(*, dump: bool = False) -> fields.Raw:
+    return fields.Raw(allow_none=True, required=dump, metadata=_RESTRICTIONS_DOC)
+
+
 # -- keys --------------------------------------------------------------------------------
 
 class LimitSchema(Schema):
@@ -103,6 +137,7 @@ class KeySchema(Schema):
     origin = fields.String(required=True, metadata={"enum": ["user", "auto", "migration"]})
     version = fields.Integer(required=True)
     limits = fields.List(fields.Nested(LimitSchema), required=True, metadata={"description": _LIMITS_DOC})
+    restrictions = restrictions_field(dump=True)
 
 
 class KeyCreatedSchema(KeySchema):
@@ -126,12 +161,14 @@ class KeyCreateSchema(StrictSchema):
     scopes = _scopes(required=True)
     expires_at = Rfc3339(allow_none=True)
     limits = Limits()
+    restrictions = restrictions_field()
 
 
 class KeyChangeSchema(StrictSchema):
     description = fields.String(validate=validate.Length(max=DESCRIPTION_MAX), metadata={"pattern": ONE_LINE})
     scopes = _scopes()
     limits = Limits()
+    restrictions = restrictions_field()
 
     @validates_schema
     def _says_something(self, data, **kwargs):  # documented as minProperties (service.api.openapi)
@@ -269,6 +306,19 @@ class AccessQuerySchema(StrictSchema):
     scope = fields.String(required=True, validate=validate.Length(min=1, max=100),
                           metadata={"example": "Models:Add", "enum": list(CATALOGUE)})
     at = Rfc3339(metadata={"description": "The moment to answer for; now if left out."})
+    # "…from origin O": a key whose client restriction refuses these facts is left out (one that
+    # judges a fact not given here is listed: it could be used, from where it allows).
+    origin = fields.String(validate=validate.Length(min=1, max=2048),
+                           metadata={"description": "Only keys usable from this origin (browser keys are judged)."})
+    referrer = fields.String(validate=validate.Length(min=1, max=2048),
+                             metadata={"description": "Only keys usable from this page (browser keys are judged)."})
+    ip = fields.IP(metadata={"description": "Only keys usable from this client address (server keys are judged)."})
+    android_package = fields.String(validate=validate.Length(min=1, max=255),
+                                    metadata={"description": "With android_cert: only keys usable by this Android app."})
+    android_cert = fields.String(validate=validate.Length(min=1, max=128),
+                                 metadata={"description": "The Android app's signing-certificate SHA-256 fingerprint."})
+    ios_bundle_id = fields.String(validate=validate.Length(min=1, max=255),
+                                  metadata={"description": "Only keys usable by this iOS app."})
 
 
 class SecretHintSchema(Schema):
@@ -278,6 +328,7 @@ class SecretHintSchema(Schema):
 
 class CredentialSchema(Schema):
     kind = fields.String(required=True, metadata={"enum": ["api_key", "access_token"]})
+    restrictions = restrictions_field(dump=True)
     key_id = fields.String()
     client_id = fields.String()
     scopes = fields.List(fields.String(), required=True)
@@ -290,6 +341,13 @@ class AccessSchema(Schema):
     scope = fields.String(required=True)
     at = Rfc3339(required=True)
     credentials = fields.List(fields.Nested(CredentialSchema), required=True)
+    # the facts asked about, echoed when given
+    origin = fields.String()
+    referrer = fields.String()
+    ip = fields.String()
+    android_package = fields.String()
+    android_cert = fields.String()
+    ios_bundle_id = fields.String()
 
 
 # -- scopes and operations ---------------------------------------------------------------------
@@ -332,6 +390,19 @@ class VerifyRequestSchema(StrictSchema):
                           metadata={"description": "The scope the request needs, e.g. Predict (null: none)."})
     app_id = fields.String(allow_none=True, validate=validate.Length(max=100), metadata={
         "description": "The app the request is for; another app's key is APP_MISMATCH (null: any)."})
+    # The request's facts: a key with a client restriction is judged by them (missing: refused).
+    origin = fields.String(allow_none=True, validate=validate.Length(max=2048), metadata={
+        "description": "The request's Origin header (browser keys), e.g. https://app.example.com."})
+    referrer = fields.String(allow_none=True, validate=validate.Length(max=2048), metadata={
+        "description": "The request's Referer header (browser keys; used when there is no origin)."})
+    ip = fields.String(allow_none=True, validate=validate.Length(max=64), metadata={
+        "description": "The client's IPv4 or IPv6 address (server keys)."})
+    android_package = fields.String(allow_none=True, validate=validate.Length(max=255), metadata={
+        "description": "The X-Android-Package header (Android keys)."})
+    android_cert = fields.String(allow_none=True, validate=validate.Length(max=128), metadata={
+        "description": "The X-Android-Cert header: the app's signing-certificate SHA-256 fingerprint."})
+    ios_bundle_id = fields.String(allow_none=True, validate=validate.Length(max=255), metadata={
+        "description": "The X-Ios-Bundle-Identifier header (iOS keys)."})
 
 
 class DeprecationSchema(Schema):
@@ -351,7 +422,7 @@ class VerifyResultSchema(Schema):
     valid = fields.Boolean(required=True)
     code = fields.String(required=True, metadata={"enum": [
         "VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE", "APP_MISMATCH",
-        "LEGACY_TOKEN_SUNSET", "RATE_LIMITED"]})
+        "LEGACY_TOKEN_SUNSET", "ORIGIN_NOT_ALLOWED", "IP_NOT_ALLOWED", "APP_NOT_ALLOWED", "RATE_LIMITED"]})
     kind = fields.String(allow_none=True, metadata={"enum": ["api_key", "access_token", "personal_token"]})
     key_id = fields.String(allow_none=True)
     app_id = fields.String(allow_none=True)

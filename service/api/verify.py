@@ -32,18 +32,33 @@ from projections.verification import (
     VALID,
 )
 from service.api import context
+from service.api.client_facts import request_facts
 from service.api.jsonbody import BodyError, has_lone_surrogate, load_json
 from service.api.legacy import EXPIRED_TOKEN, LegacyNotice
 from service.api.schemas import ErrorSchema, VerifyRequestSchema, VerifyResultSchema
 from service.credentials import redact
 from service.domain.actors import RequestInfo
+from service.domain.restrictions import (
+    APP_NOT_ALLOWED,
+    FACT_FIELDS,
+    IP_NOT_ALLOWED,
+    NO_FACTS,
+    ORIGIN_NOT_ALLOWED,
+    Facts,
+    RequestFacts,
+)
 from service.ratelimit import RATE_LIMITED
 from service.verification import REFUSALS, Limited, Verifier
 
 blp = Blueprint("verification", __name__, description="Verification for gateways (no credential of its own)")
 
-_FIELDS = frozenset(("key", "scope", "app_id"))
-_MAX = {"key": 1024, "scope": 100, "app_id": 100}
+_FIELDS = frozenset(("key", "scope", "app_id", *FACT_FIELDS))
+_MAX = {"key": 1024, "scope": 100, "app_id": 100,
+        # the request's facts, for keys with client restrictions
+        "origin": 2048, "referrer": 2048, "ip": 64, "android_package": 255, "android_cert": 128,
+        "ios_bundle_id": 255}
+_PLAIN = frozenset(("key", "scope", "app_id"))
+_RESTRICTED = (ORIGIN_NOT_ALLOWED, IP_NOT_ALLOWED, APP_NOT_ALLOWED)
 MAX_BODY = 64 * 1024  # as the app's MAX_CONTENT_LENGTH
 
 Headers = list[tuple[str, str]]
@@ -123,15 +138,19 @@ class Verdicts:
         key = body.get("key")
         if not isinstance(key, str) or not key:
             problems["key"] = ["Required: the credential to check, as a string."]
-        for name in ("key", "scope", "app_id"):
-            value = body.get(name)
+        for name, value in body.items():  # the fields given (a gateway's two or three)
+            if name not in _MAX:
+                continue
             if value is not None and (not isinstance(value, str) or len(value) > _MAX[name]):
                 problems[name] = [f"A string of at most {_MAX[name]} characters."]
             elif isinstance(value, str) and has_lone_surrogate(value):
                 problems[name] = ["Holds an unpaired surrogate (\\ud800-\\udfff); not valid text."]
         if problems:
             return self._invalid(problems, request_id)
-        code, kind, entry = self._verify(key, body.get("scope"), body.get("app_id"), request)
+        facts = NO_FACTS
+        if len(body) > 1 and not body.keys() <= _PLAIN:  # some facts of the request were given
+            facts = RequestFacts(**{name: body.get(name) for name in FACT_FIELDS})
+        code, kind, entry = self._verify(key, body.get("scope"), body.get("app_id"), request, facts)
         self._count(code)
         if entry is None:
             return 200, [_JSON], _json({"valid": False, "code": code, "kind": kind, "key_id": None,
@@ -165,9 +184,10 @@ class Verdicts:
     # -- GET /v2/auth/check ---------------------------------------------------------------
 
     def auth_check(self, authorization: str, scope: str | None, app_id: str | None, query_string: str,
-                   request_id: str | None, request: Callable[[], RequestInfo],
+                   request_id: str | None, request: Callable[[], RequestInfo], facts: Facts = NO_FACTS,
                    limited_status: str | None = None) -> Answer:
-        """``scope`` and ``app_id`` from the gateway's headers win over the query's. A rate-limited
+        """``scope`` and ``app_id`` from the gateway's headers win over the query's; ``facts``
+        (a function reading the forwarded request) are read only for a restricted key. A rate-limited
         request is answered 429, or 403 when the gateway asks so (``X-Keyledger-Limited-Status:
         403``: nginx's auth_request turns any status but 2xx, 401 and 403 into a 500)."""
         scheme, _, credential = authorization.partition(" ")
@@ -179,7 +199,7 @@ class Verdicts:
             args = query_values(query_string)
             scope = scope or args.get("scope")
             app_id = app_id or args.get("app_id")
-        code, kind, entry = self._verify(credential, scope, app_id, request)
+        code, kind, entry = self._verify(credential, scope, app_id, request, facts)
         self._count(code)
         if kind == ACCESS_TOKEN and entry is not None:
             return self._legacy_auth_check(code, entry, scope, request_id)
@@ -196,6 +216,9 @@ class Verdicts:
                        else "This key belongs to another app.")
             return 403, [_JSON, ("X-Keyledger-Code", code)], envelope(
                 "FORBIDDEN", message, {"reason": code, "scope": scope}, request_id)
+        if code in _RESTRICTED:  # a client restriction: this request does not come from where it may
+            return 403, [_JSON, ("X-Keyledger-Code", code)], envelope(
+                code, REFUSALS[code], {"reason": code}, request_id)
         code = "UNAUTHENTICATED" if code == NOT_FOUND else code
         return 401, [_JSON, _KEY_REALM, ("X-Keyledger-Code", code)], envelope(
             code, REFUSALS[code], None, request_id)
@@ -272,9 +295,10 @@ class Verify(MethodView):
         "200": {"description": "Allowed. Headers X-Keyledger-App-Id, X-Keyledger-Key-Id, X-Keyledger-Scopes."},
         "401": {"description": "No, malformed, unknown, revoked or expired credential",
                 "content": {"application/json": {"schema": ErrorSchema}}},
-        "403": {"description": "Valid credential without the scope (or for another app); or, when the gateway "
-                               "sent X-Keyledger-Limited-Status: 403 (nginx), over a rate limit "
-                               "(X-Keyledger-Code: RATE_LIMITED, with the 429's headers)",
+        "403": {"description": "Valid credential without the scope (or for another app: FORBIDDEN); refused by "
+                               "its client restriction: ORIGIN_NOT_ALLOWED, IP_NOT_ALLOWED, APP_NOT_ALLOWED (code "
+                               "also in X-Keyledger-Code); or, when the gateway sent X-Keyledger-Limited-Status: 403 "
+                               "(nginx), over a rate limit (X-Keyledger-Code: RATE_LIMITED, with the 429's headers)",
                 "content": {"application/json": {"schema": ErrorSchema}}},
         "429": {"description": "Over a rate limit of the key or its app (code RATE_LIMITED). Headers: Retry-After "
                                "(seconds), RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers)",
@@ -284,7 +308,9 @@ class Verify(MethodView):
 def auth_check():
     """Forward-auth for nginx auth_request, Traefik forwardAuth and the like: checks the caller's own Authorization header."""
     environ = request.environ
+    proxies = context.current_app_extension("keyledger_trusted_proxies")
     return _response(_verdicts().auth_check(
         environ.get("HTTP_AUTHORIZATION", ""), environ.get("HTTP_X_REQUIRED_SCOPE"),
         environ.get("HTTP_X_REQUIRED_APP_ID"), environ.get("QUERY_STRING", ""), context.request_id(),
-        context.request_info, environ.get("HTTP_X_KEYLEDGER_LIMITED_STATUS")))
+        context.request_info, lambda: request_facts(environ, proxies),
+        environ.get("HTTP_X_KEYLEDGER_LIMITED_STATUS")))

@@ -52,6 +52,7 @@ from service.domain.errors import (
 )
 from service.domain.keys import ApiKey
 from service.domain.legacy import LegacyClient
+from service.domain.restrictions import NO_FACTS, RequestFacts, compile_restriction, judged_by
 from service.domain.scopes import CATALOGUE, grants
 
 READ_BATCH = 10_000  # stored records read at a time while walking the chain
@@ -85,28 +86,35 @@ def _rfc3339(value: datetime) -> str:
 
 # -- credentials that can act for an app: one function per kind ---------------------------------
 
-def _api_key_access(key: ApiKey, scope: str, at: datetime) -> dict | None:
-    """An API key as it stood at ``at``: active then, with a scope that covers ``scope``;
+def _api_key_access(key: ApiKey, scope: str, at: datetime, facts: RequestFacts = NO_FACTS) -> dict | None:
+    """An API key as it stood at ``at``: active then, with a scope that covers ``scope``, and a
+    client restriction then that lets a request with ``facts`` through (a restriction judging a
+    fact the question leaves out excludes nothing: the key could be used, from where it allows);
     its secrets then (the current one, and any rolled one still in its grace period)."""
     if key.status_at(at) != "active" or not grants(key.scopes, scope):
+        return None
+    restrictions = key.restrictions
+    if judged_by(restrictions, facts) and compile_restriction(restrictions).refusal(facts) is not None:  # type: ignore[union-attr]
         return None
     secrets = [{"display": key.display, "valid_until": key.expires_at}]
     secrets += [{"display": display, "valid_until": until} for _, display, until in key.retiring
                 if until > at]
-    return {"kind": "api_key", "key_id": str(key.id), "scopes": list(key.scopes), "secrets": secrets}
+    return {"kind": "api_key", "key_id": str(key.id), "scopes": list(key.scopes), "secrets": secrets,
+            "restrictions": restrictions}
 
 
-def _legacy_client_access(client: LegacyClient, scope: str, at: datetime) -> dict | None:
+def _legacy_client_access(client: LegacyClient, scope: str, at: datetime,
+                          facts: RequestFacts = NO_FACTS) -> dict | None:
     """A legacy OAuth2 client as it stood at ``at``: its access tokens carry no scopes, so until
     its legacy access was disabled (and before the sunset, which ``access_at`` applies) it could
     obtain a token and do anything its app may."""
     if client.disabled_at is not None and client.disabled_at <= at:
         return None
     return {"kind": "access_token", "client_id": client.client_id, "scopes": ["All"],
-            "secrets": [{"display": client.secret_display, "valid_until": None}]}
+            "secrets": [{"display": client.secret_display, "valid_until": None}], "restrictions": None}
 
 
-CREDENTIAL_KINDS: dict[type, Callable[[Any, str, datetime], dict | None]] = {
+CREDENTIAL_KINDS: dict[type, Callable[[Any, str, datetime, RequestFacts], dict | None]] = {
     ApiKey: _api_key_access,
     LegacyClient: _legacy_client_access,
 }
@@ -473,9 +481,10 @@ class AuditUseCases(LedgerApplication):
     # -- point in time ----------------------------------------------------------------------------
 
     def access_at(self, app_id: str, *, scope: str, at: datetime, by: Actor,
-                  aggregate_ids: Iterable[str]) -> list[dict]:
+                  aggregate_ids: Iterable[str], facts: RequestFacts = NO_FACTS) -> list[dict]:
         """The credentials of ``app_id`` that could perform ``scope`` at ``at``, replayed from
-        their own events; ``aggregate_ids`` are the app's credentials' aggregates (audit view)."""
+        their own events; ``aggregate_ids`` are the app's credentials' aggregates (audit view).
+        ``facts`` narrow it to a request from an origin, an address or a mobile app."""
         self.audit_reader(by=by)
         self._visible_app(app_id, by)  # type: ignore[attr-defined]
         if scope not in CATALOGUE:
@@ -489,7 +498,7 @@ class AuditUseCases(LedgerApplication):
                 continue
             if kind is _legacy_client_access and at >= self.legacy.sunset_at:  # type: ignore[attr-defined]
                 continue  # no access token works after the sunset
-            credential = kind(past, scope, at)
+            credential = kind(past, scope, at, facts)
             if credential is not None:
                 found.append(credential)
         return found

@@ -30,18 +30,22 @@ from service.domain.errors import (
 )
 from service.domain.keys import ApiKey
 from service.domain.limits import checked_limits
+from service.domain.restrictions import parse_restrictions
 from service.domain.scopes import CATALOGUE, normalise, unknown_scopes
 
 MAX_GRACE_SECONDS = 604_800
 MAX_KEY_LIFETIME = timedelta(days=36_525)  # 100 years
-
+UNCHANGED: Any = object()  # an optional argument left out (where None means "none")
 
 
 class KeyUseCases(LedgerApplication):
     def issue_key(self, app_id: str, *, description: str, scopes: list[str],
                   expires_at: datetime | None = None, by: Actor, request: RequestInfo,
-                  origin: str = "user", limits: list | None = None) -> tuple[dict, str]:
-        """Create a key for an app; the secret is returned this once."""
+                  origin: str = "user", limits: list | None = None, restrictions: Any = None,
+                  ) -> tuple[dict, str]:
+        """Create a key for an app; the secret is returned this once. ``restrictions`` as the
+        caller sent them (checked here): recorded as the key's ``Restricted`` event."""
+        restrictions = parse_restrictions(restrictions)
         self._manageable_app(app_id, by)
         limits = checked_limits(limits) if limits is not None else None
         now = self.now()
@@ -50,6 +54,8 @@ class KeyUseCases(LedgerApplication):
                                     now=now)
         if limits:  # its own event, saved with the key's creation (one atomic save)
             key.change_limits(limits, by=by.ref, request=request.as_dict(), at=now)
+        if restrictions is not None:
+            key.restrict(restrictions, by=by.ref, request=request.as_dict(), at=now)
         self._save_new(key, conflict="The key could not be created; try again.")
         return self.key_view(key, now), secret
 
@@ -80,7 +86,10 @@ class KeyUseCases(LedgerApplication):
 
     def change_key(self, key_id: str, *, by: Actor, request: RequestInfo,
                    scopes: list[str] | None = None, description: str | None = None,
-                   if_match: int | None = None, limits: list | None = None) -> dict:
+                   if_match: int | None = None, limits: list | None = None,
+                   restrictions: Any = UNCHANGED) -> dict:
+        if restrictions is not UNCHANGED:
+            restrictions = parse_restrictions(restrictions)
         if scopes is not None:
             scopes = self._checked_scopes(scopes)
         if description is not None:
@@ -95,6 +104,8 @@ class KeyUseCases(LedgerApplication):
                 key.change_description(description, by=by.ref, request=request.as_dict(), at=now)
             if limits is not None:
                 key.change_limits(limits, by=by.ref, request=request.as_dict(), at=now)
+            if restrictions is not UNCHANGED:
+                key.restrict(restrictions, by=by.ref, request=request.as_dict(), at=now)
 
         return self._update_key(key_id, by, change, if_match)
 
@@ -141,6 +152,7 @@ class KeyUseCases(LedgerApplication):
             "expires_at": key.expires_at, "revoked_at": key.revoked_at, "last_used_at": None,
             "display": key.display, "origin": key.origin, "version": key.version,
             "limits": [dict(limit) for limit in key.limits],
+            "restrictions": key.restrictions,
         }
 
     def scope_catalogue(self) -> dict[str, str]:

@@ -17,6 +17,7 @@ from service.console.limits import PERIODS, limit_rows
 from service.console.web import actor, bp, field_errors, page, signed_in, system
 from service.credentials import redact
 from service.domain.errors import KeyledgerError
+from service.domain.restrictions import DESCRIPTIONS, KINDS
 from service.domain.scopes import ALL, PRESETS
 
 GRACE_CHOICES = ((0, "None: the old secret stops at once"), (3600, "1 hour"), (86400, "24 hours"),
@@ -25,10 +26,12 @@ PRESET_CHOICES = (("read_only", "Read-only: Predict and Search"), ("all", "All s
                   ("custom", "Choose scopes below"))
 DONE = {"scopes": "Saved: the key's scopes and description are as shown.",
         "revoked": "Revoked: the key no longer verifies.",
-        "limits": "Saved: the rate limits are as shown."}
+        "limits": "Saved: the rate limits are as shown.",
+        "restrictions": "Saved: who may use the key is as shown (in force at once)."}
 EVENT_NAMES = {"ApiKey.Issued": "Created", "ApiKey.ScopesChanged": "Scopes changed",
                "ApiKey.DescriptionChanged": "Description changed", "ApiKey.Rolled": "Secret rolled",
-               "ApiKey.Revoked": "Revoked", "ApiKey.LimitsChanged": "Rate limits changed"}
+               "ApiKey.Revoked": "Revoked", "ApiKey.LimitsChanged": "Rate limits changed",
+               "ApiKey.Restricted": "Restriction changed"}
 
 
 def scope_groups() -> list[tuple[str, list[tuple[str, str]]]]:
@@ -117,7 +120,10 @@ def new_key(app_id: str) -> Response:
     message = None
     form = {"description": "", "expires_at": ""}
     scopes: list[str] = []
+    restriction = {"kind": "none", "items": ""}
     if request.method == "POST":
+        restriction = {"kind": request.form.get("restriction_kind", "none"),
+                       "items": request.form.get("restriction_items", "")}
         form = {"description": request.form.get("description", ""),
                 "expires_at": request.form.get("expires_at", "").strip()}
         shown = {"description": redact(form["description"]), "expires_at": redact(form["expires_at"])}
@@ -130,11 +136,14 @@ def new_key(app_id: str) -> Response:
             try:
                 key, secret = sys.keys_app.issue_key(
                     app["id"], description=form["description"], scopes=scopes, expires_at=expires_at,
-                    by=actor(), request=context.request_info())
+                    by=actor(), request=context.request_info(),
+                    restrictions=restrictions_of_form(restriction["kind"], restriction["items"]))
             except KeyledgerError as error:
                 if error.code in ("NOT_FOUND", "UNAVAILABLE"):
                     raise
                 errors, message = field_errors(error), error.message
+                for name in [n for n in errors if n.startswith("restrictions.")]:
+                    errors.setdefault("restrictions", []).extend(errors.pop(name))
             else:
                 sys.after_command()
                 return secret_page("Your new API key", key, secret, app)
@@ -143,7 +152,38 @@ def new_key(app_id: str) -> Response:
     # What was typed comes back for correction, but never a secret pasted by mistake.
     return page("console/key_new.html", status=400 if errors or message else 200,
                 title="Create New API Key", app=app, form=shown, errors=errors, message=message,
-                **scope_form_values(scopes))
+                restriction={"kind": restriction["kind"], "items": redact(restriction["items"])},
+                restriction_kinds=RESTRICTION_KINDS, **scope_form_values(scopes))
+
+
+# The create-key form's restriction kinds: (value, label, the one-line explanation).
+RESTRICTION_KINDS = [("none", "None", "anyone holding the key may use it (keep such keys on your servers)")] + [
+    (kind, {"browser": "Web pages", "server": "Servers", "android": "Android apps", "ios": "iOS apps"}[kind],
+     DESCRIPTIONS[kind]) for kind in KINDS]
+
+
+def restrictions_of_form(kind: str, items: str) -> dict | str | None:
+    """The restriction the form describes (the application judges it): one item per line;
+    an Android line is the package and the fingerprint, separated by spaces or a comma."""
+    if kind == "none":
+        return None
+    lines = [line.strip() for line in items.splitlines() if line.strip()]
+    if kind == "android":
+        pairs: list = []
+        for line in lines:
+            package, _, cert = line.replace(",", " ").partition(" ")
+            pairs.append({"package": package, "sha256_cert": cert.strip()})
+        return {kind: pairs}
+    return {kind: lines}
+
+
+def restriction_form_values(restrictions: dict | None) -> dict:
+    """A key's restriction as the form shows it: its kind and one item per line."""
+    if not restrictions:
+        return {"kind": "none", "items": ""}
+    (kind, items), = restrictions.items()
+    lines = [f"{i['package']} {i['sha256_cert']}" if isinstance(i, dict) else i for i in items]
+    return {"kind": kind, "items": "\n".join(lines)}
 
 
 def parse_expiry(text: str) -> tuple[datetime | None, str | None]:
@@ -200,7 +240,7 @@ def _actor_name(who: dict) -> str:
 
 def key_page(key_id: str, *, status: int = 200, errors: dict | None = None, message: str | None = None,
              form_scopes: list[str] | None = None, description: str | None = None,
-             limit_rows_shown: list | None = None) -> Response:
+             limit_rows_shown: list | None = None, restriction: dict | None = None) -> Response:
     key, app = _key_and_app(key_id)
     done = DONE.get(request.args.get("done", "")) if request.method == "GET" else None
     return page("console/key.html", status=status, title=key["description"] or key["display"], key=key,
@@ -208,6 +248,8 @@ def key_page(key_id: str, *, status: int = 200, errors: dict | None = None, mess
                 grace_choices=GRACE_CHOICES, description=key["description"] if description is None else description,
                 can_change=not actor().is_auditor and key["status"] == "active",
                 limit_rows=limit_rows_shown or limit_rows(key["limits"]), periods=PERIODS,
+                restriction=restriction or restriction_form_values(key["restrictions"]),
+                restriction_kinds=RESTRICTION_KINDS,
                 **scope_form_values(key["scopes"] if form_scopes is None else form_scopes))
 
 
@@ -238,6 +280,29 @@ def change_key(key_id: str) -> Response:
                         message=error.message, form_scopes=scopes, description=redact(description))
     sys.after_command()
     return redirect(url_for("console.key_detail", key_id=key["id"], done="scopes"), code=303)
+
+
+@bp.post("/keys/<key_id>/restrictions")
+@signed_in
+def restrict_key(key_id: str) -> Response:
+    sys = system()
+    restriction = {"kind": request.form.get("restriction_kind", "none"),
+                   "items": request.form.get("restriction_items", "")}
+    try:
+        key = sys.keys_app.change_key(
+            key_id, restrictions=restrictions_of_form(restriction["kind"], restriction["items"]),
+            if_match=_version(), by=actor(), request=context.request_info())
+    except KeyledgerError as error:
+        if error.code in ("NOT_FOUND", "UNAVAILABLE"):
+            raise
+        errors = field_errors(error)
+        for name in [n for n in errors if n.startswith("restrictions.")]:
+            errors.setdefault("restrictions", []).extend(errors.pop(name))
+        return key_page(key_id, status=400 if error.code != "CONFLICT" else 409, errors=errors,
+                        message=error.message,
+                        restriction={"kind": restriction["kind"], "items": redact(restriction["items"])})
+    sys.after_command()
+    return redirect(url_for("console.key_detail", key_id=key["id"], done="restrictions"), code=303)
 
 
 @bp.post("/keys/<key_id>/roll")

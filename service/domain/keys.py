@@ -8,6 +8,7 @@ from eventsourcing.domain import event
 
 from service.domain.aggregate import LedgerAggregate
 from service.domain.errors import KeyExpired, KeyRevoked
+from service.domain.restrictions import KINDS
 
 
 def key_status(revoked_at: datetime | None, expires_at: datetime | None, now: datetime) -> str:
@@ -51,6 +52,17 @@ class ApiKey(LedgerAggregate):
     class LimitsChanged(LedgerAggregate.Event):
         limits: list  # [{"limit": n, "per": "1m"}], canonical (service.domain.limits); [] for none
         previous_limits: list
+
+    class Restricted(LedgerAggregate.Event):
+        """Who may use the key: ``restrictions`` is None (anyone) or one kind's canonical list
+        (service.domain.restrictions); ``digests`` as in ScopesChanged."""
+
+        restrictions: dict | None
+        previous_restrictions: dict | None
+        digests: list
+
+    # None: no client restriction (every key issued before restrictions existed reads so).
+    restrictions: dict | None = None
 
     @event(Issued)
     def __init__(
@@ -101,6 +113,21 @@ class ApiKey(LedgerAggregate):
     def _change_scopes(self, scopes: list, previous_scopes: list, digests: list, by: str,
                        request: dict, timestamp: datetime) -> None:
         self.scopes = list(scopes)
+
+    def restrict(self, restrictions: dict | None, *, by: str, request: dict, at: datetime) -> bool:
+        """Set the key's client restriction (``parse_restrictions``' canonical form; None lifts it)."""
+        self._require_changeable(at)
+        assert restrictions is None or (len(restrictions) == 1 and next(iter(restrictions)) in KINDS)
+        if restrictions == self.restrictions:
+            return False
+        self._restrict(restrictions=restrictions, previous_restrictions=self.restrictions,
+                       digests=self.digests, by=by, request=request, timestamp=at)
+        return True
+
+    @event(Restricted)
+    def _restrict(self, restrictions: dict | None, previous_restrictions: dict | None, digests: list,
+                  by: str, request: dict, timestamp: datetime) -> None:
+        self.restrictions = restrictions
 
     def change_description(self, description: str, *, by: str, request: dict, at: datetime) -> bool:
         self._require_changeable(at)

@@ -236,8 +236,10 @@ def test_every_control_is_reachable_with_the_keyboard(chromium, server: ServerPr
             page.keyboard.press("Tab")
             reached.add(page.evaluate("""() => { const e = document.activeElement;
                 return e.id || e.name + '=' + (e.value || e.textContent.trim()); }"""))
-        # Radio buttons of one group take one tab stop (arrows move within it).
-        missing = [w for w in wanted if w not in reached and not w.startswith("preset=")]
+        # Radio buttons of one group take one tab stop (arrows move within it): a group is reached
+        # when one of its buttons is.
+        groups = {r.partition("=")[0] for r in reached if r.startswith(("preset=", "restriction_kind="))}
+        missing = [w for w in wanted if w not in reached and w.partition("=")[0] not in groups]
         assert missing == [], f"{path}: not reachable with Tab: {missing}"
         first = page.evaluate("() => { document.activeElement.blur(); return null; }")
         assert first is None
@@ -255,3 +257,34 @@ def test_the_accessibility_check_can_fail(chromium):
     impacts = page.evaluate("async () => (await axe.run()).violations.map(v => v.id + ':' + v.impact)")
     page.close()
     assert "label:critical" in impacts, impacts
+
+
+def test_a_browser_key_is_created_with_its_restriction_in_chromium(chromium, server: ServerProcess):
+    owner = server.create_account("owner", "olive@example.com", "Olive Owner")
+    assert server.post("/v2/apps", {"id": "vision", "name": "Vision"}, token=owner["token"]).status == 201
+    pages = Pages()
+    context = chromium.new_context(viewport=SIZES["desktop"])
+    page = sign_in(context, server, owner["token"])
+    page.goto(server.url + "/console/apps/vision/keys/new")
+    # A pattern that would match every site is refused next to the field, with the reason.
+    page.get_by_label("Description").fill("Web shop, browser")
+    page.get_by_label("Read-only: Predict and Search").check()
+    page.get_by_label(re.compile("Web pages")).check()
+    page.get_by_label("Allowed, one per line").fill("https://*")
+    page.get_by_role("button", name="Create key").click()
+    assert shown(page.locator("#restrictions-problem"))
+    assert "would match every site" in page.locator("#restrictions-problem").inner_text()
+    # The form as a new user fills it (not the refused one, whose sentence would contradict it).
+    page.goto(server.url + "/console/apps/vision/keys/new")
+    page.get_by_label("Description").fill("Web shop, browser")
+    page.get_by_label("Read-only: Predict and Search").check()
+    page.get_by_label(re.compile("Web pages")).check()
+    page.get_by_label("Allowed, one per line").fill("https://shop.example.com\nhttps://*.example.com/*")
+    pages.check(page, "new-key-restricted")
+    page.get_by_role("button", name="Create key").click()
+    assert shown(page.get_by_text("You will not see this again."))
+    key_id = re.search(r"/console/keys/([0-9a-f-]{36})", page.content())[1]
+    key = server.get(f"/v2/keys/{key_id}", token=owner["token"]).json
+    assert key["restrictions"] == {"browser": ["https://shop.example.com", "https://*.example.com/*"]}
+    context.close()
+    assert pages.violations == [] and pages.too_wide == []

@@ -186,3 +186,64 @@ def test_a_secret_pasted_into_a_field_is_not_echoed_back(browser_of, owner, read
                            {"preset": "all", "description": read_only_key["key"]})
     assert changed.status_code == 400 and read_only_key["key"] not in changed.get_data(as_text=True)
     assert "Looks like a credential" in problems(changed.get_data(as_text=True))["description"]
+
+
+def test_the_create_form_offers_each_restriction_kind_with_a_line_saying_what_it_is_for(browser_of, owner,
+                                                                                        owner_app):
+    html = browser_of(owner).get("/console/apps/vision/keys/new").get_data(as_text=True)
+    for kind, line in (("browser", "for a web page: the sites that may use it"),
+                       ("server", "for a server: the client addresses"), ("android", "for an Android app"),
+                       ("ios", "for an iOS app"), ("none", "anyone holding the key")):
+        assert f'value="{kind}"' in html and line in html
+
+
+def test_a_key_created_with_a_restriction_verifies_only_from_where_it_allows(browser_of, owner, owner_app, client):
+    response = create_key(browser_of(owner), restriction_kind="browser",
+                          restriction_items="https://app.example.com\r\nhttp://localhost:*\r\n")
+    assert response.status_code == 200, problems(response)
+    secret = SECRET.search(response.get_data(as_text=True))[0]
+    key_id = KEY_ID.search(response.get_data(as_text=True))[1]
+    assert owner.get(f"/v2/keys/{key_id}").json["restrictions"] == {
+        "browser": ["https://app.example.com", "http://localhost:*"]}
+    assert client.post("/v2/verify", json={"key": secret, "origin": "https://evil.com"}).json["code"] \
+        == "ORIGIN_NOT_ALLOWED"
+    android = create_key(browser_of(owner), restriction_kind="android",
+                         restriction_items="com.example.app " + "AB" * 32)
+    assert android.status_code == 200, problems(android)
+
+
+@pytest.mark.parametrize("kind,items,sentence", [
+    ("browser", "https://*", "would match every site"),
+    ("server", "10.0.0.1/24", "did you mean 10.0.0.0/24"),
+    ("android", "com.example.app", "SHA-256 fingerprint"),
+    ("ios", "", "non-empty list"),
+])
+def test_a_bad_restriction_is_a_sentence_next_to_its_field(browser_of, owner, owner_app, kind, items, sentence):
+    response = create_key(browser_of(owner), restriction_kind=kind, restriction_items=items)
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert 'id="restrictions-problem"' in html and sentence in html
+    assert items.splitlines()[0] in html if items else True  # what was typed comes back for correction
+
+
+def test_the_key_page_shows_and_changes_who_may_use_the_key(browser_of, owner, read_only_key, client):
+    browser = browser_of(owner)
+    page = browser.get(f"/console/keys/{read_only_key['id']}").get_data(as_text=True)
+    assert "Anyone holding the key" in page and "Change who may use it" in page
+    version = owner.get(f"/v2/keys/{read_only_key['id']}").json["version"]
+    refused = browser.post(f"/console/keys/{read_only_key['id']}/restrictions",
+                           {"version": str(version), "restriction_kind": "server", "restriction_items": "10.0.0.1/24"})
+    assert refused.status_code == 400 and "did you mean 10.0.0.0/24" in refused.get_data(as_text=True)
+    saved = browser.post(f"/console/keys/{read_only_key['id']}/restrictions",
+                         {"version": str(version), "restriction_kind": "server",
+                          "restriction_items": "10.0.0.0/24\n2001:db8::/32"})
+    assert saved.status_code == 303
+    page = browser.get(saved.headers["Location"]).get_data(as_text=True)
+    assert "Servers:" in page and "10.0.0.0/24" in page and "Restriction changed" in page
+    assert client.post("/v2/verify", json={"key": read_only_key["key"], "ip": "10.0.0.9"}).json["code"] == "VALID"
+    assert client.post("/v2/verify", json={"key": read_only_key["key"]}).json["code"] == "IP_NOT_ALLOWED"
+    stale = browser.post(f"/console/keys/{read_only_key['id']}/restrictions",
+                         {"version": str(version), "restriction_kind": "none", "restriction_items": ""})
+    assert stale.status_code == 400  # an old version: the change is not made
+    assert owner.get(f"/v2/keys/{read_only_key['id']}").json["restrictions"] == {
+        "server": ["10.0.0.0/24", "2001:db8::/32"]}

@@ -175,3 +175,72 @@ def test_a_limited_key_gets_429_with_retry_after_through_nginx_and_recovers(serv
     assert call(gateway, "GET", "/v2/predict", key["key"]).status == 200  # recovered
     other = call(gateway, "POST", "/v2/models", keys["read_only"]["key"])  # another refusal: no rate headers
     assert other.status == 403 and "Retry-After" not in other.headers
+
+
+# -- client restrictions through nginx: the origin and the client's address are forwarded ---------
+
+def call_from(gateway: str, path: str, key: str, *, source: str = "127.0.0.1",
+              headers: dict | None = None):
+    """GET through nginx from the loopback address ``source`` (127.0.0.2 is another client than
+    nginx's own 127.0.0.1)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from tests.e2e.conftest import Response
+
+    target = urlsplit(gateway)
+    connection = http.client.HTTPConnection(target.hostname, target.port, timeout=10,
+                                            source_address=(source, 0))
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Key {key}", **(headers or {})})
+        answer = connection.getresponse()
+        return Response(answer.status, dict(answer.getheaders()), answer.read())
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def restricted(start_server, gateway_for) -> dict:
+    """A Keyledger that trusts only nginx's address (127.0.0.1), nginx in front of it, and two
+    restricted keys: a browser key for https://app.example.com and a server key for 127.0.0.2."""
+    server = start_server(env={"KEYLEDGER_TRUSTED_PROXIES": "127.0.0.1/32"})
+    admin = server.create_account("admin", "admin@example.com", "Admin")["token"]
+    server.post("/v2/apps", {"id": "vision", "name": "Vision"}, token=admin)
+
+    def key(restrictions: dict) -> str:
+        created = server.post("/v2/apps/vision/keys", {"description": "restricted", "scopes": ["Predict"],
+                                                       "restrictions": restrictions}, token=admin)
+        assert created.status == 201, created.json
+        return created.json["key"]
+
+    return {"gateway": gateway_for(server), "browser": key({"browser": ["https://app.example.com"]}),
+            "server": key({"server": ["127.0.0.2/32"]})}
+
+
+def test_browser_key_answers_from_its_origin_and_is_refused_from_another(restricted):
+    allowed = call_from(restricted["gateway"], "/v2/predict", restricted["browser"],
+                        headers={"Origin": "https://app.example.com"})
+    assert allowed.status == 200
+    assert allowed.json["headers"]["Origin"] == "https://app.example.com"  # the API sees the request
+    refused = call_from(restricted["gateway"], "/v2/predict", restricted["browser"],
+                        headers={"Origin": "https://evil.example.net"})
+    assert refused.status == 403
+    assert refused.json["error"]["code"] == "ORIGIN_NOT_ALLOWED"
+    assert "web pages its owner allowed" in refused.json["error"]["message"]
+    no_origin = call_from(restricted["gateway"], "/v2/predict", restricted["browser"])
+    assert no_origin.status == 403 and no_origin.json["error"]["code"] == "ORIGIN_NOT_ALLOWED"
+
+
+def test_server_key_answers_from_its_cidr_only_even_with_a_forged_forwarded_for(restricted):
+    gateway, key = restricted["gateway"], restricted["server"]
+    assert call_from(gateway, "/v2/predict", key, source="127.0.0.2").status == 200
+    other = call_from(gateway, "/v2/predict", key, source="127.0.0.3")
+    assert other.status == 403 and other.json["error"]["code"] == "IP_NOT_ALLOWED"
+    # A client outside the trusted proxies writes the allowed address into X-Forwarded-For itself:
+    # nginx appends the address it sees, and Keyledger takes the right-most untrusted one.
+    forged = call_from(gateway, "/v2/predict", key, source="127.0.0.3",
+                       headers={"X-Forwarded-For": "127.0.0.2"})
+    assert forged.status == 403 and forged.json["error"]["code"] == "IP_NOT_ALLOWED"
+    forged = call_from(gateway, "/v2/predict", key, source="127.0.0.3",
+                       headers={"Forwarded": "for=127.0.0.2", "X-Real-IP": "127.0.0.2"})
+    assert forged.status == 403

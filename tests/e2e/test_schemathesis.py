@@ -46,8 +46,18 @@ checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}
 include-path-regex = "^/v2/(keys/{{key_id}}|apps/{{app_id}})$"
 include-method = "PATCH"
 # 400: rate limits that each fit the Limit schema but not together (a period given twice: 1m and
-# 60s) or a period over 365 days (the pattern cannot count days)
+# 60s) or a period over 365 days (the pattern cannot count days); a client restriction no pattern
+# can fully judge (a browser pattern whose wildcard would match every site such as https://*.co.uk,
+# a CIDR block with bits beyond its prefix)
 checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}
+
+[[operations]]
+include-path = "/v2/audit/access"
+# 400: an `ip` that is not an IPv4 or IPv6 address (no pattern of a query parameter says exactly that)
+checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}
+# 414: nine query parameters at their longest, percent-encoded, exceed the server's request line
+# (4,094 bytes): refused as too long before any parameter is judged, which is still a refusal
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "406", "414", "422", "428"]
 
 [[operations]]
 include-path-regex = "^/v2/audit/events"

@@ -18,6 +18,8 @@ from tests.e2e.conftest import base_environment, run_cli
     ("KEYLEDGER_ACCESS_TOKEN_TTL", "-5h"),
     ("KEYLEDGER_PEPPER", "short"),
     ("KEYLEDGER_PROXY_HOPS", "many"),
+    ("KEYLEDGER_TRUSTED_PROXIES", "10.0.0.1/8"),
+    ("KEYLEDGER_TRUSTED_PROXIES", "gateway.internal"),
 ])
 def test_a_bad_setting_exits_2_with_one_line(tmp_path, variable, value):
     done = run_cli(["serve", "--port", "1"], base_environment(tmp_path / "var", {variable: value}), timeout=30)

@@ -15,7 +15,8 @@ from tests.conftest import TEST_PEPPER
 
 TABLES = ("verification", "verification_legacy_clients", "directory_accounts", "directory_apps",
           "directory_keys", "audit_events", "audit_aggregate_apps", "audit_app_owners", "legacy_usage",
-          "projection_tracking", "key_limits", "app_limits")
+          "projection_tracking", "key_limits", "app_limits",
+          "verification_restrictions", "directory_key_restrictions")
 
 
 @pytest.fixture
@@ -31,7 +32,8 @@ def dump(system) -> dict[str, list[tuple]]:
 
 def index_state(index: VerificationIndex) -> dict:
     return {
-        "credentials": {d: (e.kind, e.id, e.app_id, e.role, e.scopes, e.expires_at, e.ends_at)
+        "credentials": {d: (e.kind, e.id, e.app_id, e.role, e.scopes, e.expires_at, e.ends_at,
+                            getattr(getattr(e, "grant", None), "restriction_text", None))
                         for d, e in index.by_digest.items()},
         "clients": {c: (s.client_id, s.app_id, s.ends_at) for c, s in index.clients.items()},
     }
@@ -40,6 +42,20 @@ def index_state(index: VerificationIndex) -> dict:
 def limit_state(system) -> dict:
     book = system.limiter.book
     return {"keys": {k: s.limits for k, s in book.keys.items()}, "apps": {a: s.limits for a, s in book.apps.items()}}
+def restrict_keys(system, app_id: str, i: int, admin: Actor) -> None:
+    """Client restrictions: set at creation, changed, kept through a roll and new scopes, lifted."""
+    app = system.keys_app
+    kinds = [{"browser": ["https://*.example.com/*"]}, {"server": ["10.0.0.0/8", "2001:db8::/32"]},
+             {"ios": ["com.example.app"]}]
+    key, _ = app.issue_key(app_id, description="web", scopes=["Predict"], by=admin, request=NO_REQUEST,
+                           restrictions=kinds[i % 3])
+    system.after_command()
+    app.roll_key(key["id"], grace_seconds=30, by=admin, request=NO_REQUEST)
+    app.change_key(key["id"], restrictions=kinds[(i + 1) % 3], by=admin, request=NO_REQUEST)
+    app.change_key(key["id"], scopes=["Predict", "Search"], by=admin, request=NO_REQUEST)
+    if i == 4:
+        app.change_key(key["id"], restrictions=None, by=admin, request=NO_REQUEST)
+    system.after_command()
 
 
 def make_history(system) -> None:
@@ -67,6 +83,7 @@ def make_history(system) -> None:
             app.change_app_limits(f"app-{i}", [], by=admin, request=NO_REQUEST)
         if i == 3:
             app.revoke_key(key["id"], by=admin, request=NO_REQUEST)
+        restrict_keys(system, f"app-{i}", i, admin)
     # Legacy OAuth2: imported and issued clients, tokens, uses, a disabled client, a new personal token.
     for i in range(3):
         app.import_legacy_app({"app_id": f"old-{i}", "app_name": f"Old {i}", "owner_email": "o@example.com",
