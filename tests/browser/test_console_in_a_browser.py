@@ -63,6 +63,12 @@ class Pages:
                                        f"at {violation['nodes']}")
 
 
+def pages_for(tmp_path: Path) -> Pages:
+    """Screenshots into docs/screenshots/ from the SQLite pass; the PostgreSQL pass (which runs
+    alongside) writes its own into the test's folder, so the two never write one file at once."""
+    return Pages(tmp_path / "screenshots" if backend.ON_POSTGRES else SCREENSHOTS)
+
+
 def shown(locator, timeout: float = 10_000) -> bool:
     """Wait for the element (after a click, the next page may still be loading)."""
     locator.first.wait_for(state="visible", timeout=timeout)
@@ -102,7 +108,7 @@ def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess, tmp
     while not server.get("/v2/legacy/usage", token=admin["token"]).json["apps"][0]["last_used_at"]:
         assert time.monotonic() < deadline, "the legacy use never reached the views"
         time.sleep(0.05)
-    pages = Pages(tmp_path / "screenshots" if backend.ON_POSTGRES else SCREENSHOTS)
+    pages = pages_for(tmp_path)
 
     # -- the owner: sign in, create a read-only key, copy its secret ---------------------------------
     owner_context = chromium.new_context(viewport=SIZES["desktop"])
@@ -259,10 +265,10 @@ def test_the_accessibility_check_can_fail(chromium):
     assert "label:critical" in impacts, impacts
 
 
-def test_a_browser_key_is_created_with_its_restriction_in_chromium(chromium, server: ServerProcess):
+def test_a_browser_key_is_created_with_its_restriction_in_chromium(chromium, server: ServerProcess, tmp_path):
     owner = server.create_account("owner", "olive@example.com", "Olive Owner")
     assert server.post("/v2/apps", {"id": "vision", "name": "Vision"}, token=owner["token"]).status == 201
-    pages = Pages()
+    pages = pages_for(tmp_path)
     context = chromium.new_context(viewport=SIZES["desktop"])
     page = sign_in(context, server, owner["token"])
     page.goto(server.url + "/console/apps/vision/keys/new")
