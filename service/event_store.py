@@ -97,6 +97,11 @@ def fail_fast(pool: Any) -> None:
         pool.kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
 
 
+# Set while a call is being made again after an attempt whose outcome is unknown (a dropped
+# connection): only then may a unique-constraint refusal of an insert be our own earlier commit.
+_retrying: ContextVar[bool] = ContextVar("keyledger_retrying", default=False)
+
+
 def _once(method: Any) -> Any:
     """The library's method, retried as above instead of by its own decorator (``functools.wraps``
     kept the original as ``__wrapped__``)."""
@@ -106,12 +111,15 @@ def _once(method: Any) -> Any:
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         attempts = 1 if _request_path.get() else BACKGROUND_ATTEMPTS
         for attempt in range(1, attempts + 1):
+            token = _retrying.set(attempt > 1 or _retrying.get())
             try:
                 return original(self, *args, **kwargs)
             except (InterfaceError, OperationalError):
                 if attempt == attempts:
                     raise
                 time.sleep(RETRY_PAUSE)
+            finally:
+                _retrying.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
     return call
@@ -214,7 +222,11 @@ class FailFastRecorder(PostgresApplicationRecorder):
         rows = [self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
                 for e in stored_events]
 
+        runs = 0
+
         def insert(connection: Any) -> list[int]:
+            nonlocal runs
+            runs += 1
             # One round trip: nothing is waited for before the pipeline's end sends its Sync.
             with connection.pipeline():
                 cursor = connection.cursor()
@@ -228,6 +240,11 @@ class FailFastRecorder(PostgresApplicationRecorder):
         try:
             ids = on_a_live_connection(self.datastore, insert)
         except IntegrityError:
+            # A first attempt refused is a real conflict (another writer's records, even identical
+            # ones: two schedulers deciding the same reminder). Only a call made again after an
+            # attempt whose answer was lost may find its own records there.
+            if runs < 2 and not _retrying.get():
+                raise
             ids = self._already_recorded(stored_events)
             if ids is None:
                 raise
