@@ -259,10 +259,10 @@ def test_the_accessibility_check_can_fail(chromium):
     assert "label:critical" in impacts, impacts
 
 
-def test_a_browser_key_is_created_with_its_restriction_in_chromium(chromium, server: ServerProcess):
+def test_a_browser_key_is_created_with_its_restriction_in_chromium(chromium, server: ServerProcess, tmp_path):
     owner = server.create_account("owner", "olive@example.com", "Olive Owner")
     assert server.post("/v2/apps", {"id": "vision", "name": "Vision"}, token=owner["token"]).status == 201
-    pages = Pages()
+    pages = Pages(tmp_path / "screenshots" if backend.ON_POSTGRES else SCREENSHOTS)
     context = chromium.new_context(viewport=SIZES["desktop"])
     page = sign_in(context, server, owner["token"])
     page.goto(server.url + "/console/apps/vision/keys/new")

@@ -3,17 +3,18 @@ beside its field; screenshots at both sizes into docs/screenshots/, with the acc
 
 from __future__ import annotations
 
-from tests.browser.test_console_in_a_browser import SIZES, Pages, shown, sign_in
+from tests import backend
+from tests.browser.test_console_in_a_browser import SCREENSHOTS, SIZES, Pages, shown, sign_in
 from tests.e2e.conftest import ServerProcess, StartServer
 
 
-def test_the_rate_limit_forms_in_chromium(chromium, start_server: StartServer):
+def test_the_rate_limit_forms_in_chromium(chromium, start_server: StartServer, tmp_path):
     server: ServerProcess = start_server()
     owner = server.create_account("owner", "olive@example.com", "Olive Owner")
     assert server.post("/v2/apps", {"id": "vision", "name": "Vision"}, token=owner["token"]).status == 201
     key = server.post("/v2/apps/vision/keys", {"description": "Web page", "scopes": ["Predict"]},
                       token=owner["token"]).json
-    pages = Pages()
+    pages = Pages(tmp_path / "screenshots" if backend.ON_POSTGRES else SCREENSHOTS)
     context = chromium.new_context(viewport=SIZES["desktop"])
     page = sign_in(context, server, owner["token"])
     page.goto(server.url + f"/console/keys/{key['id']}")

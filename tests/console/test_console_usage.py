@@ -69,3 +69,12 @@ def test_the_app_page_shows_each_keys_requests_of_the_last_24_hours(browser_of, 
 def test_an_auditor_sees_the_chart_too(browser_of, auditor, owner_app):
     page = browser_of(auditor).get(f"/console/keys/{owner_app['default_key']['id']}").get_data(as_text=True)
     assert "Usage in the last 48 hours" in page
+
+
+def test_the_restriction_form_shows_the_keys_patterns_not_a_method(browser_of, owner, owner_app):
+    """``restriction.items`` in Jinja is the dict's method: the form read "<built-in method items …>"."""
+    key = owner.post("/v2/apps/vision/keys", json={"description": "web", "scopes": ["Predict"],
+                                                   "restrictions": {"browser": ["https://app.example.com"]}}).json
+    page = browser_of(owner).get(f"/console/keys/{key['id']}").get_data(as_text=True)
+    assert "built-in method" not in page
+    assert re.search(r'id="restriction_items"[^>]*>https://app.example.com</textarea>', page, re.S)
