@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from uuid import UUID
 
@@ -52,8 +53,8 @@ class Usage:
         self.store = store
         # The hour being counted: [start, start + 3600); valid answers by key, refusals by (key, code).
         self._hour = 0
-        self._valid: dict[bytes, int] = {}
-        self._refused: dict[tuple[bytes, str], int] = {}
+        self._valid: defaultdict[bytes, int] = defaultdict(int)
+        self._refused: defaultdict[tuple[bytes, str], int] = defaultdict(int)
         self._closed: list[tuple[int, dict, dict]] = []  # earlier hours not flushed yet
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,22 +69,20 @@ class Usage:
         """Count a valid answer for ``key`` (16 bytes or its index record) at ``now``."""
         if not 0 <= now - self._hour < HOUR:
             self._turn(now)
-        counts = self._valid
-        counts[key] = counts.get(key, 0) + 1
+        self._valid[key] += 1  # a defaultdict: one look-up and one store, no method call
 
     def refused(self, key: bytes, code: str, now: float) -> None:
         """Count a refusal of ``key`` with ``code``."""
         if not 0 <= now - self._hour < HOUR:
             self._turn(now)
-        counts = self._refused
-        counts[(key, code)] = counts.get((key, code), 0) + 1
+        self._refused[(key, code)] += 1
 
     def _turn(self, now: float) -> None:
         """A new hour (or a clock set back): the counts so far wait for the next flush."""
         if self._valid or self._refused:
             self._closed.append((self._hour, self._valid, self._refused))
         self._hour = int(now - now % HOUR)
-        self._valid, self._refused = {}, {}
+        self._valid, self._refused = defaultdict(int), defaultdict(int)
 
     # -- off the hot path -------------------------------------------------------------------------
 
@@ -91,7 +90,7 @@ class Usage:
         """What was counted so far, by (hour, key UUID, code); the counting goes on in new dicts."""
         closed, self._closed = self._closed, []
         hour, valid, refused = self._hour, self._valid, self._refused
-        self._valid, self._refused = {}, {}
+        self._valid, self._refused = defaultdict(int), defaultdict(int)
         pending: Pending = {}
         # A verification racing the swap may still add to an old dict: copied in one step each.
         for start, v, r in [*closed, (hour, valid, refused)]:
