@@ -7,8 +7,10 @@ batch to the view store every ``interval`` seconds (``KEYLEDGER_LAST_USED_INTERV
 last-used times) in one write. Counts are *added* to the stored ones, never overwritten, so the
 workers of an instance and the instances sharing a store sum correctly. A process that dies
 without its normal exit loses what it counted since its last flush (at most one interval); a
-failed write keeps the counts in memory and retries. Not derived from events: a rebuild of the
-views leaves the table alone (like ``key_last_used``).
+failed write keeps the counts in memory and retries. A worker answers one request at a time; the
+only other thread is the flusher, which swaps the dictionaries and copies the old ones at once, so
+a count racing that swap by a few bytecodes may be missed (at most one per flush). Not derived
+from events: a rebuild of the views leaves the table alone (like ``key_last_used``).
 
 Table ``key_usage``: (key_id, hour start in epoch seconds, code) → uses; ``code`` is ``VALID``
 for a valid answer, else the refusal's code.
