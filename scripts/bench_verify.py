@@ -22,7 +22,9 @@
    query and body alike, and then the route). Beside each throughput share, the share by the
    server's CPU time per request (its processes' user + system time over the round, divided by
    the requests answered): less at the mercy of what else runs on the machine;
-7. rate limits: in-process verification of a key with two limits (local counters shared by the
+7. usage per key: in-process verification with each verdict counted against the same verifier
+   with the count an empty call;
+8. rate limits: in-process verification of a key with two limits (local counters shared by the
    workers) against the unlimited key's, and forward-auth with that key against the empty Flask
    route, once with the local counters and once with counters in a throwaway redis-server.
 """
@@ -186,6 +188,21 @@ if secrets:
     out["plain_us"], out["browser_us"], out["server_us"] = (statistics.median(t) for t in rounds)
     out["browser_ratio"] = statistics.median(v / b for v, b in zip(rounds[1], rounds[0]))
     out["server_ratio"] = statistics.median(v / b for v, b in zip(rounds[2], rounds[0]))
+    # Usage per key: the verifier as served (each verdict counted in memory) against one whose
+    # count is an empty call (the path before usage counts, plus that call), interleaved.
+    from service.verification import Verifier, epoch_now
+    uncounted = Verifier(system.authenticator.digester, system.index, None, system.last_used, now=epoch_now)
+    uncounted.limiter = system.verifier.limiter
+    plain = uncounted.verify
+    assert plain(key, "Predict")[0] == "VALID"
+    fns = (lambda: verify(key, "Predict"), lambda: plain(key, "Predict"))
+    rounds = [[], []]
+    for _ in range(200):
+        for times, fn in zip(rounds, fns):
+            times.append(timeit.timeit(fn, number=2000) / 2000 * 1e6)
+    out["counted_us"], out["uncounted_us"] = (statistics.median(t) for t in rounds)
+    out["counted_ratio"] = statistics.median(c / u for c, u in zip(*rounds))
+    out["counted_quartiles"] = statistics.quantiles([c / u for c, u in zip(*rounds)], n=4)[::2]
 print(json.dumps(out))
 """
 
@@ -429,6 +446,10 @@ def main() -> None:
               f"{full['plain_us']:.2f} us in the same rounds: browser (3 patterns) {full['browser_us']:.2f} us, "
               f"ratio {full['browser_ratio']:.2f}; server (3 CIDR blocks) {full['server_us']:.2f} us, ratio "
               f"{full['server_ratio']:.2f} (target <= 1.25; load {os.getloadavg()[0]:.2f})")
+        print(f"in-process verification with usage counted: median {full['counted_us']:.2f} us per call against "
+              f"{full['uncounted_us']:.2f} us with the count an empty call, in the same rounds: ratio "
+              f"{full['counted_ratio']:.2f} (quartiles {full['counted_quartiles'][0]:.2f}-"
+              f"{full['counted_quartiles'][1]:.2f}; load {os.getloadavg()[0]:.2f})")
         bench_metrics()
         if not args.skip_http:
             bench_http(full_dir, secrets, args.seconds, args.workers, args.servers.split(","), args.rounds,

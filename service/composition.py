@@ -29,6 +29,7 @@ from projections.legacy_usage import LegacyUsage, LegacyUsageView
 from projections.limits import LimitBook, LimitsView
 from projections.listener import LogListener
 from projections.store import TRANSIENT_ERRORS, ViewStore, advisory_key, open_view_store
+from projections.usage import Usage
 from projections.verification import VerificationIndex, VerificationView
 from service import checkpoints, credentials
 from service.application import Keyledger, LegacyPolicy, utc_now
@@ -59,6 +60,7 @@ class System:
     audit: AuditLog
     authenticator: Authenticator
     last_used: LastUsed
+    usage: Usage
     verifier: Verifier
     legacy_usage: LegacyUsage
     signing_key: Ed25519PrivateKey = field(repr=False)
@@ -151,6 +153,7 @@ class System:
             self.listener.stop()
         self.follower.stop()
         self.last_used.stop()  # writes the last-used times not yet written
+        self.usage.stop()  # and the usage counts
         self.views.close()
         self.keys_app.close()
         if self.mark is not None:
@@ -196,11 +199,13 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     if follower.views_ahead_at is not None:  # the log ends before the views: truncated, or restored
         mark.note(follower.views_ahead_at, None)
     last_used = LastUsed(views)
+    usage = Usage(views)
     _owner_only(settings.data_dir)
     listener = None
     if follow:
         follower.follow(settings.follow_interval)
         last_used.run_every(settings.last_used_interval)
+        usage.run_every(settings.last_used_interval)
         if settings.uses_postgres:  # other instances' events within milliseconds; polling stays as fallback
             listener = LogListener(settings.database_conninfo, keys_app.recorder.channel_name,
                                    lambda: _on_notification(follower),
@@ -235,13 +240,14 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
 
     verifier = Verifier(digester, index, clock, last_used, record_use=record_legacy_use,
                         legacy_window=settings.legacy_use_window.total_seconds(),
-                        now=epoch_now if clock is utc_now else None)  # no datetime per call
+                        now=epoch_now if clock is utc_now else None,  # no datetime per call
+                        usage=usage)
     verifier.limiter = limiter = Limiter(limit_book, rate_limit_counters(settings))
     system = System(
         settings=settings, keys_app=keys_app, views=views, follower=follower, index=index,
         directory=Directory(views), audit=AuditLog(views),
         authenticator=Authenticator(digester, index, clock),
-        last_used=last_used,
+        last_used=last_used, usage=usage,
         verifier=verifier, limiter=limiter,
         legacy_usage=LegacyUsage(views),
         signing_key=signing_key, mirror=checkpoints.CheckpointMirror(settings.data_dir / checkpoints.MIRROR_FILE),

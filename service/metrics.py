@@ -130,6 +130,7 @@ class Metrics:
         system.follower.on_error = lambda: self.store_error("events")
         system.last_used.on_flush = self.flushed
         system.last_used.on_error = lambda: self.store_error("views")
+        system.usage.on_error = lambda: self.store_error("views")
         system.alarm.on_raise.append(self.audit_alarms.inc)
         if system.alarm.raised:  # raised while the system was built, before this hook
             self.audit_alarms.inc()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from projections.last_used import LastUsed
+from projections.usage import Usage
 from projections.verification import (
     API_KEY,
     DIGEST_BYTES,
@@ -72,12 +73,13 @@ class Verifier:
     """Verdicts for gateways. ``now`` gives the time as epoch seconds (``epoch_now`` when the
     clock is the real one: no datetime per call)."""
 
-    __slots__ = ("_digest", "_index", "_now", "_touch", "_count_legacy", "_record_use", "_window", "limiter")
+    __slots__ = ("_digest", "_index", "_now", "_touch", "_count_legacy", "_record_use", "_window", "limiter",
+                 "_valid", "_refused")
 
     def __init__(self, digester: credentials.Digester, index: VerificationIndex,
                  clock: Callable[[], datetime], last_used: LastUsed,
                  record_use: RecordUse | None = None, legacy_window: float = 3600.0,
-                 now: Callable[[], float] | None = None) -> None:
+                 now: Callable[[], float] | None = None, usage: Usage | None = None) -> None:
         self._digest = digester.digest
         self._index = index
         self._now = now if now is not None else lambda: clock().timestamp()
@@ -86,6 +88,9 @@ class Verifier:
         self._record_use = record_use
         self._window = legacy_window
         self.limiter: Limiter | None = None  # rate limits (service.ratelimit), set by the composition root
+        # Usage per key (projections.usage): one count in memory per verdict that names a key.
+        self._valid = usage.valid if usage is not None else _uncounted
+        self._refused = usage.refused if usage is not None else _uncounted
 
     def verify(self, credential: str, scope: str | None = None, app_id: str | None = None,
                request: Callable[[], RequestInfo] | None = None, facts: Facts = NO_FACTS,
@@ -107,20 +112,34 @@ class Verifier:
         now = self._now()
         code = verdict(entry, scope, app_id, now, facts)
         if code != VALID:
+            if type(entry) is KeyRecord:
+                self._refused(entry, code, now)
+            elif type(entry) is KeyEntry:
+                self._refused(entry.id, code, now)
             return code, entry.kind, entry
         if type(entry) is KeyRecord:
             self._touch(entry, now)  # the record holds its UUID: no slice here (LastUsed reads it)
             if (limiter := self.limiter) is not None and limiter.book.active:  # someone has limits
                 decision = limiter.check(entry[KEY_ID_BYTES], entry, now)
                 if decision is not None:
-                    return (VALID if decision.allowed else RATE_LIMITED), API_KEY, Limited(entry, decision)
+                    if decision.allowed:
+                        self._valid(entry, now)
+                        return VALID, API_KEY, Limited(entry, decision)
+                    self._refused(entry, RATE_LIMITED, now)
+                    return RATE_LIMITED, API_KEY, Limited(entry, decision)
+            self._valid(entry, now)
             return VALID, API_KEY, entry
         if type(entry) is KeyEntry:
             self._touch(entry.id, now)
             if (limiter := self.limiter) is not None and limiter.book.active:
                 decision = limiter.check(entry.id, entry, now)
                 if decision is not None:
-                    return (VALID if decision.allowed else RATE_LIMITED), API_KEY, Limited(entry, decision)
+                    if decision.allowed:
+                        self._valid(entry.id, now)
+                        return VALID, API_KEY, Limited(entry, decision)
+                    self._refused(entry.id, RATE_LIMITED, now)
+                    return RATE_LIMITED, API_KEY, Limited(entry, decision)
+            self._valid(entry.id, now)
             return VALID, API_KEY, entry
         if type(entry) is TokenEntry:
             # Personal tokens manage keys; they carry no API scopes.
@@ -146,6 +165,10 @@ class Verifier:
                         client.client_id, RETRY_RECORD_AFTER, exc_info=True)
             return
         client.recorded_until = window_start + self._window
+
+
+def _uncounted(*_args: object) -> None:
+    """Usage not counted (a verifier built without a ``Usage``)."""
 
 
 class Limited(Credential):

@@ -95,11 +95,11 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
     _register_request_hooks(flask_app, system)
     _serve_docs_assets(flask_app)
 
-    from service.api import accounts, apps, audit, campaign, keys, legacy, operations, verify
+    from service.api import accounts, apps, audit, campaign, keys, legacy, operations, usage, verify
 
     verify.register_schemas(api)
-    for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp, verify.blp, legacy.blp, audit.blp,
-                      campaign.blp):
+    for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp, usage.blp, verify.blp, legacy.blp,
+                      audit.blp, campaign.blp):
         api.register_blueprint(blueprint)
     _serve_migration_guide(flask_app)
     from service.api import idempotency

@@ -42,21 +42,24 @@ def _day(occurred_at: str) -> date:
     return datetime.fromisoformat(occurred_at.replace("Z", "+00:00")).astimezone(UTC).date()
 
 
-def bars(series: list[dict]) -> dict:
-    """The geometry of a grouped bar chart: two bars a day, a y axis with three ticks."""
-    top = max([1, *(max(d["legacy"], d["api_keys"]) for d in series)])
+def bars(series: list[dict], kinds: tuple[str, str] = ("legacy", "api_keys"), label_format: str = "%m-%d",
+         label_every: int = 5) -> dict:
+    """The geometry of a grouped bar chart: two bars a period (``kinds``: the series' two numbers;
+    ``day``: the period's date or start, labelled with ``label_format`` every ``label_every``
+    periods), a y axis with three ticks."""
+    top = max([1, *(max(d[kinds[0]], d[kinds[1]]) for d in series)])
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(1, len(series))
     bar_w = max(1.0, slot * 0.38)
     drawn, labels = [], []
     for n, d in enumerate(series):
         x = LEFT + n * slot + slot * 0.1
-        for offset, kind in ((0.0, "legacy"), (bar_w, "api_keys")):
+        for offset, kind in ((0.0, kinds[0]), (bar_w, kinds[1])):
             h = plot_h * d[kind] / top
             drawn.append({"kind": kind, "x": round(x + offset, 1), "y": round(TOP + plot_h - h, 1),
                           "w": round(bar_w, 1), "h": round(h, 1), "value": d[kind], "day": d["day"]})
-        if n % 5 == 0 or n == len(series) - 1:
-            labels.append({"x": round(LEFT + n * slot + slot / 2, 1), "text": d["day"].strftime("%m-%d")})
+        if n % label_every == 0 or n == len(series) - 1:
+            labels.append({"x": round(LEFT + n * slot + slot / 2, 1), "text": d["day"].strftime(label_format)})
     ticks = [{"y": round(TOP + plot_h - plot_h * v / top, 1), "value": v} for v in sorted({0, top // 2, top})]
     return {"width": WIDTH, "height": HEIGHT, "left": LEFT, "right": WIDTH - RIGHT, "top": TOP,
             "bottom": TOP + plot_h, "bars": drawn, "labels": labels, "ticks": ticks}

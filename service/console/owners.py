@@ -13,6 +13,7 @@ from typing import Any
 from flask import Response, redirect, request, url_for
 
 from service.api import context
+from service.console import usage
 from service.console.limits import PERIODS, limit_rows
 from service.console.web import actor, bp, field_errors, page, signed_in, system
 from service.credentials import redact
@@ -104,9 +105,10 @@ def app_page(app_id: str, *, status: int = 200, errors: dict | None = None, mess
     app = sys.keys_app.get_app(app_id, by=actor())  # NotFound for someone else's app
     keys = sys.directory.keys(app["id"], sys.keys_app.now())
     context.with_last_used(*keys)
+    requests = usage.requests_last_day(sys, [k["id"] for k in keys])
     legacy = legacy_of([app["id"]], owner_id=app["owner_id"]).get(app["id"])
     done = DONE.get(request.args.get("done", "")) if request.method == "GET" else None
-    return page("console/app.html", status=status, title=app["name"], app=app, keys=keys, legacy=legacy,
+    return page("console/app.html", status=status, title=app["name"], app=app, keys=keys, legacy=legacy, requests=requests,
                 can_change=not actor().is_auditor, errors=errors or {}, message=message, done=done,
                 limit_rows=limit_rows_shown or limit_rows(app["limits"]), periods=PERIODS)
 
@@ -249,7 +251,7 @@ def key_page(key_id: str, *, status: int = 200, errors: dict | None = None, mess
                 can_change=not actor().is_auditor and key["status"] == "active",
                 limit_rows=limit_rows_shown or limit_rows(key["limits"]), periods=PERIODS,
                 restriction=restriction or restriction_form_values(key["restrictions"]),
-                restriction_kinds=RESTRICTION_KINDS,
+                restriction_kinds=RESTRICTION_KINDS, usage=usage.key_usage(system(), key["id"]),
                 **scope_form_values(key["scopes"] if form_scopes is None else form_scopes))
 
 

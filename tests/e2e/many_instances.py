@@ -15,8 +15,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from tests import backend
 from tests.e2e.conftest import ServerProcess, StartServer, base_environment, run_cli
 
-# Not derived from events: written by serving processes (last use) or once (identity).
-NOT_REBUILT = {"key_last_used", "key_use_days", "legacy_use_counts", "store_identity", "projection_tracking"}
+# Not derived from events: written by serving processes (last use, usage counts: no event per
+# verification, so a rebuild cannot recreate them and leaves them alone) or once (identity).
+NOT_REBUILT = {"key_last_used", "key_use_days", "legacy_use_counts", "key_usage", "store_identity",
+               "projection_tracking"}
 
 
 def cluster_env(schema: str, database_url: str | None = None) -> dict[str, str]:

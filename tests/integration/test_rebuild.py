@@ -122,6 +122,28 @@ def test_rebuilding_every_view_gives_identical_rows(system):
     assert limit_state(system) == live_limits
 
 
+def test_a_rebuild_leaves_usage_counts_alone(system):
+    """Usage counts (key_usage) and last-used times are written by serving processes, not derived
+    from events (no event per verification): TABLES leaves them out of the rebuild-equals-live
+    comparison on purpose, and a rebuild must keep them as they are rather than empty them."""
+    make_history(system)
+    key_id = system.directory.keys("app-0", system.keys_app.now())[0]["id"]
+    raw = bytes.fromhex(key_id.replace("-", ""))
+    for _ in range(3):
+        system.usage.valid(raw, 1796551200.0)
+    system.usage.refused(raw, "RATE_LIMITED", 1796551200.0)
+    system.usage.flush()
+
+    def usage_rows():
+        with system.views.read() as db:
+            return sorted(tuple(row) for row in db.execute("SELECT key_id, hour, code, uses FROM key_usage"))
+
+    before = usage_rows()
+    assert before == [(key_id, 1796551200, "RATE_LIMITED", 1), (key_id, 1796551200, "VALID", 3)]
+    system.follower.rebuild()
+    assert usage_rows() == before
+
+
 def test_rebuilding_one_view_leaves_the_others_alone(system):
     make_history(system)
     live = dump(system)
