@@ -68,6 +68,11 @@ class AccountCreatedSchema(AccountSchema):
 
 # -- keys --------------------------------------------------------------------------------
 
+class LeakSchema(Schema):
+    url = fields.String(required=True)
+    source = fields.String(required=True)
+
+
 class KeySchema(Schema):
     id = fields.String(required=True)
     app_id = fields.String(required=True)
@@ -81,6 +86,8 @@ class KeySchema(Schema):
     display = fields.String(required=True, metadata={"example": "ak_…abcd"})
     origin = fields.String(required=True, metadata={"enum": ["user", "auto", "migration"]})
     version = fields.Integer(required=True)
+    leaked_at = Rfc3339(allow_none=True, metadata={"description": "When the key was first reported leaked"})
+    leak = fields.Nested(LeakSchema, metadata={"description": "The latest leak report: where it was found"})
 
 
 class KeyCreatedSchema(KeySchema):

@@ -132,6 +132,9 @@ class KeyUseCases(LedgerApplication):
             "scopes": list(key.scopes), "status": key.status_at(now), "created_at": key.created_on,
             "expires_at": key.expires_at, "revoked_at": key.revoked_at, "last_used_at": None,
             "display": key.display, "origin": key.origin, "version": key.version,
+            # leaks (service.application.leaks): when first reported, and the latest report
+            "leaked_at": key.leaked_at,
+            **({"leak": {"url": key.leaks[-1][0], "source": key.leaks[-1][1]}} if key.leaks else {}),
         }
 
     def scope_catalogue(self) -> dict[str, str]:
