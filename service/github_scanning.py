@@ -119,3 +119,12 @@ class ReplayGuard:
         """The body was not acted on after all (its command failed): a retry may come."""
         with self._lock:
             self._seen.pop(hashlib.sha256(body).digest(), None)
+
+
+# The token formats to register with GitHub's secret-scanning partner program (README, "Leaked
+# keys and GitHub's secret scanning"): a prefix, 38 base62 characters (32 random, a 6-character
+# CRC32), bounded on both sides by anything that is not a letter, digit or underscore.
+TOKEN_PATTERNS = {
+    "keyledger_api_key": r"\bak_[0-9A-Za-z]{38}\b",
+    "keyledger_personal_token": r"\bpat_[0-9A-Za-z]{38}\b",
+}
