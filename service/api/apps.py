@@ -7,6 +7,7 @@ from flask_smorest import Blueprint
 
 from service.api import context
 from service.api.schemas import (
+    AppChangeSchema,
     AppCreatedSchema,
     AppCreateSchema,
     AppListSchema,
@@ -54,6 +55,20 @@ class AppById(MethodView):
     def get(self, app_id):
         """One app."""
         return context.system().keys_app.get_app(app_id, by=context.actor())
+
+    @blp.arguments(AppChangeSchema)
+    @blp.response(200, AppSchema)
+    @blp.alt_response(400, schema=ErrorSchema)
+    @blp.alt_response(403, schema=ErrorSchema)
+    @blp.alt_response(404, schema=ErrorSchema)
+    @blp.doc(security=[{"personalToken": []}])
+    def patch(self, body, app_id):
+        """Change an app: its `leak_policy` (revoke or report) overrides the deployment's for its keys."""
+        system = context.system()
+        app = system.keys_app.change_app_leak_policy(app_id, body["leak_policy"], by=context.actor(),
+                                                     request=context.request_info())
+        system.after_command()
+        return app
 
 
 @blp.route("/v2/apps/<app_id>/keys")

@@ -146,6 +146,13 @@ class AppSchema(Schema):
     name = fields.String(required=True)
     owner_id = fields.String(required=True)
     created_at = Rfc3339(required=True)
+    leak_policy = fields.String(allow_none=True, metadata={
+        "enum": ["revoke", "report", None],
+        "description": "What a leaked key of this app gets; null: the deployment's KEYLEDGER_LEAK_POLICY"})
+
+
+class AppChangeSchema(StrictSchema):
+    leak_policy = fields.String(required=True, validate=validate.OneOf(["revoke", "report"]))
 
 
 class AppCreatedSchema(AppSchema):

@@ -77,7 +77,8 @@ class AppUseCases(LedgerApplication):
 
     @staticmethod
     def _app_view(app: App) -> dict:
-        return {"id": app.slug, "name": app.name, "owner_id": app.owner_id, "created_at": app.created_on}
+        return {"id": app.slug, "name": app.name, "owner_id": app.owner_id, "created_at": app.created_on,
+                "leak_policy": app.leak_policy}  # None: the deployment's (service.application.leaks)
 
     def listing_owner(self, *, by: Actor) -> str | None:
         """Whose apps the caller may list: their own (owners), or everyone's (None)."""

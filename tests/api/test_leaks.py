@@ -139,3 +139,27 @@ def test_post_leaks_is_for_admins_and_auditors(client, admin, auditor, owner, re
                                            "action": "revoked"}
     assert response.json["reports"][1] == {"label": "false_positive", "action": "none"}
     assert admin.post("/v2/leaks", json=report).json["reports"][0]["action"] == "none"
+
+
+def test_an_app_may_choose_report_only(client, owner, other_owner, auditor, read_only_key, github_key):
+    assert owner.get("/v2/apps/vision").json["leak_policy"] is None
+    assert other_owner.patch("/v2/apps/vision", json={"leak_policy": "report"}).status_code == 404
+    assert auditor.patch("/v2/apps/vision", json={"leak_policy": "report"}).status_code == 403
+    assert owner.patch("/v2/apps/vision", json={"leak_policy": "never"}).status_code == 400
+    changed = owner.patch("/v2/apps/vision", json={"leak_policy": "report"})
+    assert changed.status_code == 200 and changed.json["leak_policy"] == "report"
+    response = _post(client, [_report(read_only_key["key"])], github_key)
+    assert response.json[0]["label"] == "true_positive"
+    key = owner.get(f"/v2/keys/{read_only_key['id']}").json
+    assert key["status"] == "active" and key["leaked_at"] is not None
+    history = owner.get(f"/v2/keys/{read_only_key['id']}/history").json["events"]
+    assert history[-1]["type"] == "ApiKey.Leaked" and history[-1]["data"]["action"] == "reported"
+
+
+def test_the_deployment_may_choose_report_only(system, client, owner, read_only_key, github_key):
+    system.keys_app.leak_policy = "report"
+    _post(client, [_report(read_only_key["key"])], github_key)
+    assert owner.get(f"/v2/keys/{read_only_key['id']}").json["status"] == "active"
+    # a personal token is revoked whatever the policy
+    _post(client, [{"token": owner.token, "type": "t", "url": "u", "source": "s"}], github_key)
+    assert owner.get("/v2/apps").status_code == 401
