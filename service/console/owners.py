@@ -26,7 +26,7 @@ DONE = {"scopes": "Saved: the key's scopes and description are as shown.",
         "revoked": "Revoked: the key no longer verifies."}
 EVENT_NAMES = {"ApiKey.Issued": "Created", "ApiKey.ScopesChanged": "Scopes changed",
                "ApiKey.DescriptionChanged": "Description changed", "ApiKey.Rolled": "Secret rolled",
-               "ApiKey.Revoked": "Revoked"}
+               "ApiKey.Revoked": "Revoked", "ApiKey.Leaked": "Reported leaked"}
 
 
 def scope_groups() -> list[tuple[str, list[tuple[str, str]]]]:
@@ -99,8 +99,11 @@ def app_page(app_id: str) -> Response:
     keys = sys.directory.keys(app["id"], sys.keys_app.now())
     context.with_last_used(*keys)
     legacy = legacy_of([app["id"]], owner_id=app["owner_id"]).get(app["id"])
+    from service.console.leaks import app_leaks
+
+    leaks = app_leaks(sys, app["id"])
     return page("console/app.html", title=app["name"], app=app, keys=keys, legacy=legacy,
-                can_change=not actor().is_auditor)
+                can_change=not actor().is_auditor, leaks=leaks, leaked_ids={r["key_id"] for r in leaks})
 
 
 @bp.route("/apps/<app_id>/keys/new", methods=["GET", "POST"])
