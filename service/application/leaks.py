@@ -9,7 +9,7 @@ dropped there, never stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from uuid import UUID
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
@@ -18,9 +18,10 @@ from service.application.base import COMMAND_ATTEMPTS, LedgerApplication
 from service.domain.accounts import Account
 from service.domain.actors import Actor, RequestInfo
 from service.domain.apps import App
+from service.domain.campaign import Reminder
 from service.domain.errors import Conflict, Forbidden, Unavailable
 from service.domain.keys import ApiKey
-from service.domain.leaks import action_for_key
+from service.domain.leaks import LEAK_NOTICE, action_for_key
 
 URL_MAX = 2048
 SOURCE_MAX = 100
@@ -37,6 +38,12 @@ class Found:
     digest: str  # hex digest of the reported secret
     url: str
     source: str
+
+
+def request_dict() -> dict:
+    from service.domain.actors import NO_REQUEST
+
+    return NO_REQUEST.as_dict()
 
 
 class LeakUseCases(LedgerApplication):
@@ -67,6 +74,7 @@ class LeakUseCases(LedgerApplication):
         now = self.now()
         loaded: dict[UUID, object] = {}
         app_policies: dict[str, str | None] = {}
+        apps: dict[str, object] = {}
         answers: list[dict] = []
         changed: dict[UUID, object] = {}
         for item in found:
@@ -81,6 +89,7 @@ class LeakUseCases(LedgerApplication):
                 answer = {"key_id": str(aggregate.id), "action": "none"}
                 if aggregate.app_id not in app_policies:
                     app = self._find(App, App.create_id(aggregate.app_id))
+                    apps[aggregate.app_id] = app
                     app_policies[aggregate.app_id] = getattr(app, "leak_policy", None)
                 live = item.digest in aggregate.digests and aggregate.revoked_at is None
                 action = action_for_key(self.leak_policy, app_policies[aggregate.app_id]) if live else "reported"
@@ -90,6 +99,9 @@ class LeakUseCases(LedgerApplication):
                         aggregate.revoke(by=by.ref, request=request.as_dict(), at=now)
                     answer["action"] = action
                     changed[aggregate.id] = aggregate
+                    notice = self._leak_notice(aggregate, apps.get(aggregate.app_id), item, action, by, now)
+                    if notice is not None:
+                        changed[notice.id] = notice
             else:
                 assert isinstance(aggregate, Account)
                 answer = {"account_id": str(aggregate.id), "action": "none"}
@@ -105,6 +117,23 @@ class LeakUseCases(LedgerApplication):
                     changed[aggregate.id] = aggregate
             answers.append(answer)
         return answers, list(changed.values())
+
+    def _leak_notice(self, key: ApiKey, app: object, item: Found, action: str, by: Actor, now) -> Reminder | None:
+        """The owner's email (an outbox entry): the key's description and hint (never the secret),
+        where it was found, what was done, what to do next."""
+        if app is None:
+            return None
+        owner = self._find(Account, UUID(app.owner_id))  # type: ignore[attr-defined]
+        if owner is None:
+            return None
+        rid = uuid5(NAMESPACE_URL, f"keyledger:leak-notice:{key.id}:{item.url}:{item.source}")
+        facts = {"app_id": key.app_id, "app_name": app.name, "key_id": str(key.id),  # type: ignore[attr-defined]
+                 "description": key.description, "display": key.display, "url": item.url,
+                 "source": item.source, "action": action}
+        return Reminder._create(
+            Reminder.Recorded, id=rid, sunset_at=now, stage=LEAK_NOTICE, due_at=now, owner_id=str(owner.id),
+            owner_email=owner.email, owner_name=owner.name or "", apps=[facts], by=by.ref,
+            request=request_dict(), timestamp=now)
 
 
 class AppLeakPolicy(LedgerApplication):

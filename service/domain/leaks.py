@@ -15,3 +15,9 @@ def action_for_key(deployment_policy: str, app_policy: str | None) -> str:
     """``revoked`` or ``reported``: the app's policy if it set one, else the deployment's."""
     policy = app_policy if app_policy in POLICIES else deployment_policy
     return "revoked" if policy == REVOKE else "reported"
+
+
+# The owner's email about a leak goes through the campaign's outbox (service.domain.campaign's
+# Reminder: recorded, delivered once, retried while SMTP is down, in the audit trail) as a
+# reminder of this stage; its ``sunset_at`` and ``due_at`` are the report's time.
+LEAK_NOTICE = "leak"

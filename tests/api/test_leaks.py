@@ -163,3 +163,32 @@ def test_the_deployment_may_choose_report_only(system, client, owner, read_only_
     # a personal token is revoked whatever the policy
     _post(client, [{"token": owner.token, "type": "t", "url": "u", "source": "s"}], github_key)
     assert owner.get("/v2/apps").status_code == 401
+
+
+def test_the_owner_is_mailed_once_through_the_outbox_with_no_secret(system, client, owner, read_only_key,
+                                                                      github_key):
+    from datetime import timedelta
+
+    from scheduler import jobs
+    from scheduler.transport import SmtpTransport
+    from service.settings import Settings
+    from tests.campaign_support import SmtpServer
+
+    server = SmtpServer()
+    server.start()
+    try:
+        mailer = jobs.Mailer(SmtpTransport(Settings(smtp_url=server.url).smtp_server), "keyledger@example.com",
+                             timedelta(days=30))
+        _post(client, [_report(read_only_key["key"])], github_key)
+        _post(client, [_report(read_only_key["key"]), _report(read_only_key["key"])], github_key)  # no new notice
+        now = system.keys_app.now()
+        assert jobs.deliver_pending_mail(system.keys_app, system.campaign, mailer, now) == 1
+        assert jobs.deliver_pending_mail(system.keys_app, system.campaign, mailer, now) == 0
+        [message] = server.mailbox.to("owner@example.com")
+        text = message.get_body(("plain",)).get_content()
+        assert "found in public" in message["Subject"] and read_only_key["display"] in message["Subject"]
+        assert "https://github.com/octo/repo/blob/abc/app.py" in text and "read only" in text
+        assert "revoked at once" in text and f"/v2/audit/events?key_id={read_only_key['id']}" in text
+        assert read_only_key["key"] not in message.as_string()
+    finally:
+        server.stop()
