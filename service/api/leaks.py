@@ -18,7 +18,7 @@ from uuid import UUID
 from flask import Response, current_app, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields
+from marshmallow import EXCLUDE, Schema, fields
 
 from projections.verification import DIGEST_BYTES, KeyEntry, KeyRecord, TokenEntry
 from service import credentials
@@ -40,6 +40,9 @@ LEAK_PATHS = ("/v2/leaks",)
 
 
 class GithubReportSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # GitHub may add fields; they are ignored
+
     token = fields.String(required=True)
     type = fields.String(required=True)
     url = fields.String(required=True)
@@ -86,7 +89,7 @@ def _body_bytes() -> bytes:
     return request.get_data(cache=True)
 
 
-def _items(body: bytes, fields_: tuple[str, ...]) -> list[dict]:
+def _items(body: bytes, fields_: tuple[str, ...], *, strict: bool = False) -> list[dict]:
     """The body as a list of objects with string fields ``fields_`` (InvalidRequest otherwise)."""
     from service.api.jsonbody import BodyError, load_json
     from service.domain.errors import InvalidRequest
@@ -106,6 +109,9 @@ def _items(body: bytes, fields_: tuple[str, ...]) -> list[dict]:
         if not isinstance(item, dict) or not all(isinstance(item.get(name), str) for name in fields_):
             raise InvalidRequest(f"Report {number} must be an object with string fields {', '.join(fields_)}.",
                                  **{str(number): ["Missing or not a string: " + ", ".join(fields_)]})
+        if strict and (extra := sorted(set(item) - set(fields_))):
+            raise InvalidRequest(f"Report {number}: unknown field(s) {', '.join(extra)}.",
+                                 **{str(number): [f"Unknown field(s): {', '.join(extra)}"]})
         for name in fields_:
             if len(item[name]) > limits.get(name, TOKEN_MAX):
                 raise InvalidRequest(f"Report {number}: {name} is too long.", **{str(number): [f"{name} too long."]})
@@ -158,7 +164,7 @@ def _report(reports: list[tuple[str, str, str]], reporter: str) -> list[dict]:
 class GithubLeaks(MethodView):
     @blp.doc(
         requestBody={"required": True, "content": {"application/json": {"schema": {
-            "type": "array", "maxItems": MAX_ITEMS, "items": GithubReportSchema}}}},
+            "type": "array", "minItems": 1, "maxItems": MAX_ITEMS, "items": GithubReportSchema}}}},
         parameters=[
             {"in": "header", "name": "Github-Public-Key-Identifier", "required": True, "schema": {"type": "string"}},
             {"in": "header", "name": "Github-Public-Key-Signature", "required": True, "schema": {"type": "string"},
@@ -201,7 +207,7 @@ class Leaks(MethodView):
     @blp.doc(
         security=[{"personalToken": []}],
         requestBody={"required": True, "content": {"application/json": {"schema": {
-            "type": "array", "maxItems": MAX_ITEMS, "items": LeakReportSchema}}}})
+            "type": "array", "minItems": 1, "maxItems": MAX_ITEMS, "items": LeakReportSchema}}}})
     @blp.response(200, LeakAnswerSchema)
     @blp.alt_response(400, schema="ErrorSchema")
     @blp.alt_response(401, schema="ErrorSchema")
@@ -214,6 +220,6 @@ class Leaks(MethodView):
         actor = context.actor()
         if not (actor.is_admin or actor.is_auditor):
             raise Forbidden("Only admins and auditors report leaks.")
-        items = _items(_body_bytes(), ("credential", "url", "source"))
+        items = _items(_body_bytes(), ("credential", "url", "source"), strict=True)
         answers = _report([(i["credential"], i["url"], i["source"]) for i in items], f"{actor.ref}")
         return jsonify({"reports": answers})
