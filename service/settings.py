@@ -182,6 +182,12 @@ class Settings:
             kwargs["database_pool_size"] = int(v)
         kwargs["pepper"] = get("KEYLEDGER_PEPPER")
         if (v := get("KEYLEDGER_GITHUB_SCANNING_KEYS")) is not None:
+            from service.github_scanning import ScanningKeysError, load_keys
+
+            try:  # a file that cannot be used stops the start, not the first report
+                load_keys(Path(v))
+            except ScanningKeysError as error:
+                raise SettingsError(str(error)) from None
             kwargs["github_scanning_keys"] = Path(v)
         if (v := get("KEYLEDGER_LEAK_POLICY")) is not None:
             if v not in ("revoke", "report"):

@@ -40,3 +40,17 @@ def test_the_readme_registers_these_patterns():
     text = README.read_text("utf-8")
     for pattern in TOKEN_PATTERNS.values():
         assert f"`{pattern}`" in text
+
+
+def test_a_keys_file_that_cannot_be_used_is_a_settings_error(tmp_path):
+    import pytest
+
+    from service.settings import Settings, SettingsError
+
+    for content in ("not json", "[1]", '{"public_keys": [{"key_identifier": "x", "key": "nope"}]}'):
+        path = tmp_path / "keys.json"
+        path.write_text(content)
+        with pytest.raises(SettingsError, match="KEYLEDGER_GITHUB_SCANNING_KEYS"):
+            Settings.from_env({"KEYLEDGER_GITHUB_SCANNING_KEYS": str(path)})
+    with pytest.raises(SettingsError, match="cannot read"):
+        Settings.from_env({"KEYLEDGER_GITHUB_SCANNING_KEYS": str(tmp_path / "missing.json")})
