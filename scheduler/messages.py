@@ -17,6 +17,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from service.domain.campaign import FINAL
+from service.domain.leaks import LEAK_NOTICE
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -61,6 +62,8 @@ def subject(reminder: dict) -> str:
 
 def compose(reminder: dict, *, mail_from: str, lookback: timedelta) -> EmailMessage:
     """The email of one recorded reminder (see ``CampaignUseCases.reminder``)."""
+    if reminder["stage"] == LEAK_NOTICE:
+        return compose_leak_notice(reminder, mail_from=mail_from)
     context = {
         "owner_name": reminder["owner_name"], "owner_email": reminder["owner_email"],
         "stage": reminder["stage"], "final": reminder["stage"] == FINAL,
@@ -79,4 +82,22 @@ def compose(reminder: dict, *, mail_from: str, lookback: timedelta) -> EmailMess
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(_templates().get_template("reminder.txt").render(context))
     message.add_alternative(_templates().get_template("reminder.html").render(context), subtype="html")
+    return message
+
+
+def compose_leak_notice(reminder: dict, *, mail_from: str) -> EmailMessage:
+    """The owner's email about a key found in public (``service.application.leaks``)."""
+    leak = reminder["apps"][0]
+    context = {"owner_name": reminder["owner_name"], "owner_email": reminder["owner_email"], **leak,
+               "found_at": utc_text(reminder["recorded_at"])}
+    message = EmailMessage()
+    message["From"] = mail_from
+    message["To"] = formataddr((reminder["owner_name"], reminder["owner_email"]))
+    done = "revoked" if leak["action"] == "revoked" else "reported (still active)"
+    message["Subject"] = f"Your API key {leak['display']} of {leak['app_name']} was found in public: {done}"
+    message["Date"] = format_datetime(reminder["recorded_at"].astimezone(UTC))
+    message["Message-ID"] = message_id(reminder["id"], mail_from)
+    message["X-Keyledger-Stage"] = LEAK_NOTICE
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(_templates().get_template("leak.txt").render(context))
     return message

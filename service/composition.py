@@ -184,6 +184,7 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     with creating_tables(settings):  # instances starting together create tables one at a time
         keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock, legacy=legacy,
                              seal_key=credentials.record_seal_key(signing_key))
+    keys_app.leak_policy = settings.leak_policy
     views = view_store(settings)
     if settings.uses_postgres:
         _check_identity(views, digester, signing_key)

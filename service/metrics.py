@@ -92,8 +92,13 @@ class Metrics:
             registry=own, multiprocess_mode="max")
         self.audit_alarms = Counter(
             "keyledger_audit_tamper_alarms", "Times the tamper alarm was raised with a new finding", registry=own)
+        self.leak_reports = Counter(
+            "keyledger_leak_reports", "Reported leaked strings by outcome: true_positive (a credential of "
+            "this service) or false_positive (counted and dropped, never stored)", ("label",), registry=own)
         for store in ("events", "views"):
             self.store_errors.labels(store)  # shown as 0 from the start
+        for label in ("true_positive", "false_positive"):
+            self.leak_reports.labels(label)
         self._children: dict[tuple[str, str, int], object] = {}
         self._codes: dict[str, object] = {}
 

@@ -192,6 +192,8 @@ class Settings:
     metrics_dir: Path | None = None  # where the run's metrics folder is made (default: /dev/shm, …)
     log_level: str = "INFO"
     redis_url: str | None = field(default=None, repr=False)  # rate-limit counters shared by instances
+    github_scanning_keys: Path | None = None  # GitHub's secret-scanning public keys (JSON or PEM file)
+    leak_policy: str = "revoke"  # what a leaked key gets: revoke | report (an app may override)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -219,6 +221,18 @@ class Settings:
                 raise SettingsError(f"KEYLEDGER_DATABASE_POOL_SIZE={v!r}: expected a whole number from 1 to 100")
             kwargs["database_pool_size"] = int(v)
         kwargs["pepper"] = get("KEYLEDGER_PEPPER")
+        if (v := get("KEYLEDGER_GITHUB_SCANNING_KEYS")) is not None:
+            from service.github_scanning import ScanningKeysError, load_keys
+
+            try:  # a file that cannot be used stops the start, not the first report
+                load_keys(Path(v))
+            except ScanningKeysError as error:
+                raise SettingsError(str(error)) from None
+            kwargs["github_scanning_keys"] = Path(v)
+        if (v := get("KEYLEDGER_LEAK_POLICY")) is not None:
+            if v not in ("revoke", "report"):
+                raise SettingsError(f"KEYLEDGER_LEAK_POLICY={v!r}: expected revoke or report")
+            kwargs["leak_policy"] = v
         if kwargs["pepper"] is not None and len(kwargs["pepper"].encode("utf-8")) < 32:
             raise SettingsError("KEYLEDGER_PEPPER is too short: use at least 32 random bytes "
                                 "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_hex(32))')")

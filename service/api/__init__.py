@@ -23,11 +23,12 @@ log = logging.getLogger("keyledger.api")
 
 # Paths that take no credential of their own.
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/v2/verify",
-                   "/v2/auth/check", "/v2/token", "/v2/scopes", "/console")
+                   "/v2/auth/check", "/v2/token", "/v2/scopes", "/console",
+                   "/v2/leaks/github")  # GitHub signs its reports instead (service.api.leaks)
 # Paths answered without the store (from the in-memory index or constants).
 STORE_FREE_PREFIXES = ("/v2/verify", "/v2/auth/check", "/v2/scopes")
 # Paths whose views read their own bodies (the hot path parses JSON once; OAuth2 takes forms).
-SELF_PARSING = ("/v2/verify", "/v2/token")
+SELF_PARSING = ("/v2/verify", "/v2/token", "/v2/leaks", "/v2/leaks/github")  # leaks: JSON arrays
 # The web console (service.console): HTML forms, its own cookie sign-in, CSRF checks and error
 # pages; the JSON rules below (bodies, repeated query parameters) are the API's, not its.
 CONSOLE = "/console"
@@ -95,11 +96,22 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
     _register_request_hooks(flask_app, system)
     _serve_docs_assets(flask_app)
 
-    from service.api import accounts, apps, audit, campaign, keys, legacy, operations, usage, verify
+    from service.api import (
+        accounts,
+        apps,
+        audit,
+        campaign,
+        keys,
+        leaks,
+        legacy,
+        operations,
+        usage,
+        verify,
+    )
 
     verify.register_schemas(api)
     for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp, usage.blp, verify.blp, legacy.blp,
-                      audit.blp, campaign.blp):
+                      audit.blp, campaign.blp, leaks.blp):
         api.register_blueprint(blueprint)
     _serve_migration_guide(flask_app)
     from service.api import idempotency

@@ -9,9 +9,9 @@ from flask_smorest import Blueprint
 
 from service.api import context
 from service.api.schemas import (
+    AppChangeSchema,
     AppCreatedSchema,
     AppCreateSchema,
-    AppLimitsChangeSchema,
     AppListSchema,
     AppSchema,
     ErrorSchema,
@@ -61,17 +61,23 @@ class AppById(MethodView):
         """One app."""
         return context.system().keys_app.get_app(app_id, by=context.actor())
 
-    @blp.arguments(AppLimitsChangeSchema)
+    @blp.arguments(AppChangeSchema)
     @blp.response(200, AppSchema)
     @blp.alt_response(400, schema=ErrorSchema)
     @blp.alt_response(403, schema=ErrorSchema)
     @blp.alt_response(404, schema=ErrorSchema)
     @blp.doc(security=[{"personalToken": []}])
     def patch(self, body, app_id):
-        """Change the rate limits every key of the app shares (`[]`: none)."""
+        """Change an app: the rate `limits` every key of the app shares (`[]`: none), its `leak_policy`
+        (revoke or report, overriding the deployment's for its keys), or both."""
         system = context.system()
-        app = system.keys_app.change_app_limits(app_id, body["limits"], by=context.actor(),
-                                                request=context.request_info())
+        app = None
+        if "limits" in body:
+            app = system.keys_app.change_app_limits(app_id, body["limits"], by=context.actor(),
+                                                    request=context.request_info())
+        if "leak_policy" in body:
+            app = system.keys_app.change_app_leak_policy(app_id, body["leak_policy"], by=context.actor(),
+                                                         request=context.request_info())
         system.after_command()
         return app
 

@@ -91,7 +91,7 @@ def _error(status: str, shape: dict = ERROR) -> dict:
 
 
 # Schema-level rules the marshmallow plugin cannot express.
-SCHEMA_RULES = {"KeyChange": {"minProperties": 1}}  # an empty PATCH changes nothing: 400
+SCHEMA_RULES = {"KeyChange": {"minProperties": 1}, "AppChange": {"minProperties": 1}}  # an empty PATCH: 400
 
 
 def _ref(path: str, method: str) -> str:

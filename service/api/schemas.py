@@ -121,6 +121,9 @@ class Limits(fields.Raw):
     def __init__(self, **kwargs) -> None:
         super().__init__(metadata={"type": "array", "items": {"$ref": "#/components/schemas/Limit"},
                                    "maxItems": 5, "description": _LIMITS_DOC}, **kwargs)
+class LeakSchema(Schema):
+    url = fields.String(required=True)
+    source = fields.String(required=True)
 
 
 class KeySchema(Schema):
@@ -138,6 +141,8 @@ class KeySchema(Schema):
     version = fields.Integer(required=True)
     limits = fields.List(fields.Nested(LimitSchema), required=True, metadata={"description": _LIMITS_DOC})
     restrictions = restrictions_field(dump=True)
+    leaked_at = Rfc3339(allow_none=True, metadata={"description": "When the key was first reported leaked"})
+    leak = fields.Nested(LeakSchema, metadata={"description": "The latest leak report: where it was found"})
 
 
 class KeyCreatedSchema(KeySchema):
@@ -201,10 +206,19 @@ class AppSchema(Schema):
     owner_id = fields.String(required=True)
     created_at = Rfc3339(required=True)
     limits = fields.List(fields.Nested(LimitSchema), required=True, metadata={"description": _LIMITS_DOC})
+    leak_policy = fields.String(allow_none=True, metadata={
+        "enum": ["revoke", "report", None],
+        "description": "What a leaked key of this app gets; null: the deployment's KEYLEDGER_LEAK_POLICY"})
 
 
-class AppLimitsChangeSchema(StrictSchema):
-    limits = Limits(required=True)
+class AppChangeSchema(StrictSchema):
+    limits = Limits()
+    leak_policy = fields.String(validate=validate.OneOf(["revoke", "report"]))
+
+    @validates_schema
+    def _says_something(self, data, **kwargs):  # documented as minProperties (service.api.openapi)
+        if not data:
+            raise ValidationError("Give limits, leak_policy or both.", "_schema")
 
 
 class AppCreatedSchema(AppSchema):

@@ -17,6 +17,7 @@ from service.application.base import DESCRIPTION_MAX, NAME_MAX, Clock, utc_now
 from service.application.campaign import CampaignUseCases
 from service.application.idempotency import IdempotencyUseCases
 from service.application.keys import MAX_GRACE_SECONDS, KeyUseCases
+from service.application.leaks import AppLeakPolicy, LeakUseCases
 from service.application.legacy import LegacyPolicy, LegacyUseCases
 from service.domain.audit import AuditLedger
 from service.domain.keys import ApiKey
@@ -27,7 +28,7 @@ __all__ = ["DESCRIPTION_MAX", "MAX_GRACE_SECONDS", "NAME_MAX", "Clock", "Keyledg
 
 
 class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, AuditUseCases, CampaignUseCases,
-                IdempotencyUseCases):
+                IdempotencyUseCases, LeakUseCases, AppLeakPolicy):
     """Accounts, apps, their scoped API keys and legacy OAuth2 clients, and the deprecation
     campaign, as immutable events; the audit trail's checkpoints."""
 

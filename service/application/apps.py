@@ -81,7 +81,8 @@ class AppUseCases(LedgerApplication):
     @staticmethod
     def _app_view(app: App) -> dict:
         return {"id": app.slug, "name": app.name, "owner_id": app.owner_id, "created_at": app.created_on,
-                "limits": [dict(limit) for limit in app.limits]}
+                "limits": [dict(limit) for limit in app.limits],
+                "leak_policy": app.leak_policy}  # None: the deployment's (service.application.leaks)
 
     def change_app_limits(self, app_id: str, limits: list, *, by: Actor, request: RequestInfo) -> dict:
         """Replace the rate limits every key of the app shares (``[]``: none)."""

@@ -153,6 +153,9 @@ class KeyUseCases(LedgerApplication):
             "display": key.display, "origin": key.origin, "version": key.version,
             "limits": [dict(limit) for limit in key.limits],
             "restrictions": key.restrictions,
+            # leaks (service.application.leaks): when first reported, and the latest report
+            "leaked_at": key.leaked_at,
+            **({"leak": {"url": key.leaks[-1][0], "source": key.leaks[-1][1]}} if key.leaks else {}),
         }
 
     def scope_catalogue(self) -> dict[str, str]:

@@ -32,7 +32,7 @@ DONE = {"scopes": "Saved: the key's scopes and description are as shown.",
 EVENT_NAMES = {"ApiKey.Issued": "Created", "ApiKey.ScopesChanged": "Scopes changed",
                "ApiKey.DescriptionChanged": "Description changed", "ApiKey.Rolled": "Secret rolled",
                "ApiKey.Revoked": "Revoked", "ApiKey.LimitsChanged": "Rate limits changed",
-               "ApiKey.Restricted": "Restriction changed"}
+               "ApiKey.Restricted": "Restriction changed", "ApiKey.Leaked": "Reported leaked"}
 
 
 def scope_groups() -> list[tuple[str, list[tuple[str, str]]]]:
@@ -107,10 +107,14 @@ def app_page(app_id: str, *, status: int = 200, errors: dict | None = None, mess
     context.with_last_used(*keys)
     requests = usage.requests_last_day(sys, [k["id"] for k in keys])
     legacy = legacy_of([app["id"]], owner_id=app["owner_id"]).get(app["id"])
+    from service.console.leaks import app_leaks
+
+    leaks = app_leaks(sys, app["id"])
     done = DONE.get(request.args.get("done", "")) if request.method == "GET" else None
     return page("console/app.html", status=status, title=app["name"], app=app, keys=keys, legacy=legacy, requests=requests,
                 can_change=not actor().is_auditor, errors=errors or {}, message=message, done=done,
-                limit_rows=limit_rows_shown or limit_rows(app["limits"]), periods=PERIODS)
+                limit_rows=limit_rows_shown or limit_rows(app["limits"]), periods=PERIODS,
+                leaks=leaks, leaked_ids={r["key_id"] for r in leaks})
 
 
 @bp.route("/apps/<app_id>/keys/new", methods=["GET", "POST"])

@@ -64,3 +64,20 @@ class App(LedgerAggregate):
     def create_id(slug: str, **_: object) -> UUID:
         """An app's id is its slug; the aggregate id is derived from it, so a taken slug conflicts."""
         return uuid5(NAMESPACE_URL, f"keyledger:app:{slug}")
+
+    # -- leaks: the owner's override of the deployment's leak policy ------------------
+
+    class LeakPolicyChanged(LedgerAggregate.Event):
+        leak_policy: str  # "revoke" | "report"
+
+    leak_policy: str | None = None  # None: the deployment's (KEYLEDGER_LEAK_POLICY)
+
+    def change_leak_policy(self, leak_policy: str, *, by: str, request: dict, at: datetime) -> bool:
+        if leak_policy == self.leak_policy:
+            return False
+        self._change_leak_policy(leak_policy=leak_policy, by=by, request=request, timestamp=at)
+        return True
+
+    @event(LeakPolicyChanged)
+    def _change_leak_policy(self, leak_policy: str, by: str, request: dict, timestamp: datetime) -> None:
+        self.leak_policy = leak_policy

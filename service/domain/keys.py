@@ -183,3 +183,33 @@ class ApiKey(LedgerAggregate):
     def _change_limits(self, limits: list, previous_limits: list, by: str, request: dict,
                        timestamp: datetime) -> None:
         self.limits = list(limits)
+
+    # -- leaks (service.domain.leaks holds the policy) ---------------------------
+
+    class Leaked(LedgerAggregate.Event):
+        url: str  # where the secret was found
+        source: str  # the report's source (GitHub's "content", "commit", … or a scanner's name)
+        reporter: str  # "github" or the account that reported it
+        action: str  # what the policy decided: "revoked" or "reported"
+
+    leaks: tuple = ()  # [url, source] of each distinct report (aggregates from before leaks: none)
+    leaked_at: datetime | None = None
+
+    def record_leak(self, *, url: str, source: str, reporter: str, action: str, by: str, request: dict,
+                    at: datetime) -> bool:
+        """Record a report of this key's secret found in public; the same (url, source) twice is
+        recorded once. A key already revoked is recorded as reported (nothing more to do)."""
+        if [url, source] in [list(leak) for leak in self.leaks]:
+            return False
+        if self.revoked_at is not None:
+            action = "reported"
+        self._leaked(url=url, source=source, reporter=reporter, action=action, by=by, request=request,
+                     timestamp=at)
+        return True
+
+    @event(Leaked)
+    def _leaked(self, url: str, source: str, reporter: str, action: str, by: str, request: dict,
+                timestamp: datetime) -> None:
+        self.leaks = [*self.leaks, [url, source]]
+        if self.leaked_at is None:
+            self.leaked_at = timestamp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 KEY_FIELDS = {"id", "app_id", "description", "scopes", "status", "created_at", "expires_at", "revoked_at",
-              "last_used_at", "display", "origin", "version", "limits", "restrictions"}
+              "last_used_at", "display", "origin", "version", "limits", "restrictions", "leaked_at", "leak"}
 UNDOCUMENTED = {"/openapi.json", "/docs", "/docs/<path:filename>", "/docs/assets/<path:filename>", "/docs/migration",
                 "/static/<path:filename>"}
 
