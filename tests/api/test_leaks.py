@@ -95,7 +95,10 @@ def test_unsigned_or_altered_reports_are_401_and_change_nothing(case, client, ow
     elif case == "altered body":
         response = _post(client, None, github_key, body=body.replace(b"octo", b"octa"), signature=signature)
     elif case == "tampered token":
-        tampered = body.replace(read_only_key["key"][-1].encode() + b'"', b'X"')
+        last = read_only_key["key"][-1]
+        other_char = b"Y" if last == "X" else b"X"  # never the same character: the body must change
+        tampered = body.replace(last.encode() + b'"', other_char + b'"')
+        assert tampered != body
         response = _post(client, None, github_key, body=tampered, signature=signature)
     elif case == "no headers":
         response = client.post("/v2/leaks/github", data=body, content_type="application/json")
