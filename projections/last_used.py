@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from uuid import UUID
 
+from projections.flushing import PeriodicFlush
 from projections.store import ViewStore
 from projections.verification import KEY_ID_BYTES
 
@@ -34,9 +35,6 @@ LEGACY_DDL = """CREATE TABLE IF NOT EXISTS legacy_use_counts (
     last_used_at REAL NOT NULL, PRIMARY KEY (client_id, window_start)) WITHOUT ROWID"""
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
 
 def _by_key_id(pending: dict[bytes, float]) -> dict[bytes, float]:
     """The latest use per key UUID, from uses noted by UUID or by index record (a key that
@@ -49,7 +47,11 @@ def _by_key_id(pending: dict[bytes, float]) -> dict[bytes, float]:
     return latest
 
 
-class LastUsed:
+class LastUsed(PeriodicFlush):
+    FLUSHED = "last-used times"
+    THREAD = "keyledger-last-used"
+    LOG = log
+
     def __init__(self, store: ViewStore) -> None:
         self.store = store
         self.pending: dict[bytes, float] = {}  # key UUID bytes (or index record) → time of last use
@@ -168,36 +170,3 @@ class LastUsed:
         for day, app_id in rows:
             apps.setdefault(date.fromisoformat(day), set()).add(app_id)
         return apps
-
-    def run_every(self, interval: float) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, args=(interval,),
-                                            name="keyledger-last-used", daemon=True)
-            self._thread.start()
-
-    def _run(self, interval: float) -> None:
-        failures = 0
-        while not self._stopping.wait(interval):
-            try:
-                self.flush()
-            except Exception as error:  # noqa: BLE001 - kept and retried; said once per outage
-                failures += 1
-                if failures == 1:
-                    log.warning("writing last-used times failed (%s); kept in memory, retrying every %s s",
-                                _first_line(error), interval)
-                if self.on_error is not None:
-                    self.on_error()
-            else:
-                if failures:
-                    log.info("last-used times written again after %d failed round(s)", failures)
-                failures = 0
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        try:
-            self.flush()
-        except Exception:
-            log.exception("writing last-used times at shutdown failed")

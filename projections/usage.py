@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from uuid import UUID
 
+from projections.flushing import PeriodicFlush
 from projections.store import ViewStore
 from projections.verification import KEY_ID_BYTES
 
@@ -46,11 +47,12 @@ def _key_id(key: bytes) -> bytes:
     return key if len(key) == 16 else bytes(key[KEY_ID_BYTES])
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
+class Usage(PeriodicFlush):
+    FLUSHED = "usage counts"
+    THREAD = "keyledger-usage"
+    LOG = log
 
-class Usage:
     def __init__(self, store: ViewStore) -> None:
         self.store = store
         # The hour being counted: [start, start + 3600); valid answers by key, refusals by (key, code).
@@ -192,35 +194,3 @@ class Usage:
                 if hour >= since and key_id in wanted:
                     found[key_id] = found.get(key_id, 0) + uses
         return found
-
-    def run_every(self, interval: float) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, args=(interval,), name="keyledger-usage", daemon=True)
-            self._thread.start()
-
-    def _run(self, interval: float) -> None:
-        failures = 0
-        while not self._stopping.wait(interval):
-            try:
-                self.flush()
-            except Exception as error:  # noqa: BLE001 - kept and retried; said once per outage
-                failures += 1
-                if failures == 1:
-                    log.warning("writing usage counts failed (%s); kept in memory, retrying every %s s",
-                                _first_line(error), interval)
-                if self.on_error is not None:
-                    self.on_error()
-            else:
-                if failures:
-                    log.info("usage counts written again after %d failed round(s)", failures)
-                failures = 0
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        try:
-            self.flush()
-        except Exception:
-            log.exception("writing usage counts at shutdown failed")
