@@ -25,8 +25,9 @@
 7. usage per key: in-process verification with each verdict counted against the same verifier
    with the count an empty call;
 8. rate limits: in-process verification of a key with two limits (local counters shared by the
-   workers) against the unlimited key's, and forward-auth with that key against the empty Flask
-   route, once with the local counters and once with counters in a throwaway redis-server.
+   workers) against the unlimited key's, and forward-auth with a key both browser-restricted and
+   limited (sent with an allowed Origin) against the empty Flask route, once with the local counters
+   and once with counters in a throwaway redis-server.
 """
 
 from __future__ import annotations
@@ -107,10 +108,16 @@ def seed(data_dir: Path, count: int) -> list[str]:
     _, server = app.issue_key("bench", description="server", scopes=["Predict", "Search"], by=admin,
                               request=NO_REQUEST, restrictions={"server": [
                                   "192.0.2.0/24", "2001:db8::/32", "203.0.113.0/24"]})
+    # A key for a web page that is both restricted to its site and rate-limited: what forward-auth
+    # is measured with (issue 17: "a browser-restricted, rate-limited key").
+    _, web_limited = app.issue_key("bench", description="web, limited", scopes=["Predict", "Search"], by=admin,
+                                   request=NO_REQUEST, restrictions={"browser": [
+                                       "https://www.example.com", "https://*.example.org/*", "http://localhost:*"]},
+                                   limits=[{"limit": 10**9, "per": "1s"}, {"limit": 10**9, "per": "1d"}])
     system.follower.catch_up()
     system.close()
     print(f"seeded {count:,} keys in {elapsed:.1f} s ({count / elapsed:,.0f} keys/s, 1,000 per save)")
-    return [all_key, read_only, limited, browser, server]
+    return [all_key, read_only, limited, browser, server, web_limited]
 
 
 def bench_rebuild(data_dir: Path) -> None:
@@ -349,7 +356,8 @@ def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, wo
         time.sleep(1)  # let every worker finish loading
         wrk(base + "/bench/bare", 2, {})  # warm-up
         check_headers = {"Authorization": f"Key {secrets[1]}"}
-        limited_headers = {"Authorization": f"Key {secrets[2]}"}
+        # The browser-restricted, rate-limited key, sent from a page of its allowed site.
+        limited_headers = {"Authorization": f"Key {secrets[5]}", "Origin": "https://app.example.org"}
         pid = server.pid
         # Each route's round follows a round of the bare app sent the very same request (headers,
         # query, body): the difference is Keyledger's own work, nothing the server parses or sends.
@@ -400,7 +408,8 @@ def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, wo
             print(f"    POST /v2/verify         {statistics.median(results['verify']):8,.0f} req/s  "
                   f"{share('verify')} (rounds {rounds_of('verify')})")
         against_empty = statistics.median(x / e for x, e in zip(results["limited"], results["empty"], strict=True))
-        print(f"    auth/check, limited key {statistics.median(results['limited']):8,.0f} req/s  {share('limited')}; "
+        print(f"    auth/check, browser-restricted + limited key "
+              f"{statistics.median(results['limited']):8,.0f} req/s  {share('limited')}; "
               f"{against_empty:.1%} of the empty Flask route (median of the rounds; target >= "
               f"{'70' if redis_url else '100'} %; rounds {rounds_of('limited')})")
     finally:
