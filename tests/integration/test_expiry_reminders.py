@@ -6,6 +6,7 @@ unused; a key revoked between the record and the delivery left out; the trail sh
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 import pytest
 from freezegun import freeze_time
@@ -16,6 +17,7 @@ from scheduler.transport import SmtpTransport
 from service.credentials import display_hint
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.expiry import EXPIRY_NOTICE
+from service.domain.keys import ApiKey
 from service.settings import Settings
 from tests.backend import make_settings
 from tests.campaign_support import SmtpServer
@@ -153,6 +155,10 @@ def test_owners_are_mailed_once_per_stage_one_mail_a_day_never_for_a_key_rolled_
     assert history.count("ApiKey.Expiring") == 2
     delivered = system.audit.page(AuditFilter(type="Reminder.Delivered"), limit=100)
     assert len(delivered) == 4
+    # The key's version moved with each reminder, in the listing as in the key itself.
+    listing = {k["id"]: k["version"] for k in system.directory.keys("vision", system.keys_app.now())}
+    assert listing[first] == system.keys_app.key_view(system.keys_app._find(ApiKey, UUID(first)),
+                                                      system.keys_app.now())["version"]
 
 
 def test_an_owner_with_forty_keys_expiring_gets_one_mail_listing_them_all(system, mailer, smtp):
