@@ -1,5 +1,6 @@
-"""Wiring: the scheduler's jobs on APScheduler 3.11 (the deprecation campaign, and the audit
-chain's hourly signed checkpoint). The only module that imports APScheduler.
+"""Wiring: the scheduler's jobs on APScheduler 3.11 (the deprecation campaign, the reminders
+before keys expire — ``scheduler.expiry``, through the campaign's outbox — and the audit chain's
+hourly signed checkpoint). The only module that imports APScheduler.
 
 ``build_scheduler(system)`` registers the reconciliations of ``scheduler.jobs`` as repeating
 jobs with explicit ids, ``coalesce=True``, ``max_instances=1`` and ``misfire_grace_time=None``,
