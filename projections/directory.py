@@ -75,6 +75,10 @@ class DirectoryView(Projection):
     def _revoked(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e, revoked_at=rfc3339(e.timestamp))
 
+    @handles(ApiKey.Expiring)
+    def _expiring(self, db: Any, position: int, e: Any) -> None:
+        self._update(db, e)  # an expiry reminder (service.domain.expiry): only the version moves
+
     @handles(ApiKey.Restricted)
     def _restricted(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e)

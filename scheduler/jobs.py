@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from scheduler import expiry
 from scheduler.messages import compose
 from scheduler.transport import DeliveryFailed, MailTransport
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.campaign import FINAL, CampaignPlan, Stage
 from service.domain.errors import KeyledgerError
+from service.domain.expiry import EXPIRY_NOTICE
 from service.domain.leaks import LEAK_NOTICE
 
 log = logging.getLogger("keyledger.campaign")
@@ -125,7 +127,13 @@ def deliver_pending_mail(keys_app: Any, progress: CampaignRecords, mailer: Maile
         reminder = keys_app.reminder(rid)  # the store, not the view, decides
         if not reminder["open"] or (reminder["next_attempt_at"] and reminder["next_attempt_at"] > now):
             continue
-        if reminder["stage"] not in (FINAL, LEAK_NOTICE) and now >= reminder["sunset_at"]:
+        if reminder["stage"] == EXPIRY_NOTICE:  # the keys revoked, rolled or expired since are left out
+            reminder = expiry.still_due(keys_app, reminder)
+            if reminder is None:
+                keys_app.withdraw_reminder(rid, reason="every key it lists was revoked, rolled or expired "
+                                                       "before it could be delivered", by=SCHEDULER)
+                continue
+        elif reminder["stage"] not in (FINAL, LEAK_NOTICE) and now >= reminder["sunset_at"]:
             keys_app.withdraw_reminder(rid, reason="the sunset passed before it could be delivered; "
                                                    "the final notice replaces it", by=SCHEDULER)
             continue

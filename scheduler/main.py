@@ -1,5 +1,6 @@
-"""Wiring: the scheduler's jobs on APScheduler 3.11 (the deprecation campaign, and the audit
-chain's hourly signed checkpoint). The only module that imports APScheduler.
+"""Wiring: the scheduler's jobs on APScheduler 3.11 (the deprecation campaign, the reminders
+before keys expire — ``scheduler.expiry``, through the campaign's outbox — and the audit chain's
+hourly signed checkpoint). The only module that imports APScheduler.
 
 ``build_scheduler(system)`` registers the reconciliations of ``scheduler.jobs`` as repeating
 jobs with explicit ids, ``coalesce=True``, ``max_instances=1`` and ``misfire_grace_time=None``,
@@ -28,7 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from scheduler import jobs
+from scheduler import expiry, jobs
 from scheduler.lock import PostgresSchedulerLock, SchedulerLock
 from scheduler.transport import MailTransport, transport_for
 from service.composition import System, build_system, store_fault
@@ -48,7 +49,7 @@ class CampaignRuns:
         self.system = system
         self.usage = usage
         self.mailer = mailer
-        self._locks = {name: threading.Lock() for name in ("reminders", "sunset", "mail", "checkpoint")}
+        self._locks = {name: threading.Lock() for name in ("reminders", "sunset", "mail", "checkpoint", "expiry")}
         self._faults = dict.fromkeys(self._locks, 0)  # runs in a row a store could not be used
 
     def _run(self, name: str, work: Callable[[], Any]) -> Any:
@@ -105,6 +106,20 @@ class CampaignRuns:
 
         return self._run("mail", work)
 
+    def expiry(self) -> Any:
+        """Reminders before keys expire (scheduler.expiry), delivered through the campaign's outbox."""
+        def work() -> int:
+            s = self.system
+            if s.expiring is None:
+                return 0
+            count = expiry.send_expiry_reminders(s.keys_app, s.expiring, s.last_used, s.expiry_plan,
+                                                 s.keys_app.now())
+            s.after_command()
+            if count:
+                self.mail()
+            return count
+
+        return self._run("expiry", work)
 
     def audit_checkpoint(self) -> Any:
         def work() -> dict | None:
@@ -135,7 +150,8 @@ def build_scheduler(system: System, *, usage: jobs.LegacyUsageReader | None = No
     every = IntervalTrigger(seconds=system.settings.scheduler_interval, timezone=UTC)
     for job_id, func, what in (("campaign-reminders", runs.reminders, "record the due stage's reminders"),
                                ("campaign-sunset", runs.sunset, "execute the sunset, then the final notice"),
-                               ("campaign-mail", runs.mail, "deliver recorded campaign mail")):
+                               ("campaign-mail", runs.mail, "deliver recorded campaign mail"),
+                               ("expiry-reminders", runs.expiry, "record reminders of keys that expire soon")):
         scheduler.add_job(func, every, id=job_id, name=what, next_run_time=now, **JOB_OPTIONS)
     scheduler.add_job(runs.audit_checkpoint, IntervalTrigger(seconds=CHECKPOINT_INTERVAL, timezone=UTC),
                       id="audit-checkpoint", name="sign the audit chain's head", next_run_time=now,

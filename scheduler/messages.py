@@ -17,6 +17,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from service.domain.campaign import FINAL
+from service.domain.expiry import EXPIRY_NOTICE
 from service.domain.leaks import LEAK_NOTICE
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -64,6 +65,8 @@ def compose(reminder: dict, *, mail_from: str, lookback: timedelta) -> EmailMess
     """The email of one recorded reminder (see ``CampaignUseCases.reminder``)."""
     if reminder["stage"] == LEAK_NOTICE:
         return compose_leak_notice(reminder, mail_from=mail_from)
+    if reminder["stage"] == EXPIRY_NOTICE:
+        return compose_expiry_notice(reminder, mail_from=mail_from)
     context = {
         "owner_name": reminder["owner_name"], "owner_email": reminder["owner_email"],
         "stage": reminder["stage"], "final": reminder["stage"] == FINAL,
@@ -100,4 +103,26 @@ def compose_leak_notice(reminder: dict, *, mail_from: str) -> EmailMessage:
     message["X-Keyledger-Stage"] = LEAK_NOTICE
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(_templates().get_template("leak.txt").render(context))
+    return message
+
+
+def compose_expiry_notice(reminder: dict, *, mail_from: str) -> EmailMessage:
+    """An owner's mail of the day about keys that expire soon (``service.application.expiry``):
+    each key's description, hint, app and expiry time, never a secret."""
+    keys = [{**key, "expires": utc_text(key["expires_at"]), "last_used": utc_text(key.get("last_used_at"))}
+            for key in reminder["apps"]]
+    context = {"owner_name": reminder["owner_name"], "owner_email": reminder["owner_email"], "keys": keys}
+    message = EmailMessage()
+    message["From"] = mail_from
+    message["To"] = formataddr((reminder["owner_name"], reminder["owner_email"]))
+    count = len(keys)
+    first = keys[0]
+    message["Subject"] = (f"Your API key {first['display']} of {first['app_name']} expires on {first['expires']}"
+                          if count == 1 else f"{count} of your API keys expire soon, the first on {first['expires']}")
+    message["Date"] = format_datetime(reminder["recorded_at"].astimezone(UTC))
+    message["Message-ID"] = message_id(reminder["id"], mail_from)
+    message["X-Keyledger-Stage"] = EXPIRY_NOTICE
+    message["X-Keyledger-Keys"] = ", ".join(f"{key['key_id']}:{key['stage']}" for key in keys)
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(_templates().get_template("expiry.txt").render(context))
     return message

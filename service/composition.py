@@ -23,6 +23,7 @@ from projections.audit import AuditLog, AuditTrail
 from projections.beacon import ChangeBeacon
 from projections.campaign import CampaignProgress, CampaignView
 from projections.directory import Directory, DirectoryView
+from projections.expiry import ExpiringKeys, ExpiryView
 from projections.follower import Follower
 from projections.last_used import LastUsed
 from projections.legacy_usage import LegacyUsage, LegacyUsageView
@@ -38,6 +39,7 @@ from service.background_writer import BackgroundWriter, QueueFull
 from service.domain.actors import Actor, RequestInfo
 from service.domain.campaign import CampaignPlan
 from service.domain.errors import AuditChainBroken, Unavailable
+from service.domain.expiry import ExpiryPlan
 from service.ratelimit import Limiter
 from service.ratelimit.local import FILE_NAME as COUNTERS_FILE
 from service.ratelimit.local import LocalCounters
@@ -72,6 +74,9 @@ class System:
     listener: LogListener | None = None
     use_writer: BackgroundWriter | None = None  # legacy-token uses, recorded off the request path
     limiter: Limiter | None = None  # rate limits of keys and apps (service.ratelimit)
+    # Reminders before keys expire (service.domain.expiry): the stages, and the keys that may be due.
+    expiry_plan: ExpiryPlan = field(default_factory=lambda: ExpiryPlan.of(()))
+    expiring: ExpiringKeys | None = None
     _closed: bool = field(default=False, repr=False)
 
     def sign_checkpoint(self, now: datetime | None = None) -> dict | None:
@@ -194,7 +199,7 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     beacon = ChangeBeacon(settings.data_dir / "changes.beacon")
     follower = Follower(keys_app, views,
                         [VerificationView(), DirectoryView(), AuditTrail(keys_app.stored_records, on_head=mark.note),
-                         LegacyUsageView(), CampaignView(), LimitsView()], [index, limit_book],
+                         LegacyUsageView(), CampaignView(), LimitsView(), ExpiryView()], [index, limit_book],
                         beacon=beacon)
     follower.start()
     if follower.views_ahead_at is not None:  # the log ends before the views: truncated, or restored
@@ -254,6 +259,7 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         signing_key=signing_key, mirror=checkpoints.CheckpointMirror(settings.data_dir / checkpoints.MIRROR_FILE),
         campaign=CampaignProgress(views), plan=campaign_plan(settings), listener=listener,
         use_writer=use_writer, alarm=alarm, mark=mark,
+        expiry_plan=ExpiryPlan.of(settings.expiry_reminders), expiring=ExpiringKeys(views),
     )
     if follow:  # a serving process: flush last-used times and close stores on a normal exit
         atexit.register(system.close)

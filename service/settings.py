@@ -114,6 +114,29 @@ def parse_smtp_url(text: str, name: str, password: str | None = None) -> SmtpSer
     )
 
 
+def parse_expiry_reminders(text: str, name: str = "KEYLEDGER_EXPIRY_REMINDERS") -> tuple[timedelta, ...]:
+    """``7d,1d`` → the reminder leads before a key's expiry, longest first; ``none`` for no
+    reminders. Each a duration from 1 minute to 365 days, distinct by name."""
+    if text.strip().lower() == "none":
+        return ()
+    shape = "expected distinct durations before a key expires, e.g. 7d,1d (units s, m, h, d), or none"
+    parts = [part.strip() for part in text.split(",")]
+    if not parts or any(not part for part in parts):
+        raise SettingsError(f"{name}={text!r}: an empty item; {shape}")
+    leads = []
+    for part in parts:
+        match = _DURATION.match(part)
+        if not match:
+            raise SettingsError(f"{name}={text!r}: {part!r} is not a duration; {shape}")
+        lead = timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+        if not timedelta(minutes=1) <= lead <= timedelta(days=365):
+            raise SettingsError(f"{name}={text!r}: {part!r} is outside 1m to 365d; {shape}")
+        leads.append(lead)
+    if len({duration_name(lead) for lead in leads}) != len(leads):
+        raise SettingsError(f"{name}={text!r}: a duration given twice; {shape}")
+    return tuple(sorted(leads, reverse=True))
+
+
 def duration_name(offset: timedelta) -> str:
     """A reminder's stage name, as written in KEYLEDGER_REMINDERS: 90d, 12h, 30m, 45s."""
     seconds = int(offset.total_seconds())
@@ -194,6 +217,8 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)  # rate-limit counters shared by instances
     github_scanning_keys: Path | None = None  # GitHub's secret-scanning public keys (JSON or PEM file)
     leak_policy: str = "revoke"  # what a leaked key gets: revoke | report (an app may override)
+    # How long before a key expires its owner is reminded (service.domain.expiry), longest first.
+    expiry_reminders: tuple[timedelta, ...] = (timedelta(days=7), timedelta(days=1))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -254,6 +279,8 @@ class Settings:
                 raise SettingsError(f"KEYLEDGER_REMINDERS={v!r}: expected distinct durations before "
                                     "the sunset, e.g. 90d,30d,7d,1d")
             kwargs["reminders"] = reminders
+        if (v := get("KEYLEDGER_EXPIRY_REMINDERS")) is not None:
+            kwargs["expiry_reminders"] = parse_expiry_reminders(v)
         if (v := get("KEYLEDGER_LEGACY_LOOKBACK")) is not None:
             kwargs["legacy_lookback"] = parse_duration(v, "KEYLEDGER_LEGACY_LOOKBACK")
             if not kwargs["legacy_lookback"]:

@@ -15,6 +15,7 @@ from service.application.apps import AppUseCases
 from service.application.audit import AuditUseCases
 from service.application.base import DESCRIPTION_MAX, NAME_MAX, Clock, utc_now
 from service.application.campaign import CampaignUseCases
+from service.application.expiry import ExpiryUseCases
 from service.application.idempotency import IdempotencyUseCases
 from service.application.keys import MAX_GRACE_SECONDS, KeyUseCases
 from service.application.leaks import AppLeakPolicy, LeakUseCases
@@ -28,7 +29,7 @@ __all__ = ["DESCRIPTION_MAX", "MAX_GRACE_SECONDS", "NAME_MAX", "Clock", "Keyledg
 
 
 class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, AuditUseCases, CampaignUseCases,
-                IdempotencyUseCases, LeakUseCases, AppLeakPolicy):
+                IdempotencyUseCases, LeakUseCases, AppLeakPolicy, ExpiryUseCases):
     """Accounts, apps, their scoped API keys and legacy OAuth2 clients, and the deprecation
     campaign, as immutable events; the audit trail's checkpoints."""
 

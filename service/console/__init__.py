@@ -21,7 +21,7 @@ from service.composition import System
 
 
 def register(flask_app: Flask, system: System) -> None:
-    from service.console import limits, owners, security, web  # noqa: F401 (their routes join the blueprint)
+    from service.console import leaks, limits, owners, security, web  # noqa: F401 (their routes join the blueprint)
 
     web.configure(flask_app, system)
     flask_app.register_blueprint(web.bp)

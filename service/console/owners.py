@@ -32,7 +32,8 @@ DONE = {"scopes": "Saved: the key's scopes and description are as shown.",
 EVENT_NAMES = {"ApiKey.Issued": "Created", "ApiKey.ScopesChanged": "Scopes changed",
                "ApiKey.DescriptionChanged": "Description changed", "ApiKey.Rolled": "Secret rolled",
                "ApiKey.Revoked": "Revoked", "ApiKey.LimitsChanged": "Rate limits changed",
-               "ApiKey.Restricted": "Restriction changed", "ApiKey.Leaked": "Reported leaked"}
+               "ApiKey.Restricted": "Restriction changed", "ApiKey.Leaked": "Reported leaked",
+               "ApiKey.Expiring": "Owner reminded of its expiry"}
 
 
 def scope_groups() -> list[tuple[str, list[tuple[str, str]]]]:

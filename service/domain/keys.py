@@ -64,6 +64,19 @@ class ApiKey(LedgerAggregate):
     # None: no client restriction (every key issued before restrictions existed reads so).
     restrictions: dict | None = None
 
+    class Expiring(LedgerAggregate.Event):
+        """Its owner is reminded that the key expires soon (service.domain.expiry; the webhook
+        type ``key.expiring``): the stage (``7d``), the expiry, and the mail that says so."""
+
+        stage: str
+        expires_at: datetime
+        reminder_id: str
+
+    # The expiry reminder stages recorded (ApiKey.Expiring), and when the key was last rolled;
+    # class defaults for keys (and snapshots) from before these existed.
+    expiry_stages: tuple = ()
+    rolled_at: datetime | None = None
+
     @event(Issued)
     def __init__(
         self, app_id: str, description: str, scopes: list, expires_at: datetime | None,
@@ -155,6 +168,7 @@ class ApiKey(LedgerAggregate):
             self.retiring.append([previous_digest, previous_display, previous_valid_until])
         self.digest = digest
         self.display = display
+        self.rolled_at = timestamp
 
     def revoke(self, *, by: str, request: dict, at: datetime) -> bool:
         """Revoke the key and every secret it still honours; revoking twice is a no-op."""
@@ -167,6 +181,22 @@ class ApiKey(LedgerAggregate):
     def _revoke(self, digests: list, by: str, request: dict, timestamp: datetime) -> None:
         self.revoked_at = timestamp
         self.retiring = []
+
+    # -- expiry reminders (service.domain.expiry) ------------------------------
+
+    def note_expiring(self, *, stage: str, reminder_id: str, by: str, request: dict, at: datetime) -> bool:
+        """Record that the owner is reminded of this stage; False (nothing recorded) if it was
+        already, or the key is revoked or never expires."""
+        if stage in self.expiry_stages or self.revoked_at is not None or self.expires_at is None:
+            return False
+        self._expiring(stage=stage, expires_at=self.expires_at, reminder_id=reminder_id, by=by,
+                       request=request, timestamp=at)
+        return True
+
+    @event(Expiring)
+    def _expiring(self, stage: str, expires_at: datetime, reminder_id: str, by: str, request: dict,
+                  timestamp: datetime) -> None:
+        self.expiry_stages = [*self.expiry_stages, stage]
 
     # -- rate limits (service.domain.limits) -----------------------------------
 

@@ -205,6 +205,10 @@ def test_the_console_end_to_end_in_chromium(chromium, server: ServerProcess, tmp
     page.get_by_role("link", name="Campaign").click()
     assert shown(page.locator("svg[role=img]"))
     pages.check(page, "campaign")
+    page.get_by_role("link", name="Leaks").click()
+    assert shown(page.get_by_role("heading", name="Leak reports"))
+    assert shown(page.get_by_text("No leak reports in this period."))
+    pages.check(page, "leaks")
     auditor_context.close()
 
     # -- another owner: not even by typing the URL ----------------------------------------------------

@@ -15,6 +15,7 @@ from tests.e2e.conftest import base_environment, run_cli
     ("KEYLEDGER_FOLLOW_INTERVAL", "nan"),
     ("KEYLEDGER_LEGACY_SUNSET_AT", "next tuesday"),
     ("KEYLEDGER_REMINDERS", "90 days"),
+    ("KEYLEDGER_EXPIRY_REMINDERS", "7d,7 days"),
     ("KEYLEDGER_ACCESS_TOKEN_TTL", "-5h"),
     ("KEYLEDGER_PEPPER", "short"),
     ("KEYLEDGER_PROXY_HOPS", "many"),

@@ -35,8 +35,9 @@ CREATE_TRIPS, SCOPES_TRIPS, REVOKE_TRIPS = 4, 7, 5
 # head and the positions, then BEGIN, the writer lock, the positions' guard, each view's rows, the
 # new positions, COMMIT); a scope change also reads the key's last use for its answer. The rate
 # limits' view added one statement to each (its position) and one to a revocation (its row's delete,
-# sent unread in the same pipeline: no round trip).
-CREATE_STATEMENTS, SCOPES_STATEMENTS, REVOKE_STATEMENTS = 23, 26, 24
+# sent unread in the same pipeline: no round trip). The expiry reminders' view (projections.expiry:
+# the stages recorded, the last roll) added one more to each, its position, likewise unread.
+CREATE_STATEMENTS, SCOPES_STATEMENTS, REVOKE_STATEMENTS = 24, 27, 25
 WARM_UP = 10  # commands of each kind before counting: every pooled connection has prepared its statements
 
 
