@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from service.domain.actors import NO_REQUEST, Actor
+from service.domain.actors import NO_REQUEST, ROLES, Actor
 from service.domain.errors import KeyledgerError
 from service.settings import Settings, SettingsError
 
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = account_commands.add_parser("create", parents=[existing], help="create an account and print its token once")
     create.add_argument("--email", required=True)
     create.add_argument("--name", required=True)
-    create.add_argument("--role", required=True, choices=["owner", "auditor", "admin"])
+    create.add_argument("--role", required=True, choices=list(ROLES))
     create.add_argument("--json", action="store_true", help="print one JSON line")
     create.set_defaults(handler=_accounts_create)
 
