@@ -144,3 +144,13 @@ def test_an_introspector_manages_nothing_and_reads_no_audit(introspector, owner_
 def test_an_admin_grants_the_introspector_role(admin):
     created = admin.post("/v2/accounts", json={"email": "kong@example.com", "name": "Kong", "role": "introspector"})
     assert created.status_code == 201 and created.json["role"] == "introspector"
+
+
+def test_an_idempotency_key_is_ignored_the_verdict_is_fresh(client, introspector, owner, owner_app):
+    key = owner_app["default_key"]
+    headers = {"Authorization": f"Key {introspector.token}", "Idempotency-Key": "same"}
+    first = client.post("/v2/introspect", data={"token": key["key"]}, headers=headers, content_type=FORM)
+    owner.delete(f"/v2/keys/{key['id']}")
+    again = client.post("/v2/introspect", data={"token": key["key"]}, headers=headers, content_type=FORM)
+    assert first.json["active"] is True and again.json == {"active": False}
+    assert "Idempotent-Replayed" not in again.headers
