@@ -11,8 +11,11 @@ the client stops reading; always after a whole line. The contract: reconnect wit
 the last ``seq`` received, and nothing is lost or repeated. One process serves at most
 ``MAX_STREAMS`` streams at once (more: 503 ``UNAVAILABLE`` with ``Retry-After``).
 
-Under ``keyledger serve`` (``service.buffering``) the stream is written by a stream thread, so it
-never holds the worker's event loop: verification and every other request keep being answered.
+Under ``keyledger serve`` and gunicorn with ``gunicorn.conf.py`` (``service.buffering``) the stream is
+written by a stream thread, so it never holds the worker's event loop: verification and every other
+request keep being answered. Under another WSGI server (one that does not set
+``keyledger.detaches``) the stream holds whatever serves it, so it lasts ``UNDETACHED_LIMIT`` (60 s)
+at most.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from service.composition import System
 from service.domain.errors import Unavailable
 
 HEARTBEAT = b"\n"
+UNDETACHED_LIMIT = 60.0  # seconds a stream lasts at most where the server writes it itself
 _STREAMS = "keyledger_audit_streams"
 
 
@@ -58,7 +62,10 @@ def feed_response(system: System, filters: AuditFilter, owner_id: str | None, qu
         raise Unavailable("this server is streaming as many audit feeds as it can; retry in a minute")
     settings = system.settings
     environ = request.environ
-    until = time.monotonic() + settings.audit_follow_limit.total_seconds()
+    limit = settings.audit_follow_limit.total_seconds()
+    if not environ.get("keyledger.detaches"):  # a server that cannot hand the stream to a thread:
+        limit = min(limit, UNDETACHED_LIMIT)  # it holds a worker, so not for long
+    until = time.monotonic() + limit
     stopping = environ.get("keyledger.stopping")
 
     def body() -> Iterator[bytes]:
