@@ -50,10 +50,10 @@ from flask.views import MethodView
 from flask_smorest import Api, Blueprint
 
 from projections.directory import Directory
-from projections.verification import ACCESS_TOKEN, VALID
+from projections.verification import ACCESS_TOKEN, VALID, KeyRecord, TokenEntry
 from service.api import context
 from service.api.schemas import ErrorSchema
-from service.api.verify import Answer, envelope
+from service.api.verify import Answer, _key_id_text, envelope
 from service.authentication import Authenticator
 from service.domain.actors import Actor, RequestInfo
 from service.domain.errors import KeyledgerError
@@ -67,6 +67,7 @@ _INACTIVE = b'{"active":false}'
 _JSON = ("Content-Type", "application/json")
 _NO_STORE = ("Cache-Control", "no-store")
 _CHALLENGE = 'Bearer realm="keyledger"'
+_MAY_INTROSPECT = ("admin", "introspector")
 _MAX_TOKEN = 1024  # characters; a longer "token" is not one of ours: inactive, never digested
 
 
@@ -97,9 +98,15 @@ class IssuedAt:
 
 
 class Introspection:
-    """The answers of ``POST /v2/introspect``, from plain values (no Flask)."""
+    """The answers of ``POST /v2/introspect``, from plain values (no Flask).
 
-    __slots__ = ("_introspect", "_authenticator", "_issued_at", "_token_ttl")
+    Two memories keep it near forward-auth's cost: the keyed digest of each ``Authorization`` value
+    that authenticated once (so a resource server's repeated header costs a dictionary look-up,
+    not an HMAC — the account is still looked up in the index every time, so a replaced token or a
+    changed role counts at once), and the answer body of each API key's index record (a record is
+    immutable: a change of scopes, expiry or secret makes a new one)."""
+
+    __slots__ = ("_introspect", "_authenticator", "_issued_at", "_token_ttl", "_callers", "_answers")
 
     def __init__(self, verifier: Verifier, authenticator: Authenticator, issued_at: IssuedAt,
                  token_ttl: timedelta) -> None:
@@ -107,6 +114,9 @@ class Introspection:
         self._authenticator = authenticator
         self._issued_at = issued_at
         self._token_ttl = token_ttl.total_seconds()
+        # Authorization -> (digest, Basic user name, the account id it must name as bytes)
+        self._callers: dict[str, tuple[bytes, str | None, bytes | None]] = {}
+        self._answers: dict[bytes, bytes] = {}  # a key's index record -> its active answer
 
     def answer(self, authorization: str, mimetype: str, data: bytes, request_id: str | None,
                request: Callable[[], RequestInfo]) -> Answer:
@@ -115,10 +125,8 @@ class Introspection:
             return refusal
         if mimetype != FORM:
             return _invalid({"body": [f"Send the form as 'Content-Type: {FORM}' (RFC 7662)."]}, request_id)
-        try:
-            form = parse_qs(data.decode("ascii"), keep_blank_values=True, strict_parsing=False,
-                            errors="strict")
-        except (UnicodeDecodeError, ValueError):
+        form = _form(data)
+        if form is None:
             return _invalid({"body": ["Not a URL-encoded form of UTF-8 text."]}, request_id)
         tokens = [token for token in form.get("token", ()) if token]
         if len(form.get("token", ())) > 1:
@@ -136,6 +144,9 @@ class Introspection:
         code, entry = self._introspect(token, request)
         if code != VALID or entry is None:
             return 200, [_JSON, _NO_STORE], _INACTIVE
+        record = type(entry) is KeyRecord
+        if record and (known := self._answers.get(entry)) is not None:
+            return 200, [_JSON, _NO_STORE], known
         ends = [t for t in (entry.expires_at, entry.ends_at) if t is not None]
         exp = int(min(ends)) if ends else None
         if entry.kind == ACCESS_TOKEN:
@@ -143,7 +154,7 @@ class Introspection:
             token_type = "Bearer"
             iat = None if entry.expires_at is None else int(entry.expires_at - self._token_ttl)
         else:
-            client_id = entry.key_id
+            client_id = _key_id_text(entry.id)
             token_type = "Key"
             iat = self._issued_at.of(entry.id)
         body: dict = {"active": True, "scope": " ".join(sorted(entry.scopes)), "client_id": client_id}
@@ -152,10 +163,28 @@ class Introspection:
         if iat is not None:
             body["iat"] = iat
         body.update(sub=entry.app_id, token_type=token_type, app_id=entry.app_id)
-        return 200, [_JSON, _NO_STORE], json.dumps(body, separators=(",", ":")).encode()
+        answer = json.dumps(body, separators=(",", ":")).encode()
+        if record and iat is not None:
+            if len(self._answers) >= 100_000:
+                self._answers.clear()
+            self._answers[entry] = answer
+        return 200, [_JSON, _NO_STORE], answer
 
     def _caller_refused(self, authorization: str, request_id: str | None) -> Answer | None:
         """None when the caller may introspect; else its 401 or 403."""
+        known = self._callers.get(authorization)
+        if known is not None:  # this header authenticated before: its digest, looked up afresh
+            digest, account_id, named = known
+            authenticator = self._authenticator
+            code, entry = authenticator.index.check(digest, None, None, authenticator.clock().timestamp())
+            if (code == VALID and type(entry) is TokenEntry and entry.role in _MAY_INTROSPECT
+                    and (named is None or entry.id == named)):
+                return None  # the common case, without building an Actor
+            try:
+                actor = self._authenticator.actor_of_digest(digest)
+            except KeyledgerError as error:
+                return _unauthenticated(error.code, error.message, request_id, sent=True)
+            return self._role_refused(actor, account_id, request_id)
         scheme, _, credential = authorization.strip().partition(" ")
         scheme, credential = scheme.lower(), credential.strip()
         account_id = None
@@ -174,6 +203,14 @@ class Introspection:
             actor = self._authenticator.actor("Key " + credential)
         except KeyledgerError as error:
             return _unauthenticated(error.code, error.message, request_id, sent=True)
+        if len(self._callers) >= 10_000:
+            self._callers.clear()
+        self._callers[authorization] = (self._authenticator.digester.digest(credential), account_id,
+                                        _account_bytes(account_id))
+        return self._role_refused(actor, account_id, request_id)
+
+    @staticmethod
+    def _role_refused(actor: Actor, account_id: str | None, request_id: str | None) -> Answer | None:
         if account_id is not None and not _same_account(actor, account_id):
             return _unauthenticated("UNAUTHENTICATED", "The user name is not the id of the token's account.",
                                     request_id, sent=True)
@@ -181,6 +218,35 @@ class Introspection:
             return 403, [_JSON, _NO_STORE, ("WWW-Authenticate", _CHALLENGE + ', error="insufficient_scope"')], envelope(
                 "FORBIDDEN", "Only admin and introspector accounts may introspect tokens.", None, request_id)
         return None
+
+
+def _form(data: bytes) -> dict[str, list[str]] | None:
+    """The form's values by name (None if it is not a form of UTF-8 text); a body with nothing to
+    decode (the common "token=ak_…") is split without ``parse_qs``'s cost."""
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if "%" in text or "+" in text:
+        try:
+            return parse_qs(text, keep_blank_values=True, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            return None
+    form: dict[str, list[str]] = {}
+    for part in text.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            form.setdefault(name, []).append(value)
+    return form
+
+
+def _account_bytes(account_id: str | None) -> bytes | None:
+    if account_id is None:
+        return None
+    try:
+        return UUID(account_id).bytes
+    except ValueError:
+        return b""  # names no account: refused by the full check every time
 
 
 def _same_account(actor: Actor, account_id: str) -> bool:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import freezegun
 import pytest
 
+from service.domain.actors import NO_REQUEST, Actor
 from tests.conftest import Caller, make_account
 
 FORM = "application/x-www-form-urlencoded"
@@ -154,3 +155,30 @@ def test_an_idempotency_key_is_ignored_the_verdict_is_fresh(client, introspector
     again = client.post("/v2/introspect", data={"token": key["key"]}, headers=headers, content_type=FORM)
     assert first.json["active"] is True and again.json == {"active": False}
     assert "Idempotent-Replayed" not in again.headers
+
+
+def test_a_replaced_token_stops_introspecting_at_once_though_it_worked_before(system, client, introspector, owner_app):
+    key = owner_app["default_key"]["key"]
+    for scheme in ("Key", "Bearer"):
+        assert introspect(client, key, f"{scheme} {introspector.token}").json["active"] is True
+    basic = base64.b64encode(f"{introspector.id}:{introspector.token}".encode()).decode()
+    assert introspect(client, key, f"Basic {basic}").json["active"] is True
+    system.keys_app.replace_personal_token("gateway@example.com", by=Actor.system("test"), request=NO_REQUEST)
+    system.after_command()
+    for authorization in (f"Key {introspector.token}", f"Bearer {introspector.token}", f"Basic {basic}"):
+        answer = introspect(client, key, authorization)
+        assert answer.status_code == 401 and answer.json["error"]["code"] == "REVOKED", authorization
+
+
+def test_a_basic_user_name_that_is_not_the_account_is_refused_every_time(client, introspector, owner_app):
+    other = introspector.id[:-1] + ("1" if introspector.id.endswith("0") else "0")  # a valid id, not theirs
+    wrong = base64.b64encode(f"{other}:{introspector.token}".encode()).decode()
+    for _ in range(2):  # the second time from the remembered header
+        assert introspect(client, owner_app["default_key"]["key"], f"Basic {wrong}").status_code == 401
+
+
+def test_a_changed_key_gets_a_fresh_answer(client, introspector, owner, owner_app):
+    key = owner_app["default_key"]
+    assert introspect(client, key["key"], f"Key {introspector.token}").json["scope"] == "All"
+    assert owner.patch(f"/v2/keys/{key['id']}", json={"scopes": ["Search"]}).status_code == 200
+    assert introspect(client, key["key"], f"Key {introspector.token}").json["scope"] == "Search"
