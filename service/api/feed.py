@@ -55,6 +55,8 @@ def feed_response(system: System, filters: AuditFilter, owner_id: str | None, qu
         events = events_after(system.audit, filters, after=after, owner_id=owner_id)
         return Response(exports.jsonl_lines(events), mimetype=exports.FORMATS["jsonl"], headers={
             **headers, "Content-Disposition": 'attachment; filename="audit-events.jsonl"'})
+    if request.method == "HEAD":  # no body to stream, so nothing to wait for
+        return Response(b"", mimetype=exports.FORMATS["jsonl"], headers={**headers, "X-Accel-Buffering": "no"})
     from flask import current_app
 
     streams: Streams = current_app.extensions.setdefault(_STREAMS, Streams())
