@@ -82,6 +82,12 @@ _PAIRS = [a + b for a in ALPHABET for b in ALPHABET]
 _PAIR_VALUES = len(_PAIRS)  # 62^2
 
 
+# No credential this service issues or imports is longer: a longer string is refused without an HMAC.
+# (Keys and personal tokens are 3 or 4 + 32 + 6 characters; legacy secrets 30 to 40; imported ones
+# from the 2017 system may be longer, so the bound is generous.)
+LONGEST_CREDENTIAL = 512
+
+
 def misshapen(credential: str) -> bool:
     """A key or personal token (by its prefix) of the wrong length or with a character outside
     base62: MALFORMED at a glance, before any digest or look-up (C-level string checks only;

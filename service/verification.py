@@ -1,11 +1,11 @@
 """Verifying a credential for a gateway: may it do this scope (on this app), now?
 
-The hot path: a glance at the shape, one HMAC, one dictionary look-up in the in-memory index, a
-few comparisons, and a note of the use in memory. No I/O, no logging, no store access. A key or
-token of the wrong length or with a character outside base62 is ``MALFORMED`` before any digest
-or look-up. Only a credential the index does not know has its checksum checked (CRC32): a wrong
-one is ``MALFORMED`` rather than ``NOT_FOUND``. A known one needs no check: it is an issued
-secret, and every issued secret is well-formed.
+The hot path: one HMAC, one dictionary look-up in the in-memory index, a few comparisons, and a
+note of the use in memory. No I/O, no logging, no store access. A known credential needs no check
+of its shape: it is an issued secret, and every issued secret is well-formed. Only a credential the
+index does not know is classified: a key or token of the wrong length, with a character outside
+base62 or a wrong checksum (CRC32) is ``MALFORMED`` rather than ``NOT_FOUND``. A string longer than
+any credential (``LONGEST_CREDENTIAL``) gets no HMAC at all.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from projections.verification import (
     verdict,
 )
 from service import credentials
-from service.credentials import misshapen
+from service.credentials import LONGEST_CREDENTIAL
 from service.domain.actors import RequestInfo
 from service.domain.restrictions import NO_FACTS, Facts
 from service.domain.restrictions import REFUSALS as RESTRICTION_REFUSALS
@@ -98,9 +98,11 @@ class Verifier:
         """(code, kind, entry): the verdict, the credential's kind if known, its entry if found.
         ``request`` gives the facts of the request, should a legacy token's use be recorded;
         ``facts`` (or a function giving them) what a restricted key is judged by."""
-        if misshapen(credential):  # wrong length or not base62: refused without a digest or look-up
-            return MALFORMED, None, None
-        entry = self._index.by_digest.get(self._digest(credential)[:DIGEST_BYTES])
+        # One HMAC and one look-up first: a hit is an issued secret, well-formed by construction, so
+        # its shape needs no check. Only a miss is classified (prefix, length, base62, checksum).
+        # A string longer than any credential could be is a miss without an HMAC.
+        entry = (self._index.by_digest.get(self._digest(credential)[:DIGEST_BYTES])
+                 if len(credential) <= LONGEST_CREDENTIAL else None)
         if entry is None:
             # Unknown: is it even well-formed? A wrong length or checksum is MALFORMED; else
             # ``kind`` is what the string looks like (one without a known prefix counts as a
