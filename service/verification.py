@@ -157,7 +157,9 @@ class Verifier:
         credential (a key's last use, a legacy token's recorded use), but a question, not a request:
         nothing is counted against a rate limit or in the key's usage. A personal token is
         ``INSUFFICIENT_SCOPE``: it carries no API scopes."""
-        if len(credential) > 1024 or misshapen(credential):
+        # As in ``verify``: the look-up first (a hit is well-formed by construction); a miss is
+        # inactive whatever its shape, so it needs no classifying at all.
+        if len(credential) > LONGEST_CREDENTIAL:
             return MALFORMED, None
         entry = self._index.by_digest.get(self._digest(credential)[:DIGEST_BYTES])
         if entry is None:
