@@ -100,6 +100,12 @@ class Directory:
     def __init__(self, store: ViewStore) -> None:
         self.store = store
 
+    def key_created_at(self, key_id: str) -> datetime | None:
+        """When a key was created (None for an id the directory does not hold)."""
+        with self.store.read() as db:
+            row = db.execute("SELECT created_at FROM directory_keys WHERE id = ?", (key_id,)).fetchone()
+        return from_rfc3339(row[0]) if row else None
+
     def apps(self, owner_id: str | None = None) -> list[dict]:
         sql = "SELECT id, name, owner_id, created_at FROM directory_apps"
         params: tuple = ()

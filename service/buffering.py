@@ -24,6 +24,15 @@ the way a buffering proxy is in front of sync workers:
   the sync worker (a gateway's connection per request), with a bounded, non-blocking linger that
   lets the client read the answer before the socket closes.
 
+A response the app marks as long-lived (it sets ``environ["keyledger.detach"]``, e.g. the audit
+feed's ``?follow=1``, which may stream for as long as an hour) is not written by the loop: once the
+app has returned it, its writing — and the iteration of its body, which may wait for new events —
+is handed to one of ``STREAM_THREADS`` threads, and the loop goes back to the other connections at
+once. Only a response that asks for it is detached, and the app learns that it will be
+(``environ["keyledger.detaches"]``), so it may bound a stream that would hold the loop under another
+server. When the worker stops, ``environ["keyledger.stopping"]`` (a ``threading.Event``) is set, so
+such a stream can end at a line boundary; it gets ``DETACHED_STOP`` seconds to do so.
+
 Everything else is gunicorn's: the master, the worker timeout (the loop notifies the master each
 turn, so only a stuck app is killed), graceful restarts, hooks (the embedded scheduler is started by
 ``post_worker_init``), ``max_requests``.
@@ -36,7 +45,9 @@ import os
 import selectors
 import socket
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +65,9 @@ MAX_HEAD = 64 * 1024  # bytes of request line and headers; more is 431
 MAX_BODY = 256 * 1024  # bytes buffered for one body (the app takes 64 KB); more is 413
 MAX_CHUNK_LINE = 1024  # bytes of one chunk-size line with its extensions
 RECV = 65536
+STREAM_THREADS = 32  # threads writing detached (long-lived) responses, per worker, reused
+DETACHED_STOP = 2.0  # seconds detached streams get to end when the worker stops
+DETACH = "keyledger.detach"  # set by the app on a response to be written by a stream thread
 
 _LISTENER = "listener"
 _PIPE = "pipe"
@@ -204,6 +218,8 @@ class BufferingWorker(JsonErrorWorker):
         self.conns: dict[int, _Conn] = {}  # incomplete requests, oldest first
         self.closing: dict[int, tuple[socket.socket, float]] = {}  # answered, lingering, oldest first
         self.max_conns = max(1, self.cfg.worker_connections)
+        self.stopping = threading.Event()  # told to detached streams (environ["keyledger.stopping"])
+        self.streams: ThreadPoolExecutor | None = None  # made at the first detached response
         super().init_process()
 
     def run(self) -> None:
@@ -216,6 +232,7 @@ class BufferingWorker(JsonErrorWorker):
             self.notify()
             if not self.alive and accepting:  # stop: no new connections, finish the started ones
                 accepting = False
+                self.stopping.set()
                 for listener in self.sockets:
                     self.selector.unregister(listener)
             try:
@@ -248,6 +265,12 @@ class BufferingWorker(JsonErrorWorker):
             conn.sock.close()
         for sock, _ in list(self.closing.values()):
             self._close(sock)
+        self.stopping.set()
+        if self.streams is not None:  # detached streams end at their next turn; wait a little for them
+            self.streams.shutdown(wait=False, cancel_futures=True)
+            deadline = time.monotonic() + DETACHED_STOP
+            for thread in list(getattr(self.streams, "_threads", ())):
+                thread.join(max(deadline - time.monotonic(), 0))
 
     def _stop_by(self) -> float:
         """When a stopping worker gives up on requests still arriving: before the master's
@@ -425,7 +448,8 @@ class BufferingWorker(JsonErrorWorker):
         sock = conn.sock
         try:
             sock.settimeout(WRITE_TIMEOUT)
-            self.handle_buffered(conn.server, req, sock, conn.addr, refused)
+            if self.handle_buffered(conn.server, req, sock, conn.addr, refused):
+                return  # a stream thread writes the answer and closes the connection
         except http.errors.NoMoreData:
             pass
         except StopIteration:
@@ -438,10 +462,12 @@ class BufferingWorker(JsonErrorWorker):
         self._linger(sock, refusal=refused is not None)
 
     def handle_buffered(self, server: Any, req: Any, client: socket.socket, addr: Any,
-                        refused: BodyRefused | None) -> None:
-        """The sync worker's ``handle_request`` on a request read whole."""
+                        refused: BodyRefused | None) -> bool:
+        """The sync worker's ``handle_request`` on a request read whole. True when the answer was
+        handed to a stream thread (which then owns the connection)."""
         environ: dict = {}
         resp = None
+        detached = False
         try:
             self.cfg.pre_request(self, req)
             request_start = datetime.now()
@@ -453,7 +479,15 @@ class BufferingWorker(JsonErrorWorker):
             if self.nr >= self.max_requests:
                 self.log.info("Autorestarting worker after current request.")
                 self.alive = False
+            environ["keyledger.detaches"] = True
+            environ["keyledger.stopping"] = self.stopping
             respiter = self.wsgi(environ, resp.start_response)
+            if environ.get(DETACH) and not isinstance(respiter, environ["wsgi.file_wrapper"]):
+                if self.streams is None:
+                    self.streams = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix="keyledger-stream")
+                self.streams.submit(self._stream, req, resp, respiter, environ, client, request_start)
+                detached = True
+                return True
             try:
                 if isinstance(respiter, environ["wsgi.file_wrapper"]):
                     resp.write_file(respiter)
@@ -473,10 +507,41 @@ class BufferingWorker(JsonErrorWorker):
                 raise StopIteration() from None
             raise
         finally:
+            if not detached:
+                try:
+                    self.cfg.post_request(self, req, environ, resp)
+                except Exception:
+                    self.log.exception("Exception in post_request hook")
+        return False
+
+    def _stream(self, req: Any, resp: Any, respiter: Any, environ: dict, sock: socket.socket,
+                request_start: datetime) -> None:
+        """In a stream thread: write a detached answer to its end (or until the client stops
+        reading for ``WRITE_TIMEOUT`` seconds, or goes away), then close its connection."""
+        try:
+            for item in respiter:
+                resp.write(item)
+            resp.close()
+        except OSError:
+            pass  # the client went away, or stopped reading
+        except Exception:
+            self.log.exception("Error writing a streamed response")
+        finally:
             try:
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            except Exception:
+                self.log.exception("Error closing a streamed response")
+            try:
+                self.log.access(resp, req, environ, datetime.now() - request_start)
                 self.cfg.post_request(self, req, environ, resp)
             except Exception:
                 self.log.exception("Exception in post_request hook")
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            sock.close()
 
     def _refuse(self, conn: _Conn, req: Any, error: BaseException) -> None:
         """A request gunicorn's parser refuses: the JSON envelope (``handle_error``), then close."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from service.domain.actors import NO_REQUEST, Actor
+from service.domain.actors import NO_REQUEST, ROLES, Actor
 from service.domain.errors import KeyledgerError
 from service.settings import Settings, SettingsError
 
@@ -254,11 +254,16 @@ def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
     from projections.audit import AuditFilter
     from service import exports
 
+    if args.follow and args.format != "jsonl":
+        print("keyledger: --follow writes JSON Lines only; leave out --format csv", file=sys.stderr)
+        return 2
     with _store(settings) as system:
         actor_kind, _, actor_id = (args.actor or "").partition(":")
         filters = AuditFilter(app_id=args.app_id, key_id=args.key_id, type=args.type,
                               actor_kind=actor_kind or None, actor_id=actor_id or None,
                               since_us=args.since, until_us=args.until)
+        if args.follow:
+            return _audit_follow(system, filters, args)
         total = system.audit.count(filters)
         out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
         progress = sys.stderr.isatty()
@@ -266,7 +271,13 @@ def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
         try:
             def counted():
                 nonlocal written
-                for event in system.audit.stream(filters):
+                if args.since_seq:
+                    from service.audit_feed import events_after
+
+                    events = events_after(system.audit, filters, after=args.since_seq)
+                else:
+                    events = system.audit.stream(filters)
+                for event in events:
                     written += 1
                     if progress and written % 1000 == 0:
                         print(f"\rexporting audit events: {written:,}/{total:,} "
@@ -286,6 +297,48 @@ def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _audit_follow(system: Any, filters: Any, args: argparse.Namespace) -> int:
+    """``audit export --follow``: every matching event after ``--since-seq``, then each new one as
+    it is committed, one JSON line each, flushed batch by batch, until interrupted. SIGTERM and
+    Ctrl-C end it between batches (exit 0), so the output ends with a whole line; resume with
+    ``--since-seq`` set to the last line's ``seq``."""
+    import signal
+    import threading
+
+    from service import exports
+    from service.audit_feed import follow
+
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    keys_app, audit, follower = system.keys_app, system.audit, system.follower
+
+    def refresh() -> None:  # no server need run: this process brings the audit view up to date
+        if keys_app.last_position() > audit.last_seq():
+            follower.update_views(timeout=2.0)
+
+    out = open(args.output, "a", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        for batch in follow(audit, filters, after=args.since_seq or 0, poll=system.settings.follow_interval,
+                            refresh=refresh, stopping=stopping):
+            if batch:
+                for chunk in exports.jsonl_lines(batch):
+                    out.write(chunk)
+                out.flush()
+    except BrokenPipeError:  # the reader went away (a shipper restarting): nothing more to say
+        sys.stderr.close()  # and no second complaint from the interpreter at exit
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if args.output:
+            out.close()
+    return 0
+
+
 def _time(text: str) -> int:
     """An RFC 3339 time as microseconds since 1970 (the audit view's filter form)."""
     from projections.audit import microseconds
@@ -295,6 +348,12 @@ def _time(text: str) -> int:
         return microseconds(parse_time(text, "time"))
     except (SettingsError, OverflowError):
         raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time such as 2017-06-01T00:00:00Z") from None
+
+
+def _seq(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a position in the log (a whole number, 0 or more)")
+    return int(text)
 
 
 def _actor(text: str) -> str:
@@ -344,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = account_commands.add_parser("create", parents=[existing], help="create an account and print its token once")
     create.add_argument("--email", required=True)
     create.add_argument("--name", required=True)
-    create.add_argument("--role", required=True, choices=["owner", "auditor", "admin"])
+    create.add_argument("--role", required=True, choices=list(ROLES))
     create.add_argument("--json", action="store_true", help="print one JSON line")
     create.set_defaults(handler=_accounts_create)
 
@@ -395,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--actor", type=_actor, help="only events by account:<id>, key:<id> or system")
     export.add_argument("--since", type=_time, help="only events at or after this RFC 3339 time")
     export.add_argument("--until", type=_time, help="only events before this RFC 3339 time")
+    export.add_argument("--since-seq", type=_seq, default=0, metavar="N",
+                        help="only events after position N (the seq of the last event you have)")
+    export.add_argument("--follow", "-f", action="store_true",
+                        help="keep writing new events as they are committed (JSON Lines), until interrupted")
     export.set_defaults(handler=_audit_export, init=None)
     return parser
 

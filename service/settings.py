@@ -219,6 +219,10 @@ class Settings:
     leak_policy: str = "revoke"  # what a leaked key gets: revoke | report (an app may override)
     # How long before a key expires its owner is reminded (service.domain.expiry), longest first.
     expiry_reminders: tuple[timedelta, ...] = (timedelta(days=7), timedelta(days=1))
+    # The live audit feed (GET /v2/audit/events.jsonl?follow=1): how long one stream lasts before the
+    # client reconnects with since_seq, and the blank line sent after this long without events.
+    audit_follow_limit: timedelta = timedelta(hours=1)
+    audit_heartbeat: timedelta = timedelta(seconds=15)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -317,6 +321,12 @@ class Settings:
             kwargs["proxy_hops"] = int(v)
         if (v := get("KEYLEDGER_TRUSTED_PROXIES")) is not None:
             kwargs["trusted_proxies"] = parse_cidrs(v, "KEYLEDGER_TRUSTED_PROXIES")
+        for variable, name, example in (("KEYLEDGER_AUDIT_FOLLOW_LIMIT", "audit_follow_limit", "1h"),
+                                        ("KEYLEDGER_AUDIT_HEARTBEAT", "audit_heartbeat", "15s")):
+            if (v := get(variable)) is not None:
+                kwargs[name] = parse_duration(v, variable)
+                if not kwargs[name]:
+                    raise SettingsError(f"{variable}={v!r}: expected a duration above zero, e.g. {example}")
         if (v := get("KEYLEDGER_FOLLOW_INTERVAL")) is not None:
             try:
                 interval = float(v)

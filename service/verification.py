@@ -149,6 +149,36 @@ class Verifier:
         self._legacy_use(entry, credential, now, request)
         return VALID, entry.kind, entry
 
+    def introspect(self, credential: str, request: Callable[[], RequestInfo] | None = None,
+                   ) -> tuple[str, Credential | None]:
+        """(code, entry): the verdict on a token alone, for RFC 7662 introspection. The same index and
+        rules as ``verify`` with no scope, no app and no request facts (so a key with a client
+        restriction is refused, as forward-auth refuses it without the facts). It is a use of the
+        credential (a key's last use, a legacy token's recorded use), but a question, not a request:
+        nothing is counted against a rate limit or in the key's usage. A personal token is
+        ``INSUFFICIENT_SCOPE``: it carries no API scopes."""
+        # As in ``verify``: the look-up first (a hit is well-formed by construction); a miss is
+        # inactive whatever its shape, so it needs no classifying at all.
+        if len(credential) > LONGEST_CREDENTIAL:
+            return MALFORMED, None
+        entry = self._index.by_digest.get(self._digest(credential)[:DIGEST_BYTES])
+        if entry is None:
+            return NOT_FOUND, None
+        now = self._now()
+        code = verdict(entry, None, None, now, NO_FACTS)
+        if code != VALID:
+            return code, entry
+        kind = type(entry)
+        if kind is KeyRecord:
+            self._touch(entry, now)
+        elif kind is KeyEntry:
+            self._touch(entry.id, now)
+        elif kind is TokenEntry:
+            return INSUFFICIENT_SCOPE, entry
+        else:
+            self._legacy_use(entry, credential, now, request)
+        return VALID, entry
+
     def _legacy_use(self, entry: AccessTokenEntry, token: str, now: float,
                     request: Callable[[], RequestInfo] | None) -> None:
         """Count the use; the first in its window (in any process) is recorded as an event

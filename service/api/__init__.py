@@ -24,11 +24,13 @@ log = logging.getLogger("keyledger.api")
 # Paths that take no credential of their own.
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/v2/verify",
                    "/v2/auth/check", "/v2/token", "/v2/scopes", "/console",
-                   "/v2/leaks/github")  # GitHub signs its reports instead (service.api.leaks)
+                   "/v2/leaks/github",  # GitHub signs its reports instead (service.api.leaks)
+                   "/v2/introspect")  # RFC 7662: authenticates its callers itself (service.api.introspection)
 # Paths answered without the store (from the in-memory index or constants).
-STORE_FREE_PREFIXES = ("/v2/verify", "/v2/auth/check", "/v2/scopes")
+STORE_FREE_PREFIXES = ("/v2/verify", "/v2/auth/check", "/v2/scopes", "/v2/introspect")
 # Paths whose views read their own bodies (the hot path parses JSON once; OAuth2 takes forms).
-SELF_PARSING = ("/v2/verify", "/v2/token", "/v2/leaks", "/v2/leaks/github")  # leaks: JSON arrays
+SELF_PARSING = ("/v2/verify", "/v2/token", "/v2/leaks", "/v2/leaks/github",  # leaks: JSON arrays
+                "/v2/introspect")  # a form (RFC 7662)
 # The web console (service.console): HTML forms, its own cookie sign-in, CSRF checks and error
 # pages; the JSON rules below (bodies, repeated query parameters) are the API's, not its.
 CONSOLE = "/console"
@@ -69,12 +71,17 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
     verdicts = Verdicts(system.verifier, LegacyNotice.of(system.settings), metrics.verified)
     flask_app.extensions["keyledger_metrics"] = metrics
     flask_app.extensions["keyledger_verdicts"] = verdicts
+    from service.api.introspection import Introspection, IssuedAt
+
+    introspection = Introspection(system.verifier, system.authenticator, IssuedAt(system.directory),
+                                  system.settings.access_token_ttl)
+    flask_app.extensions["keyledger_introspection"] = introspection
     from service.api.client_facts import TrustedProxies
 
     proxies = flask_app.extensions["keyledger_trusted_proxies"] = TrustedProxies(system.settings.trusted_proxies)
     # Request ids, the access log and metrics for every request; forward-auth without Flask.
     flask_app.wsgi_app = Gateway(flask_app.wsgi_app, system, verdicts, metrics,  # type: ignore[method-assign]
-                                 proxies)
+                                 proxies, introspection)
     if system.settings.proxy_hops:  # events record the client's address, not the proxy's
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -101,6 +108,7 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
         apps,
         audit,
         campaign,
+        introspection,
         keys,
         leaks,
         legacy,
@@ -113,6 +121,8 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
     for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp, usage.blp, verify.blp, legacy.blp,
                       audit.blp, campaign.blp, leaks.blp):
         api.register_blueprint(blueprint)
+    introspection.register(api)
+    api.register_blueprint(introspection.blp)
     _serve_migration_guide(flask_app)
     from service.api import idempotency
 

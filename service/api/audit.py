@@ -17,6 +17,7 @@ from marshmallow import RAISE
 from projections.audit import AuditFilter, decode_cursor, encode_cursor, microseconds
 from service import exports
 from service.api import context
+from service.api.feed import AuditFeedQuerySchema, feed_response
 from service.api.schemas import (
     AccessQuerySchema,
     AccessSchema,
@@ -114,12 +115,18 @@ def _streamed(content_type: str, description: str) -> dict:
 
 @blp.route("/v2/audit/events.jsonl")
 class AuditEventsJsonl(MethodView):
-    @blp.arguments(AuditFilterSchema, location="query", unknown=RAISE)
-    @blp.doc(**_streamed("application/x-ndjson", "One audit event per line, streamed."))
-    @_refusals(*_REFUSALS)
+    @blp.arguments(AuditFeedQuerySchema, location="query", unknown=RAISE)
+    @blp.doc(**_streamed("application/x-ndjson", "One audit event per line, streamed; with follow=1 the "
+                         "stream stays open, new events follow as they are committed, and a blank line is a "
+                         "heartbeat (skip it)."))
+    @_refusals(*_REFUSALS, 503)
     def get(self, query):
-        """Every matching audit event as JSON Lines, streamed (same filters as /v2/audit/events)."""
-        return _export(query, "jsonl")
+        """Every matching audit event as JSON Lines, streamed (same filters as /v2/audit/events); `since_seq` resumes, `follow=1` keeps streaming new ones."""
+        system = context.system()
+        owner = system.keys_app.audit_reader(by=context.actor())
+        if query.get("follow"):  # the live feed is the security team's
+            system.keys_app.require_auditor(by=context.actor())
+        return feed_response(system, audit_filter(query), owner, query)
 
 
 @blp.route("/v2/audit/events.csv")

@@ -17,6 +17,7 @@ from typing import Any
 
 from service.api.client_facts import TrustedProxies, request_facts
 from service.api.context import request_id_for
+from service.api.introspection import Introspection
 from service.api.verify import MAX_BODY, Verdicts, envelope
 from service.composition import System
 from service.credentials import redact
@@ -30,6 +31,7 @@ errors = logging.getLogger("keyledger.api")
 
 CHECK = "/v2/auth/check"
 VERIFY = "/v2/verify"
+INTROSPECT = "/v2/introspect"  # RFC 7662 (service.api.introspection): the same index, the same path
 _REASONS = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED", 403: "403 FORBIDDEN",
             429: "429 TOO MANY REQUESTS",
             500: "500 INTERNAL SERVER ERROR"}
@@ -50,10 +52,12 @@ STALE_AFTER = 1.0
 SYNC_WAIT = 0.1
 
 class Gateway:
-    __slots__ = ("flask_wsgi", "system", "verdicts", "metrics", "_access", "proxies")
+    __slots__ = ("flask_wsgi", "system", "verdicts", "metrics", "_access", "proxies", "introspection")
 
     def __init__(self, flask_wsgi: Callable[[dict, StartResponse], Iterable[bytes]], system: System,
-                 verdicts: Verdicts, metrics: Metrics, proxies: TrustedProxies | None = None) -> None:
+                 verdicts: Verdicts, metrics: Metrics, proxies: TrustedProxies | None = None,
+                 introspection: Introspection | None = None) -> None:
+        self.introspection = introspection
         self.proxies = proxies or TrustedProxies()  # whose X-Forwarded-For forward-auth believes
         self.flask_wsgi = flask_wsgi
         self.system = system
@@ -72,7 +76,8 @@ class Gateway:
         path = environ.get("PATH_INFO")
         method = environ.get("REQUEST_METHOD")
         answer = None
-        if (path == CHECK and method == "GET") or (path == VERIFY and method == "POST"):
+        if ((path == CHECK and method == "GET") or (path == VERIFY and method == "POST")
+                or (path == INTROSPECT and method == "POST" and self.introspection is not None)):
             try:
                 answer = self._answer(environ, path, request_id)
             except Exception:  # the contract's envelope, never the server's HTML page
@@ -125,6 +130,9 @@ class Gateway:
             return None  # Flask judges it (413, chunked bodies)
         data = environ["wsgi.input"].read(int(length)) if length != "0" else b""
         mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+        if path == INTROSPECT:
+            return self.introspection.answer(environ.get("HTTP_AUTHORIZATION", ""), mimetype, data,  # type: ignore[union-attr]
+                                             request_id, request_info)
         return self.verdicts.verify(mimetype, data, request_id, request_info)
 
     def _done(self, environ: dict, route: str, method: str, status: int, started: float,

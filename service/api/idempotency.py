@@ -51,7 +51,7 @@ HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 KEY_MAX = 255
 MUTATING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
-ANSWERED_AFRESH = ("/v2/verify",)  # questions, not commands
+ANSWERED_AFRESH = ("/v2/verify", "/v2/introspect")  # questions, not commands
 VIEWS_LATER = ("/v2/token",)  # a token costs one write: the views catch up in the background
 STREAM_READERS = ("/v2/token",)  # views that read the body from the stream
 # Tests only: a process that commits the request with this Idempotency-Key dies before answering.

@@ -72,7 +72,7 @@ IDEMPOTENCY_KEY = {
 }
 IDEMPOTENCY_KEY_IGNORED = {
     "name": "Idempotency-Key", "in": "header", "required": False,
-    "description": "Accepted and ignored: a verification changes nothing, so a retry is answered "
+    "description": "Accepted and ignored: a verification (or an introspection) changes nothing, so a retry is answered "
                    "afresh (a replayed verdict could be stale).",
     "schema": {"type": "string"},
 }
@@ -81,9 +81,9 @@ REPLAYED = {"Idempotent-Replayed": {
                    "`Idempotency-Key`.", "schema": {"type": "string", "enum": ["true"]}}}
 KEY_REUSED = {"description": "`IDEMPOTENCY_KEY_REUSED`: the `Idempotency-Key` was used for another "
                              "request in the last 24 hours.", **ERROR}
-ANSWERED_AFRESH = ("/v2/verify",)
+ANSWERED_AFRESH = ("/v2/verify", "/v2/introspect")
 
-UNSTORED = ("/healthz", "/v2/scopes", "/v2/verify", "/v2/auth/check")  # no store behind them
+UNSTORED = ("/healthz", "/v2/scopes", "/v2/verify", "/v2/auth/check", "/v2/introspect")  # no store behind them
 
 
 def _error(status: str, shape: dict = ERROR) -> dict:

@@ -127,6 +127,8 @@ class AuditUseCases(LedgerApplication):
         """Whose apps' events the caller may read: their own (owners) or everyone's (None)."""
         if by.kind == "key":
             raise Forbidden("API keys cannot read the audit trail; use a personal token (pat_…).")
+        if by.is_introspector:
+            raise Forbidden("An introspector account only asks POST /v2/introspect; it reads no audit trail.")
         return None if by.reads_everything else by.id
 
     def require_auditor(self, *, by: Actor) -> None:

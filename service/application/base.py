@@ -268,6 +268,8 @@ class LedgerApplication(Application):
     def _require_person(by: Actor) -> None:
         if by.kind == "key":
             raise Forbidden("API keys cannot manage apps or keys; use a personal token (pat_…).")
+        if by.is_introspector:
+            raise Forbidden("An introspector account only asks POST /v2/introspect; it manages nothing.")
 
 
 class OneReadRepository(Repository):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ROLES = ("owner", "auditor", "admin")
+# ``introspector``: a resource server (a gateway, an API behind Kong or mod_auth_openidc) that asks
+# ``POST /v2/introspect`` whether a token is active; it may do nothing else.
+ROLES = ("owner", "auditor", "admin", "introspector")
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,7 +15,7 @@ class Actor:
 
     kind: str  # "account" | "key" | "system"
     id: str
-    role: str | None = None  # accounts: owner, auditor or admin
+    role: str | None = None  # accounts: owner, auditor, admin or introspector
     app_id: str | None = None  # keys: the app the key belongs to
 
     @property
@@ -32,6 +34,15 @@ class Actor:
     @property
     def is_owner(self) -> bool:
         return self.kind == "account" and self.role == "owner"
+
+    @property
+    def is_introspector(self) -> bool:
+        return self.kind == "account" and self.role == "introspector"
+
+    @property
+    def may_introspect(self) -> bool:
+        """May ask ``POST /v2/introspect`` about any token: introspectors and admins."""
+        return self.kind == "account" and self.role in ("introspector", "admin")
 
     @property
     def reads_everything(self) -> bool:
