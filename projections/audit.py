@@ -27,7 +27,8 @@ from service.domain.keys import ApiKey
 
 _NOT_DATA = {"originator_id", "originator_version", "originator_topic", "timestamp", "by", "request"}
 _SECRET_LIKE = {"digest", "digests", "previous_digest", "token_digest", "secret_digest",  # not secrets,
-                "request_digest", "sealed_answer"}  # but of no use here (a retry's answer: sealed)
+                "request_digest", "sealed_answer",
+                "sealed_secret", "previous_sealed_secret"}  # but of no use here (a retry's answer: sealed)
 _LEFT_OUT = frozenset(_NOT_DATA | _SECRET_LIKE)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

@@ -30,6 +30,7 @@ from service.domain.actors import NO_REQUEST, Actor
 from service.domain.campaign import FINAL, CampaignPlan, Stage
 from service.domain.errors import KeyledgerError
 from service.domain.leaks import LEAK_NOTICE
+from service.webhooks.domain import WEBHOOK_NOTICE
 
 log = logging.getLogger("keyledger.campaign")
 
@@ -125,7 +126,7 @@ def deliver_pending_mail(keys_app: Any, progress: CampaignRecords, mailer: Maile
         reminder = keys_app.reminder(rid)  # the store, not the view, decides
         if not reminder["open"] or (reminder["next_attempt_at"] and reminder["next_attempt_at"] > now):
             continue
-        if reminder["stage"] not in (FINAL, LEAK_NOTICE) and now >= reminder["sunset_at"]:
+        if reminder["stage"] not in (FINAL, LEAK_NOTICE, WEBHOOK_NOTICE) and now >= reminder["sunset_at"]:
             keys_app.withdraw_reminder(rid, reason="the sunset passed before it could be delivered; "
                                                    "the final notice replaces it", by=SCHEDULER)
             continue

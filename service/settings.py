@@ -194,6 +194,7 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)  # rate-limit counters shared by instances
     github_scanning_keys: Path | None = None  # GitHub's secret-scanning public keys (JSON or PEM file)
     leak_policy: str = "revoke"  # what a leaked key gets: revoke | report (an app may override)
+    webhooks_allow_private: bool = False  # webhooks may go to private addresses, and over http
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -233,6 +234,11 @@ class Settings:
             if v not in ("revoke", "report"):
                 raise SettingsError(f"KEYLEDGER_LEAK_POLICY={v!r}: expected revoke or report")
             kwargs["leak_policy"] = v
+        if (v := get("KEYLEDGER_WEBHOOKS_ALLOW_PRIVATE")) is not None:
+            if v not in ("0", "1"):
+                raise SettingsError(f"KEYLEDGER_WEBHOOKS_ALLOW_PRIVATE={v!r}: expected 1 (allow private addresses "
+                                    "and http for webhooks) or 0")
+            kwargs["webhooks_allow_private"] = v == "1"
         if kwargs["pepper"] is not None and len(kwargs["pepper"].encode("utf-8")) < 32:
             raise SettingsError("KEYLEDGER_PEPPER is too short: use at least 32 random bytes "
                                 "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_hex(32))')")
