@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from projections.webhooks import WebhookOutbox
 from service.webhooks import safety
+from service.webhooks.domain import InvalidWebhookUrl
 from service.webhooks.secrets import signature_header
 
 log = logging.getLogger("keyledger.webhooks")
@@ -118,6 +119,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, allow_private: bool,
         return Attempt(response.status, error, took(), head.decode("utf-8", "replace"))
     except safety.RefusedTarget as refused:
         return Attempt(None, str(refused), took(), None)
+    except InvalidWebhookUrl as refused:  # the URL itself (the rules are stricter now than when registered)
+        return Attempt(None, f"refused target: {refused.message}", took(), None)
     except (OSError, http.client.HTTPException, ValueError) as error:  # timeouts are OSErrors
         reason = "timed out" if isinstance(error, TimeoutError | socket.timeout) else (
             str(error) or type(error).__name__)
