@@ -194,8 +194,9 @@ class WebhookOutbox:
 
     def record_attempt(self, delivery: dict, *, owner: str, at_us: int, status_code: int | None,
                        error: str | None, duration_ms: int, response_head: str | None,
-                       outcome: str, next_us: int) -> None:
-        """One attempt, and what follows: ``delivered``, ``pending`` again at ``next_us``, or ``failed``."""
+                       outcome: str, next_us: int, lease_until_us: int | None = None) -> None:
+        """One attempt, and what follows: ``delivered``, ``pending`` again at ``next_us``, or ``failed``;
+        with ``lease_until_us``, the deliverer's other leased rows of the endpoint are kept till then."""
         attempt = delivery["attempts"] + 1
         with self.store.write() as db:
             db.execute(upsert("webhook_attempts", ("delivery_id", "attempt", "endpoint_id", "at_us", "status_code",
@@ -211,6 +212,10 @@ class WebhookOutbox:
                 "WHERE id = ? AND lease_owner = ?",
                 (attempt, outcome, next_us, at_us, at_us, status_code, error, duration_ms, response_head,
                  outcome, at_us, delivery["id"], owner))
+            if lease_until_us is not None:
+                db.execute("UPDATE webhook_deliveries SET lease_until_us = ? WHERE endpoint_id = ? "
+                           "AND lease_owner = ? AND status = 'pending'",
+                           (lease_until_us, delivery["endpoint_id"], owner))
 
     def release(self, endpoint_id: str, *, owner: str) -> None:
         """Give back the rows this deliverer leased and did not send (after a failure)."""

@@ -147,7 +147,9 @@ class Deliverer:
         self.give_up_after = give_up_after
         self.workers = workers
         self.batch = batch
-        self.lease = lease if lease is not None else batch * (timeout + 5)
+        # A claimed row is leased for two deliveries' time, renewed with each attempt recorded:
+        # a deliverer killed mid-batch holds its rows that long at most.
+        self.lease = lease if lease is not None else 2 * (timeout + 5)
         self.poll_interval = poll_interval
         self.clock = clock
         self.context = context
@@ -258,7 +260,8 @@ class Deliverer:
         if attempt.ok:
             self.outbox.record_attempt(delivery, owner=self.owner, at_us=at_us, status_code=attempt.status_code,
                                        error=None, duration_ms=attempt.duration_ms,
-                                       response_head=attempt.response_head, outcome="delivered", next_us=at_us)
+                                       response_head=attempt.response_head, outcome="delivered", next_us=at_us,
+                                       lease_until_us=self._now_us() + int(self.lease * 1e6))
         return attempt
 
     def _failed(self, endpoint: dict, delivery: dict, attempt: Attempt) -> None:

@@ -49,6 +49,7 @@ class Receiver:
 
         self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
+        self.server.handle_error = lambda request, address: None  # a sender killed mid-request: not news
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
