@@ -268,8 +268,7 @@ class Deliverer:
         now = self.clock()
         at_us = int(now * 1e6)
         number = delivery["attempts"] + 1
-        first_us = delivery["first_attempt_us"] or at_us
-        over = number > len(self.backoff) or (at_us - first_us) / 1e6 > self.give_up_after.total_seconds()
+        over = number > len(self.backoff)  # the schedule (about three days) is spent
         next_us = at_us if over else at_us + int(self.backoff[number - 1] * 1e6)
         self.outbox.record_attempt(delivery, owner=self.owner, at_us=at_us, status_code=attempt.status_code,
                                    error=attempt.error, duration_ms=attempt.duration_ms,
@@ -281,7 +280,7 @@ class Deliverer:
         if over:
             since = self.outbox.failing_since(endpoint["id"])
             if since is not None and (at_us - since) / 1e6 >= self.give_up_after.total_seconds():
-                reason = (f"every delivery failed for {self.give_up_after.days} days "
+                reason = (f"every delivery failed for {self.give_up_after.total_seconds() / 86400:g} days "
                           f"(last: {attempt.error})")
                 if self.keys_app.disable_failing_webhook(endpoint["id"], reason=reason) is not None:
                     log.warning("webhook endpoint %s disabled: %s", endpoint["id"], reason)
