@@ -137,7 +137,7 @@ class Deliverer:
     def __init__(self, keys_app: Any, outbox: WebhookOutbox, *, allow_private: bool = False,
                  timeout: float = TIMEOUT, backoff: tuple[float, ...] = BACKOFF,
                  give_up_after: timedelta = GIVE_UP_AFTER, workers: int = 32, batch: int = 20,
-                 lease: float | None = None, poll_interval: float = 0.1,
+                 lease: float | None = None, poll_interval: float = 0.05,
                  clock: Callable[[], float] = time.time, context: ssl.SSLContext | None = None) -> None:
         self.keys_app = keys_app
         self.outbox = outbox
