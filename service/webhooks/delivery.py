@@ -138,7 +138,8 @@ class Deliverer:
                  timeout: float = TIMEOUT, backoff: tuple[float, ...] = BACKOFF,
                  give_up_after: timedelta = GIVE_UP_AFTER, workers: int = 32, batch: int = 20,
                  lease: float | None = None, poll_interval: float = 0.05,
-                 clock: Callable[[], float] = time.time, context: ssl.SSLContext | None = None) -> None:
+                 clock: Callable[[], float] = time.time, context: ssl.SSLContext | None = None,
+                 record_every: int = 10, record_within: float = 0.2) -> None:
         self.keys_app = keys_app
         self.outbox = outbox
         self.allow_private = allow_private
@@ -153,6 +154,8 @@ class Deliverer:
         self.poll_interval = poll_interval
         self.clock = clock
         self.context = context
+        self.record_every = record_every
+        self.record_within = record_within
         self.owner = f"{socket.gethostname()}:{uuid.uuid4().hex[:12]}"
         self._busy: set[str] = set()
         self._lock = threading.Lock()
@@ -219,35 +222,56 @@ class Deliverer:
 
     def drain(self, endpoint_id: str) -> int:
         """Send an endpoint's due deliveries (a batch at a time, oldest first) until none is due;
-        returns how many were delivered. Stops at the first failure: the endpoint is not tried
-        again before that row's next attempt, or the next dispatch."""
+        returns how many were delivered. Successes are recorded in groups of up to ``record_every``
+        (or after ``record_within`` seconds): a deliverer killed before recording a group sends it
+        again after the lease — the repeats at-least-once allows, each with its ``webhook-id``.
+        Stops at the first failure: the endpoint is not tried again before the next dispatch."""
         delivered = 0
         while not self._stopping.is_set():
             endpoint = self.outbox.endpoint(endpoint_id)
             if endpoint is None or endpoint["status"] != "enabled":
                 return delivered
-            now_us = self._now_us()
-            claimed = self.outbox.claim(endpoint_id, owner=self.owner, now_us=now_us,
+            claimed = self.outbox.claim(endpoint_id, owner=self.owner, now_us=self._now_us(),
                                         lease_us=int(self.lease * 1e6), limit=self.batch)
             if not claimed:
                 return delivered
             secrets = self.keys_app.webhook_signing_secrets(endpoint_id, at=datetime.fromtimestamp(
                 self.clock(), UTC))
-            for delivery in claimed:
-                if self._stopping.is_set():
-                    return delivered
-                attempt = self.send(endpoint["url"], delivery, secrets)
-                if attempt.ok:
+            done: list[tuple] = []
+            oldest = 0.0
+            try:
+                for delivery in claimed:
+                    if self._stopping.is_set():
+                        return delivered
+                    at = self.clock()
+                    attempt = self.send(endpoint["url"], delivery, secrets, at=at)
+                    if not attempt.ok:
+                        self._record(done)
+                        done = []
+                        self._failed(endpoint, delivery, attempt, at=at)
+                        return delivered
                     delivered += 1
-                else:
-                    self._failed(endpoint, delivery, attempt)
-                    return delivered  # the rest of the batch: leased until the lease ends (or freed below)
-            continue
+                    if not done:
+                        oldest = time.monotonic()
+                    at_us = int(at * 1e6)
+                    done.append((delivery, at_us, attempt.status_code, None, attempt.duration_ms,
+                                 attempt.response_head, "delivered", at_us))
+                    if len(done) >= self.record_every or time.monotonic() - oldest >= self.record_within:
+                        self._record(done)
+                        done = []
+            finally:
+                self._record(done)
         return delivered
 
-    def send(self, url: str, delivery: dict, secrets: list[str]) -> Attempt:
+    def _record(self, done: list[tuple]) -> None:
+        if done:
+            self.outbox.record_attempts(done, owner=self.owner,
+                                        lease_until_us=self._now_us() + int(self.lease * 1e6))
+
+    def send(self, url: str, delivery: dict, secrets: list[str], *, at: float | None = None) -> Attempt:
+        """One attempt (signed at ``at``, now by default); not recorded here."""
         body = delivery["payload"].encode("utf-8")
-        now = self.clock()
+        now = self.clock() if at is None else at
         timestamp, signature = signature_header(secrets, delivery["event_id"], datetime.fromtimestamp(now, UTC),
                                                 body)
         headers = {"content-type": "application/json", "user-agent": USER_AGENT,
@@ -256,17 +280,10 @@ class Deliverer:
         attempt = post(url, body, headers, allow_private=self.allow_private, timeout=self.timeout,
                        context=self.context)
         self.sent += 1
-        at_us = int(now * 1e6)
-        if attempt.ok:
-            self.outbox.record_attempt(delivery, owner=self.owner, at_us=at_us, status_code=attempt.status_code,
-                                       error=None, duration_ms=attempt.duration_ms,
-                                       response_head=attempt.response_head, outcome="delivered", next_us=at_us,
-                                       lease_until_us=self._now_us() + int(self.lease * 1e6))
         return attempt
 
-    def _failed(self, endpoint: dict, delivery: dict, attempt: Attempt) -> None:
-        now = self.clock()
-        at_us = int(now * 1e6)
+    def _failed(self, endpoint: dict, delivery: dict, attempt: Attempt, *, at: float) -> None:
+        at_us = int(at * 1e6)
         number = delivery["attempts"] + 1
         over = number > len(self.backoff)  # the schedule (about three days) is spent
         next_us = at_us if over else at_us + int(self.backoff[number - 1] * 1e6)

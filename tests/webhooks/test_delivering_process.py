@@ -1,6 +1,6 @@
 """The deliverer in a real ``keyledger scheduler`` process, killed with SIGKILL mid-stream: after a
 restart every event is delivered, and a repeat is always the same event (same ``webhook-id``,
-same body)."""
+same body) and one of the few the killed process had sent but not yet recorded."""
 
 from __future__ import annotations
 
@@ -58,5 +58,7 @@ def test_kill_9_of_the_delivering_process_mid_stream_loses_nothing(tmp_path):
     for r in requests:
         assert bodies.setdefault(r["headers"]["webhook-id"], r["body"]) == r["body"]
     duplicates = len(requests) - len(bodies)
-    assert duplicates <= 1, f"{duplicates} repeats: only the delivery in flight at the kill may come twice"
+    # repeated at most: the delivery in flight at the kill and the successes not yet recorded (the
+    # deliverer records them in groups of up to 10)
+    assert duplicates <= 10, f"{duplicates} repeats"
     print(f"{got_before} delivered before the kill, {len(requests)} requests in all, {duplicates} repeated")
