@@ -33,17 +33,22 @@ class Moment(fields.Field):
 
 
 class WebhookCreateSchema(StrictSchema):
-    url = fields.String(required=True, metadata={"example": "https://billing.example.com/keyledger"})
+    url = fields.String(required=True, validate=validate.Length(min=9, max=2000),
+                        metadata={"example": "https://billing.example.com/keyledger",
+                                  "pattern": "^https?://[^\\s]+$"})
+    # enum and minItems are said in the document; the use case judges them (UNKNOWN_EVENT_TYPE, naming the field)
     event_types = fields.List(fields.String(metadata={"enum": list(EVENT_TYPES)}), required=True,
-                              metadata={"example": ["key.created", "key.revoked"]})
+                              metadata={"example": ["key.created", "key.revoked"], "minItems": 1,
+                                        "maxItems": len(EVENT_TYPES)})
     app_ids = fields.List(fields.String(), load_default=None,
                           metadata={"description": "Leave out (or []) for every app you may see."})
     description = fields.String(load_default=None, validate=validate.Length(max=200))
 
 
 class WebhookChangeSchema(StrictSchema):
-    url = fields.String()
-    event_types = fields.List(fields.String(metadata={"enum": list(EVENT_TYPES)}))
+    url = fields.String(validate=validate.Length(min=9, max=2000))
+    event_types = fields.List(fields.String(metadata={"enum": list(EVENT_TYPES)}),
+                              metadata={"minItems": 1, "maxItems": len(EVENT_TYPES)})
     app_ids = fields.List(fields.String())
     description = fields.String(validate=validate.Length(max=200))
     status = fields.String(validate=validate.OneOf(["enabled", "disabled"]))

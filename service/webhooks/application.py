@@ -12,6 +12,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
+from service.application.apps import SLUG
 from service.application.base import (
     COMMAND_ATTEMPTS,
     DESCRIPTION_MAX,
@@ -235,7 +236,7 @@ class WebhookUseCases(LedgerApplication):
         owner = None if by.is_admin and (registrant is None or registrant.registrant_role == "admin") else (
             registrant.registrant_id if registrant is not None else by.id)
         for app_id in app_ids:
-            app = self._find(App, App.create_id(app_id)) if app_id else None
+            app = self._find(App, App.create_id(app_id)) if SLUG.fullmatch(app_id) else None
             if app is None or (owner is not None and app.owner_id != owner):
                 raise AppNotYours(f"No app with id {app_id!r} of yours.",
                                   app_ids=[f"{app_id!r} is not an app you can register webhooks for."])

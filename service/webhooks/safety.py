@@ -50,6 +50,8 @@ def check_url(url: object, *, allow_private: bool) -> str:
 
     if not isinstance(url, str) or not url or len(url) > URL_MAX:
         raise refuse(f"Give an absolute https URL of at most {URL_MAX} characters.")
+    if not url.isascii():
+        raise refuse("Give the URL in ASCII (an international name in its xn-- form, other characters %-encoded).")
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
         raise refuse("The URL contains a space or a control character.")
     try:
