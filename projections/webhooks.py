@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
-from projections.audit import AuditLog, audit_record, event_type, microseconds
+from projections.audit import AuditLog, AuditTrail, audit_record, event_type, microseconds
 from projections.projection import Projection
 from projections.store import ViewStore, upsert
 from projections.timefmt import rfc3339
@@ -68,8 +68,20 @@ class WebhooksView(Projection):
         "CREATE INDEX IF NOT EXISTS webhook_by_endpoint ON webhook_deliveries (endpoint_id, seq)",
     )
 
+    def __init__(self, audit: AuditTrail | None = None) -> None:
+        self.audit = audit  # applied before this view in the same transaction: its records are reused
+        self._prefetched: tuple[Any, Any] | None = None
+
+    def prefetch(self, db: Any) -> None:
+        """Ask for the enabled endpoints now: in a pipelined write the question travels with the
+        positions' read, so a command pays no round trip for it."""
+        self._prefetched = (db, db.execute(_ENABLED))
+
     def process_batch(self, db: Any, batch: Sequence[tuple[int, Any]]) -> None:
-        endpoints: dict[str, dict] | None = None  # read once a batch, when an event may need them
+        prefetched, self._prefetched = self._prefetched, None
+        endpoints: dict[str, dict] | None = None
+        if prefetched is not None and prefetched[0] is db:
+            endpoints = _endpoints_of(prefetched[1].fetchall())
         for position, event in batch:
             if isinstance(event, WebhookEndpoint.Event):
                 self._endpoint_event(db, event)
@@ -79,7 +91,7 @@ class WebhooksView(Projection):
             if wtype is None:
                 continue
             if endpoints is None:
-                endpoints = _enabled_endpoints(db)
+                endpoints = _endpoints_of(db.execute(_ENABLED).fetchall())
             if endpoints:
                 self._queue(db, position, event, wtype, endpoints)
 
@@ -103,14 +115,19 @@ class WebhooksView(Projection):
                        "AND status = 'pending'", (endpoint_id,))
 
     def _queue(self, db: Any, position: int, event: Any, wtype: str, endpoints: dict[str, dict]) -> None:
-        row = db.execute("SELECT * FROM audit_events WHERE seq = ?", (position,)).fetchone()
-        if row is not None:
-            public = AuditLog._event(row)
-            owner_id = row["owner_id"]
-        else:  # the audit view is behind (rebuilt alone): the same form, without the chain's hashes
-            public = audit_record(db, position, event)
-            owner_id = public.pop("owner_id")
-            public.pop("aggregate_id")
+        found = self.audit.recent.get(position) if self.audit is not None else None
+        if found is not None:  # the audit trail's record of this very event, written just before
+            record, owner_id = found
+            public = {k: record[k] for k in _PUBLIC}
+        else:
+            row = db.execute("SELECT * FROM audit_events WHERE seq = ?", (position,)).fetchone()
+            if row is not None:
+                public = AuditLog._event(row)
+                owner_id = row["owner_id"]
+            else:  # the audit view is behind (rebuilt alone): the same form, without the chain's hashes
+                public = audit_record(db, position, event)
+                owner_id = public.pop("owner_id")
+                public.pop("aggregate_id")
         app_id = public["app_id"]
         payload = _json({"type": wtype, "timestamp": public["occurred_at"], "data": public})
         at = microseconds(event.timestamp)
@@ -131,9 +148,12 @@ class WebhooksView(Projection):
             db.executemany(_QUEUE, rows)
 
 
-def _enabled_endpoints(db: Any) -> dict[str, dict]:
-    rows = db.execute("SELECT id, event_types, app_ids, registrant_id, registrant_role FROM webhook_endpoints "
-                      "WHERE status = 'enabled'").fetchall()
+_ENABLED = ("SELECT id, event_types, app_ids, registrant_id, registrant_role FROM webhook_endpoints "
+            "WHERE status = 'enabled'")
+_PUBLIC = ("seq", "id", "type", "occurred_at", "actor", "app_id", "key_id", "data", "request", "hash", "prev_hash")
+
+
+def _endpoints_of(rows: Sequence[Any]) -> dict[str, dict]:
     return {r[0]: {"event_types": set(json.loads(r[1])), "app_ids": set(json.loads(r[2])),
                    "registrant_id": r[3], "registrant_role": r[4]} for r in rows}
 

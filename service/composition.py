@@ -197,10 +197,11 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     index = VerificationIndex(legacy_sunset_at=settings.legacy_sunset_at.timestamp())
     limit_book = LimitBook()
     beacon = ChangeBeacon(settings.data_dir / "changes.beacon")
+    audit_trail = AuditTrail(keys_app.stored_records, on_head=mark.note)
     follower = Follower(keys_app, views,
-                        [VerificationView(), DirectoryView(), AuditTrail(keys_app.stored_records, on_head=mark.note),
+                        [VerificationView(), DirectoryView(), audit_trail,
                          LegacyUsageView(), CampaignView(), LimitsView(),
-                         WebhooksView()],  # after the audit trail: it reads the audit row of each event
+                         WebhooksView(audit_trail)],  # after the audit trail: reuses its records
                         [index, limit_book],
                         beacon=beacon)
     follower.start()

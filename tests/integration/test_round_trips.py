@@ -35,8 +35,10 @@ CREATE_TRIPS, SCOPES_TRIPS, REVOKE_TRIPS = 4, 7, 5
 # head and the positions, then BEGIN, the writer lock, the positions' guard, each view's rows, the
 # new positions, COMMIT); a scope change also reads the key's last use for its answer. The rate
 # limits' view added one statement to each (its position) and one to a revocation (its row's delete,
-# sent unread in the same pipeline: no round trip).
-CREATE_STATEMENTS, SCOPES_STATEMENTS, REVOKE_STATEMENTS = 23, 26, 24
+# sent unread in the same pipeline: no round trip). The webhooks' view added two to each: its
+# position, and its read of the enabled endpoints, prefetched with the positions (no round trip;
+# with endpoints registered, an event of theirs costs its outbox rows, sent unread).
+CREATE_STATEMENTS, SCOPES_STATEMENTS, REVOKE_STATEMENTS = 25, 28, 26
 WARM_UP = 10  # commands of each kind before counting: every pooled connection has prepared its statements
 
 
