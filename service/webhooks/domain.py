@@ -27,7 +27,7 @@ SOURCES: dict[str, str] = {
     "ApiKey.Rolled": "key.rolled",
     "ApiKey.Revoked": "key.revoked",
     "ApiKey.Leaked": "key.leaked",
-    "ApiKey.ExpiryReminded": "key.expiring",  # the expiry reminders' event, once it lands
+    "ApiKey.Expiring": "key.expiring",  # the expiry reminders (branch expiry), once merged
     "ApiKey.Expired": "key.expired",  # keys expire by time today: no event yet
     "App.Registered": "app.created",
     "LegacyUseWindow.LegacyTokenUsed": "legacy.token_used",

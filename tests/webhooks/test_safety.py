@@ -113,3 +113,28 @@ def test_internal_targets_are_delivered_to_when_allowed(data_dir):
                 worker.stop()
     finally:
         system.close()
+
+
+@pytest.mark.store_independent
+def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch):
+    """DNS rebinding: the name is resolved once, checked, and that address connected to — a second
+    answer (here: a closed port's address) is never asked for."""
+    real = socket.getaddrinfo
+    answers: list[str] = []
+
+    def rebinding(host, port, *args, **kwargs):  # noqa: ANN001, ANN202
+        if host != "rebind.example":
+            return real(host, port, *args, **kwargs)
+        address = "127.0.0.1" if not answers else "127.0.0.2"
+        answers.append(address)
+        return real(address, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with Receiver() as receiver:
+        port = receiver.server.server_address[1]
+        attempt = post(f"http://rebind.example:{port}/hook", b"{}", {}, allow_private=True, timeout=2)
+        assert attempt.ok, attempt.error
+        assert answers == ["127.0.0.1"] and len(receiver.requests) == 1
+        assert receiver.requests[0]["headers"]["host"] == f"rebind.example:{port}"
+        refused = post(f"https://rebind.example:{port}/hook", b"{}", {}, allow_private=False, timeout=2)
+        assert "refused target" in refused.error and len(receiver.requests) == 1
