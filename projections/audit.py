@@ -27,7 +27,8 @@ from service.domain.keys import ApiKey
 
 _NOT_DATA = {"originator_id", "originator_version", "originator_topic", "timestamp", "by", "request"}
 _SECRET_LIKE = {"digest", "digests", "previous_digest", "token_digest", "secret_digest",  # not secrets,
-                "request_digest", "sealed_answer"}  # but of no use here (a retry's answer: sealed)
+                "request_digest", "sealed_answer",
+                "sealed_secret", "previous_sealed_secret"}  # but of no use here (a retry's answer: sealed)
 _LEFT_OUT = frozenset(_NOT_DATA | _SECRET_LIKE)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -106,6 +107,9 @@ class AuditTrail(Projection):
         self._apps: dict[str, str | None] = {}
         self._owners: dict[str, str | None] = {}
         self._prefetched: tuple[Any, Any] | None = None  # (db, the head's cursor): see prefetch()
+        # (the audit record, its app's owner) of each event of the batch just written, by position:
+        # for a view applied after this one in the same transaction (projections.webhooks).
+        self.recent: dict[int, tuple[dict, str | None]] = {}
 
     def create(self, db: Any, *, with_indexes: bool = True) -> None:
         columns = db.columns("audit_events")
@@ -148,17 +152,21 @@ class AuditTrail(Projection):
             self._apps.clear()
             self._owners.clear()
         rows = []
+        recent: dict[int, tuple[dict, str | None]] = {}
+        self.recent = recent
         for position, event in batch:
             stored = records.get(position)
             if stored is None:
                 raise RuntimeError(f"the stored record at position {position} could not be read back")
             digest = chain_hash(prev_hash, *stored)
             record = audit_record(db, position, event, self._apps, self._owners)
+            recent[position] = (record, record["owner_id"])  # the same dict: hashes added below
             rows.append(
                 (record["seq"], record["id"], record["type"], record["occurred_at"],
                  microseconds(event.timestamp), record["actor"]["kind"], record["actor"]["id"],
                  record["app_id"], record.pop("owner_id"), record["key_id"], record["aggregate_id"],
                  _data_json(record["data"]), _request_json(record["request"]), digest, prev_hash))
+            record["hash"], record["prev_hash"] = digest, prev_hash
             prev_hash = digest
         db.executemany("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if self.on_head is not None:  # a hash of the stored records: true whether this commits or not

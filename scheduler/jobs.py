@@ -32,6 +32,7 @@ from service.domain.campaign import FINAL, CampaignPlan, Stage
 from service.domain.errors import KeyledgerError
 from service.domain.expiry import EXPIRY_NOTICE
 from service.domain.leaks import LEAK_NOTICE
+from service.webhooks.domain import WEBHOOK_NOTICE
 
 log = logging.getLogger("keyledger.campaign")
 
@@ -133,7 +134,7 @@ def deliver_pending_mail(keys_app: Any, progress: CampaignRecords, mailer: Maile
                 keys_app.withdraw_reminder(rid, reason="every key it lists was revoked, rolled or expired "
                                                        "before it could be delivered", by=SCHEDULER)
                 continue
-        elif reminder["stage"] not in (FINAL, LEAK_NOTICE) and now >= reminder["sunset_at"]:
+        elif reminder["stage"] not in (FINAL, LEAK_NOTICE, WEBHOOK_NOTICE) and now >= reminder["sunset_at"]:
             keys_app.withdraw_reminder(rid, reason="the sunset passed before it could be delivered; "
                                                    "the final notice replaces it", by=SCHEDULER)
             continue

@@ -34,6 +34,7 @@ from scheduler.lock import PostgresSchedulerLock, SchedulerLock
 from scheduler.transport import MailTransport, transport_for
 from service.composition import System, build_system, store_fault
 from service.settings import Settings
+from service.webhooks.delivery import Deliverer
 
 log = logging.getLogger("keyledger.scheduler")
 
@@ -182,6 +183,16 @@ class CampaignScheduler:
         self.active = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.deliverer: Deliverer | None = None  # webhooks, sent while this scheduler runs the jobs
+
+    def _start_deliverer(self) -> None:
+        if self.system.webhooks is not None:
+            self.deliverer = webhook_deliverer(self.system).start()
+
+    def _stop_deliverer(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.stop()
+            self.deliverer = None
 
     def start(self) -> CampaignScheduler:
         self._thread = threading.Thread(target=self._take_lock, name="keyledger-scheduler", daemon=True)
@@ -195,6 +206,7 @@ class CampaignScheduler:
                 try:
                     self.scheduler = build_scheduler(self.system, usage=self.usage, transport=self.transport)
                     self.scheduler.start()
+                    self._start_deliverer()
                 except Exception:
                     log.exception("the scheduler could not start; releasing %s", self.lock.path)
                     self.lock.release()
@@ -207,6 +219,7 @@ class CampaignScheduler:
                     if not self.lock.alive():  # PostgreSQL's session ended: another may hold it now
                         log.warning("the scheduler lost %s; stopping its jobs and standing by", self.lock.path)
                         self.active.clear()
+                        self._stop_deliverer()
                         self.scheduler.shutdown(wait=True)
                         standing_by = True
                         break
@@ -224,10 +237,22 @@ class CampaignScheduler:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._stop_deliverer()
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.active.clear()
         self.lock.release()
+
+
+def webhook_deliverer(system: System) -> Deliverer:
+    """The deployment's webhook deliverer (service.webhooks.delivery): run by the process that
+    holds the scheduler lock, beside the campaign's jobs (not an APScheduler job: it is a pool of
+    per-endpoint workers that runs all the time)."""
+    settings = system.settings
+    assert system.webhooks is not None
+    return Deliverer(system.keys_app, system.webhooks, allow_private=settings.webhooks_allow_private,
+                     timeout=settings.webhooks_timeout,
+                     **({"backoff": settings.webhooks_backoff} if settings.webhooks_backoff else {}))
 
 
 def scheduler_lock(settings: Settings) -> SchedulerLock | PostgresSchedulerLock:

@@ -19,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from service.domain.campaign import FINAL
 from service.domain.expiry import EXPIRY_NOTICE
 from service.domain.leaks import LEAK_NOTICE
+from service.webhooks.domain import WEBHOOK_NOTICE
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -67,6 +68,8 @@ def compose(reminder: dict, *, mail_from: str, lookback: timedelta) -> EmailMess
         return compose_leak_notice(reminder, mail_from=mail_from)
     if reminder["stage"] == EXPIRY_NOTICE:
         return compose_expiry_notice(reminder, mail_from=mail_from)
+    if reminder["stage"] == WEBHOOK_NOTICE:
+        return compose_webhook_notice(reminder, mail_from=mail_from)
     context = {
         "owner_name": reminder["owner_name"], "owner_email": reminder["owner_email"],
         "stage": reminder["stage"], "final": reminder["stage"] == FINAL,
@@ -125,4 +128,19 @@ def compose_expiry_notice(reminder: dict, *, mail_from: str) -> EmailMessage:
     message["X-Keyledger-Keys"] = ", ".join(f"{key['key_id']}:{key['stage']}" for key in keys)
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(_templates().get_template("expiry.txt").render(context))
+def compose_webhook_notice(reminder: dict, *, mail_from: str) -> EmailMessage:
+    """The registrant's email about a webhook endpoint disabled after failing for days
+    (``service.webhooks``): which endpoint, why, how to turn it on again. Never its secret."""
+    endpoint = reminder["apps"][0]
+    message = EmailMessage()
+    message["From"] = mail_from
+    message["To"] = formataddr((reminder["owner_name"], reminder["owner_email"]))
+    message["Subject"] = f"Your webhook endpoint {endpoint['url'][:80]} was disabled"
+    message["Date"] = format_datetime(reminder["recorded_at"].astimezone(UTC))
+    message["Message-ID"] = message_id(reminder["id"], mail_from)
+    message["X-Keyledger-Stage"] = WEBHOOK_NOTICE
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(_templates().get_template("webhook-disabled.txt").render(
+        {**endpoint, "owner_name": reminder["owner_name"], "owner_email": reminder["owner_email"],
+         "disabled_at": utc_text(reminder["recorded_at"])}))
     return message

@@ -32,6 +32,7 @@ from projections.listener import LogListener
 from projections.store import TRANSIENT_ERRORS, ViewStore, advisory_key, open_view_store
 from projections.usage import Usage
 from projections.verification import VerificationIndex, VerificationView
+from projections.webhooks import WebhookOutbox, WebhooksView
 from service import checkpoints, credentials
 from service.application import Keyledger, LegacyPolicy, utc_now
 from service.authentication import Authenticator
@@ -45,6 +46,7 @@ from service.ratelimit.local import FILE_NAME as COUNTERS_FILE
 from service.ratelimit.local import LocalCounters
 from service.settings import Settings, SettingsError, duration_name
 from service.verification import Verifier, epoch_now
+from service.webhooks.secrets import SecretBox
 
 log = logging.getLogger("keyledger")
 
@@ -77,6 +79,7 @@ class System:
     # Reminders before keys expire (service.domain.expiry): the stages, and the keys that may be due.
     expiry_plan: ExpiryPlan = field(default_factory=lambda: ExpiryPlan.of(()))
     expiring: ExpiringKeys | None = None
+    webhooks: WebhookOutbox | None = None  # webhook endpoints and their outbox (service.webhooks)
     _closed: bool = field(default=False, repr=False)
 
     def sign_checkpoint(self, now: datetime | None = None) -> dict | None:
@@ -190,6 +193,8 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock, legacy=legacy,
                              seal_key=credentials.record_seal_key(signing_key))
     keys_app.leak_policy = settings.leak_policy
+    keys_app.webhook_box = SecretBox(pepper)  # webhook secrets sealed under the pepper's key
+    keys_app.webhooks_allow_private = settings.webhooks_allow_private
     views = view_store(settings)
     if settings.uses_postgres:
         _check_identity(views, digester, signing_key)
@@ -197,9 +202,12 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     index = VerificationIndex(legacy_sunset_at=settings.legacy_sunset_at.timestamp())
     limit_book = LimitBook()
     beacon = ChangeBeacon(settings.data_dir / "changes.beacon")
+    audit_trail = AuditTrail(keys_app.stored_records, on_head=mark.note)
     follower = Follower(keys_app, views,
-                        [VerificationView(), DirectoryView(), AuditTrail(keys_app.stored_records, on_head=mark.note),
-                         LegacyUsageView(), CampaignView(), LimitsView(), ExpiryView()], [index, limit_book],
+                        [VerificationView(), DirectoryView(), audit_trail,
+                         LegacyUsageView(), CampaignView(), LimitsView(), ExpiryView(),
+                         WebhooksView(audit_trail)],  # after the audit trail: reuses its records
+                        [index, limit_book],
                         beacon=beacon)
     follower.start()
     if follower.views_ahead_at is not None:  # the log ends before the views: truncated, or restored
@@ -258,7 +266,7 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         legacy_usage=LegacyUsage(views),
         signing_key=signing_key, mirror=checkpoints.CheckpointMirror(settings.data_dir / checkpoints.MIRROR_FILE),
         campaign=CampaignProgress(views), plan=campaign_plan(settings), listener=listener,
-        use_writer=use_writer, alarm=alarm, mark=mark,
+        use_writer=use_writer, alarm=alarm, mark=mark, webhooks=WebhookOutbox(views),
         expiry_plan=ExpiryPlan.of(settings.expiry_reminders), expiring=ExpiringKeys(views),
     )
     if follow:  # a serving process: flush last-used times and close stores on a normal exit

@@ -223,6 +223,9 @@ class Settings:
     # client reconnects with since_seq, and the blank line sent after this long without events.
     audit_follow_limit: timedelta = timedelta(hours=1)
     audit_heartbeat: timedelta = timedelta(seconds=15)
+    webhooks_allow_private: bool = False  # webhooks may go to private addresses, and over http
+    webhooks_timeout: float = 10.0  # seconds for one webhook delivery
+    webhooks_backoff: tuple[float, ...] | None = None  # seconds after each failed attempt (None: the default)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -262,6 +265,25 @@ class Settings:
             if v not in ("revoke", "report"):
                 raise SettingsError(f"KEYLEDGER_LEAK_POLICY={v!r}: expected revoke or report")
             kwargs["leak_policy"] = v
+        if (v := get("KEYLEDGER_WEBHOOKS_ALLOW_PRIVATE")) is not None:
+            if v not in ("0", "1"):
+                raise SettingsError(f"KEYLEDGER_WEBHOOKS_ALLOW_PRIVATE={v!r}: expected 1 (allow private addresses "
+                                    "and http for webhooks) or 0")
+            kwargs["webhooks_allow_private"] = v == "1"
+        if (v := get("KEYLEDGER_WEBHOOKS_TIMEOUT")) is not None:
+            try:
+                kwargs["webhooks_timeout"] = float(v)
+            except ValueError:
+                kwargs["webhooks_timeout"] = 0.0
+            if not 0.1 <= kwargs["webhooks_timeout"] <= 60:
+                raise SettingsError(f"KEYLEDGER_WEBHOOKS_TIMEOUT={v!r}: expected seconds from 0.1 to 60, e.g. 10")
+        if (v := get("KEYLEDGER_WEBHOOKS_BACKOFF")) is not None:
+            backoff = tuple(parse_duration(part.strip(), "KEYLEDGER_WEBHOOKS_BACKOFF").total_seconds()
+                            for part in v.split(",") if part.strip())
+            if not backoff or not all(backoff):
+                raise SettingsError(f"KEYLEDGER_WEBHOOKS_BACKOFF={v!r}: expected durations above zero, the wait "
+                                    "after each failed attempt, e.g. 5s,5m,30m,2h,5h,10h")
+            kwargs["webhooks_backoff"] = backoff
         if kwargs["pepper"] is not None and len(kwargs["pepper"].encode("utf-8")) < 32:
             raise SettingsError("KEYLEDGER_PEPPER is too short: use at least 32 random bytes "
                                 "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_hex(32))')")

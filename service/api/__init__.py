@@ -115,11 +115,12 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
         operations,
         usage,
         verify,
+        webhooks,
     )
 
     verify.register_schemas(api)
     for blueprint in (operations.blp, accounts.blp, apps.blp, keys.blp, usage.blp, verify.blp, legacy.blp,
-                      audit.blp, campaign.blp, leaks.blp):
+                      audit.blp, campaign.blp, leaks.blp, webhooks.blp):
         api.register_blueprint(blueprint)
     introspection.register(api)
     api.register_blueprint(introspection.blp)

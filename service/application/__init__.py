@@ -23,13 +23,14 @@ from service.application.legacy import LegacyPolicy, LegacyUseCases
 from service.domain.audit import AuditLedger
 from service.domain.keys import ApiKey
 from service.domain.legacy import LegacyClient
+from service.webhooks.application import WebhookUseCases
 
 __all__ = ["DESCRIPTION_MAX", "MAX_GRACE_SECONDS", "NAME_MAX", "Clock", "Keyledger", "LegacyPolicy",
            "utc_now"]
 
 
 class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, AuditUseCases, CampaignUseCases,
-                IdempotencyUseCases, LeakUseCases, AppLeakPolicy, ExpiryUseCases):
+                IdempotencyUseCases, LeakUseCases, AppLeakPolicy, ExpiryUseCases, WebhookUseCases):
     """Accounts, apps, their scoped API keys and legacy OAuth2 clients, and the deprecation
     campaign, as immutable events; the audit trail's checkpoints."""
 

@@ -10,6 +10,7 @@ call the same use cases and query objects as the API's (``system.keys_app``, ``d
 * ``owners`` — apps and their keys: create, change scopes, roll, revoke, history.
 * ``limits`` — the rate-limit forms of a key and of an app.
 * ``security`` — the audit trail, integrity, "who could do S on A at T", the campaign.
+* ``webhooks`` — webhook endpoints, their secret shown once, the delivery log, send again, replay.
 * ``chart`` — the campaign's chart, drawn on the server as SVG.
 """
 
@@ -21,7 +22,7 @@ from service.composition import System
 
 
 def register(flask_app: Flask, system: System) -> None:
-    from service.console import leaks, limits, owners, security, web  # noqa: F401 (their routes join the blueprint)
+    from service.console import leaks, limits, owners, security, web, webhooks  # noqa: F401 (their routes join the blueprint)
 
     web.configure(flask_app, system)
     flask_app.register_blueprint(web.bp)

@@ -66,6 +66,13 @@ include-path = "/v2/keys/{{key_id}}/usage"
 checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}
 
 [[operations]]
+include-path-regex = "^/v2/webhooks"
+# 400: a URL that fits the schema but points at a refused address (loopback, private, link-local:
+# resolved at registration for literal addresses), an app id that is not the caller's, a delivery
+# log cursor the server did not give out
+checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}
+
+[[operations]]
 include-path-regex = "^/v2/audit/events"
 # 400: a cursor must be one the server gave out (opaque, signed by the server)
 checks.positive_data_acceptance.expected-statuses = {ACCEPTED + ["400"]!r}

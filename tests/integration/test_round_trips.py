@@ -37,7 +37,10 @@ CREATE_TRIPS, SCOPES_TRIPS, REVOKE_TRIPS = 4, 7, 5
 # limits' view added one statement to each (its position) and one to a revocation (its row's delete,
 # sent unread in the same pipeline: no round trip). The expiry reminders' view (projections.expiry:
 # the stages recorded, the last roll) added one more to each, its position, likewise unread.
-CREATE_STATEMENTS, SCOPES_STATEMENTS, REVOKE_STATEMENTS = 24, 27, 25
+# The webhooks' view added two more to each: its
+# position, and its read of the enabled endpoints, prefetched with the positions (no round trip;
+# with endpoints registered, an event of theirs costs its outbox rows, sent unread).
+CREATE_STATEMENTS, SCOPES_STATEMENTS, REVOKE_STATEMENTS = 26, 29, 27
 WARM_UP = 10  # commands of each kind before counting: every pooled connection has prepared its statements
 
 
