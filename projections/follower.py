@@ -110,6 +110,7 @@ class Follower:
         self.page_size = page_size  # events per page (one read, one transaction) in a bulk pass
         self.beacon = beacon
         self.position = 0  # the last event this process's in-memory indexes reflect
+        self._index_positions: list[int] = []  # each index's (one loaded from a snapshot may be ahead)
         self.views_position = 0  # the lowest view position seen in the last view write
         self._memory_lock = threading.RLock()
         self._views_lock = threading.RLock()
@@ -189,6 +190,22 @@ class Follower:
             if thread is not None:
                 thread.join(timeout=5)
         self._thread = self._catch_up_thread = None
+        self.checkpoint(final=True)
+
+    def checkpoint(self, *, final: bool = False) -> None:
+        """Write the snapshots of the in-memory indexes that keep one, when due (``final``: whenever
+        they moved since the last). The indexes are copied under the memory lock, written after."""
+        if not self._index_positions:
+            return
+        with self._memory_lock:
+            jobs = [job for index, position in zip(self.indexes, self._index_positions, strict=True)
+                    if (snapshot_job := getattr(index, "snapshot_job", None)) is not None
+                    and (job := snapshot_job(position, final=final)) is not None]
+        for job in jobs:
+            try:
+                job()
+            except Exception:  # a snapshot is a cache: never let it stop a poll or a stop
+                log.exception("writing an in-memory index's snapshot failed")
 
     def wake(self) -> None:
         """Ask the catch-up thread to read the log now (a notification, a request); returns at once.
@@ -227,6 +244,7 @@ class Follower:
                 else:
                     self.views_ok_at = time.time()
                 self._reached = _monotonic()
+                self.checkpoint()
                 if self._failing:
                     log.info("following the event log works again")
                 self._failing = False
@@ -305,9 +323,17 @@ class Follower:
             if not batch:
                 break
             events = [event for _, event in batch]
-            for index in self.indexes:
-                index.apply(events)
-            self.position = batch[-1][0]
+            first, last = batch[0][0], batch[-1][0]
+            positions = self._index_positions
+            for i, index in enumerate(self.indexes):
+                at = positions[i] if positions else 0
+                if at < first:
+                    index.apply(events)
+                elif at < last:  # loaded from a snapshot ahead of the others: only what it lacks
+                    index.apply([event for position, event in batch if position > at])
+                if positions:
+                    positions[i] = max(at, last)
+            self.position = last
             total += len(batch)
             if len(batch) < self.batch_size:
                 break
@@ -317,9 +343,13 @@ class Follower:
             self.beacon.publish(self.position)
         return total
 
-    def _load_indexes(self) -> None:
+    def _load_indexes(self, *, from_view: bool = False) -> None:
+        """Load every index (from its snapshot, if it keeps one and it can be used; from its view
+        when ``from_view``, after a rebuild: its snapshot is then removed)."""
         with self._memory_lock:
-            positions = [index.load(self.store) for index in self.indexes]
+            positions = [index.load(self.store, from_view=True) if from_view and hasattr(index, "snapshot_job")
+                         else index.load(self.store) for index in self.indexes]
+            self._index_positions = positions
             self.position = min(positions) if positions else self.source.last_position()
 
     def staleness(self) -> float:
@@ -355,7 +385,7 @@ class Follower:
         with self._views_lock:
             count = self._rebuild(chosen)
         if reload:
-            self._load_indexes()
+            self._load_indexes(from_view=True)
             self.catch_up()
         return count
 

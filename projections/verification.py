@@ -424,6 +424,9 @@ class VerificationIndex:
         self.by_digest: dict[bytes, Credential] = {}
         self.clients: dict[bytes, LegacyClientState] = {}
         self.legacy_sunset_at = legacy_sunset_at  # access tokens end then, whatever the events say
+        # A sealed snapshot of this index (``projections.index_snapshot.IndexSnapshots``), if any:
+        # loaded instead of the view when it is this store's, written by the follower's checkpoints.
+        self.snapshots: Any = None
 
     def __len__(self) -> int:
         return len(self.by_digest)
@@ -440,7 +443,24 @@ class VerificationIndex:
 
     # -- loading and following --------------------------------------------------------
 
-    def load(self, store: ViewStore) -> int:
+    def load(self, store: ViewStore, *, from_view: bool = False) -> int:
+        """Load the index from its snapshot, if there is a usable one (and not ``from_view``), else
+        from the view; return the log position it reflects (the follower catches up from there)."""
+        if self.snapshots is not None:
+            if from_view:
+                self.snapshots.remove()
+            else:
+                with collector_paused():
+                    position = self.snapshots.restore(self)
+                if position is not None:
+                    return position
+        return self._load_view(store)
+
+    def snapshot_job(self, position: int, *, final: bool = False) -> Any:
+        """With the index held still: the job that writes its snapshot at ``position``, if one is due."""
+        return None if self.snapshots is None else self.snapshots.prepare(self, position, final=final)
+
+    def _load_view(self, store: ViewStore) -> int:
         fresh: dict[bytes, Credential] = {}
         clients: dict[bytes, LegacyClientState] = {}
         with collector_paused(), store.read() as db:

@@ -110,7 +110,8 @@ def seed_mixed(data_dir: Path, count: int, database_url: str | None, schema: str
 
 def drop_views(data_dir: Path, database_url: str | None, schema: str | None) -> None:
     """Every view gone, as on a store restored from a backup of the event log alone."""
-    for name in ("views.sqlite", "views.sqlite-wal", "views.sqlite-shm", "audit-tail.json", "changes.beacon"):
+    for name in ("views.sqlite", "views.sqlite-wal", "views.sqlite-shm", "audit-tail.json", "changes.beacon",
+                 "verification-index.snapshot"):
         (data_dir / name).unlink(missing_ok=True)
     if database_url:
         import psycopg
