@@ -68,21 +68,73 @@ class EventSource(Protocol):
     # Optional: ``read_events`` and the stored records the events were decoded from (seq, originator
     # id hex, version, topic, state), from one read. Bulk passes use it when the source has it.
     # def read_records(self, after: int, limit: int) -> tuple[list[tuple[int, Any]], list[tuple]]: ...
+    # Better still: the records judged but not decoded, and the decoding of one (``Page``).
+    # def read_judged(self, after: int, limit: int) -> list[tuple]: ...
+    # def decode_judged(self, record: tuple) -> Any: ...
 
 
-class Page(list):
-    """A page of the log: (position, event) pairs in order, and — when the source gives them — the
-    stored records they were decoded from, by position (``records``), for the audit chain."""
+class Page:
+    """A page of the log for a bulk pass: (position, event) pairs in order (iterated, indexed) and,
+    when the source gives them, the stored records by position (``records``, for the audit chain)
+    and the judged records (``judged``: see ``LedgerApplication.read_judged``). Read from judged
+    records, events are decoded on first use — all of them, or one at a time (``event``) for a
+    view that reads the others' stored JSON itself — so a page no view needs as events is never
+    decoded."""
 
-    __slots__ = ("records",)
+    __slots__ = ("_items", "judged", "_decode", "_records", "_events", "first", "last")
 
-    def __init__(self, items: Any = (), records: dict[int, tuple] | None = None) -> None:
-        super().__init__(items)
-        self.records = records
+    def __init__(self, items: Any = (), records: dict[int, tuple] | None = None, *,
+                 judged: list[tuple] | None = None, decode: Callable[[tuple], Any] | None = None) -> None:
+        self._items: list[tuple[int, Any]] | None = None if judged is not None else list(items)
+        self.judged = judged
+        self._decode = decode
+        self._records = records
+        self._events: dict[int, Any] = {}  # decoded one at a time, by index in ``judged``
+        rows = judged if judged is not None else self._items
+        self.first = rows[0][0] if rows else 0
+        self.last = rows[-1][0] if rows else 0
+
+    def __len__(self) -> int:
+        return len(self.judged if self.judged is not None else self._items)  # type: ignore[arg-type]
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def items(self) -> list[tuple[int, Any]]:
+        if self._items is None:
+            event = self.event
+            self._items = [(record[0], event(i)) for i, record in enumerate(self.judged)]  # type: ignore[arg-type]
+        return self._items
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        return iter(self.items())
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.items()[i]
+
+    def event(self, i: int) -> Any:
+        """The event of ``judged[i]``, decoded once."""
+        if self._items is not None:
+            return self._items[i][1]
+        found = self._events.get(i)
+        if found is None:
+            found = self._events[i] = self._decode(self.judged[i])  # type: ignore[misc, index]
+        return found
+
+    @property
+    def records(self) -> dict[int, tuple] | None:
+        if self._records is None and self.judged is not None:
+            self._records = {record[0]: record[:5] for record in self.judged}
+        return self._records
 
     def after(self, position: int) -> Page:
         """The events after ``position`` (for a view that is part-way through this page)."""
-        return Page([item for item in self if item[0] > position], self.records)
+        if self.judged is not None:
+            keep = [i for i, record in enumerate(self.judged) if record[0] > position]
+            page = Page(judged=[self.judged[i] for i in keep], decode=self._decode)
+            page._events = {j: self._events[i] for j, i in enumerate(keep) if i in self._events}
+            return page
+        return Page([item for item in self.items() if item[0] > position], self._records)
 
 
 class MemoryIndex(Protocol):
@@ -422,11 +474,11 @@ class Follower:
                                   for p in self.projections)
                     page = self._read_page(after, self.page_size, records)
                     if page:
-                        last = page[-1][0]
+                        last = page.last
                         for projection in self.projections:
                             done = positions[projection.name]
                             if done < last:
-                                projection.process_page(db, page if page[0][0] > done else page.after(done))
+                                projection.process_page(db, page if page.first > done else page.after(done))
                                 positions[projection.name] = last
                         self.store.set_positions(db, {name: position for name, position in positions.items()
                                                       if position != known.get(name)})
@@ -437,6 +489,9 @@ class Follower:
                     return count
 
     def _read_page(self, after: int, limit: int, records: bool = True) -> Page:
+        read_judged = getattr(self.source, "read_judged", None)
+        if read_judged is not None:
+            return Page(judged=read_judged(after, limit), decode=self.source.decode_judged)  # type: ignore[attr-defined]
         read_records = getattr(self.source, "read_records", None)
         if read_records is None or not records:
             return Page(self.source.read_events(after, limit))

@@ -229,7 +229,9 @@ class RecordRules:
     def judge(self, seq: Any, originator_id: Any, version: Any, topic: Any, state: Any) -> tuple[str | None, bytes]:
         """(why the record is not one the service wrote, or None; its state as bytes, to decode
         with ``SealingMapper.decode_opened``). Never raises, whatever the store returned."""
-        if isinstance(originator_id, UUID):
+        if type(originator_id) is str and len(originator_id) == 32 and _is_hex(originator_id):
+            oid = originator_id  # SQLite's (the common case first)
+        elif isinstance(originator_id, UUID):
             oid = originator_id.hex
         elif isinstance(originator_id, str) and len(originator_id) == 32 and _is_hex(originator_id):
             oid = originator_id
