@@ -22,8 +22,9 @@ A snapshot is used only when it can be shown to be this store's, and up to date 
 
 Ignored means one log line (``keyledger.projections``: why) and the index loaded from its view as
 before. A snapshot is written (to a new file, then renamed over the old one, mode 0600) when an
-index of at least ``min_entries`` credentials was loaded from its view, when the process stops, and
-while following once ``every`` events have been applied since the last one. A rebuild removes it.
+index of at least ``min_entries`` credentials was loaded from its view, while following once
+``every`` events have been applied since the last one, and when the process stops if ``at_stop``
+have (a command-line process applying one event does not rewrite it). A rebuild removes it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ MAGIC = b"keyledger-index-snapshot/v1\n"
 FILE_NAME = "verification-index.snapshot"
 MIN_ENTRIES = 50_000  # smaller indexes load from their view in a fraction of a second
 EVERY = 200_000  # events applied while following before the next snapshot
+AT_STOP = 1_000  # ... and at a stop (fewer are caught up from the log in milliseconds at the next start)
 _TAG = 32  # HMAC-SHA256
 _LENGTHS = struct.Struct("<QQQQ")  # header, digests of plain records, of ended records, ...
 _PLAIN = 28  # a KeyRecord without an end; 36 with one
@@ -77,7 +79,8 @@ class IndexSnapshots:
     it holds none there), and ``identity`` names the store and the settings the index depends on."""
 
     def __init__(self, path: Path | str, key: bytes, fingerprint: Callable[[int], str | None],
-                 identity: Callable[[], dict[str, Any]], *, min_entries: int = MIN_ENTRIES, every: int = EVERY) -> None:
+                 identity: Callable[[], dict[str, Any]], *, min_entries: int = MIN_ENTRIES, every: int = EVERY,
+                 at_stop: int = AT_STOP) -> None:
         self.path = Path(path)
         self.key = key
         self.fingerprint = fingerprint
@@ -85,6 +88,7 @@ class IndexSnapshots:
         self._writing = threading.Lock()
         self.min_entries = min_entries
         self.every = every
+        self.at_stop = at_stop
         self.position = 0  # of the last snapshot written or loaded
         self.loaded = False  # the last load came from the snapshot
 
@@ -93,10 +97,12 @@ class IndexSnapshots:
     def prepare(self, index: Any, position: int, *, final: bool = False) -> Callable[[], bool] | None:
         """Called with the index held still (the follower's memory lock): when a snapshot of ``index``
         (reflecting the log up to ``position``) is due, a copy of its tables (quick) and the job that
-        packs and writes it (slower: run it after letting go). None when none is due."""
+        packs and writes it (slower: run it after letting go). None when none is due: the index is
+        small, or it moved less than ``every`` events since the last snapshot (``at_stop`` when
+        ``final``, the process stopping). Due at once when the index came from its view."""
         if len(index.by_digest) < self.min_entries or position == self.position:
             return None
-        if not (final or self.position == 0 or position >= self.position + self.every):
+        if self.position and abs(position - self.position) < (self.at_stop if final else self.every):
             return None
         table, clients = dict(index.by_digest), dict(index.clients)
         return lambda: self._save(table, clients, position)
