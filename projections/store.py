@@ -272,6 +272,10 @@ class SqliteViewStore(ViewStore):
             yield
         finally:
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            try:  # copied back now, and the WAL file cut back to nothing (best effort: readers may hold it)
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.execute("PRAGMA shrink_memory")
 
