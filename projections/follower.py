@@ -68,21 +68,73 @@ class EventSource(Protocol):
     # Optional: ``read_events`` and the stored records the events were decoded from (seq, originator
     # id hex, version, topic, state), from one read. Bulk passes use it when the source has it.
     # def read_records(self, after: int, limit: int) -> tuple[list[tuple[int, Any]], list[tuple]]: ...
+    # Better still: the records judged but not decoded, and the decoding of one (``Page``).
+    # def read_judged(self, after: int, limit: int) -> list[tuple]: ...
+    # def decode_judged(self, record: tuple) -> Any: ...
 
 
-class Page(list):
-    """A page of the log: (position, event) pairs in order, and — when the source gives them — the
-    stored records they were decoded from, by position (``records``), for the audit chain."""
+class Page:
+    """A page of the log for a bulk pass: (position, event) pairs in order (iterated, indexed) and,
+    when the source gives them, the stored records by position (``records``, for the audit chain)
+    and the judged records (``judged``: see ``LedgerApplication.read_judged``). Read from judged
+    records, events are decoded on first use — all of them, or one at a time (``event``) for a
+    view that reads the others' stored JSON itself — so a page no view needs as events is never
+    decoded."""
 
-    __slots__ = ("records",)
+    __slots__ = ("_items", "judged", "_decode", "_records", "_events", "first", "last")
 
-    def __init__(self, items: Any = (), records: dict[int, tuple] | None = None) -> None:
-        super().__init__(items)
-        self.records = records
+    def __init__(self, items: Any = (), records: dict[int, tuple] | None = None, *,
+                 judged: list[tuple] | None = None, decode: Callable[[tuple], Any] | None = None) -> None:
+        self._items: list[tuple[int, Any]] | None = None if judged is not None else list(items)
+        self.judged = judged
+        self._decode = decode
+        self._records = records
+        self._events: dict[int, Any] = {}  # decoded one at a time, by index in ``judged``
+        rows = judged if judged is not None else self._items
+        self.first = rows[0][0] if rows else 0
+        self.last = rows[-1][0] if rows else 0
+
+    def __len__(self) -> int:
+        return len(self.judged if self.judged is not None else self._items)  # type: ignore[arg-type]
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def items(self) -> list[tuple[int, Any]]:
+        if self._items is None:
+            event = self.event
+            self._items = [(record[0], event(i)) for i, record in enumerate(self.judged)]  # type: ignore[arg-type]
+        return self._items
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        return iter(self.items())
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.items()[i]
+
+    def event(self, i: int) -> Any:
+        """The event of ``judged[i]``, decoded once."""
+        if self._items is not None:
+            return self._items[i][1]
+        found = self._events.get(i)
+        if found is None:
+            found = self._events[i] = self._decode(self.judged[i])  # type: ignore[misc, index]
+        return found
+
+    @property
+    def records(self) -> dict[int, tuple] | None:
+        if self._records is None and self.judged is not None:
+            self._records = {record[0]: record[:5] for record in self.judged}
+        return self._records
 
     def after(self, position: int) -> Page:
         """The events after ``position`` (for a view that is part-way through this page)."""
-        return Page([item for item in self if item[0] > position], self.records)
+        if self.judged is not None:
+            keep = [i for i, record in enumerate(self.judged) if record[0] > position]
+            page = Page(judged=[self.judged[i] for i in keep], decode=self._decode)
+            page._events = {j: self._events[i] for j, i in enumerate(keep) if i in self._events}
+            return page
+        return Page([item for item in self.items() if item[0] > position], self._records)
 
 
 class MemoryIndex(Protocol):
@@ -100,16 +152,21 @@ class MemoryIndex(Protocol):
 class Follower:
     def __init__(self, source: EventSource, store: ViewStore, projections: Sequence[Projection],
                  indexes: Sequence[MemoryIndex] = (), *, batch_size: int = 1000,
-                 bulk_size: int = 250_000, page_size: int = 10_000, beacon: ChangeBeacon | None = None) -> None:
+                 bulk_size: int = 250_000, page_size: int = 50_000, beacon: ChangeBeacon | None = None) -> None:
         self.source = source
         self.store = store
         self.projections = list(projections)
         self.indexes = list(indexes)
         self.batch_size = batch_size  # events read and decoded at a time
         self.bulk_size = bulk_size  # events per commit when views are far behind
-        self.page_size = page_size  # events per page (one read, one transaction) in a bulk pass
+        # Events per page (one read, one transaction) in a bulk pass. Big: each commit writes every
+        # B-tree page it touched once more (SQLite's WAL), and new keys' random digests touch most of
+        # a million-row view's leaves whatever the page's size — a verification rebuild of 1M keys
+        # took 90 s in pages of 10,000 and 50 s in pages of 100,000 (load 8 on 2 cores).
+        self.page_size = page_size
         self.beacon = beacon
         self.position = 0  # the last event this process's in-memory indexes reflect
+        self._index_positions: list[int] = []  # each index's (one loaded from a snapshot may be ahead)
         self.views_position = 0  # the lowest view position seen in the last view write
         self._memory_lock = threading.RLock()
         self._views_lock = threading.RLock()
@@ -189,6 +246,22 @@ class Follower:
             if thread is not None:
                 thread.join(timeout=5)
         self._thread = self._catch_up_thread = None
+        self.checkpoint(final=True)
+
+    def checkpoint(self, *, final: bool = False) -> None:
+        """Write the snapshots of the in-memory indexes that keep one, when due (``final``: whenever
+        they moved since the last). The indexes are copied under the memory lock, written after."""
+        if not self._index_positions:
+            return
+        with self._memory_lock:
+            jobs = [job for index, position in zip(self.indexes, self._index_positions, strict=True)
+                    if (snapshot_job := getattr(index, "snapshot_job", None)) is not None
+                    and (job := snapshot_job(position, final=final)) is not None]
+        for job in jobs:
+            try:
+                job()
+            except Exception:  # a snapshot is a cache: never let it stop a poll or a stop
+                log.exception("writing an in-memory index's snapshot failed")
 
     def wake(self) -> None:
         """Ask the catch-up thread to read the log now (a notification, a request); returns at once.
@@ -227,6 +300,7 @@ class Follower:
                 else:
                     self.views_ok_at = time.time()
                 self._reached = _monotonic()
+                self.checkpoint()
                 if self._failing:
                     log.info("following the event log works again")
                 self._failing = False
@@ -305,9 +379,17 @@ class Follower:
             if not batch:
                 break
             events = [event for _, event in batch]
-            for index in self.indexes:
-                index.apply(events)
-            self.position = batch[-1][0]
+            first, last = batch[0][0], batch[-1][0]
+            positions = self._index_positions
+            for i, index in enumerate(self.indexes):
+                at = positions[i] if positions else 0
+                if at < first:
+                    index.apply(events)
+                elif at < last:  # loaded from a snapshot ahead of the others: only what it lacks
+                    index.apply([event for position, event in batch if position > at])
+                if positions:
+                    positions[i] = max(at, last)
+            self.position = last
             total += len(batch)
             if len(batch) < self.batch_size:
                 break
@@ -317,9 +399,13 @@ class Follower:
             self.beacon.publish(self.position)
         return total
 
-    def _load_indexes(self) -> None:
+    def _load_indexes(self, *, from_view: bool = False) -> None:
+        """Load every index (from its snapshot, if it keeps one and it can be used; from its view
+        when ``from_view``, after a rebuild: its snapshot is then removed)."""
         with self._memory_lock:
-            positions = [index.load(self.store) for index in self.indexes]
+            positions = [index.load(self.store, from_view=True) if from_view and hasattr(index, "snapshot_job")
+                         else index.load(self.store) for index in self.indexes]
+            self._index_positions = positions
             self.position = min(positions) if positions else self.source.last_position()
 
     def staleness(self) -> float:
@@ -355,7 +441,7 @@ class Follower:
         with self._views_lock:
             count = self._rebuild(chosen)
         if reload:
-            self._load_indexes()
+            self._load_indexes(from_view=True)
             self.catch_up()
         return count
 
@@ -392,11 +478,11 @@ class Follower:
                                   for p in self.projections)
                     page = self._read_page(after, self.page_size, records)
                     if page:
-                        last = page[-1][0]
+                        last = page.last
                         for projection in self.projections:
                             done = positions[projection.name]
                             if done < last:
-                                projection.process_page(db, page if page[0][0] > done else page.after(done))
+                                projection.process_page(db, page if page.first > done else page.after(done))
                                 positions[projection.name] = last
                         self.store.set_positions(db, {name: position for name, position in positions.items()
                                                       if position != known.get(name)})
@@ -407,6 +493,9 @@ class Follower:
                     return count
 
     def _read_page(self, after: int, limit: int, records: bool = True) -> Page:
+        read_judged = getattr(self.source, "read_judged", None)
+        if read_judged is not None:
+            return Page(judged=read_judged(after, limit), decode=self.source.decode_judged)  # type: ignore[attr-defined]
         read_records = getattr(self.source, "read_records", None)
         if read_records is None or not records:
             return Page(self.source.read_events(after, limit))

@@ -40,6 +40,8 @@ POSITIONS_MOVED_ATTEMPTS = 5  # runs of a pipelined view write that found the po
 OPEN_TIMEOUT = 10.0  # seconds a PostgreSQL view store waits for its first connection at start
 CACHE_KIB = 64 * 1024  # page cache per connection while serving
 BULK_CACHE_KIB = 512 * 1024  # while rebuilding: a million-key view's B-trees fit
+WAL_PAGES = 1000  # SQLite's default automatic checkpoint (pages of WAL)
+BULK_WAL_PAGES = 256 * 1024  # while rebuilding: about 1 GB of WAL before a checkpoint
 
 TRACKING_DDL = """
 CREATE TABLE IF NOT EXISTS projection_tracking (
@@ -263,9 +265,17 @@ class SqliteViewStore(ViewStore):
         inserts stay in memory; given back afterwards."""
         db = self._connection()
         db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+        # The WAL copied back into the file once at the end rather than after every page's commit
+        # (which writes most of a big view's pages again each time).
+        db.execute(f"PRAGMA wal_autocheckpoint={BULK_WAL_PAGES}")
         try:
             yield
         finally:
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            try:  # copied back now, and the WAL file cut back to nothing (best effort: readers may hold it)
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.execute("PRAGMA shrink_memory")
 

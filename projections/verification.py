@@ -15,11 +15,17 @@ import json
 import struct
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+try:
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - a dependency
+    _loads = json.loads
+
 from projections.follower import collector_paused
-from projections.projection import Projection, handles
+from projections.projection import Projection, StatementRuns, handles
 from projections.store import ViewStore, upsert
 from projections.timefmt import epoch
 from service.domain.accounts import Account
@@ -128,6 +134,36 @@ class VerificationView(Projection):
         if pending:
             db.executemany(self._INSERT_KEY, pending)
 
+    def process_page(self, db: Any, page: Any) -> None:
+        """A page of a bulk pass. New keys (most of a big log) are read from their stored JSON — four
+        fields, no event object built (``_issued_row``) — and written in bulk; every other event is
+        decoded and applied in order between them, as live."""
+        judged = getattr(page, "judged", None)
+        if judged is None:
+            return super().process_page(db, page)
+        runs = StatementRuns(db)
+        pending: list[tuple] = []
+        for i, record in enumerate(judged):
+            if record[5] is None and record[3] == _ISSUED_TOPIC and _ISSUED_READABLE:
+                row = _issued_row(record[1], record[6])
+                if row is not None:
+                    pending.append(row)
+                    continue
+            event = page.event(i)
+            if type(event) is ApiKey.Issued:
+                pending.append(self._key_row(event))
+                continue
+            if self._handlers.get(type(event)) is None:
+                continue
+            if pending:
+                runs.executemany(self._INSERT_KEY, pending)
+                pending = []
+            self.process(runs, record[0], event)
+        if pending:
+            runs.executemany(self._INSERT_KEY, pending)
+        runs.flush()
+        return None
+
     @handles(ApiKey.ScopesChanged)
     def _scopes(self, db: Any, position: int, e: Any) -> None:
         scopes = " ".join(e.scopes)
@@ -165,6 +201,34 @@ class VerificationView(Projection):
     def _revoked(self, db: Any, position: int, e: Any) -> None:
         at = epoch(e.timestamp)
         db.executemany(self._END, [(at, at, bytes.fromhex(d)) for d in e.digests])
+
+
+_ISSUED_TOPIC = f"{ApiKey.Issued.__module__}:{ApiKey.Issued.__qualname__}"
+_ISSUED_READABLE = getattr(ApiKey.Issued, "class_version", 1) == 1  # else stored states need upcasting
+
+
+def _issued_row(originator_hex: str, body: bytes) -> tuple | None:
+    """The view's row of a key issued, from its stored JSON (judged, sealed), as ``_key_row`` makes it
+    from the decoded event; None when the state is not of the shape this reads (the caller decodes)."""
+    try:
+        state = _loads(body)
+        if "class_version" in state:  # an event of a later shape: upcast by the mapper
+            return None
+        expires = state["expires_at"]
+        if expires is not None:
+            if expires.get("_type_") != "datetime_iso" or len(expires) != 2:
+                return None
+            expires = datetime.fromisoformat(expires["_data_"]).timestamp()
+        scopes, app_id, digest = state["scopes"], state["app_id"], state["digest"]
+        if type(scopes) is not list or type(app_id) is not str or type(digest) is not str:
+            return None
+        h = originator_hex.lower()  # str(UUID(h)) without the UUID, for 32 hex digits only
+        if len(h) != 32 or h.strip("0123456789abcdef"):
+            return None
+        key_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return (bytes.fromhex(digest), API_KEY, key_id, app_id, None, " ".join(scopes), expires, None)
+    except Exception:  # noqa: BLE001 - anything unexpected: the event is decoded instead
+        return None
 
 
 # The index is keyed by the first 120 bits of the HMAC-SHA256 digest: a bytes object of at most
@@ -424,6 +488,9 @@ class VerificationIndex:
         self.by_digest: dict[bytes, Credential] = {}
         self.clients: dict[bytes, LegacyClientState] = {}
         self.legacy_sunset_at = legacy_sunset_at  # access tokens end then, whatever the events say
+        # A sealed snapshot of this index (``projections.index_snapshot.IndexSnapshots``), if any:
+        # loaded instead of the view when it is this store's, written by the follower's checkpoints.
+        self.snapshots: Any = None
 
     def __len__(self) -> int:
         return len(self.by_digest)
@@ -440,7 +507,24 @@ class VerificationIndex:
 
     # -- loading and following --------------------------------------------------------
 
-    def load(self, store: ViewStore) -> int:
+    def load(self, store: ViewStore, *, from_view: bool = False) -> int:
+        """Load the index from its snapshot, if there is a usable one (and not ``from_view``), else
+        from the view; return the log position it reflects (the follower catches up from there)."""
+        if self.snapshots is not None:
+            if from_view:
+                self.snapshots.remove()
+            else:
+                with collector_paused():
+                    position = self.snapshots.restore(self)
+                if position is not None:
+                    return position
+        return self._load_view(store)
+
+    def snapshot_job(self, position: int, *, final: bool = False) -> Any:
+        """With the index held still: the job that writes its snapshot at ``position``, if one is due."""
+        return None if self.snapshots is None else self.snapshots.prepare(self, position, final=final)
+
+    def _load_view(self, store: ViewStore) -> int:
         fresh: dict[bytes, Credential] = {}
         clients: dict[bytes, LegacyClientState] = {}
         with collector_paused(), store.read() as db:

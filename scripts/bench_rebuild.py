@@ -21,7 +21,9 @@ Then, in interleaved rounds (each measurement in a fresh process; this tree's co
    a raw ``SELECT`` of the same rows, in the same process;
 3. ``rebuild``: every view rebuilt on the *mixed* store (``keyledger projections rebuild``), events/s;
 4. ``startup``: a process started on the *keys* store with its views built (the in-memory index
-   loaded from the verification view), seconds — next to a start on an empty store.
+   loaded from its snapshot where the code keeps one — written when the untimed first start
+   stopped — else from the verification view), seconds — next to a start on an empty store, and
+   for a tree that loaded a snapshot, a start with the snapshot moved aside (from the view).
 
 The load average is printed before and after each round; the summary gives medians over rounds
 (with the ratio to the baseline's median).
@@ -110,7 +112,8 @@ def seed_mixed(data_dir: Path, count: int, database_url: str | None, schema: str
 
 def drop_views(data_dir: Path, database_url: str | None, schema: str | None) -> None:
     """Every view gone, as on a store restored from a backup of the event log alone."""
-    for name in ("views.sqlite", "views.sqlite-wal", "views.sqlite-shm", "audit-tail.json", "changes.beacon"):
+    for name in ("views.sqlite", "views.sqlite-wal", "views.sqlite-shm", "audit-tail.json", "changes.beacon",
+                 "verification-index.snapshot"):
         (data_dir / name).unlink(missing_ok=True)
     if database_url:
         import psycopg
@@ -140,6 +143,7 @@ system = build_system(settings, follow=False)
 out["start_s"] = time.perf_counter() - started
 out["events"] = system.keys_app.last_position()
 out["keys"] = len(system.index)
+out["from_snapshot"] = bool(getattr(getattr(system.index, "snapshots", None), "loaded", False))
 if mode in ("verification", "rebuild"):
     names = ["verification"] if mode == "verification" else None
     started = time.perf_counter()
@@ -243,6 +247,12 @@ def main() -> None:
                         out = probe(root, keys, "start", args.database_url, schemas[keys])
                         out["rate"] = out["start_s"]
                         out["empty_s"] = probe(root, empty, "start", None, None)["start_s"]
+                        snapshot = keys / "verification-index.snapshot"
+                        if out["from_snapshot"] and snapshot.exists():  # and without it (the index from its view)
+                            aside = snapshot.with_name(snapshot.name + ".aside")
+                            snapshot.rename(aside)
+                            out["view_s"] = probe(root, keys, "start", args.database_url, schemas[keys])["start_s"]
+                            aside.replace(snapshot)
                     results.setdefault((part, name), []).append(out)
                     print(f"  {part:12s} {name:10s} {json.dumps(out)}; load {load()}", flush=True)
         print(f"\nmedians over {args.rounds} round(s); load average after: {load()}")
@@ -255,6 +265,9 @@ def main() -> None:
             if part == "startup":
                 print(f"start-up with {runs[0]['keys']:,} keys: {mine:.2f} s{vs} "
                       f"(an empty store: {median([o['empty_s'] for o in runs]):.2f} s)")
+                if all("view_s" in o for o in runs):
+                    print(f"  this tree, the index from its snapshot; without one (from the view): "
+                          f"{median([o['view_s'] for o in runs]):.2f} s")
             elif part == "verification":
                 raw = median([o["raw_rate"] for o in runs])
                 print(f"verification view rebuilt: {mine:,.0f} events/s = {mine / raw:.1%} of the raw SELECT of "

@@ -25,6 +25,8 @@ from projections.campaign import CampaignProgress, CampaignView
 from projections.directory import Directory, DirectoryView
 from projections.expiry import ExpiringKeys, ExpiryView
 from projections.follower import Follower
+from projections.index_snapshot import FILE_NAME as INDEX_SNAPSHOT_FILE
+from projections.index_snapshot import IndexSnapshots, snapshot_key
 from projections.last_used import LastUsed
 from projections.legacy_usage import LegacyUsage, LegacyUsageView
 from projections.limits import LimitBook, LimitsView
@@ -38,6 +40,7 @@ from service.application import Keyledger, LegacyPolicy, utc_now
 from service.authentication import Authenticator
 from service.background_writer import BackgroundWriter, QueueFull
 from service.domain.actors import Actor, RequestInfo
+from service.domain.audit import chain_hash
 from service.domain.campaign import CampaignPlan
 from service.domain.errors import AuditChainBroken, Unavailable
 from service.domain.expiry import ExpiryPlan
@@ -200,6 +203,7 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         _check_identity(views, digester, signing_key)
     alarm, mark = _tamper_evidence(settings, keys_app, signing_key)
     index = VerificationIndex(legacy_sunset_at=settings.legacy_sunset_at.timestamp())
+    index.snapshots = index_snapshots(settings, keys_app, digester)
     limit_book = LimitBook()
     beacon = ChangeBeacon(settings.data_dir / "changes.beacon")
     audit_trail = AuditTrail(keys_app.stored_records, on_head=mark.note)
@@ -297,6 +301,24 @@ def _tamper_evidence(settings: Settings, keys_app: Keyledger,
         seq, f"the stored record at seq {seq}: {problem}", at=keys_app.now(), action="; refused to apply it",
         source="full")
     return alarm, mark
+
+
+def index_snapshots(settings: Settings, keys_app: Keyledger, digester: credentials.Digester) -> IndexSnapshots:
+    """The verification index's sealed snapshot in the data directory (``projections.index_snapshot``):
+    valid for this store's log (the record at its position), pepper, sunset and accepted baseline."""
+
+    def fingerprint(position: int) -> str | None:
+        found = keys_app.raw_records(position - 1, 1)
+        if not found or found[0][0] != position:
+            return None
+        return chain_hash("", *found[0])
+
+    store = f"postgresql:{settings.database_schema}" if settings.uses_postgres else "sqlite"
+    pepper = digester.hexdigest("keyledger:index-snapshot")
+    sunset = settings.legacy_sunset_at.timestamp()
+    return IndexSnapshots(settings.data_dir / INDEX_SNAPSHOT_FILE, snapshot_key(keys_app.seal_key), fingerprint,
+                          lambda: {"store": store, "pepper": pepper, "legacy_sunset_at": sunset,
+                                   "accepted_through": keys_app.record_rules.accepted_through})
 
 
 def _on_notification(follower: Follower) -> None:

@@ -122,21 +122,33 @@ class LedgerApplication(Application):
         """``read_events``, and the stored records they were decoded from, from one read: each as
         (seq, originator id as 32 hex digits, version, topic, state), what the audit chain hashes.
         A rebuild reads the log once for every view, the audit trail's chain included."""
-        rules, decode = self.record_rules, self.mapper.decode_opened  # type: ignore[attr-defined]
-        events: list[tuple[int, DomainEventProtocol]] = []
-        records: list[tuple] = []
+        records = self.read_judged(after, limit)
+        return [(record[0], self.decode_judged(record)) for record in records], [record[:5] for record in records]
+
+    def read_judged(self, after: int, limit: int) -> list[tuple]:
+        """Up to ``limit`` stored records after ``after``, judged (``RecordRules``) but not decoded:
+        each (seq, originator id as 32 hex digits, version, topic, state, why it is refused or None,
+        its state as bytes, the originator id as the store returned it). A bulk pass decodes
+        (``decode_judged``) only what a view needs."""
+        judge = self.record_rules.judge
+        judged: list[tuple] = []
         for seq, oid, version, topic, state in self.raw_records(after, limit):
-            records.append((seq, oid.hex if isinstance(oid, UUID) else oid, version, topic, state))
-            problem, body = rules.judge(seq, oid, version, topic, state)
-            if problem is None:
-                try:
-                    events.append((seq, decode(oid if isinstance(oid, UUID) else UUID(oid), version, topic, body)))
-                    continue
-                except Exception as error:  # noqa: BLE001 - whatever the bytes are, never crash here
-                    problem = f"it cannot be decoded ({type(error).__name__})"
-            events.append((seq, RefusedRecord(oid, version, topic, problem, _EPOCH)))
-            self._refuse(seq, problem)
-        return events, records
+            problem, body = judge(seq, oid, version, topic, state)
+            judged.append((seq, oid.hex if isinstance(oid, UUID) else oid, version, topic, state, problem, body, oid))
+        return judged
+
+    def decode_judged(self, record: tuple) -> DomainEventProtocol:
+        """The event of a record from ``read_judged``: decoded, or — refused, or not decodable — a
+        ``RefusedRecord`` (the audit trail shows it, nothing takes effect), reported to ``on_refused``."""
+        seq, _, version, topic, _, problem, body, oid = record
+        if problem is None:
+            try:
+                return self.mapper.decode_opened(oid if isinstance(oid, UUID) else UUID(oid),  # type: ignore[attr-defined]
+                                                 version, topic, body)
+            except Exception as error:  # noqa: BLE001 - whatever the bytes are, never crash here
+                problem = f"it cannot be decoded ({type(error).__name__})"
+        self._refuse(seq, problem)
+        return RefusedRecord(oid, version, topic, problem, _EPOCH)
 
     def _refuse(self, seq: int, problem: str) -> None:
         if seq in self._refused:

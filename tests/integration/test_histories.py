@@ -9,7 +9,9 @@ dropped and rebuilt from the log (``system.follower.rebuild()``: the bulk path, 
 events so that a history spans several) and must hold exactly the rows the live path wrote one
 command at a time, the index reloaded from them must give the same verdicts at several later
 times, and the aggregates replayed from the store must hold the model's scopes, secrets and
-revocation.
+revocation. Half-way through, the index's sealed snapshot is written; at the end a second process
+started on the store loads it and catches up from its position, and must give the live verdicts
+(every command after the snapshot — a revocation included — taking effect).
 """
 
 from __future__ import annotations
@@ -169,9 +171,15 @@ class History:
 
     # -- observations ------------------------------------------------------------------------
 
-    def verdicts(self) -> dict:
+    def snapshot(self) -> None:
+        """Write the verification index's snapshot now (whatever its size)."""
+        self.system.index.snapshots.min_entries = 0
+        self.system.follower.checkpoint(final=True)
+
+    def verdicts(self, system=None) -> dict:
         """Every secret, verified with every probe scope and app, now, by the system."""
-        return {(secret.value, scope, app_id): self.system.verifier.verify(secret.value, scope, app_id)[0]
+        verifier = (system or self.system).verifier
+        return {(secret.value, scope, app_id): verifier.verify(secret.value, scope, app_id)[0]
                 for key in self.keys for secret in key.secrets
                 for scope in PROBES for app_id in (None, "one", "two")}
 
@@ -204,16 +212,31 @@ def check_history(history_commands: list[tuple]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         history = History(Path(folder) / "var")
         try:
-            for command in history_commands:
+            half = len(history_commands) // 2
+            for i, command in enumerate(history_commands):
+                if i == half:
+                    history.snapshot()
                 history.run(command)
                 wrong = differences(history.verdicts(), history.expected())
                 assert not wrong, f"live index after {command}: {wrong}"
+            if not history_commands:
+                history.snapshot()
             history.check_aggregates()
             later = [history.clock.now + timedelta(seconds=s) for s in (0, 31, 121, 601)]
             live = {}
             for at in later:
                 history.clock.now = at
                 live[at] = history.verdicts()
+            history.clock.now = later[0]
+            restarted = build_system(make_settings(data_dir=Path(folder) / "var", pepper=TEST_PEPPER),
+                                     clock=history.clock, follow=False)
+            try:
+                assert restarted.index.snapshots.loaded, "the snapshot was not loaded"
+                for at in later:
+                    history.clock.now = at
+                    assert not differences(history.verdicts(restarted), live[at]), f"snapshot + catch-up at {at}"
+            finally:
+                restarted.close()
             history.clock.now = later[0]
             live_rows = view_rows(history.system)
             history.system.follower.page_size = 3  # several pages per history
