@@ -27,7 +27,7 @@ SOURCES: dict[str, str] = {
     "ApiKey.Rolled": "key.rolled",
     "ApiKey.Revoked": "key.revoked",
     "ApiKey.Leaked": "key.leaked",
-    "ApiKey.Expiring": "key.expiring",  # the expiry reminders (branch expiry), once merged
+    "ApiKey.Expiring": "key.expiring",  # a reminder before expiry recorded (service.application.expiry)
     "ApiKey.Expired": "key.expired",  # keys expire by time today: no event yet
     "App.Registered": "app.created",
     "LegacyUseWindow.LegacyTokenUsed": "legacy.token_used",
