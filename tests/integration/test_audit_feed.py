@@ -50,3 +50,26 @@ def test_follow_ends_at_its_limit(system):
     assert batches[0] and batches[0][0]["seq"] == 1
     assert None in batches  # heartbeats while nothing happened
     assert 0.5 <= time.monotonic() - started < 5.0
+
+
+def test_the_command_follows_in_json_lines_only_and_takes_a_position(system, data_dir, monkeypatch, capsys):
+    from service.cli import main
+    from tests import backend
+    from tests.conftest import TEST_PEPPER
+
+    for name, value in {"KEYLEDGER_DATA_DIR": str(data_dir), "KEYLEDGER_PEPPER": TEST_PEPPER,
+                        **backend.environment_for(data_dir)}.items():
+        monkeypatch.setenv(name, value)
+    make_account(system, "owner", "o@example.com")
+    assert main(["audit", "export", "--follow", "--format", "csv"]) == 2
+    assert "JSON Lines only" in capsys.readouterr().err
+    assert main(["audit", "export", "--since-seq", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == system.audit.last_seq() - 1 and '"seq": 1,' not in out
+    for bad in ("-1", "x"):
+        try:
+            main(["audit", "export", "--since-seq", bad])
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        else:
+            raise AssertionError(f"--since-seq {bad} was accepted")
