@@ -128,6 +128,9 @@ def compose_expiry_notice(reminder: dict, *, mail_from: str) -> EmailMessage:
     message["X-Keyledger-Keys"] = ", ".join(f"{key['key_id']}:{key['stage']}" for key in keys)
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(_templates().get_template("expiry.txt").render(context))
+    return message
+
+
 def compose_webhook_notice(reminder: dict, *, mail_from: str) -> EmailMessage:
     """The registrant's email about a webhook endpoint disabled after failing for days
     (``service.webhooks``): which endpoint, why, how to turn it on again. Never its secret."""
