@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     projection_commands = projections.add_subparsers(dest="projection_command", required=True)
     rebuild = projection_commands.add_parser("rebuild", parents=[existing], help="drop and rebuild views from the event log")
     rebuild.add_argument("name", nargs="?",
-                         choices=["verification", "directory", "audit", "legacy_usage", "campaign"])
+                         choices=["verification", "directory", "audit", "legacy_usage", "campaign", "webhooks"])
     rebuild.set_defaults(handler=_projections_rebuild)
 
     audit = commands.add_parser("audit", help="the audit trail")

@@ -53,6 +53,9 @@ def test_a_rebuild_of_the_views_queues_nothing_twice(system, admin, owner):  # n
         system.follower.rebuild()
         assert system.webhooks.endpoint(hook["id"])["status"] == "enabled"
         assert worker.deliver_due() == 0
+        system.follower.rebuild(["webhooks"])  # alone (`keyledger projections rebuild webhooks`): read from the audit view
+        assert system.webhooks.endpoint(hook["id"])["status"] == "enabled"
+        assert worker.deliver_due() == 0
         owner.post("/v2/apps", json={"id": "speech", "name": "Speech"})
         assert worker.deliver_due() == 2
     assert len(receiver.requests) == 4 and all(r["verified"] for r in receiver.requests)
