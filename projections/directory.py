@@ -79,6 +79,10 @@ class DirectoryView(Projection):
     def _expiring(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e)  # an expiry reminder (service.domain.expiry): only the version moves
 
+    @handles(ApiKey.Expired)
+    def _expired(self, db: Any, position: int, e: Any) -> None:
+        self._update(db, e)  # the expiry recorded: only the version moves (the status follows expires_at)
+
     @handles(ApiKey.Restricted)
     def _restricted(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e)

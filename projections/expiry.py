@@ -1,8 +1,10 @@
-"""Expiry reminders' progress: the stages recorded per key, and when each key was last rolled.
+"""Expiry reminders' progress: the stages recorded per key, when each key was last rolled, and
+the keys whose expiry is recorded (``ApiKey.Expired``).
 
-The scheduler's expiry job (``scheduler.expiry``) reads it with the directory to find the keys
-that may be due a reminder; the event store stays the authority (the use case re-checks each
-key before it records anything), so a view a little behind costs a look, never a second mail.
+The scheduler's expiry jobs (``scheduler.expiry``) read it with the directory to find the keys
+that may be due a reminder, and the expired keys whose expiry is not recorded yet; the event
+store stays the authority (the use case re-checks each key before it records anything), so a
+view a little behind costs a look, never a second mail or a second ``ApiKey.Expired``.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ from service.domain.keys import ApiKey
 
 class ExpiryView(Projection):
     name = "expiry"
-    tables = ("expiry_reminded", "expiry_rolls")
+    tables = ("expiry_reminded", "expiry_rolls", "expiry_expired")
     ddl = (
         """CREATE TABLE IF NOT EXISTS expiry_reminded (
             key_id TEXT NOT NULL, stage TEXT NOT NULL, reminder_id TEXT NOT NULL, recorded_at TEXT NOT NULL,
             PRIMARY KEY (key_id, stage))""",
         """CREATE TABLE IF NOT EXISTS expiry_rolls (key_id TEXT PRIMARY KEY, rolled_at TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS expiry_expired (key_id TEXT PRIMARY KEY, recorded_at TEXT NOT NULL)""",
     )
 
     _REMINDED = upsert("expiry_reminded", ("key_id", "stage", "reminder_id", "recorded_at"), ("key_id", "stage"))
     _ROLLED = upsert("expiry_rolls", ("key_id", "rolled_at"), ("key_id",))
+    _EXPIRED = upsert("expiry_expired", ("key_id", "recorded_at"), ("key_id",))
 
     @handles(ApiKey.Expiring)
     def _expiring(self, db: Any, position: int, e: Any) -> None:
@@ -36,6 +40,10 @@ class ExpiryView(Projection):
     @handles(ApiKey.Rolled)
     def _rolled(self, db: Any, position: int, e: Any) -> None:
         db.execute(self._ROLLED, (str(e.originator_id), rfc3339(e.timestamp)))
+
+    @handles(ApiKey.Expired)
+    def _expired(self, db: Any, position: int, e: Any) -> None:
+        db.execute(self._EXPIRED, (str(e.originator_id), rfc3339(e.timestamp)))
 
 
 class ExpiringKeys:
@@ -71,3 +79,15 @@ class ExpiringKeys:
                           "created_at": from_rfc3339(r["created_at"]), "expires_at": expires_at,
                           "rolled_at": from_rfc3339(r["rolled_at"]), "reminded": reminded.get(r["id"], [])})
         return found
+
+    def expired_unrecorded(self, now: datetime, limit: int = 500) -> list[str]:
+        """Up to ``limit`` keys not revoked whose expiry is at or before ``now`` and whose
+        ``ApiKey.Expired`` the view does not hold yet, the earliest expiry first."""
+        high = rfc3339(now + timedelta(seconds=1))  # widened as above, then compared as times
+        with self.store.read() as db:
+            rows = db.execute(
+                "SELECT k.id, k.expires_at FROM directory_keys k LEFT JOIN expiry_expired x ON x.key_id = k.id "
+                "WHERE k.revoked_at IS NULL AND k.expires_at IS NOT NULL AND k.expires_at < ? AND x.key_id IS NULL",
+                (high,)).fetchall()
+        due = sorted((expires_at, r["id"]) for r in rows if (expires_at := from_rfc3339(r["expires_at"])) <= now)
+        return [key_id for _, key_id in due[:limit]]

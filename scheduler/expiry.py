@@ -7,6 +7,12 @@ every key against the event store). The campaign's outbox (``scheduler.jobs.deli
 then delivers each mail once, retrying while the mail server is down; ``still_due`` is its check
 at delivery time (a key revoked, rolled or expired since is left out; a mail left with none is
 withdrawn).
+
+``record_expiries`` records, after a key's expiry, its ``ApiKey.Expired`` (the webhook type
+``key.expired``): the keys the views show expired and not recorded, each re-checked against the
+event store, so a rerun, a restart or a second scheduler records nothing twice (the key's
+version). A key revoked before it expired gets none. What verification says does not wait for
+it: a key is expired from its ``expires_at`` on.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ SCHEDULER = Actor.system("scheduler")
 
 class ExpiringKeysReader(Protocol):
     def expiring_between(self, start: datetime, end: datetime) -> list[dict]: ...
+
+
+class ExpiredKeysReader(Protocol):
+    def expired_unrecorded(self, now: datetime, limit: int = 500) -> list[str]: ...
 
 
 class LastUsedReader(Protocol):
@@ -62,6 +72,21 @@ def send_expiry_reminders(keys_app: Any, expiring: ExpiringKeysReader, last_used
                       error.message)
     if recorded:
         log.info("expiry reminders: %d owner mail(s) recorded", recorded)
+    return recorded
+
+
+def record_expiries(keys_app: Any, expired: ExpiredKeysReader, now: datetime, limit: int = 500) -> int:
+    """Record ``ApiKey.Expired`` for up to ``limit`` keys expired by ``now`` and not recorded yet
+    (the next run takes the rest); returns how many this run recorded."""
+    recorded = 0
+    for key_id in expired.expired_unrecorded(now, limit):
+        try:
+            if keys_app.record_expiry(key_id, by=SCHEDULER):
+                recorded += 1
+        except KeyledgerError as error:  # one key must not hold up the others; the next run retries
+            log.error("the expiry of key %s could not be recorded yet: %s %s", key_id, error.code, error.message)
+    if recorded:
+        log.info("expiries: %d key(s) recorded as expired", recorded)
     return recorded
 
 

@@ -1,6 +1,6 @@
 """Wiring: the scheduler's jobs on APScheduler 3.11 (the deprecation campaign, the reminders
-before keys expire — ``scheduler.expiry``, through the campaign's outbox — and the audit chain's
-hourly signed checkpoint). The only module that imports APScheduler.
+before keys expire — ``scheduler.expiry``, through the campaign's outbox — the record of keys
+that have expired, and the audit chain's hourly signed checkpoint). The only module that imports APScheduler.
 
 ``build_scheduler(system)`` registers the reconciliations of ``scheduler.jobs`` as repeating
 jobs with explicit ids, ``coalesce=True``, ``max_instances=1`` and ``misfire_grace_time=None``,
@@ -50,7 +50,8 @@ class CampaignRuns:
         self.system = system
         self.usage = usage
         self.mailer = mailer
-        self._locks = {name: threading.Lock() for name in ("reminders", "sunset", "mail", "checkpoint", "expiry")}
+        self._locks = {name: threading.Lock() for name in ("reminders", "sunset", "mail", "checkpoint", "expiry",
+                                                          "expired")}
         self._faults = dict.fromkeys(self._locks, 0)  # runs in a row a store could not be used
 
     def _run(self, name: str, work: Callable[[], Any]) -> Any:
@@ -122,6 +123,18 @@ class CampaignRuns:
 
         return self._run("expiry", work)
 
+    def expired(self) -> Any:
+        """``ApiKey.Expired`` for the keys whose expiry has passed (scheduler.expiry)."""
+        def work() -> int:
+            s = self.system
+            if s.expiring is None:
+                return 0
+            count = expiry.record_expiries(s.keys_app, s.expiring, s.keys_app.now())
+            s.after_command()
+            return count
+
+        return self._run("expired", work)
+
     def audit_checkpoint(self) -> Any:
         def work() -> dict | None:
             s = self.system
@@ -152,7 +165,8 @@ def build_scheduler(system: System, *, usage: jobs.LegacyUsageReader | None = No
     for job_id, func, what in (("campaign-reminders", runs.reminders, "record the due stage's reminders"),
                                ("campaign-sunset", runs.sunset, "execute the sunset, then the final notice"),
                                ("campaign-mail", runs.mail, "deliver recorded campaign mail"),
-                               ("expiry-reminders", runs.expiry, "record reminders of keys that expire soon")):
+                               ("expiry-reminders", runs.expiry, "record reminders of keys that expire soon"),
+                               ("key-expiries", runs.expired, "record the expiry of keys that have expired")):
         scheduler.add_job(func, every, id=job_id, name=what, next_run_time=now, **JOB_OPTIONS)
     scheduler.add_job(runs.audit_checkpoint, IntervalTrigger(seconds=CHECKPOINT_INTERVAL, timezone=UTC),
                       id="audit-checkpoint", name="sign the audit chain's head", next_run_time=now,

@@ -5,6 +5,9 @@ against the event store and record: the owner's mail of the day (an outbox entry
 campaign's, delivered by its outbox with retries) and one ``ApiKey.Expiring`` event per key
 listed, all in one transaction. The mail lists each key's description, hint (``ak_…abcd``),
 app and expiry time; never a secret.
+
+After the expiry, ``record_expiry`` records ``ApiKey.Expired`` once per key (not for a key revoked
+before): a record for the audit trail and webhooks, not what makes the key expired.
 """
 
 from __future__ import annotations
@@ -97,3 +100,22 @@ class ExpiryUseCases(LedgerApplication):
                 continue
             still.append(item)
         return still
+
+    def record_expiry(self, key_id: str, *, by: Actor) -> bool:
+        """Record ``ApiKey.Expired`` for the key if its expiry has passed (checked here, against the
+        store, at the application's clock) and it is not recorded yet; False when nothing was
+        recorded (already recorded, by this or another scheduler; revoked; not expired)."""
+        if not by.is_admin:
+            raise Forbidden("Only the scheduler (or an admin) records expiries.")
+        for _attempt in range(COMMAND_ATTEMPTS):
+            key = self._find(ApiKey, UUID(key_id))
+            if key is None or not key.note_expired(by=by.ref, request=NO_REQUEST.as_dict(), at=self.now()):
+                return False
+            try:
+                self.save(key)
+            except IntegrityError:  # the key changed meanwhile (or another scheduler recorded it): look again
+                continue
+            except PersistenceError as error:
+                raise Unavailable("The event store cannot be written right now; retry shortly.") from error
+            return True
+        raise Conflict("The key is being changed right now; the next run tries again.")

@@ -33,7 +33,7 @@ EVENT_NAMES = {"ApiKey.Issued": "Created", "ApiKey.ScopesChanged": "Scopes chang
                "ApiKey.DescriptionChanged": "Description changed", "ApiKey.Rolled": "Secret rolled",
                "ApiKey.Revoked": "Revoked", "ApiKey.LimitsChanged": "Rate limits changed",
                "ApiKey.Restricted": "Restriction changed", "ApiKey.Leaked": "Reported leaked",
-               "ApiKey.Expiring": "Owner reminded of its expiry"}
+               "ApiKey.Expiring": "Owner reminded of its expiry", "ApiKey.Expired": "Expired"}
 
 
 def scope_groups() -> list[tuple[str, list[tuple[str, str]]]]:

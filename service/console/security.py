@@ -24,7 +24,8 @@ from service.domain.errors import KeyledgerError
 AUDIT_FIELDS = ("app_id", "key_id", "actor", "type", "since", "until", "limit")
 EVENT_TYPES = ("Account.Registered", "Account.TokenReplaced", "App.Registered", "App.LegacyClientAttached",
                "ApiKey.Issued", "ApiKey.ScopesChanged", "ApiKey.DescriptionChanged", "ApiKey.Rolled",
-               "ApiKey.Revoked", "ApiKey.Restricted", "ApiKey.Leaked", "ApiKey.Expiring", "LegacyClient.CredentialsIssued", "LegacyClient.AccessTokenIssued",
+               "ApiKey.Revoked", "ApiKey.Restricted", "ApiKey.Leaked", "ApiKey.Expiring", "ApiKey.Expired",
+               "LegacyClient.CredentialsIssued", "LegacyClient.AccessTokenIssued",
                "LegacyClient.AccessDisabled", "LegacyUseWindow.LegacyTokenUsed",
                "AuditLedger.CheckpointSigned")
 PAGE_SIZE = 50

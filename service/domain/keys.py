@@ -72,10 +72,20 @@ class ApiKey(LedgerAggregate):
         expires_at: datetime
         reminder_id: str
 
-    # The expiry reminder stages recorded (ApiKey.Expiring), and when the key was last rolled;
-    # class defaults for keys (and snapshots) from before these existed.
+    class Expired(LedgerAggregate.Event):
+        """The key's expiry has passed, recorded by the scheduler once (the webhook type
+        ``key.expired``). A record for the audit trail and webhooks: the key was expired from
+        ``expires_at`` on, whether or not this is recorded yet; its timestamp is when it was
+        recorded (after ``expires_at``, by as long as the scheduler took to notice)."""
+
+        expires_at: datetime
+
+    # The expiry reminder stages recorded (ApiKey.Expiring), when the key was last rolled, and
+    # when its expiry was recorded (ApiKey.Expired); class defaults for keys (and snapshots) from
+    # before these existed.
     expiry_stages: tuple = ()
     rolled_at: datetime | None = None
+    expired_recorded_at: datetime | None = None
 
     @event(Issued)
     def __init__(
@@ -197,6 +207,20 @@ class ApiKey(LedgerAggregate):
     def _expiring(self, stage: str, expires_at: datetime, reminder_id: str, by: str, request: dict,
                   timestamp: datetime) -> None:
         self.expiry_stages = [*self.expiry_stages, stage]
+
+    def note_expired(self, *, by: str, request: dict, at: datetime) -> bool:
+        """Record that the key's expiry has passed; False (nothing recorded) if it was already,
+        the key never expires or has not expired by ``at``, or it was revoked (a revoked key
+        does not expire afterwards)."""
+        if (self.expired_recorded_at is not None or self.revoked_at is not None or self.expires_at is None
+                or self.expires_at > at):
+            return False
+        self._expired(expires_at=self.expires_at, by=by, request=request, timestamp=at)
+        return True
+
+    @event(Expired)
+    def _expired(self, expires_at: datetime, by: str, request: dict, timestamp: datetime) -> None:
+        self.expired_recorded_at = timestamp
 
     # -- rate limits (service.domain.limits) -----------------------------------
 

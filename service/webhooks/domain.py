@@ -28,7 +28,7 @@ SOURCES: dict[str, str] = {
     "ApiKey.Revoked": "key.revoked",
     "ApiKey.Leaked": "key.leaked",
     "ApiKey.Expiring": "key.expiring",  # a reminder before expiry recorded (service.application.expiry)
-    "ApiKey.Expired": "key.expired",  # keys expire by time today: no event yet
+    "ApiKey.Expired": "key.expired",  # a key's expiry recorded, once, after it passed (scheduler.expiry)
     "App.Registered": "app.created",
     "LegacyUseWindow.LegacyTokenUsed": "legacy.token_used",
     "CampaignStage.Began": "campaign.stage_sent",

@@ -24,13 +24,14 @@ def test_jobs_repeat_with_explicit_ids_coalesce_one_instance_and_no_misfire_limi
     jobs = {job.id: job for job in scheduler.get_jobs()}
     assert set(jobs) == {"campaign-reminders", "campaign-sunset", "campaign-mail",
                          "campaign-reminders-at-7d", "campaign-reminders-at-1d", "campaign-sunset-at",
-                         "audit-checkpoint", "expiry-reminders"}
+                         "audit-checkpoint", "expiry-reminders", "key-expiries"}
     for job in jobs.values():
         assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, None)
     assert jobs["campaign-sunset-at"].trigger.run_date == system.plan.sunset_at
     assert jobs["campaign-reminders"].trigger.interval == timedelta(seconds=0.1)
     assert jobs["audit-checkpoint"].trigger.interval == timedelta(hours=1)
     assert jobs["expiry-reminders"].trigger.interval == timedelta(seconds=0.1)
+    assert jobs["key-expiries"].trigger.interval == timedelta(seconds=0.1)
 
 
 def test_the_scheduler_signs_an_audit_checkpoint_when_it_starts(system):
