@@ -16,8 +16,8 @@ from eventsourcing.domain import event
 from service.domain.aggregate import LedgerAggregate
 from service.domain.errors import KeyledgerError
 
-# The webhook type of each audit event type (``projections.audit.event_type``). A type listed
-# in EVENT_TYPES without a source here is accepted and documented: nothing emits it yet.
+# The webhook type of each audit event type (``projections.audit.event_type``); every type in
+# EVENT_TYPES has at least one.
 SOURCES: dict[str, str] = {
     "ApiKey.Issued": "key.created",
     "ApiKey.ScopesChanged": "key.updated",

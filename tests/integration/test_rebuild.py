@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from freezegun import freeze_time
 
 from projections.verification import VerificationIndex
+from scheduler import expiry
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.legacy import LegacyClient
 from service.settings import Settings
@@ -16,7 +18,8 @@ from tests.conftest import TEST_PEPPER
 TABLES = ("verification", "verification_legacy_clients", "directory_accounts", "directory_apps",
           "directory_keys", "audit_events", "audit_aggregate_apps", "audit_app_owners", "legacy_usage",
           "projection_tracking", "key_limits", "app_limits",
-          "verification_restrictions", "directory_key_restrictions")
+          "verification_restrictions", "directory_key_restrictions",
+          "expiry_reminded", "expiry_rolls", "expiry_expired")
 
 
 @pytest.fixture
@@ -101,6 +104,17 @@ def make_history(system) -> None:
     system.after_command()
     app.replace_personal_token("a@example.com", by=admin, request=NO_REQUEST)
     system.after_command()
+    # Expiry: two keys expire, one revoked before; the scheduler's job records the other's ApiKey.Expired.
+    soon = app.now() + timedelta(hours=1)
+    expiring, _ = app.issue_key("app-0", description="short", scopes=["Predict"], expires_at=soon, by=admin,
+                                request=NO_REQUEST)
+    revoked, _ = app.issue_key("app-0", description="gone", scopes=["Predict"], expires_at=soon, by=admin,
+                               request=NO_REQUEST)
+    app.revoke_key(revoked["id"], by=admin, request=NO_REQUEST)
+    system.after_command()
+    with freeze_time(soon + timedelta(minutes=1)):
+        assert expiry.record_expiries(app, system.expiring, app.now()) == 1
+        system.after_command()
 
 
 def test_rebuilding_every_view_gives_identical_rows(system):
@@ -112,6 +126,7 @@ def test_rebuilding_every_view_gives_identical_rows(system):
     assert sum(row[1] == "access_token" for row in live["verification"]) == 6
 
     assert len(live["key_limits"]) == 3 and len(live["app_limits"]) == 4
+    assert len(live["expiry_expired"]) == 1 and len(live["expiry_rolls"]) == 10
     live_limits = limit_state(system)
 
     rebuilt_count = system.follower.rebuild()
