@@ -108,7 +108,7 @@ def test_internal_targets_are_delivered_to_when_allowed(data_dir):
             admin.post("/v2/apps", json={"id": "vision", "name": "Vision"})
             worker = Deliverer(system.keys_app, system.webhooks, allow_private=True, timeout=2).start()
             try:
-                assert wait_until(lambda: len(receiver.requests) == 2, timeout=10)
+                assert wait_until(lambda: len(receiver.requests) == 2, timeout=60)
             finally:
                 worker.stop()
     finally:
