@@ -98,6 +98,12 @@ def connect(data_dir: Path | str) -> Any:
                            options=f"-c search_path={schema_for(data_dir)}")
 
 
+def conninfo() -> str:
+    """The libpq connection string of the run's database (tests/schema_pool.py)."""
+    assert DATABASE_URL is not None
+    return _conninfo(DATABASE_URL)
+
+
 def _conninfo(url: str) -> str:
     from service.settings import parse_database_url
 

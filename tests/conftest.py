@@ -34,7 +34,7 @@ from service.application import Keyledger
 from service.composition import System, build_system
 from service.domain.actors import NO_REQUEST, Actor
 from service.settings import Settings
-from tests import backend
+from tests import backend, schema_pool
 from tests.backend import make_settings
 
 # -- freezegun and the eventsourcing transcoder ------------------------------------------
@@ -126,10 +126,18 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "the SQLite pass only, deselected on PostgreSQL")
     if backend.ON_POSTGRES:
         backend.create_database()
+        schema_pool.install(backend.DATABASE_URL, backend.conninfo(), _build_template)
+
+
+def _build_template(data_dir: Path, schema: str) -> None:
+    """The store the application makes, in ``schema`` (tests/schema_pool.py copies it)."""
+    build_system(Settings(data_dir=data_dir, pepper=TEST_PEPPER, database_url=backend.DATABASE_URL,
+                          database_schema=schema), follow=False).close()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if backend.ON_POSTGRES:
+        schema_pool.uninstall()
         backend.drop_database()
 
 
