@@ -13,6 +13,12 @@
   marked test that calls one of those fails in the SQLite pass. So the fixtures ``settings``,
   ``system``, ``flask_app``, ``client``, ``start_server``, ``server`` are out for such a test.
   Unmarked tests (the default: leave new tests unmarked when in doubt) run on both stores.
+* scripts/test runs the two passes at the same time. A test that asserts a wall-clock bound (a
+  verification under 1 s, another instance refusing a revoked key within 1 s, ...) is marked
+  ``timing_sensitive``: it then runs while the other pass runs nothing (tests/pass_lock.py). Tests
+  that only wait *up to* a deadline for something to happen need no mark.
+* On PostgreSQL, in-process systems find their store ready-made (tests/schema_pool.py): nothing to
+  do in a test; ``KEYLEDGER_TEST_SCHEMA_POOL=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from service.application import Keyledger
 from service.composition import System, build_system
 from service.domain.actors import NO_REQUEST, Actor
 from service.settings import Settings
-from tests import backend, schema_pool
+from tests import backend, pass_lock, schema_pool
 from tests.backend import make_settings
 
 # -- freezegun and the eventsourcing transcoder ------------------------------------------
@@ -124,6 +130,8 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "collected when the suite runs on PostgreSQL")
     config.addinivalue_line("markers", "store_independent: never reaches the store under test (checked); runs in "
                                        "the SQLite pass only, deselected on PostgreSQL")
+    config.addinivalue_line("markers", "timing_sensitive: asserts a wall-clock bound (within 1 s, under 0.5 s, ...); "
+                                       "never runs beside the other pass's tests (tests/pass_lock.py)")
     if backend.ON_POSTGRES:
         backend.create_database()
         schema_pool.install(backend.DATABASE_URL, backend.conninfo(), _build_template)
@@ -176,14 +184,16 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
     """While a ``store_independent`` test runs (setup, call, teardown), tests/backend.py refuses to
-    reach the store under test (see the module's docstring)."""
-    if item.get_closest_marker("store_independent") is None:
-        return (yield)
-    backend.GUARDED, backend.REACHED[:] = item.nodeid, []
-    try:
-        return (yield)
-    finally:
-        backend.GUARDED = None
+    reach the store under test (see the module's docstring). A ``timing_sensitive`` test runs while
+    the other pass of scripts/test runs nothing (tests/pass_lock.py)."""
+    with pass_lock.running(alone=item.get_closest_marker("timing_sensitive") is not None):
+        if item.get_closest_marker("store_independent") is None:
+            return (yield)
+        backend.GUARDED, backend.REACHED[:] = item.nodeid, []
+        try:
+            return (yield)
+        finally:
+            backend.GUARDED = None
 
 
 @pytest.hookimpl(wrapper=True)
