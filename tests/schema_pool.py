@@ -14,11 +14,14 @@ refuses. What the copy holds is the application's DDL and nothing else: the temp
 ``store_identity`` rows (the pepper's and the signing key's fingerprints) are dropped before the
 dump, so the first instance on a copy records its own, as on a fresh store.
 
-Only systems built in the test process (``build_system``: the ``system`` fixture, in-process CLI
-``main([...])`` calls) take copies, and only on the suite's own database. Server and CLI processes
-create their stores themselves, as in production (their start-up dwarfs the DDL, and the drills of
-several instances creating one store at once stay real). Both see the same schema afterwards:
-the name is still ``tests.backend.schema_for(data_dir)``.
+Systems built in the test process (``build_system``: the ``system`` fixture, in-process CLI
+``main([...])`` calls) take copies that way, and so does the first start of a server process through
+the e2e harness (``ServerProcess.start``: its master would create the store at once, before it
+answers ``/readyz``), only on the suite's own database (a test pointing a server at a throwaway
+cluster, or at a schema of its own, is left alone). CLI processes (``run_cli``: ``db init``, ``--init``,
+a command refused for want of a store) and processes a test starts itself (the drill of several
+instances creating one store at once) create their stores as in production. All of them see the same
+schema: its name is still ``tests.backend.schema_for(data_dir)``.
 
 tests/integration/test_schema_pool.py checks that a copy is the same store the application makes
 (tables, columns, defaults, indexes, constraints, types, functions), and that it is used. Without
@@ -166,6 +169,7 @@ class SchemaPool:
 
 POOL: SchemaPool | None = None
 _ORIGINAL: list[Callable[[Any], Any]] = []
+_DATABASE_URL: list[str] = []
 
 
 def install(database_url: str, conninfo: str, build: Callable[[Path, str], None]) -> None:
@@ -193,6 +197,21 @@ def install(database_url: str, conninfo: str, build: Callable[[Path, str], None]
 
     _ORIGINAL.append(creating_tables)
     composition.creating_tables = creating_tables_from_pool
+    _DATABASE_URL.append(database_url)
+
+
+def place_for_server(environment: dict[str, str]) -> None:
+    """Before the first start of a server process (tests/e2e/conftest.py) on the run's database: its
+    master would create the store as it starts; a copy is renamed into place instead, unless the
+    schema exists (made earlier in the test, by a CLI ``db init`` or an in-process system)."""
+    if POOL is None or not _DATABASE_URL or environment.get("KEYLEDGER_DATABASE_URL") != _DATABASE_URL[0]:
+        return
+    from tests.backend import schema_for
+
+    if environment.get("KEYLEDGER_DATABASE_SCHEMA") != schema_for(environment["KEYLEDGER_DATA_DIR"]):
+        return  # a schema the test chose
+    with contextlib.suppress(Exception):  # never worse than without the pool
+        POOL.place(environment["KEYLEDGER_DATABASE_SCHEMA"], POOL.conninfo)
 
 
 def uninstall() -> None:
@@ -200,6 +219,7 @@ def uninstall() -> None:
     if POOL is not None:
         POOL.stop()
         POOL = None
+    _DATABASE_URL.clear()
     if _ORIGINAL:
         from service import composition
 
