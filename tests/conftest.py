@@ -149,6 +149,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         backend.drop_database()
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if schema_pool.POOL is not None:
+        terminalreporter.write_line(f"keyledger: {schema_pool.POOL.placed} PostgreSQL stores ready-made "
+                                    f"(tests/schema_pool.py), no copy ready {schema_pool.POOL.missed} times")
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     where = f"PostgreSQL, database {backend.TEST_DATABASE}" if backend.ON_POSTGRES else "SQLite files"
     return f"keyledger store: {where}"

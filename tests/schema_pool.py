@@ -96,6 +96,7 @@ class SchemaPool:
         self.ready: queue.Queue[str] = queue.Queue()
         self.wanted = ready
         self.placed = 0  # schemas renamed into place (tests/integration/test_schema_pool.py)
+        self.missed = 0  # asked while no copy was ready (the application then makes its store itself)
         self._names = iter(range(1 << 62))
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -147,6 +148,7 @@ class SchemaPool:
             name = self.ready.get_nowait()
         except queue.Empty:
             self._wake.set()
+            self.missed += 1
             return False  # the application makes the store, as without a pool
         self._wake.set()
         with psycopg.connect(conninfo, autocommit=True, application_name="keyledger-test-pool") as db:
