@@ -82,10 +82,22 @@ def create_database() -> None:
 
 
 def drop_database() -> None:
-    import psycopg
+    """Drop the run's database — in a detached process, so the pass does not wait for it: a run leaves
+    about a thousand schemas (100,000 files), and on a disk mounted with ``discard`` (this machine's)
+    removing them takes minutes. ``KEYLEDGER_TEST_DROP_WAIT=1`` waits for the drop."""
+    import subprocess
+    import sys
 
-    with psycopg.connect(_conninfo(SERVER_URL), autocommit=True) as db:
-        db.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+    code = ("import os, psycopg\n"
+            "with psycopg.connect(os.environ['KEYLEDGER_DROP_CONNINFO'], autocommit=True) as db:\n"
+            "    db.execute('DROP DATABASE IF EXISTS \"' + os.environ['KEYLEDGER_DROP_DATABASE'] + '\" WITH (FORCE)')\n")
+    argv = [sys.executable, "-c", code]  # the connection string in the environment, not on the command line
+    env = {**os.environ, "KEYLEDGER_DROP_CONNINFO": _conninfo(SERVER_URL), "KEYLEDGER_DROP_DATABASE": TEST_DATABASE}
+    if os.environ.get("KEYLEDGER_TEST_DROP_WAIT") == "1":
+        subprocess.run(argv, env=env, check=True)
+    else:
+        subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def connect(data_dir: Path | str) -> Any:
@@ -96,6 +108,12 @@ def connect(data_dir: Path | str) -> Any:
     assert DATABASE_URL is not None
     return psycopg.connect(_conninfo(DATABASE_URL), autocommit=True,
                            options=f"-c search_path={schema_for(data_dir)}")
+
+
+def conninfo() -> str:
+    """The libpq connection string of the run's database (tests/schema_pool.py)."""
+    assert DATABASE_URL is not None
+    return _conninfo(DATABASE_URL)
 
 
 def _conninfo(url: str) -> str:

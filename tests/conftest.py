@@ -13,6 +13,12 @@
   marked test that calls one of those fails in the SQLite pass. So the fixtures ``settings``,
   ``system``, ``flask_app``, ``client``, ``start_server``, ``server`` are out for such a test.
   Unmarked tests (the default: leave new tests unmarked when in doubt) run on both stores.
+* scripts/test runs the two passes at the same time. A test that asserts a wall-clock bound (a
+  verification under 1 s, another instance refusing a revoked key within 1 s, ...) is marked
+  ``timing_sensitive``: it then runs while the other pass runs nothing (tests/pass_lock.py). Tests
+  that only wait *up to* a deadline for something to happen need no mark.
+* On PostgreSQL, in-process systems find their store ready-made (tests/schema_pool.py): nothing to
+  do in a test; ``KEYLEDGER_TEST_SCHEMA_POOL=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from service.application import Keyledger
 from service.composition import System, build_system
 from service.domain.actors import NO_REQUEST, Actor
 from service.settings import Settings
-from tests import backend
+from tests import backend, pass_lock, schema_pool
 from tests.backend import make_settings
 
 # -- freezegun and the eventsourcing transcoder ------------------------------------------
@@ -124,13 +130,29 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "collected when the suite runs on PostgreSQL")
     config.addinivalue_line("markers", "store_independent: never reaches the store under test (checked); runs in "
                                        "the SQLite pass only, deselected on PostgreSQL")
+    config.addinivalue_line("markers", "timing_sensitive: asserts a wall-clock bound (within 1 s, under 0.5 s, ...); "
+                                       "never runs beside the other pass's tests (tests/pass_lock.py)")
     if backend.ON_POSTGRES:
         backend.create_database()
+        schema_pool.install(backend.DATABASE_URL, backend.conninfo(), _build_template)
+
+
+def _build_template(data_dir: Path, schema: str) -> None:
+    """The store the application makes, in ``schema`` (tests/schema_pool.py copies it)."""
+    build_system(Settings(data_dir=data_dir, pepper=TEST_PEPPER, database_url=backend.DATABASE_URL,
+                          database_schema=schema), follow=False).close()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if backend.ON_POSTGRES:
+        schema_pool.uninstall()
         backend.drop_database()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if schema_pool.POOL is not None:
+        terminalreporter.write_line(f"keyledger: {schema_pool.POOL.placed} PostgreSQL stores ready-made "
+                                    f"(tests/schema_pool.py), no copy ready {schema_pool.POOL.missed} times")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -168,14 +190,16 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
     """While a ``store_independent`` test runs (setup, call, teardown), tests/backend.py refuses to
-    reach the store under test (see the module's docstring)."""
-    if item.get_closest_marker("store_independent") is None:
-        return (yield)
-    backend.GUARDED, backend.REACHED[:] = item.nodeid, []
-    try:
-        return (yield)
-    finally:
-        backend.GUARDED = None
+    reach the store under test (see the module's docstring). A ``timing_sensitive`` test runs while
+    the other pass of scripts/test runs nothing (tests/pass_lock.py)."""
+    with pass_lock.running(alone=item.get_closest_marker("timing_sensitive") is not None):
+        if item.get_closest_marker("store_independent") is None:
+            return (yield)
+        backend.GUARDED, backend.REACHED[:] = item.nodeid, []
+        try:
+            return (yield)
+        finally:
+            backend.GUARDED = None
 
 
 @pytest.hookimpl(wrapper=True)

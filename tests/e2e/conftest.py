@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests import backend
+from tests import backend, schema_pool
 from tests.conftest import TEST_PEPPER, require, secrets_in
 from tests.throwaway_postgres import ThrowawayPostgres, unavailable_reason
 
@@ -180,6 +180,8 @@ class ServerProcess:
             self.port = port if port is not None else free_port()
             self.starts += 1
             argv, env = self._command()
+            if self.starts == 1:
+                schema_pool.place_for_server(env)  # its store, ready-made on PostgreSQL (tests/schema_pool.py)
             self._log_line(f"=== start #{self.starts}: {Path(argv[0]).name} "
                            f"{' '.join(argv[1:])} port {self.port} workers {self.workers} "
                            f"(data {self.data_dir})")

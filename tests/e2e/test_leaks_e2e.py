@@ -56,6 +56,7 @@ def auth_check(server, secret: str) -> int:
     return server.get("/v2/auth/check?scope=Predict", headers={"Authorization": f"Key {secret}"}).status
 
 
+@pytest.mark.timing_sensitive  # wall-clock bound
 def test_signed_reports_revoke_on_every_instance_and_leave_foreign_strings_nowhere(
         start_server: StartServer, github_key, tmp_path: Path):
     private, keys_file = github_key

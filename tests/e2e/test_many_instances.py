@@ -16,7 +16,8 @@ import pytest
 from tests.e2e.conftest import KEYLEDGER, ServerProcess, StartServer, base_environment
 from tests.e2e.many_instances import Cluster, cluster_env, percentile
 
-pytestmark = pytest.mark.postgres_only
+# Revocations seen by the other instances within 1 s: never beside the other pass (tests/pass_lock.py).
+pytestmark = [pytest.mark.postgres_only, pytest.mark.timing_sensitive]
 
 
 def _schema() -> str:

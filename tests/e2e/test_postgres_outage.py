@@ -21,7 +21,8 @@ from tests.e2e.conftest import StartServer
 from tests.e2e.outage_drill import AFTER, BASELINE, OUTAGE, Drill
 from tests.throwaway_postgres import ThrowawayPostgres
 
-pytestmark = pytest.mark.postgres_only("stops PostgreSQL: its own throwaway cluster, in the PostgreSQL pass")
+pytestmark = [pytest.mark.postgres_only("stops PostgreSQL: its own throwaway cluster, in the PostgreSQL pass"),
+              pytest.mark.timing_sensitive]  # every verification under 1 s
 
 CONTRACT = 1.0  # seconds: no verification may take longer, whatever the store does
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.e2e.conftest import StartServer
 
 
@@ -20,6 +22,7 @@ def verdict(server, secret: str) -> str:
     return server.post("/v2/verify", {"key": secret, "scope": "Predict"}).json["code"]
 
 
+@pytest.mark.timing_sensitive  # wall-clock bound
 def test_revocation_through_one_process_is_refused_by_the_other_within_a_second(start_server: StartServer):
     first = start_server(name="first")
     second = start_server(first.data_dir, name="second")

@@ -39,6 +39,7 @@ def _key(server: ServerProcess) -> str:
     return created.json["default_key"]["key"]
 
 
+@pytest.mark.timing_sensitive  # wall-clock bound
 def test_fifty_slow_clients_do_not_starve_the_others(two_workers: ServerProcess) -> None:
     server = two_workers
     key = _key(server)

@@ -55,6 +55,7 @@ def _timed(call):  # type: ignore[no-untyped-def]
     return result, time.monotonic() - started
 
 
+@pytest.mark.timing_sensitive  # wall-clock bound
 def test_a_verdict_does_not_wait_for_a_log_read_that_hangs(two, monkeypatch):
     writer, reader = two
     key, secret = _an_app_with_a_key(writer)
@@ -84,6 +85,7 @@ def test_a_verdict_does_not_wait_for_a_log_read_that_hangs(two, monkeypatch):
     assert wait_until(lambda: client.post("/v2/verify", json={"key": secret}).json["code"] == "REVOKED", CONTRACT)
 
 
+@pytest.mark.timing_sensitive  # wall-clock bound
 def test_a_verdict_does_not_wait_while_the_log_cannot_be_read(two, monkeypatch):
     writer, reader = two
     key, secret = _an_app_with_a_key(writer)
@@ -108,6 +110,7 @@ def test_a_verdict_does_not_wait_while_the_log_cannot_be_read(two, monkeypatch):
                       CONTRACT)
 
 
+@pytest.mark.timing_sensitive  # wall-clock bound
 def test_a_legacy_use_is_answered_at_once_and_recorded_when_the_store_is_back(tmp_path, monkeypatch):
     system = build_system(settings_for(tmp_path / "var"))
     try:

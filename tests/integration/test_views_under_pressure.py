@@ -43,6 +43,7 @@ def test_revoked_key_is_refused_at_once_even_while_the_views_are_locked(tmp_path
         system.close()
 
 
+@pytest.mark.timing_sensitive  # wall-clock bound
 def test_a_request_does_not_wait_for_the_view_store(tmp_path):
     writer = build_system(settings_for(tmp_path / "var"))
     reader = build_system(settings_for(tmp_path / "var"))
