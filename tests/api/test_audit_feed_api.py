@@ -92,6 +92,7 @@ def test_feed_settings_are_durations_above_zero(variable):
             Settings.from_env({variable: bad})
 
 
+@pytest.mark.timing_sensitive  # wall-clock bound
 def test_head_of_a_follow_stream_answers_at_once(feed_client):
     system, flask_app = feed_client
     admin = make_account(system, "admin", "admin@example.com")

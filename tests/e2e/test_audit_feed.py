@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import KEYLEDGER, REPO_ROOT, ServerProcess, StartServer, run_cli
 
 FEED = "/v2/audit/events.jsonl"
@@ -179,6 +181,7 @@ def test_the_http_stream_cut_and_resumed_says_exactly_the_one_shot_export(start_
     assert json.loads(pieces[0])["seq"] == 1
 
 
+@pytest.mark.timing_sensitive  # wall-clock bound
 def test_verification_keeps_answering_while_follow_streams_are_open(start_server: StartServer):
     """One worker, two open follow streams, a heartbeat a second: forward-auth, /v2/verify and a
     management request are answered at once all the while, and the streams see the new events."""

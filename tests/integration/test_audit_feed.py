@@ -6,12 +6,15 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from projections.audit import AuditFilter
 from service.audit_feed import events_after, follow
 from service.domain.actors import NO_REQUEST, Actor
 from tests.conftest import make_account
 
 
+@pytest.mark.timing_sensitive  # wall-clock bound
 def test_follow_yields_what_is_committed_after_the_position_then_heartbeats(system):
     for n in range(3):
         make_account(system, "owner", f"o{n}@example.com")
