@@ -7,7 +7,7 @@ import asyncio
 import socket
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
@@ -16,6 +16,15 @@ from aiosmtpd.controller import Controller
 
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.legacy import LegacyClient
+
+# freezegun leaves the SMTP server's event loop on real time.
+FROZEN = {"ignore": ["asyncio", "aiosmtpd"]}
+
+
+def at(text: str) -> datetime:
+    """An ISO time, in UTC."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
 
 ADMIN = Actor.system("test")
 

@@ -19,22 +19,11 @@ from service.domain.actors import NO_REQUEST
 from service.domain.campaign import FINAL
 from service.settings import Settings
 from tests.backend import make_settings
-from tests.campaign_support import LegacyWorld, SmtpServer, run_campaign
+from tests.campaign_support import FROZEN, LegacyWorld, SmtpServer, at, run_campaign
 from tests.conftest import TEST_PEPPER, secrets_in_files
 
 SUNSET = datetime(2018, 1, 1, tzinfo=UTC)
-FROZEN = {"ignore": ["asyncio", "aiosmtpd"]}  # the SMTP server's event loop keeps real time
 
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-@pytest.fixture
-def smtp():
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -24,18 +24,10 @@ from scheduler.transport import SmtpTransport
 from service.domain.campaign import FINAL
 from service.settings import Settings
 from tests.backend import make_settings
-from tests.campaign_support import LegacyWorld, SmtpServer, run_campaign
+from tests.campaign_support import FROZEN, LegacyWorld, run_campaign
 from tests.conftest import TEST_PEPPER
 
 SUNSET = datetime(2018, 1, 1, tzinfo=UTC)
-FROZEN = {"ignore": ["asyncio", "aiosmtpd"]}
-
-
-@pytest.fixture
-def smtp():
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

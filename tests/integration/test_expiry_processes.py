@@ -5,7 +5,6 @@ scheduler delivers it once, and records nothing twice."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,19 +14,11 @@ from service.composition import build_system
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.expiry import mail_id
 from tests.backend import make_settings
-from tests.campaign_support import SmtpServer
 from tests.conftest import TEST_PEPPER
 from tests.e2e.conftest import base_environment
 from tests.integration.test_campaign_processes import SchedulerProcess
 
 ADMIN = Actor.system("test")
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ unused; a key revoked between the record and the delivery left out; the trail sh
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import pytest
@@ -20,22 +20,11 @@ from service.domain.expiry import EXPIRY_NOTICE
 from service.domain.keys import ApiKey
 from service.settings import Settings
 from tests.backend import make_settings
-from tests.campaign_support import SmtpServer
+from tests.campaign_support import FROZEN, at
 from tests.conftest import TEST_PEPPER
 
 ADMIN = Actor.system("test")
-FROZEN = {"ignore": ["asyncio", "aiosmtpd"]}  # the SMTP server's event loop keeps real time
 
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-@pytest.fixture
-def smtp():
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

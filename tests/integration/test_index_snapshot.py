@@ -68,6 +68,19 @@ def test_a_start_from_the_snapshot_catches_up_and_equals_a_start_from_the_view(s
     assert snapshot_warnings(caplog) == []
 
 
+def assert_restart_ignores_the_snapshot(settings, caplog, live, why: str) -> None:
+    """A restart does not load the snapshot, builds the same index from the view, and says why once."""
+    caplog.set_level(logging.INFO, logger="keyledger.projections")
+    restarted = build_system(settings, follow=False)
+    try:
+        assert not restarted.index.snapshots.loaded
+        assert index_state(restarted.index) == live
+    finally:
+        restarted.close()
+    warnings = snapshot_warnings(caplog)
+    assert len(warnings) == 1 and why in warnings[0], warnings
+
+
 def corrupt(path, data: bytes) -> None:
     changed = bytearray(data)
     changed[len(changed) // 2] ^= 0x01
@@ -89,15 +102,7 @@ def test_a_damaged_snapshot_is_ignored_with_one_log_line(settings, caplog, damag
         first.close()
     path = settings.data_dir / FILE_NAME
     damage(path, path.read_bytes())
-    caplog.set_level(logging.INFO, logger="keyledger.projections")
-    restarted = build_system(settings, follow=False)
-    try:
-        assert not restarted.index.snapshots.loaded
-        assert index_state(restarted.index) == live
-    finally:
-        restarted.close()
-    warnings = snapshot_warnings(caplog)
-    assert len(warnings) == 1 and why in warnings[0], warnings
+    assert_restart_ignores_the_snapshot(settings, caplog, live, why)
 
 
 @pytest.mark.parametrize("stale", ["beyond the log", "another record there", "another store"])
@@ -121,15 +126,7 @@ def test_a_sealed_snapshot_that_is_not_up_to_date_with_this_log_is_ignored(setti
         first.index.snapshots = None  # no snapshot at close
     finally:
         first.close()
-    caplog.set_level(logging.INFO, logger="keyledger.projections")
-    restarted = build_system(settings, follow=False)
-    try:
-        assert not restarted.index.snapshots.loaded
-        assert index_state(restarted.index) == live
-    finally:
-        restarted.close()
-    warnings = snapshot_warnings(caplog)
-    assert len(warnings) == 1 and "is ignored" in warnings[0], warnings
+    assert_restart_ignores_the_snapshot(settings, caplog, live, "is ignored")
 
 
 def test_a_snapshot_holds_no_secret(settings):
