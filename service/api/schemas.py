@@ -9,6 +9,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 from projections.timefmt import rfc3339
 from service.application import DESCRIPTION_MAX, MAX_GRACE_SECONDS, NAME_MAX
 from service.domain.actors import ROLES
+from service.domain.leaks import POLICIES
 from service.domain.scopes import CATALOGUE
 
 # What the application accepts as a name or description, said in the document: no control
@@ -32,6 +33,28 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
+class PatchSchema(StrictSchema):
+    """A PATCH body: every field optional, but at least one given (documented as minProperties by
+    service.api.openapi); ``NOTHING_GIVEN`` says which."""
+
+    NOTHING_GIVEN = "Give at least one field."
+
+    @validates_schema
+    def _says_something(self, data, **kwargs):
+        if not data:
+            raise ValidationError(self.NOTHING_GIVEN, "_schema")
+
+
+def _name() -> fields.String:
+    """A person's or an app's name: one line, not blank."""
+    return fields.String(required=True, validate=validate.Length(min=1, max=NAME_MAX), metadata={"pattern": NAMED})
+
+
+def _description(**kwargs) -> fields.String:
+    """A key's description: one line, possibly empty."""
+    return fields.String(validate=validate.Length(max=DESCRIPTION_MAX), metadata={"pattern": ONE_LINE}, **kwargs)
+
+
 # -- errors ----------------------------------------------------------------------------
 
 class ErrorBodySchema(Schema):
@@ -49,8 +72,7 @@ class ErrorSchema(Schema):
 
 class AccountCreateSchema(StrictSchema):
     email = fields.Email(required=True, validate=validate.Length(min=3, max=254))
-    name = fields.String(required=True, validate=validate.Length(min=1, max=NAME_MAX),
-                         metadata={"pattern": NAMED})
+    name = _name()
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
 
 
@@ -121,6 +143,13 @@ class Limits(fields.Raw):
     def __init__(self, **kwargs) -> None:
         super().__init__(metadata={"type": "array", "items": {"$ref": "#/components/schemas/Limit"},
                                    "maxItems": 5, "description": _LIMITS_DOC}, **kwargs)
+
+
+def _limits_held() -> fields.List:
+    """A key's or an app's limits, as answered."""
+    return fields.List(fields.Nested(LimitSchema), required=True, metadata={"description": _LIMITS_DOC})
+
+
 class LeakSchema(Schema):
     url = fields.String(required=True)
     source = fields.String(required=True)
@@ -139,7 +168,7 @@ class KeySchema(Schema):
     display = fields.String(required=True, metadata={"example": "ak_…abcd"})
     origin = fields.String(required=True, metadata={"enum": ["user", "auto", "migration"]})
     version = fields.Integer(required=True)
-    limits = fields.List(fields.Nested(LimitSchema), required=True, metadata={"description": _LIMITS_DOC})
+    limits = _limits_held()
     restrictions = restrictions_field(dump=True)
     leaked_at = Rfc3339(allow_none=True, metadata={"description": "When the key was first reported leaked"})
     leak = fields.Nested(LeakSchema, metadata={"description": "The latest leak report: where it was found"})
@@ -161,24 +190,20 @@ def _scopes(**kwargs) -> fields.List:
 
 
 class KeyCreateSchema(StrictSchema):
-    description = fields.String(required=True, validate=validate.Length(max=DESCRIPTION_MAX),
-                                metadata={"pattern": ONE_LINE})
+    description = _description(required=True)
     scopes = _scopes(required=True)
     expires_at = Rfc3339(allow_none=True)
     limits = Limits()
     restrictions = restrictions_field()
 
 
-class KeyChangeSchema(StrictSchema):
-    description = fields.String(validate=validate.Length(max=DESCRIPTION_MAX), metadata={"pattern": ONE_LINE})
+class KeyChangeSchema(PatchSchema):
+    NOTHING_GIVEN = "Give scopes, description, limits or several."
+
+    description = _description()
     scopes = _scopes()
     limits = Limits()
     restrictions = restrictions_field()
-
-    @validates_schema
-    def _says_something(self, data, **kwargs):  # documented as minProperties (service.api.openapi)
-        if not data:
-            raise ValidationError("Give scopes, description, limits or several.", "_schema")
 
 
 class KeyRollSchema(StrictSchema):
@@ -195,8 +220,7 @@ class AsOfSchema(StrictSchema):
 class AppCreateSchema(StrictSchema):
     id = fields.String(validate=validate.Length(min=1, max=63),
                        metadata={"description": "A slug (lower-case letters, digits, hyphens); made from the name if left out."})
-    name = fields.String(required=True, validate=validate.Length(min=1, max=NAME_MAX),
-                         metadata={"pattern": NAMED})
+    name = _name()
     owner_id = fields.String(metadata={"description": "Admins only: the owner's account id."})
 
 
@@ -205,20 +229,17 @@ class AppSchema(Schema):
     name = fields.String(required=True)
     owner_id = fields.String(required=True)
     created_at = Rfc3339(required=True)
-    limits = fields.List(fields.Nested(LimitSchema), required=True, metadata={"description": _LIMITS_DOC})
+    limits = _limits_held()
     leak_policy = fields.String(allow_none=True, metadata={
-        "enum": ["revoke", "report", None],
+        "enum": [*POLICIES, None],
         "description": "What a leaked key of this app gets; null: the deployment's KEYLEDGER_LEAK_POLICY"})
 
 
-class AppChangeSchema(StrictSchema):
-    limits = Limits()
-    leak_policy = fields.String(validate=validate.OneOf(["revoke", "report"]))
+class AppChangeSchema(PatchSchema):
+    NOTHING_GIVEN = "Give limits, leak_policy or both."
 
-    @validates_schema
-    def _says_something(self, data, **kwargs):  # documented as minProperties (service.api.openapi)
-        if not data:
-            raise ValidationError("Give limits, leak_policy or both.", "_schema")
+    limits = Limits()
+    leak_policy = fields.String(validate=validate.OneOf(POLICIES))
 
 
 class AppCreatedSchema(AppSchema):
@@ -274,15 +295,17 @@ def _one_line(value: str) -> None:
         raise ValidationError("Must be one line.")
 
 
+def _one_line_matching(pattern: str, error: str, **metadata) -> fields.String:
+    return fields.String(validate=[validate.Regexp(pattern, error=error), _one_line], metadata=metadata)
+
+
 class AuditFilterSchema(StrictSchema):
     app_id = fields.String(validate=validate.Length(min=1, max=63), metadata={"description": "Events of this app."})
     key_id = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": "Events of this key."})
-    actor = fields.String(validate=[validate.Regexp(ACTOR_PATTERN, error="Use account:<id>, key:<id> or system."),
-                                    _one_line],
-                          metadata={"description": "Who did it: `account:<id>`, `key:<id>` or `system`."})
-    type = fields.String(validate=[validate.Regexp(TYPE_PATTERN, error="Use an event type such as ApiKey.Revoked."),
-                                   _one_line],
-                         metadata={"description": "An event type, e.g. `ApiKey.Revoked`.", "example": "ApiKey.Revoked"})
+    actor = _one_line_matching(ACTOR_PATTERN, "Use account:<id>, key:<id> or system.",
+                               description="Who did it: `account:<id>`, `key:<id>` or `system`.")
+    type = _one_line_matching(TYPE_PATTERN, "Use an event type such as ApiKey.Revoked.",
+                              description="An event type, e.g. `ApiKey.Revoked`.", example="ApiKey.Revoked")
     since = Rfc3339(metadata={"description": "Events at or after this time."})
     until = Rfc3339(metadata={"description": "Events before this time."})
 
@@ -294,8 +317,7 @@ class AuditQuerySchema(AuditFilterSchema):
                            metadata={"description": "`next_cursor` of the previous page."})
 
 
-class AuditPageSchema(Schema):
-    events = fields.List(fields.Nested(AuditEventSchema), required=True)
+class AuditPageSchema(HistorySchema):
     next_cursor = fields.String(allow_none=True, required=True,
                                 metadata={"description": "Pass as `cursor` for the next page; null on the last."})
 
@@ -315,6 +337,20 @@ class PublicKeySchema(Schema):
     sha256 = fields.String(metadata={"description": "SHA-256 of the public key (DER); checkpoints name it."})
 
 
+# The longest value /v2/verify takes for each of its fields (service.api.verify checks them by hand); the
+# request's facts, those a key with a client restriction is judged by, are as long in the access query.
+VERIFY_MAX = {"key": 1024, "scope": 100, "app_id": 100,
+              "origin": 2048, "referrer": 2048, "ip": 64, "android_package": 255, "android_cert": 128,
+              "ios_bundle_id": 255}
+
+
+def _verify_string(name: str, description: str, **kwargs) -> fields.String:
+    """A string no longer than /v2/verify takes it (in the access query, at least one character)."""
+    minimum = kwargs.pop("min", None)
+    return fields.String(validate=validate.Length(min=minimum, max=VERIFY_MAX[name]),
+                         metadata={"description": description}, **kwargs)
+
+
 class AccessQuerySchema(StrictSchema):
     app_id = fields.String(required=True, validate=validate.Length(min=1, max=63))
     scope = fields.String(required=True, validate=validate.Length(min=1, max=100),
@@ -322,17 +358,12 @@ class AccessQuerySchema(StrictSchema):
     at = Rfc3339(metadata={"description": "The moment to answer for; now if left out."})
     # "…from origin O": a key whose client restriction refuses these facts is left out (one that
     # judges a fact not given here is listed: it could be used, from where it allows).
-    origin = fields.String(validate=validate.Length(min=1, max=2048),
-                           metadata={"description": "Only keys usable from this origin (browser keys are judged)."})
-    referrer = fields.String(validate=validate.Length(min=1, max=2048),
-                             metadata={"description": "Only keys usable from this page (browser keys are judged)."})
+    origin = _verify_string("origin", "Only keys usable from this origin (browser keys are judged).", min=1)
+    referrer = _verify_string("referrer", "Only keys usable from this page (browser keys are judged).", min=1)
     ip = fields.IP(metadata={"description": "Only keys usable from this client address (server keys are judged)."})
-    android_package = fields.String(validate=validate.Length(min=1, max=255),
-                                    metadata={"description": "With android_cert: only keys usable by this Android app."})
-    android_cert = fields.String(validate=validate.Length(min=1, max=128),
-                                 metadata={"description": "The Android app's signing-certificate SHA-256 fingerprint."})
-    ios_bundle_id = fields.String(validate=validate.Length(min=1, max=255),
-                                  metadata={"description": "Only keys usable by this iOS app."})
+    android_package = _verify_string("android_package", "With android_cert: only keys usable by this Android app.", min=1)
+    android_cert = _verify_string("android_cert", "The Android app's signing-certificate SHA-256 fingerprint.", min=1)
+    ios_bundle_id = _verify_string("ios_bundle_id", "Only keys usable by this iOS app.", min=1)
 
 
 class SecretHintSchema(Schema):
@@ -398,25 +429,20 @@ class ReadinessSchema(Schema):
 # -- verification (documented here; the hot path validates by hand) -----------------------------
 
 class VerifyRequestSchema(StrictSchema):
-    key = fields.String(required=True, validate=validate.Length(min=1, max=1024),
-                        metadata={"description": "The API key or legacy access token to check."})
-    scope = fields.String(allow_none=True, validate=validate.Length(max=100),
-                          metadata={"description": "The scope the request needs, e.g. Predict (null: none)."})
-    app_id = fields.String(allow_none=True, validate=validate.Length(max=100), metadata={
-        "description": "The app the request is for; another app's key is APP_MISMATCH (null: any)."})
+    key = _verify_string("key", "The API key or legacy access token to check.", min=1, required=True)
+    scope = _verify_string("scope", "The scope the request needs, e.g. Predict (null: none).", allow_none=True)
+    app_id = _verify_string("app_id", "The app the request is for; another app's key is APP_MISMATCH (null: any).",
+                   allow_none=True)
     # The request's facts: a key with a client restriction is judged by them (missing: refused).
-    origin = fields.String(allow_none=True, validate=validate.Length(max=2048), metadata={
-        "description": "The request's Origin header (browser keys), e.g. https://app.example.com."})
-    referrer = fields.String(allow_none=True, validate=validate.Length(max=2048), metadata={
-        "description": "The request's Referer header (browser keys; used when there is no origin)."})
-    ip = fields.String(allow_none=True, validate=validate.Length(max=64), metadata={
-        "description": "The client's IPv4 or IPv6 address (server keys)."})
-    android_package = fields.String(allow_none=True, validate=validate.Length(max=255), metadata={
-        "description": "The X-Android-Package header (Android keys)."})
-    android_cert = fields.String(allow_none=True, validate=validate.Length(max=128), metadata={
-        "description": "The X-Android-Cert header: the app's signing-certificate SHA-256 fingerprint."})
-    ios_bundle_id = fields.String(allow_none=True, validate=validate.Length(max=255), metadata={
-        "description": "The X-Ios-Bundle-Identifier header (iOS keys)."})
+    origin = _verify_string("origin", "The request's Origin header (browser keys), e.g. https://app.example.com.",
+                   allow_none=True)
+    referrer = _verify_string("referrer", "The request's Referer header (browser keys; used when there is no origin).",
+                     allow_none=True)
+    ip = _verify_string("ip", "The client's IPv4 or IPv6 address (server keys).", allow_none=True)
+    android_package = _verify_string("android_package", "The X-Android-Package header (Android keys).", allow_none=True)
+    android_cert = _verify_string("android_cert", "The X-Android-Cert header: the app's signing-certificate SHA-256 "
+                                         "fingerprint.", allow_none=True)
+    ios_bundle_id = _verify_string("ios_bundle_id", "The X-Ios-Bundle-Identifier header (iOS keys).", allow_none=True)
 
 
 class DeprecationSchema(Schema):

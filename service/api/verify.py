@@ -35,7 +35,7 @@ from service.api import context
 from service.api.client_facts import request_facts
 from service.api.jsonbody import BodyError, has_lone_surrogate, load_json
 from service.api.legacy import EXPIRED_TOKEN, LegacyNotice
-from service.api.schemas import ErrorSchema, VerifyRequestSchema, VerifyResultSchema
+from service.api.schemas import VERIFY_MAX, ErrorSchema, VerifyRequestSchema, VerifyResultSchema
 from service.credentials import redact
 from service.domain.actors import RequestInfo
 from service.domain.restrictions import (
@@ -53,10 +53,6 @@ from service.verification import REFUSALS, Limited, Verifier
 blp = Blueprint("verification", __name__, description="Verification for gateways (no credential of its own)")
 
 _FIELDS = frozenset(("key", "scope", "app_id", *FACT_FIELDS))
-_MAX = {"key": 1024, "scope": 100, "app_id": 100,
-        # the request's facts, for keys with client restrictions
-        "origin": 2048, "referrer": 2048, "ip": 64, "android_package": 255, "android_cert": 128,
-        "ios_bundle_id": 255}
 _PLAIN = frozenset(("key", "scope", "app_id"))
 _RESTRICTED = (ORIGIN_NOT_ALLOWED, IP_NOT_ALLOWED, APP_NOT_ALLOWED)
 MAX_BODY = 64 * 1024  # as the app's MAX_CONTENT_LENGTH
@@ -139,10 +135,10 @@ class Verdicts:
         if not isinstance(key, str) or not key:
             problems["key"] = ["Required: the credential to check, as a string."]
         for name, value in body.items():  # the fields given (a gateway's two or three)
-            if name not in _MAX:
+            if name not in VERIFY_MAX:
                 continue
-            if value is not None and (not isinstance(value, str) or len(value) > _MAX[name]):
-                problems[name] = [f"A string of at most {_MAX[name]} characters."]
+            if value is not None and (not isinstance(value, str) or len(value) > VERIFY_MAX[name]):
+                problems[name] = [f"A string of at most {VERIFY_MAX[name]} characters."]
             elif isinstance(value, str) and has_lone_surrogate(value):
                 problems[name] = ["Holds an unpaired surrogate (\\ud800-\\udfff); not valid text."]
         if problems:
