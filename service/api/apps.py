@@ -71,13 +71,8 @@ class AppById(MethodView):
         """Change an app: the rate `limits` every key of the app shares (`[]`: none), its `leak_policy`
         (revoke or report, overriding the deployment's for its keys), or both."""
         system = context.system()
-        app = None
-        if "limits" in body:
-            app = system.keys_app.change_app_limits(app_id, body["limits"], by=context.actor(),
-                                                    request=context.request_info())
-        if "leak_policy" in body:
-            app = system.keys_app.change_app_leak_policy(app_id, body["leak_policy"], by=context.actor(),
-                                                         request=context.request_info())
+        app = system.keys_app.change_app(app_id, limits=body.get("limits"), leak_policy=body.get("leak_policy"),
+                                         by=context.actor(), request=context.request_info())
         system.after_command()
         return app
 

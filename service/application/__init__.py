@@ -18,7 +18,7 @@ from service.application.campaign import CampaignUseCases
 from service.application.expiry import ExpiryUseCases
 from service.application.idempotency import IdempotencyUseCases
 from service.application.keys import MAX_GRACE_SECONDS, KeyUseCases
-from service.application.leaks import AppLeakPolicy, LeakUseCases
+from service.application.leaks import LeakUseCases
 from service.application.legacy import LegacyPolicy, LegacyUseCases
 from service.domain.audit import AuditLedger
 from service.domain.keys import ApiKey
@@ -30,7 +30,7 @@ __all__ = ["DESCRIPTION_MAX", "MAX_GRACE_SECONDS", "NAME_MAX", "Clock", "Keyledg
 
 
 class Keyledger(AccountUseCases, AppUseCases, KeyUseCases, LegacyUseCases, AuditUseCases, CampaignUseCases,
-                IdempotencyUseCases, LeakUseCases, AppLeakPolicy, ExpiryUseCases, WebhookUseCases):
+                IdempotencyUseCases, LeakUseCases, ExpiryUseCases, WebhookUseCases):
     """Accounts, apps, their scoped API keys and legacy OAuth2 clients, and the deprecation
     campaign, as immutable events; the audit trail's checkpoints."""
 

@@ -15,6 +15,7 @@ from service.domain.accounts import Account
 from service.domain.actors import Actor, RequestInfo
 from service.domain.apps import App
 from service.domain.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
+from service.domain.leaks import POLICIES
 from service.domain.limits import checked_limits
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -84,12 +85,22 @@ class AppUseCases(LedgerApplication):
                 "limits": [dict(limit) for limit in app.limits],
                 "leak_policy": app.leak_policy}  # None: the deployment's (service.application.leaks)
 
-    def change_app_limits(self, app_id: str, limits: list, *, by: Actor, request: RequestInfo) -> dict:
-        """Replace the rate limits every key of the app shares (``[]``: none)."""
-        limits = checked_limits(limits)
+    def change_app(self, app_id: str, *, by: Actor, request: RequestInfo, limits: list | None = None,
+                   leak_policy: str | None = None) -> dict:
+        """Change an app, in one save: the rate limits every key of the app shares (``[]``: none), what a
+        leaked key of the app gets (revoke or report), or both. What is given as it was changes nothing."""
+        if limits is not None:
+            limits = checked_limits(limits)
+        if leak_policy is not None and leak_policy not in POLICIES:
+            raise InvalidRequest("leak_policy must be revoke or report.", leak_policy=["Must be revoke or report."])
         for _attempt in range(COMMAND_ATTEMPTS):
             app = self._manageable_app(app_id, by)
-            if not app.change_limits(limits, by=by.ref, request=request.as_dict(), at=self.now()):
+            now, recorded, changed = self.now(), request.as_dict(), False
+            if limits is not None:
+                changed |= app.change_limits(limits, by=by.ref, request=recorded, at=now)
+            if leak_policy is not None:
+                changed |= app.change_leak_policy(leak_policy, by=by.ref, request=recorded, at=now)
+            if not changed:
                 return self._app_view(app)
             try:
                 self.save(app)

@@ -134,24 +134,3 @@ class LeakUseCases(LedgerApplication):
             Reminder.Recorded, id=rid, sunset_at=now, stage=LEAK_NOTICE, due_at=now, owner_id=str(owner.id),
             owner_email=owner.email, owner_name=owner.name or "", apps=[facts], by=by.ref,
             request=request_dict(), timestamp=now)
-
-
-class AppLeakPolicy(LedgerApplication):
-    def change_app_leak_policy(self, app_id: str, leak_policy: str, *, by: Actor, request: RequestInfo) -> dict:
-        """An app's owner (or an admin) sets what a leaked key of the app gets: revoke or report."""
-        from service.domain.errors import InvalidRequest
-        from service.domain.leaks import POLICIES
-
-        if leak_policy not in POLICIES:
-            raise InvalidRequest("leak_policy must be revoke or report.", leak_policy=["Must be revoke or report."])
-        for _attempt in range(COMMAND_ATTEMPTS):
-            app = self._manageable_app(app_id, by)  # type: ignore[attr-defined]
-            app.change_leak_policy(leak_policy, by=by.ref, request=request.as_dict(), at=self.now())
-            try:
-                self.save(app)
-            except IntegrityError:
-                continue
-            except PersistenceError as error:
-                raise Unavailable("The event store cannot be written right now; retry shortly.") from error
-            return self._app_view(app)  # type: ignore[attr-defined]
-        raise Conflict("The app is being changed right now; retry.")

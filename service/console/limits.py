@@ -1,6 +1,6 @@
 """Rate limits in the console: a form on a key's page and on an app's page.
 
-Each calls the use case the API's PATCH calls (``change_key(limits=…)``, ``change_app_limits``). The
+Each calls the use case the API's PATCH calls (``change_key(limits=…)``, ``change_app(limits=…)``). The
 form has one row per limit (a number and a period), blank rows ignored; the use case's errors name
 ``limits[i].limit`` or ``limits[i].per`` and are shown beside that row's field.
 """
@@ -80,7 +80,7 @@ def change_app_limits(app_id: str) -> Response:
     sys = system()
     limits, rows, origin = submitted()
     try:
-        app = sys.keys_app.change_app_limits(app_id, limits, by=actor(), request=context.request_info())
+        app = sys.keys_app.change_app(app_id, limits=limits, by=actor(), request=context.request_info())
     except KeyledgerError as error:
         if error.code in ("NOT_FOUND", "UNAVAILABLE"):
             raise

@@ -159,6 +159,21 @@ def test_an_app_may_choose_report_only(client, owner, other_owner, auditor, read
     assert history[-1]["type"] == "ApiKey.Leaked" and history[-1]["data"]["action"] == "reported"
 
 
+def test_limits_and_leak_policy_change_together_in_one_patch_or_not_at_all(owner, auditor, owner_app):
+    both = {"limits": [{"limit": 5, "per": "1m"}], "leak_policy": "report"}
+    changed = owner.patch("/v2/apps/vision", json=both)
+    assert changed.status_code == 200, changed.json
+    assert changed.json["limits"] == both["limits"] and changed.json["leak_policy"] == "report"
+    events = auditor.get("/v2/audit/events?app_id=vision").json["events"]
+    assert [e["type"] for e in events][-2:] == ["App.LimitsChanged", "App.LeakPolicyChanged"]
+    assert owner.patch("/v2/apps/vision", json=both).status_code == 200  # the same again: nothing new
+    assert len(auditor.get("/v2/audit/events?app_id=vision").json["events"]) == len(events)
+
+    refused = owner.patch("/v2/apps/vision", json={"limits": [{"limit": 0, "per": "1m"}], "leak_policy": "revoke"})
+    assert refused.status_code == 400 and "limits[0].limit" in refused.json["error"]["details"]
+    assert owner.get("/v2/apps/vision").json["leak_policy"] == "report"  # nothing of a refused PATCH applies
+
+
 def test_the_deployment_may_choose_report_only(system, client, owner, read_only_key, github_key):
     system.keys_app.leak_policy = "report"
     _post(client, [_report(read_only_key["key"])], github_key)

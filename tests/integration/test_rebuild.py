@@ -80,10 +80,10 @@ def make_history(system) -> None:
             app.revoke_key(default["id"], by=admin, request=NO_REQUEST)
         # Rate limits: a key's, changed and (for one) removed; an app's; a limited key revoked
         app.change_key(key["id"], limits=[{"limit": 10 + i, "per": "1s"}], by=admin, request=NO_REQUEST)
-        app.change_app_limits(f"app-{i}", [{"limit": 100 * (i + 1), "per": "1m"}], by=admin, request=NO_REQUEST)
+        app.change_app(f"app-{i}", limits=[{"limit": 100 * (i + 1), "per": "1m"}], by=admin, request=NO_REQUEST)
         if i == 2:
             app.change_key(key["id"], limits=[], by=admin, request=NO_REQUEST)
-            app.change_app_limits(f"app-{i}", [], by=admin, request=NO_REQUEST)
+            app.change_app(f"app-{i}", limits=[], by=admin, request=NO_REQUEST)
         if i == 3:
             app.revoke_key(key["id"], by=admin, request=NO_REQUEST)
         restrict_keys(system, f"app-{i}", i, admin)
