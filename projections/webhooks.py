@@ -19,7 +19,7 @@ processes never send the same row at once), attempts, "send again", "replay sinc
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
@@ -163,6 +163,9 @@ class WebhookOutbox:
 
     def __init__(self, store: ViewStore) -> None:
         self.store = store
+        # Called once an attempt is recorded, with its outcome (delivered, pending: tried again
+        # later, failed: given up) and how long it took in seconds (service.metrics counts them).
+        self.on_attempt: Callable[[str, float], None] | None = None
 
     # -- endpoints ----------------------------------------------------------------------
 
@@ -247,6 +250,9 @@ class WebhookOutbox:
                 db.execute("UPDATE webhook_deliveries SET lease_until_us = ? WHERE endpoint_id = ? "
                            "AND lease_owner = ? AND status = 'pending'",
                            (lease_until_us, attempts[0][0]["endpoint_id"], owner))
+        if self.on_attempt is not None:
+            for _delivery, _at, _status, _error, duration_ms, _head, outcome, _next in attempts:
+                self.on_attempt(outcome, duration_ms / 1000)
 
     def release(self, endpoint_id: str, *, owner: str) -> None:
         """Give back the rows this deliverer leased and did not send (after a failure)."""
@@ -305,6 +311,13 @@ class WebhookOutbox:
             cursor = db.execute("UPDATE webhook_deliveries SET status = 'pending', next_us = ? "
                                 "WHERE endpoint_id = ? AND created_us >= ?", (now_us, endpoint_id, since_us))
             return cursor.rowcount
+
+    def backlog(self) -> int:
+        """Deliveries to enabled endpoints not yet delivered nor failed (due now, or waiting for a retry)."""
+        with self.store.read() as db:
+            return db.execute(
+                "SELECT COUNT(*) FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id "
+                "WHERE d.status = 'pending' AND e.status = 'enabled'").fetchone()[0]
 
     def counts(self, endpoint_id: str) -> dict[str, int]:
         with self.store.read() as db:

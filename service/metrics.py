@@ -7,8 +7,10 @@ values to memory-mapped files there and a scrape, answered by any worker, adds t
 process, or tests) the values live in this process.
 
 Hot path: a request costs one histogram observation (a dict look-up of the labelled child, then
-one locked add), a verification one counter increment. Gauges (index size, lag, view age) are
-computed when scraped, by the worker that answers the scrape (multiprocess mode ``mostrecent``).
+one locked add), a verification one counter increment. Gauges (index size, lag, view age, the
+webhook backlog: one indexed count) are computed when scraped, by the worker that answers the
+scrape (multiprocess mode ``mostrecent``). Webhook attempts are counted by the process that
+delivers them (``service.webhooks.delivery``: the one holding the scheduler lock).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Forward-auth answers in well under a millisecond; management requests in milliseconds.
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# A webhook attempt is a POST to someone else's server, up to KEYLEDGER_WEBHOOKS_TIMEOUT (10 s).
+WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The outbox's word for what followed an attempt -> the metric's outcome label.
+WEBHOOK_OUTCOMES = {"delivered": "delivered", "pending": "retry", "failed": "failed"}
 
 
 def multiprocess_dir() -> str | None:
@@ -95,10 +101,22 @@ class Metrics:
         self.leak_reports = Counter(
             "keyledger_leak_reports", "Reported leaked strings by outcome: true_positive (a credential of "
             "this service) or false_positive (counted and dropped, never stored)", ("label",), registry=own)
+        self.webhook_attempts = Counter(
+            "keyledger_webhook_attempts", "Webhook delivery attempts by outcome: delivered (a 2xx answer), retry "
+            "(failed; tried again after the backoff) or failed (failed with the schedule spent: the delivery "
+            "has failed)", ("outcome",), registry=own)
+        self.webhook_attempt_seconds = Histogram(
+            "keyledger_webhook_attempt_duration_seconds", "Webhook delivery attempts: connect to the answer's "
+            "first bytes read (or the error)", buckets=WEBHOOK_BUCKETS, registry=own)
+        self.webhook_backlog = Gauge(
+            "keyledger_webhook_backlog", "Webhook deliveries to enabled endpoints neither delivered nor failed yet "
+            "(due now, or waiting for a retry)", registry=own, multiprocess_mode="mostrecent")
         for store in ("events", "views"):
             self.store_errors.labels(store)  # shown as 0 from the start
         for label in ("true_positive", "false_positive"):
             self.leak_reports.labels(label)
+        self._webhook_outcomes = {outcome: self.webhook_attempts.labels(label)
+                                  for outcome, label in WEBHOOK_OUTCOMES.items()}
         self._children: dict[tuple[str, str, int], object] = {}
         self._codes: dict[str, object] = {}
 
@@ -126,9 +144,14 @@ class Metrics:
     def store_error(self, store: str) -> None:
         self.store_errors.labels(store).inc()
 
+    def webhook_attempted(self, outcome: str, seconds: float) -> None:
+        """One webhook attempt recorded (by the process that delivers: the one holding the scheduler lock)."""
+        self._webhook_outcomes[outcome].inc()
+        self.webhook_attempt_seconds.observe(seconds)
+
     def watch(self, system: System) -> None:
         """Count the follower's and the last-used writer's store errors and flushes (and the
-        rate-limit checks Redis could not answer)."""
+        rate-limit checks Redis could not answer, and the webhook attempts this process makes)."""
         counters = system.limiter.counters if system.limiter is not None else None
         if hasattr(counters, "on_fallback"):
             counters.on_fallback = self.rate_limit_fallbacks.inc
@@ -137,6 +160,8 @@ class Metrics:
         system.last_used.on_error = lambda: self.store_error("views")
         system.usage.on_error = lambda: self.store_error("views")
         system.alarm.on_raise.append(self.audit_alarms.inc)
+        if system.webhooks is not None:
+            system.webhooks.on_attempt = self.webhook_attempted
         if system.alarm.raised:  # raised while the system was built, before this hook
             self.audit_alarms.inc()
 
@@ -146,8 +171,9 @@ class Metrics:
         follower = system.follower
         now = time.time()
         self.index_size.set(len(system.index))
+        unreachable = system.store_unreachable()
         try:
-            if system.store_unreachable():
+            if unreachable:
                 raise ConnectionError("the event store is unreachable")
             lag = follower.lag()
         except Exception:
@@ -160,6 +186,11 @@ class Metrics:
         self.subscription.set(1 if system.listener is not None and system.listener.connected else 0)
         self.audit_alarm.set(1 if system.alarm.raised else 0)
         self.audit_first_bad_seq.set(system.alarm.first_bad_seq or 0)
+        if system.webhooks is not None and not unreachable:  # else the last value found stands
+            try:
+                self.webhook_backlog.set(system.webhooks.backlog())
+            except Exception:
+                self.store_error("views")
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)

@@ -7,7 +7,9 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import wait_until
 from tests.e2e.conftest import StartServer
+from tests.webhooks.receiver import Receiver
 
 
 def samples(text: str) -> dict[str, list]:
@@ -58,3 +60,26 @@ def test_metrics_add_up_every_worker_and_show_each_family(start_server: StartSer
     assert "keyledger_verifications" in found and "keyledger_last_used_flushes" in found
     assert value("keyledger_store_errors_total") == 0
     assert value("keyledger_views_last_update_age_seconds") < 60
+
+
+def test_webhook_deliveries_made_by_a_worker_s_scheduler_are_in_every_scrape(start_server: StartServer) -> None:
+    server = start_server(workers=2, env={"KEYLEDGER_WEBHOOKS_ALLOW_PRIVATE": "1",
+                                          "KEYLEDGER_SCHEDULER_INTERVAL": "0.2"})
+    admin = server.create_account("admin", "admin@example.com", "Admin")["token"]
+
+    def delivered() -> float:
+        found = samples(server.get("/metrics").body.decode())
+        return sum(s.value for s in found.get("keyledger_webhook_attempts_total", [])
+                   if s.labels.get("outcome") == "delivered")
+
+    with Receiver() as receiver:
+        hook = server.post("/v2/webhooks", {"url": receiver.url, "event_types": ["app.created", "key.created"]},
+                           token=admin)
+        assert hook.status == 201, hook.body
+        receiver.secret = hook.json["secret"]
+        assert delivered() == 0
+        assert server.post("/v2/apps", {"id": "vision", "name": "Vision"}, token=admin).status == 201
+        assert wait_until(lambda: len(receiver.delivered()) == 2, timeout=30), receiver.requests
+        # one worker delivers (it holds the scheduler lock); any worker's scrape adds up every worker's files
+        assert wait_until(lambda: delivered() == 2, timeout=10, interval=0.1), delivered()
+    assert all(r["verified"] for r in receiver.requests)

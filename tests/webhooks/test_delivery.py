@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service.api import create_app
@@ -134,3 +135,38 @@ def test_rotation_signs_with_both_secrets_during_the_overlap(system, admin, owne
     Webhook(hook["secret"]).verify(sent["body"], sent["headers"])
     Webhook(new_secret).verify(sent["body"], sent["headers"])
     assert json.loads(sent["body"])["type"] == "app.created"
+
+
+def metric(client, name: str, **labels: str) -> float:
+    """One sample's value in ``/metrics`` (0 when absent)."""
+    text = client.get("/metrics").get_data(as_text=True)
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_metrics_count_each_attempt_by_outcome_and_show_the_backlog(system, client, admin, owner):
+    with Receiver(answer=lambda n: 500 if n == 1 else 200) as receiver:
+        hook = register(admin, receiver.url, ["key.created", "app.created"])
+        receiver.secret = hook["secret"]
+        owner.post("/v2/apps", json={"id": "vision", "name": "Vision"})  # the app and its default key
+        assert metric(client, "keyledger_webhook_backlog") == 2
+        assert metric(client, "keyledger_webhook_attempts_total") == 0
+
+        assert deliverer(system, backoff=(0,)).deliver_due() == 0  # the first answer is a 500: tried again
+        assert metric(client, "keyledger_webhook_attempts_total", outcome="retry") == 1
+        assert deliverer(system, backoff=(0,)).deliver_due() == 2
+
+        assert metric(client, "keyledger_webhook_attempts_total", outcome="delivered") == 2
+        assert metric(client, "keyledger_webhook_attempts_total", outcome="retry") == 1
+        assert metric(client, "keyledger_webhook_attempts_total", outcome="failed") == 0
+        assert metric(client, "keyledger_webhook_attempt_duration_seconds_count") == 3
+        assert metric(client, "keyledger_webhook_backlog") == 0
+
+
+def test_an_attempt_with_the_schedule_spent_is_counted_failed(system, client, admin, owner):
+    with Receiver(answer=lambda n: 503) as receiver:
+        register(admin, receiver.url, ["app.created"])
+        owner.post("/v2/apps", json={"id": "vision", "name": "Vision"})
+        deliverer(system, backoff=()).deliver_due()
+    assert metric(client, "keyledger_webhook_attempts_total", outcome="failed") == 1
+    assert metric(client, "keyledger_webhook_backlog") == 0
