@@ -57,6 +57,7 @@ class Usage(PeriodicFlush):
         self.store = store
         # The hour being counted: [start, start + 3600); valid answers by key, refusals by (key, code).
         self._hour = 0
+        self._until = 0  # the end of the hour counted in (``_hour`` + HOUR): one comparison less per count
         self._valid: defaultdict[bytes, int] = defaultdict(int)
         self._refused: defaultdict[tuple[bytes, str], int] = defaultdict(int)
         self._closed: list[tuple[int, dict, dict]] = []  # earlier hours not flushed yet
@@ -71,13 +72,13 @@ class Usage(PeriodicFlush):
 
     def valid(self, key: bytes, now: float) -> None:
         """Count a valid answer for ``key`` (16 bytes or its index record) at ``now``."""
-        if not 0 <= now - self._hour < HOUR:
+        if now >= self._until or now < self._hour:
             self._turn(now)
         self._valid[key] += 1  # a defaultdict: one look-up and one store, no method call
 
     def refused(self, key: bytes, code: str, now: float) -> None:
         """Count a refusal of ``key`` with ``code``."""
-        if not 0 <= now - self._hour < HOUR:
+        if now >= self._until or now < self._hour:
             self._turn(now)
         self._refused[(key, code)] += 1
 
@@ -86,6 +87,7 @@ class Usage(PeriodicFlush):
         if self._valid or self._refused:
             self._closed.append((self._hour, self._valid, self._refused))
         self._hour = int(now - now % HOUR)
+        self._until = self._hour + HOUR
         self._valid, self._refused = defaultdict(int), defaultdict(int)
 
     # -- off the hot path -------------------------------------------------------------------------

@@ -171,8 +171,12 @@ class Limiter:
         book = self.book
         key_set = book.keys.get(key_id)
         app_set = book.apps.get(entry.app_id) if book.apps else None
+        if key_set is None and app_set is None:
+            return None
+        return self.take(key_set, app_set, now)
+
+    def take(self, key_set: LimitSet | None, app_set: LimitSet | None, now: float) -> Decision:
+        """One unit from the key's limits and its app's (at least one of them set), or none."""
         if key_set is None:
-            if app_set is None:
-                return None
             return self.counters.take(app_set.alone, now)
         return self.counters.take(key_set.alone if app_set is None else (key_set, app_set), now)
