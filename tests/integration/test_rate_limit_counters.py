@@ -202,6 +202,25 @@ def test_a_redis_leases_unspent_units_are_admitted_again_once_the_limit_is_spent
     assert not any(b.take((key,), t + 2).allowed for _ in range(10))
 
 
+def test_a_redis_lease_is_spent_while_redis_is_away_then_the_local_counters_answer(redis_server):
+    from service.ratelimit.redis import RETRY_EVERY
+
+    fallbacks: list = []
+    counters, calls = redis_counters(redis_server.url, fallbacks)
+    key = limits((1000, "1h"))  # lease: 10 units for 0.1 s
+    t = time.time()
+    assert counters.take((key,), t).allowed and len(calls) == 1
+    redis_server.stop()
+    # What Redis handed out is spent without it (no fallback counted), then the local counters answer
+    assert all(counters.take((key,), t + 0.001).allowed for _ in range(9)) and not fallbacks
+    assert counters.take((key,), t + 0.002).allowed and len(fallbacks) == 1 and not counters.reachable
+    redis_server.start()
+    time.sleep(RETRY_EVERY + 0.1)
+    later = time.time()
+    assert counters.take((key,), later).remaining == 990  # a fresh Redis (no persistence): a lease of 10
+    assert counters.reachable and len(fallbacks) == 1
+
+
 def _hammer_redis(url: str, limit: int, threads: int, tries: int, out) -> None:  # noqa: ANN001
     counters, calls = redis_counters(url, fallbacks := [])
     key = limits((limit, "1h"), owner="shared")
