@@ -1,6 +1,6 @@
 """Rate limits as served: across the gunicorn workers of one instance (the counters they share), and
-across three instances on one PostgreSQL store with one redis-server (started by the test), Redis
-stopped mid-run and brought back."""
+across three instances on one PostgreSQL store with one redis-server (started by the test), a large
+limit leased from it by each worker, Redis stopped mid-run and brought back."""
 
 from __future__ import annotations
 
@@ -102,6 +102,12 @@ def test_an_apps_limit_holds_across_three_instances_with_redis_and_survives_its_
         assert first.patch("/v2/apps/vision", {"limits": [{"limit": limit, "per": "1m"}]}, token=owner).status == 200
         secret = first.post("/v2/apps/vision/keys", {"description": "web", "scopes": ["Predict"]},
                             token=owner).json["key"]
+        # A large limit, which each worker leases from Redis (30 units at a time)
+        large = 3000
+        assert first.post("/v2/apps", {"id": "search", "name": "Search"}, token=owner).status == 201
+        large_secret = first.post("/v2/apps/search/keys", {"description": "busy", "scopes": ["Predict"],
+                                                           "limits": [{"limit": large, "per": "1h"}]},
+                                  token=owner).json["key"]
         time.sleep(1.0)  # every instance has the app's limits (within a second, as any change)
 
         statuses, elapsed = hammer(servers, secret, threads=9, requests=1200)
@@ -111,6 +117,13 @@ def test_an_apps_limit_holds_across_three_instances_with_redis_and_survives_its_
               f"against {limit}/min over {elapsed:.1f} s (GCRA allows {ceiling:.1f}): over-admission "
               f"{(statuses[200] / ceiling - 1) * 100:+.1f} %")
         assert limit * 0.95 <= statuses[200] <= ceiling * OVER_ADMISSION
+
+        statuses, elapsed = hammer(servers, large_secret, threads=9, requests=4000)
+        assert set(statuses) <= {200, 429}, statuses
+        ceiling = allowance(large, 3600, elapsed)
+        print(f"a key's limit of {large}/h, leased: {statuses[200]} admitted of {sum(statuses.values())} over "
+              f"{elapsed:.1f} s (GCRA allows {ceiling:.1f}): over-admission {(statuses[200] / ceiling - 1) * 100:+.1f} %")
+        assert large * 0.95 <= statuses[200] <= ceiling * OVER_ADMISSION
 
         # Redis stopped mid-run: every answer still comes, from each instance's own counters
         stop = threading.Event()

@@ -1,11 +1,12 @@
 """The rate-limit engine and its counters: GCRA's arithmetic, the counters shared by the processes of
 one instance (a mapped file and a semaphore), and Redis's (a throwaway redis-server), with the fallback
-to local counters while Redis is away."""
+to local counters while Redis is away, and the leases both take for large limits."""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 
@@ -123,3 +124,136 @@ def test_a_lease_admits_without_the_lock_and_what_it_did_not_spend_is_given_back
         assert 988 <= counters.take((key,), 100.011).remaining <= 989
     finally:
         counters.remove()
+
+
+# -- leases of the Redis counters ------------------------------------------------------------
+
+
+def redis_counters(url: str, fallbacks: list | None = None):  # noqa: ANN201 - (RedisCounters, its script calls)
+    """Counters in Redis at ``url`` whose script calls (round trips) are counted in the list returned."""
+    from service.ratelimit.redis import RedisCounters
+
+    counters = RedisCounters(url, ProcessCounters(),
+                             on_fallback=(lambda: fallbacks.append(1)) if fallbacks is not None else None)
+    calls: list[int] = []
+    script = counters._script
+
+    def counted(**kwargs):  # noqa: ANN003, ANN202
+        calls.append(1)
+        return script(**kwargs)
+
+    counters._script = counted
+    return counters, calls
+
+
+def test_a_redis_lease_admits_without_a_round_trip_until_it_is_spent_or_its_time_runs_out(redis_server):
+    counters, calls = redis_counters(redis_server.url)
+    key = limits((1000, "1h"))  # lease: 10 units for 0.1 s
+    t = time.time()
+    first = counters.take((key,), t)
+    assert first.allowed and first.remaining == 990 and len(calls) == 1
+    # The lease's nine other units: no round trip, the figures of the lease's take
+    assert all(counters.take((key,), t + 0.001 * i) is first for i in range(1, 10))
+    assert len(calls) == 1
+    assert counters.take((key,), t + 0.01).remaining == 980 and len(calls) == 2  # spent: a new lease
+    assert counters.take((key,), t + 0.1099).allowed and len(calls) == 2
+    # Its time ran out (0.1 s after its take) with 8 units unspent: Redis again, which gets them back
+    assert counters.take((key,), t + 0.1101).remaining == 978 and len(calls) == 3
+
+
+def test_a_redis_leases_unspent_units_are_given_back(redis_server):
+    (a, calls_a), (b, calls_b) = redis_counters(redis_server.url), redis_counters(redis_server.url)
+    key = limits((1000, "1h"))  # lease: 10 units for 0.1 s; one unit every 3.6 s
+    t = time.time()
+    assert a.take((key,), t).remaining == 990  # 10 taken: one spent, nine leased
+    assert b.take((key,), t).remaining == 980  # another process sees them taken, and takes ten of its own
+    assert a.take((key,), t + 0.001).allowed and len(calls_a) == 1  # from the lease: 8 left in it
+    # a's lease ran out with 8 unspent: given back by its next take, which takes ten more:
+    # 22 taken in all (without giving back: 30, 970 left)
+    assert a.take((key,), t + 0.2).remaining == 978
+    # b's nine: the same (23 taken)
+    assert b.take((key,), t + 0.2).remaining == 977
+    assert len(calls_a) == len(calls_b) == 2
+
+
+def test_a_redis_lease_takes_what_fits_and_a_refusal_comes_from_redis_with_the_exact_retry_after(redis_server):
+    counters, calls = redis_counters(redis_server.url)
+    key = limits((450, "1h"))  # lease: 4 units; one unit every 8 s
+    decisions = [counters.take((key,), time.time()) for _ in range(460)]
+    assert [d.allowed for d in decisions] == [True] * 450 + [False] * 10
+    # 112 leases of 4, then the 2 that fit: 113 round trips for 450 admissions, then one per refusal
+    assert len(calls) == 113 + 10
+    refused = decisions[-1]
+    # The burst was spent a moment ago: the next unit comes 8 s after the first take, less that moment
+    assert refused.retry_after == 8 and refused.name == "key-1h"
+    assert ("Retry-After", "8") in refused.headers() and ("RateLimit", '"key-1h";r=0;t=8') in refused.headers()
+    assert all(d.retry_after == 8 for d in decisions[450:])
+
+
+def test_a_redis_leases_unspent_units_are_admitted_again_once_the_limit_is_spent(redis_server):
+    (a, calls_a), (b, _) = redis_counters(redis_server.url), redis_counters(redis_server.url)
+    key = limits((400, "1h"))  # lease: 4 units; one unit every 9 s
+    t = time.time()
+    assert a.take((key,), t).allowed  # a holds 3 leased units
+    assert sum(b.take((key,), t).allowed for _ in range(450)) == 396  # b gets the rest, then is refused
+    # a's lease ran out unspent: its next take gives the 3 back and takes them again (the 4 wanted do not fit)
+    assert [a.take((key,), t + 1 + 0.01 * i).allowed for i in range(4)] == [True, True, True, False]
+    assert len(calls_a) == 3 and a.take((key,), t + 2).retry_after == 9  # 400 admitted in all
+    assert not any(b.take((key,), t + 2).allowed for _ in range(10))
+
+
+def test_a_redis_lease_is_spent_while_redis_is_away_then_the_local_counters_answer(redis_server):
+    from service.ratelimit.redis import RETRY_EVERY
+
+    fallbacks: list = []
+    counters, calls = redis_counters(redis_server.url, fallbacks)
+    key = limits((1000, "1h"))  # lease: 10 units for 0.1 s
+    t = time.time()
+    assert counters.take((key,), t).allowed and len(calls) == 1
+    redis_server.stop()
+    # What Redis handed out is spent without it (no fallback counted), then the local counters answer
+    assert all(counters.take((key,), t + 0.001).allowed for _ in range(9)) and not fallbacks
+    assert counters.take((key,), t + 0.002).allowed and len(fallbacks) == 1 and not counters.reachable
+    redis_server.start()
+    time.sleep(RETRY_EVERY + 0.1)
+    later = time.time()
+    assert counters.take((key,), later).remaining == 990  # a fresh Redis (no persistence): a lease of 10
+    assert counters.reachable and len(fallbacks) == 1
+
+
+def _hammer_redis(url: str, limit: int, threads: int, tries: int, out) -> None:  # noqa: ANN001
+    counters, calls = redis_counters(url, fallbacks := [])
+    key = limits((limit, "1h"), owner="shared")
+    admitted: list[int] = []
+
+    def client() -> None:
+        admitted.append(sum(counters.take((key,), time.time()).allowed for _ in range(tries)))
+
+    clients = [threading.Thread(target=client) for _ in range(threads)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join()
+    out.put((sum(admitted), len(calls), len(fallbacks)))
+
+
+def test_redis_leases_hold_a_large_limit_across_processes_and_their_threads(redis_server):
+    limit, processes, threads, tries = 2000, 3, 4, 400  # lease: 20 units; 4,800 tries
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    workers = [context.Process(target=_hammer_redis, args=(redis_server.url, limit, threads, tries, out))
+               for _ in range(processes)]
+    started = time.monotonic()
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=120) for _ in workers]
+    elapsed = time.monotonic() - started
+    for w in workers:
+        w.join(30)
+    admitted = sum(r[0] for r in results)
+    assert all(r[2] == 0 for r in results)  # every answer from Redis's counters, none from the fallback
+    # Never over GCRA's allowance (the burst and one per 1.8 s since); under by at most the unspent leases
+    assert limit - processes * 20 <= admitted <= limit + elapsed * limit / 3600 + 1, (admitted, elapsed)
+    # Far fewer round trips than admissions: leases (every refusal is one)
+    refusals = processes * threads * tries - admitted
+    assert sum(r[1] for r in results) - refusals <= admitted / 5, results
