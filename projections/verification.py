@@ -183,9 +183,10 @@ class VerificationView(Projection):
         staging = _staging(db)
         staged = staging and _has_staged(runs)  # keys staged by earlier pages (or another process)
         pending: list[tuple] = []  # new keys since the last other event
+        issued_row, issued_topic, readable = _issued_row, _ISSUED_TOPIC, _ISSUED_READABLE
         for i, record in enumerate(judged):
-            if record[5] is None and record[3] == _ISSUED_TOPIC and _ISSUED_READABLE:
-                row = _issued_row(record[1], record[6])
+            if record[5] is None and record[3] == issued_topic and readable:
+                row = issued_row(record[1], record[6])
                 if row is not None:
                     pending.append(row)
                     continue
