@@ -316,7 +316,6 @@ def _deleting_fast(db: Any) -> Iterator[None]:
         db.execute(f"PRAGMA secure_delete = {_SECURE_DELETE.get(previous, 'ON')}")
 
 
-
 def _issued_row(originator_hex: str, body: bytes) -> tuple | None:
     """A key issued's fields in the view, from its stored JSON (judged, sealed), as ``_new_key`` reads
     them from the decoded event; None when the state is not of the shape this reads (the caller decodes)."""
