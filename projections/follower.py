@@ -486,6 +486,9 @@ class Follower:
                                 positions[projection.name] = last
                         self.store.set_positions(db, {name: position for name, position in positions.items()
                                                       if position != known.get(name)})
+                    if len(page) < self.page_size:  # the log's end: what the pages left for it
+                        for projection in self.projections:
+                            projection.finish_bulk(db)
                 count += len(page)
                 self.views_position = min(positions.values())
                 if len(page) < self.page_size:

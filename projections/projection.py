@@ -64,6 +64,10 @@ class Projection:
         for position, event in batch:
             self.process(db, position, event)
 
+    def finish_bulk(self, db: Any) -> None:
+        """At the end of a bulk pass, in the transaction of its last page (the log's end reached):
+        whatever the pages left for the end (``VerificationView``: the new keys it staged)."""
+
     def process_page(self, db: Any, page: Sequence[tuple[int, Any]]) -> None:
         """Apply a page of the log in bulk (a rebuild, a first start): ``process_batch`` with its
         statements sent in runs (``StatementRuns``), so the rows are those of the live path."""

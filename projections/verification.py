@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import json
+import sqlite3
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
@@ -50,7 +53,8 @@ LEGACY_TOKEN_SUNSET = "LEGACY_TOKEN_SUNSET"
 
 class VerificationView(Projection):
     name = "verification"
-    tables = ("verification", "verification_legacy_clients", "verification_restrictions")
+    tables = ("verification", "verification_legacy_clients", "verification_restrictions",
+              "verification_staged_keys")  # the last on SQLite only: see ``process_page``
     ddl = (
         """CREATE TABLE IF NOT EXISTS verification (
             digest     BLOB PRIMARY KEY,
@@ -121,7 +125,10 @@ class VerificationView(Projection):
         db.execute(self._INSERT_KEY, self._key_row(e))
 
     def process_batch(self, db: Any, batch: Sequence[tuple[int, Any]]) -> None:
-        """New keys are written in bulk; every other event in order between them."""
+        """New keys are written in bulk; every other event in order between them. New keys a bulk pass
+        left staged (SQLite, ``process_page``) go into the view first: they came before this batch."""
+        if batch and _staging(db) and _has_staged(db):
+            _merge_staged(db)
         pending: list[tuple] = []
         for position, event in batch:
             if type(event) is ApiKey.Issued:
@@ -134,35 +141,88 @@ class VerificationView(Projection):
         if pending:
             db.executemany(self._INSERT_KEY, pending)
 
+    # -- bulk passes (a rebuild, a first start) -----------------------------------------------------
+    #
+    # New keys are most of a big log, and their digests are random: inserted as they come, each lands
+    # on a random leaf of the view's B-tree, and every page's commit writes most of the tree again
+    # (SQLite's WAL). So on SQLite a bulk pass appends them to ``verification_staged_keys`` (no index:
+    # appends are cheap), committed with the page and its position like any row, and moves them into
+    # the view in one ``INSERT … SELECT … ORDER BY digest`` — in the B-tree's order — when an event
+    # that may touch them comes (a roll, a revocation…), and at the end of the pass (``finish_bulk``).
+    # Whoever writes the view next (another process's live write, a pass resumed after a crash) moves
+    # staged keys in first, so every event still applies after the ones before it, exactly once.
+    # PostgreSQL writes them into the view directly (sorted by digest).
+
+    _STAGED = "verification_staged_keys"
+    _STAGE = f"INSERT INTO {_STAGED} (digest, key_id, app_id, scopes, expires_at) VALUES (?, ?, ?, ?, ?)"
+    _INSERT_NEW_KEY = upsert("verification", _COLUMNS, ("digest",),
+                             select=f"VALUES (?, '{API_KEY}', ?, ?, NULL, ?, ?, NULL)")
+
+    def create(self, db: Any, *, with_indexes: bool = True) -> None:
+        super().create(db, with_indexes=with_indexes)
+        if _staging(db):
+            db.execute(_STAGED_DDL)
+
+    def drop(self, db: Any) -> None:
+        if not _staging(db):
+            return super().drop(db)
+        with _deleting_fast(db):  # a rebuild's first step: a million rows' pages not zeroed one by one
+            return super().drop(db)
+
+    def finish_bulk(self, db: Any) -> None:
+        """At the end of a bulk pass (the log's end reached): staged keys into the view."""
+        if _staging(db) and _has_staged(db):
+            _merge_staged(db)
+
+    @staticmethod
+    def _new_key(e: Any) -> tuple:
+        """A decoded new key's fields, as ``_issued_row`` reads them from its stored JSON."""
+        return (bytes.fromhex(e.digest), str(e.originator_id), e.app_id, " ".join(e.scopes), epoch(e.expires_at))
+
     def process_page(self, db: Any, page: Any) -> None:
         """A page of a bulk pass. New keys (most of a big log) are read from their stored JSON — four
-        fields, no event object built (``_issued_row``) — and written in bulk; every other event is
-        decoded and applied in order between them, as live."""
+        fields, no event object built (``_issued_row``) — and written in bulk (staged on SQLite: see
+        above); every other event is decoded and applied in order between them, as live."""
         judged = getattr(page, "judged", None)
         if judged is None:
             return super().process_page(db, page)
         runs = StatementRuns(db)
-        pending: list[tuple] = []
+        staging = _staging(db)
+        staged = staging and _has_staged(runs)  # keys staged by earlier pages (or another process)
+        pending: list[tuple] = []  # new keys since the last other event
+        issued_row, issued_topic, readable = _issued_row, _ISSUED_TOPIC, _ISSUED_READABLE
         for i, record in enumerate(judged):
-            if record[5] is None and record[3] == _ISSUED_TOPIC and _ISSUED_READABLE:
-                row = _issued_row(record[1], record[6])
+            if record[5] is None and record[3] == issued_topic and readable:
+                row = issued_row(record[1], record[6])
                 if row is not None:
                     pending.append(row)
                     continue
             event = page.event(i)
             if type(event) is ApiKey.Issued:
-                pending.append(self._key_row(event))
+                pending.append(self._new_key(event))
                 continue
             if self._handlers.get(type(event)) is None:
                 continue
+            if staged:  # this event may touch a staged key: they go into the view first
+                _merge_staged(runs)
+                staged = False
             if pending:
-                runs.executemany(self._INSERT_KEY, pending)
+                self._write_new_keys(runs, pending)
                 pending = []
             self.process(runs, record[0], event)
         if pending:
-            runs.executemany(self._INSERT_KEY, pending)
+            if staging:  # the run of new keys may go on in the next page: staged, in the log's order
+                runs.executemany(self._STAGE, pending)
+            else:
+                self._write_new_keys(runs, pending)
         runs.flush()
         return None
+
+    def _write_new_keys(self, db: Any, rows: list[tuple]) -> None:
+        """New keys into the view, in the B-tree's order (a stable sort: of two rows with the same
+        digest, the later still wins)."""
+        rows.sort(key=_first)
+        db.executemany(self._INSERT_NEW_KEY, rows)
 
     @handles(ApiKey.ScopesChanged)
     def _scopes(self, db: Any, position: int, e: Any) -> None:
@@ -205,11 +265,60 @@ class VerificationView(Projection):
 
 _ISSUED_TOPIC = f"{ApiKey.Issued.__module__}:{ApiKey.Issued.__qualname__}"
 _ISSUED_READABLE = getattr(ApiKey.Issued, "class_version", 1) == 1  # else stored states need upcasting
+_first = itemgetter(0)
+
+_STAGED_DDL = f"""CREATE TABLE IF NOT EXISTS {VerificationView._STAGED} (
+    digest     BLOB NOT NULL,
+    key_id     TEXT NOT NULL,
+    app_id     TEXT,
+    scopes     TEXT NOT NULL,
+    expires_at REAL
+)"""
+# Staged keys into the view in the B-tree's order; of two with the same digest, the later wins.
+_MERGE_STAGED = upsert("verification", VerificationView._COLUMNS, ("digest",), select=(
+    f"SELECT digest, '{API_KEY}', key_id, app_id, NULL, scopes, expires_at, NULL "
+    f"FROM {VerificationView._STAGED} WHERE true ORDER BY digest, rowid"))
+
+
+def _staging(db: Any) -> bool:
+    """Whether bulk passes stage new keys on this connection (``db``: a view store's, or its
+    ``StatementRuns``): on SQLite."""
+    return isinstance(getattr(getattr(db, "db", db), "connection", None), sqlite3.Connection)
+
+
+def _has_staged(db: Any) -> bool:
+    return db.execute(f"SELECT EXISTS (SELECT 1 FROM {VerificationView._STAGED})").fetchone()[0] == 1
+
+
+def _merge_staged(db: Any) -> None:
+    if isinstance(db, StatementRuns):
+        db.flush()
+        db = db.db
+    db.execute(_MERGE_STAGED)
+    with _deleting_fast(db):
+        db.execute(f"DELETE FROM {VerificationView._STAGED}")
+
+
+_SECURE_DELETE = {0: "OFF", 1: "ON", 2: "FAST"}
+
+
+@contextmanager
+def _deleting_fast(db: Any) -> Iterator[None]:
+    """SQLite's ``secure_delete`` (on in some builds, Debian's among them) as ``FAST`` meanwhile: deleted
+    rows are still zeroed where their page is written anyway, but freed pages are not each written
+    over. For rows the view holds again (staged keys moved into it, a view dropped to be rebuilt from
+    the same log): nothing more is left readable in the file than the view itself holds."""
+    previous = db.execute("PRAGMA secure_delete").fetchone()[0]
+    db.execute("PRAGMA secure_delete = FAST")
+    try:
+        yield
+    finally:
+        db.execute(f"PRAGMA secure_delete = {_SECURE_DELETE.get(previous, 'ON')}")
 
 
 def _issued_row(originator_hex: str, body: bytes) -> tuple | None:
-    """The view's row of a key issued, from its stored JSON (judged, sealed), as ``_key_row`` makes it
-    from the decoded event; None when the state is not of the shape this reads (the caller decodes)."""
+    """A key issued's fields in the view, from its stored JSON (judged, sealed), as ``_new_key`` reads
+    them from the decoded event; None when the state is not of the shape this reads (the caller decodes)."""
     try:
         state = _loads(body)
         if "class_version" in state:  # an event of a later shape: upcast by the mapper
@@ -226,7 +335,7 @@ def _issued_row(originator_hex: str, body: bytes) -> tuple | None:
         if len(h) != 32 or h.strip("0123456789abcdef"):
             return None
         key_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-        return (bytes.fromhex(digest), API_KEY, key_id, app_id, None, " ".join(scopes), expires, None)
+        return (bytes.fromhex(digest), key_id, app_id, " ".join(scopes), expires)
     except Exception:  # noqa: BLE001 - anything unexpected: the event is decoded instead
         return None
 
