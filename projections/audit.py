@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from typing import Any
 from uuid import NAMESPACE_URL, UUID
 
@@ -168,8 +169,14 @@ class AuditTrail(Projection):
         self.recent = recent
         times: dict[str, tuple[str, int]] = {}
         for i, stored in enumerate(judged):
-            position = stored[0]
-            digest = chain_hash(prev_hash, position, stored[1], stored[2], stored[3], stored[4])
+            position, state = stored[0], stored[4]
+            if type(state) is bytes and type(stored[1]) is str:  # ``chain_hash``, inlined
+                sha = sha256(f"{prev_hash}\n{position}\n{stored[1]}\n{stored[2]}\n{stored[3]}\n"
+                             .encode("utf-8", "surrogatepass"))
+                sha.update(state)
+                digest = sha.hexdigest()
+            else:
+                digest = chain_hash(prev_hash, position, stored[1], stored[2], stored[3], state)
             found = None
             if stored[5] is None:
                 shape = topics.get(stored[3])
@@ -322,15 +329,18 @@ class _Facts:
         self.apps, self.owners = [], []
 
 
-def event_id(originator_id: UUID, version: int) -> str:
+def event_id(originator_id: UUID | str, version: int) -> str:
     """The audit event's id: ``uuid5(NAMESPACE_URL, "keyledger:event:<originator>:<version>")``,
-    computed without building two UUID objects (a million of them in a rebuild)."""
-    digest = bytearray(hashlib.sha1(_EVENT_ID_NAMESPACE + f"keyledger:event:{originator_id}:{version}".encode()
-                                    ).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    computed without building two UUID objects (a million of them in a rebuild): SHA-1's first 32
+    hex digits, the 13th made the version (5), the 17th given the variant's bits (10xx)."""
+    sha = _EVENT_ID_PREFIX.copy()
+    sha.update(f"{originator_id}:{version}".encode())
+    h = sha.hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+_EVENT_ID_PREFIX = hashlib.sha1(_EVENT_ID_NAMESPACE + b"keyledger:event:")
+_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
 
 def audit_record(db: Any, position: int, event: Any, apps: dict | None = None,

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from projections.projection import Projection, handles
+from projections.projection import Projection, StatementRuns, handles
 from projections.store import ViewStore, upsert
 from projections.timefmt import from_rfc3339, rfc3339
 from service.domain.accounts import Account
@@ -91,11 +91,82 @@ class DirectoryView(Projection):
             db.execute("INSERT INTO directory_key_restrictions (id, restrictions) VALUES (?, ?)",
                        (str(e.originator_id), json.dumps(e.restrictions, sort_keys=True)))
 
+    def process_page(self, db: Any, page: Any) -> None:
+        """A page of a bulk pass: the keys' rows gathered in memory (``_KeyRows``) — a key issued in
+        the page written once, as its events leave it; the changes to the others, one ``UPDATE``
+        per key with what they leave — and written at the page's end; the other rows in order."""
+        runs = StatementRuns(db)
+        keys = _KeyRows(runs)
+        self.process_batch(keys, self.handled(page))
+        keys.flush()
+        runs.flush()
+
     @staticmethod
     def _update(db: Any, e: Any, **columns: Any) -> None:
+        if type(db) is _KeyRows:
+            db.update(str(e.originator_id), e.originator_version, columns)
+            return
         sets = "".join(f"{name} = ?, " for name in columns)
         db.execute(f"UPDATE directory_keys SET {sets}version = ? WHERE id = ?",
                    (*columns.values(), e.originator_version, str(e.originator_id)))
+
+
+_KEY_COLUMNS = ("id", "app_id", "description", "scopes", "created_at", "expires_at", "revoked_at", "display",
+                "origin", "version")
+_KEY_COLUMN = {name: i for i, name in enumerate(_KEY_COLUMNS)}
+
+
+class _KeyRows:
+    """The view store for a page of a bulk pass (``DirectoryView.process_page``): ``directory_keys``
+    gathered in memory, every other statement passed on in order. No handler reads the table, so
+    its rows may be written last: a key issued in the page is one row (its upsert replaces every
+    column, so changes made before it in the page are dropped, and the later ones change the row);
+    any other key gets one ``UPDATE`` setting each changed column to its last value, and the version
+    to the last — what the page's updates, one after the other, leave (none, for a key the view
+    does not hold)."""
+
+    __slots__ = ("db", "rows", "changes")
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.rows: dict[str, list] = {}
+        self.changes: dict[str, tuple[dict[str, Any], list]] = {}  # key id -> (columns, [version])
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if sql is DirectoryView._KEY:
+            self.rows[params[0]] = list(params)
+            self.changes.pop(params[0], None)
+            return None
+        return self.db.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        return self.db.executemany(sql, rows)
+
+    def update(self, key_id: str, version: int, columns: dict[str, Any]) -> None:
+        row = self.rows.get(key_id)
+        if row is not None:
+            for name, value in columns.items():
+                row[_KEY_COLUMN[name]] = value
+            row[-1] = version
+            return
+        changed = self.changes.get(key_id)
+        if changed is None:
+            self.changes[key_id] = (dict(columns), [version])
+        else:
+            changed[0].update(columns)
+            changed[1][0] = version
+
+    def flush(self) -> None:
+        if self.rows:
+            self.db.executemany(DirectoryView._KEY, list(self.rows.values()))
+        by_columns: dict[tuple[str, ...], list[tuple]] = {}
+        for key_id, (columns, version) in self.changes.items():
+            names = tuple(sorted(columns))
+            by_columns.setdefault(names, []).append((*(columns[n] for n in names), version[0], key_id))
+        for names, params in by_columns.items():
+            sets = "".join(f"{name} = ?, " for name in names)
+            self.db.executemany(f"UPDATE directory_keys SET {sets}version = ? WHERE id = ?", params)
+        self.rows, self.changes = {}, {}
 
 
 class Directory:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from eventsourcing.utils import resolve_topic
+
 
 def handles(*event_classes: type) -> Callable:
     """Mark a method as the handler of ``event_classes``."""
@@ -66,10 +68,44 @@ class Projection:
 
     def process_page(self, db: Any, page: Sequence[tuple[int, Any]]) -> None:
         """Apply a page of the log in bulk (a rebuild, a first start): ``process_batch`` with its
-        statements sent in runs (``StatementRuns``), so the rows are those of the live path."""
+        statements sent in runs (``StatementRuns``), so the rows are those of the live path — given
+        only the events this view has a handler for (``handled``)."""
         runs = StatementRuns(db)
-        self.process_batch(runs, page)
+        self.process_batch(runs, self.handled(page))
         runs.flush()
+
+    def handled(self, page: Sequence[tuple[int, Any]]) -> Sequence[tuple[int, Any]]:
+        """The events of ``page`` this view handles, for a view that applies events through its
+        handlers alone (``process`` and ``process_batch`` its base's): read from judged records
+        (``Page.judged``), an event of a class this view has no handler for is not decoded, nor
+        passed on. A refused record, or one whose topic names no class, is decoded (the refusal
+        is reported there). Any other view, or any other page: the page itself."""
+        judged = getattr(page, "judged", None)
+        kind = type(self)
+        if judged is None or kind.process is not Projection.process or kind.process_batch is not Projection.process_batch:
+            return page
+        handlers, classes, event = self._handlers, _CLASSES, page.event  # type: ignore[attr-defined]
+        wanted = []
+        for i, record in enumerate(judged):
+            if record[5] is None:
+                topic = record[3]
+                cls = classes.get(topic, classes) if type(topic) is str else None
+                if cls is classes:
+                    cls = classes[topic] = _class_of(topic)
+                if cls is not None and cls not in handlers:
+                    continue
+            wanted.append((record[0], event(i)))
+        return wanted
+
+
+_CLASSES: dict[str, type | None] = {}  # a topic's class (None: the topic names none)
+
+
+def _class_of(topic: str) -> type | None:
+    try:
+        return resolve_topic(topic)
+    except Exception:  # noqa: BLE001 - decoded, and refused there
+        return None
 
 
 class StatementRuns:
