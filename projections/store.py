@@ -223,6 +223,9 @@ class SqliteViewStore(ViewStore):
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            # Big sorts (an index built over a million rows after a first start or a rebuild) may
+            # use a second thread: about a third less time measured for the audit view's six.
+            db.execute("PRAGMA threads=2")
             db.row_factory = sqlite3.Row
             self._local.db = db
             with self._all_lock:
