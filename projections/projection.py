@@ -84,18 +84,21 @@ class Projection:
         kind = type(self)
         if judged is None or kind.process is not Projection.process or kind.process_batch is not Projection.process_batch:
             return page
-        handlers, classes, event = self._handlers, _CLASSES, page.event  # type: ignore[attr-defined]
-        wanted = []
-        for i, record in enumerate(judged):
-            if record[5] is None:
-                topic = record[3]
-                cls = classes.get(topic, classes) if type(topic) is str else None
-                if cls is classes:
-                    cls = classes[topic] = _class_of(topic)
-                if cls is not None and cls not in handlers:
-                    continue
-            wanted.append((record[0], event(i)))
-        return wanted
+        wants, event = self.wants, page.event  # type: ignore[attr-defined]
+        return [(record[0], event(i)) for i, record in enumerate(judged) if wants(record)]
+
+    def wants(self, record: tuple) -> bool:
+        """Whether a judged record's event may be one this view has a handler for: its topic's
+        class has one, or the record is refused, or its topic names no class (both decoded as a
+        ``RefusedRecord``)."""
+        if record[5] is not None:
+            return True
+        topic = record[3]
+        classes = _CLASSES
+        cls = classes.get(topic, classes) if type(topic) is str else None
+        if cls is classes:
+            cls = classes[topic] = _class_of(topic)
+        return cls is None or cls in self._handlers
 
 
 _CLASSES: dict[str, type | None] = {}  # a topic's class (None: the topic names none)
