@@ -93,22 +93,23 @@ class Projection:
         ``RefusedRecord``)."""
         if record[5] is not None:
             return True
-        topic = record[3]
-        classes = _CLASSES
-        cls = classes.get(topic, classes) if type(topic) is str else None
-        if cls is classes:
-            cls = classes[topic] = _class_of(topic)
+        cls = topic_class(record[3])
         return cls is None or cls in self._handlers
 
 
 _CLASSES: dict[str, type | None] = {}  # a topic's class (None: the topic names none)
 
 
-def _class_of(topic: str) -> type | None:
-    try:
-        return resolve_topic(topic)
-    except Exception:  # noqa: BLE001 - decoded, and refused there
-        return None
+def topic_class(topic: Any) -> type | None:
+    """The class a stored record's topic names (what its event decodes as), or None."""
+    cls = _CLASSES.get(topic, _CLASSES) if type(topic) is str else None
+    if cls is _CLASSES:
+        try:
+            cls = resolve_topic(topic)
+        except Exception:  # noqa: BLE001 - decoded, and refused there
+            cls = None
+        _CLASSES[topic] = cls
+    return cls  # type: ignore[return-value]
 
 
 class StatementRuns:
