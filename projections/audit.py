@@ -16,8 +16,11 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from typing import Any
 from uuid import NAMESPACE_URL, UUID
+
+from eventsourcing.utils import resolve_topic
 
 from projections.projection import Projection
 from projections.store import ViewStore, upsert
@@ -38,6 +41,13 @@ StoredRecords = Callable[[int, int], Sequence[tuple]]
 
 
 _SCALARS = frozenset((str, int, float, bool, type(None)))
+
+try:
+    from orjson import OPT_SORT_KEYS as _SORTED
+    from orjson import dumps as _orjson_dumps
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - a dependency
+    _loads, _orjson_dumps, _SORTED = json.loads, None, 0
 
 
 def _plain(value: Any) -> Any:
@@ -133,10 +143,68 @@ class AuditTrail(Projection):
     def process_page(self, db: Any, page: Sequence[tuple[int, Any]]) -> None:
         """A page of a bulk pass: the chain hashed over the stored records the page was decoded
         from (no second read of the log), the aggregate → app and app → owner facts written once
-        per page, every row in one ``executemany``."""
+        per page, every row in one ``executemany``. Read from judged records (``Page.judged``),
+        each row is made from the stored JSON itself (``_stored_record``), no event object built;
+        a record it cannot read so (refused, of a later shape, a value of a type it does not know)
+        is decoded and made by ``audit_record``, as live."""
         facts = _Facts(db)
-        self._write(facts, page, getattr(page, "records", None))
+        if getattr(page, "judged", None) is not None:
+            self._write_judged(facts, page)
+        else:
+            self._write(facts, page, getattr(page, "records", None))
         facts.flush()
+
+    def _write_judged(self, db: Any, page: Any) -> None:
+        judged = page.judged
+        if not judged:
+            return
+        head = db.execute(_HEAD).fetchone()
+        prev_hash = head[0] if head else GENESIS
+        if len(self._apps) > 200_000 or len(self._owners) > 200_000:
+            self._apps.clear()
+            self._owners.clear()
+        apps, owners, topics = self._apps, self._owners, _TOPICS
+        rows = []
+        recent: dict[int, tuple[dict, str | None]] = {}
+        self.recent = recent
+        times: dict[str, tuple[str, int]] = {}
+        for i, stored in enumerate(judged):
+            position, state = stored[0], stored[4]
+            if type(state) is bytes and type(stored[1]) is str:  # ``chain_hash``, inlined
+                sha = sha256(f"{prev_hash}\n{position}\n{stored[1]}\n{stored[2]}\n{stored[3]}\n"
+                             .encode("utf-8", "surrogatepass"))
+                sha.update(state)
+                digest = sha.hexdigest()
+            else:
+                digest = chain_hash(prev_hash, position, stored[1], stored[2], stored[3], state)
+            found = None
+            if stored[5] is None:
+                shape = topics.get(stored[3])
+                if shape is None:
+                    shape = topics[stored[3]] = _shape(stored[3])
+                if shape:
+                    found = _stored_record(db, position, stored[1], stored[2], stored[6], shape, apps, owners,
+                                           times)
+            if found is None:
+                event = page.event(i)
+                record = audit_record(db, position, event, apps, owners)
+                at_us = microseconds(event.timestamp)
+                data, request = _data_json(record["data"]), _request_json(record["request"])
+            else:
+                record, at_us = found
+                data = _float_free_json(record["data"], _json_data)
+                request = _float_free_json(record["request"], _json_request)
+            recent[position] = (record, record["owner_id"])  # the same dict: hashes added below
+            actor = record["actor"]
+            rows.append(
+                (position, record["id"], record["type"], record["occurred_at"], at_us, actor["kind"], actor["id"],
+                 record["app_id"], record.pop("owner_id"), record["key_id"], record["aggregate_id"],
+                 data, request, digest, prev_hash))
+            record["hash"], record["prev_hash"] = digest, prev_hash
+            prev_hash = digest
+        db.executemany("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        if self.on_head is not None:
+            self.on_head(judged[-1][0], prev_hash)
 
     def _write(self, db: Any, batch: Sequence[tuple[int, Any]], records: dict[int, tuple] | None) -> None:
         if not batch:
@@ -177,8 +245,51 @@ _HEAD = "SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1"
 _AGGREGATE_APP = upsert("audit_aggregate_apps", ("aggregate_id", "app_id"), ("aggregate_id",), update=())
 _APP_OWNER = upsert("audit_app_owners", ("app_id", "owner_id"), ("app_id",))
 # One encoder each, made once (``json.dumps`` with options makes a new one per call).
-_data_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
-_request_json = json.JSONEncoder(sort_keys=True).encode
+_json_data = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+_json_request = json.JSONEncoder(sort_keys=True).encode
+
+
+def _has_float(value: Any) -> bool:
+    kind = type(value)
+    if kind is dict:
+        return any(_has_float(v) for v in value.values())
+    if kind is list or kind is tuple:
+        return any(_has_float(v) for v in value)
+    return kind is float or isinstance(value, float)
+
+
+def _data_json(value: Any) -> str:
+    """The ``data`` (and ``request``) column's text: compact JSON, keys sorted, UTF-8 — by orjson
+    (a sixth of the json module's time) unless the value holds a float (orjson writes NaN as null,
+    and spells some numbers otherwise) or anything orjson refuses (non-text keys, lone surrogates,
+    types it does not know): then by the json module. The same value always gets the same text,
+    read from the stored JSON (``_stored_record``, no floats there) or from a decoded event."""
+    if _orjson_dumps is not None and not _has_float(value):
+        try:
+            return _orjson_dumps(value, option=_SORTED).decode()
+        except (TypeError, ValueError):
+            pass
+    return _json_data(value)
+
+
+def _float_free_json(value: Any, otherwise: Callable[[Any], str]) -> str:
+    """``_data_json`` (``otherwise``: ``_json_data``) or ``_request_json`` (``_json_request``) of a
+    value known to hold no float (read by ``_stored_record``)."""
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(value, option=_SORTED).decode()
+        except (TypeError, ValueError):
+            pass
+    return otherwise(value)
+
+
+def _request_json(value: dict) -> str:
+    if _orjson_dumps is not None and not _has_float(value):
+        try:
+            return _orjson_dumps(value, option=_SORTED).decode()
+        except (TypeError, ValueError):
+            pass
+    return _json_request(value)
 _EVENT_ID_NAMESPACE = NAMESPACE_URL.bytes
 
 
@@ -218,15 +329,18 @@ class _Facts:
         self.apps, self.owners = [], []
 
 
-def event_id(originator_id: UUID, version: int) -> str:
+def event_id(originator_id: UUID | str, version: int) -> str:
     """The audit event's id: ``uuid5(NAMESPACE_URL, "keyledger:event:<originator>:<version>")``,
-    computed without building two UUID objects (a million of them in a rebuild)."""
-    digest = bytearray(hashlib.sha1(_EVENT_ID_NAMESPACE + f"keyledger:event:{originator_id}:{version}".encode()
-                                    ).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    computed without building two UUID objects (a million of them in a rebuild): SHA-1's first 32
+    hex digits, the 13th made the version (5), the 17th given the variant's bits (10xx)."""
+    sha = _EVENT_ID_PREFIX.copy()
+    sha.update(f"{originator_id}:{version}".encode())
+    h = sha.hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+_EVENT_ID_PREFIX = hashlib.sha1(_EVENT_ID_NAMESPACE + b"keyledger:event:")
+_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
 
 def audit_record(db: Any, position: int, event: Any, apps: dict | None = None,
@@ -275,6 +389,133 @@ def audit_record(db: Any, position: int, event: Any, apps: dict | None = None,
         "owner_id": owner_id,
         "aggregate_id": aggregate_id,
     }
+
+
+# -- rows from stored JSON (bulk passes) ------------------------------------------------------------
+
+# The attributes ``audit_record`` reads with a default: an event class that defines one itself
+# (a class default the stored state may lack) is read through its decoded event instead.
+_READ_WITH_DEFAULT = ("by", "app_id", "slug", "owner_id", "key_id", "request", "timestamp")
+_TOPICS: dict[str, tuple[str, bool] | tuple[()]] = {}  # topic -> (event type, a key's event?) or ()
+
+
+def _shape(topic: str) -> tuple[str, bool] | tuple[()]:
+    """What ``audit_record`` reads off the class of ``topic``'s events, or () when its records are
+    decoded instead (an unknown topic, a class of a later version, a class with defaults)."""
+    try:
+        cls = resolve_topic(topic)
+    except Exception:  # noqa: BLE001 - decoded, and refused there as live
+        return ()
+    if not isinstance(cls, type) or getattr(cls, "class_version", 1) != 1 or any(
+            hasattr(cls, name) for name in _READ_WITH_DEFAULT):
+        return ()
+    return cls.__qualname__, issubclass(cls, ApiKey.Event)
+
+
+_PLAIN = frozenset((str, int, bool, type(None)))
+_LEFT_OUT_STORED = _LEFT_OUT | {"_mac"}  # and the seal, which the mapper drops
+
+
+class _Unread(Exception):
+    """A stored value ``_stored_plain`` does not read: the event is decoded instead."""
+
+
+def _stored_plain(value: Any) -> Any:
+    """``_plain`` of the value the mapper decodes from a stored JSON value: times (``datetime_iso``)
+    and UUIDs (``uuid_hex``) as their text; any other typed value, or a float, is not read."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        if len(value) == 2 and "_type_" in value and "_data_" in value:
+            name, data = value["_type_"], value["_data_"]
+            if type(data) is str:
+                if name == "datetime_iso":
+                    return rfc3339(datetime.fromisoformat(data))
+                if name == "uuid_hex":
+                    return str(UUID(data))
+            raise _Unread
+        return {k: _stored_plain(v) for k, v in value.items()}
+    if kind is list:
+        return [_stored_plain(v) for v in value]
+    raise _Unread  # a float (the transcoder reads numbers orjson may not), anything else
+
+
+def _stored_record(db: Any, position: int, originator_hex: Any, version: Any, body: bytes,
+                   shape: tuple[str, bool], apps: dict, owners: dict,
+                   times: dict[str, tuple[str, int]]) -> tuple[dict, int] | None:
+    """``audit_record`` of a judged record's event and its time in microseconds, made from its stored
+    JSON (the same dict as from the decoded event); None when it cannot be read so."""
+    try:
+        state = _loads(body)
+        if type(state) is not dict or "class_version" in state or type(version) is not int:
+            return None
+        h = originator_hex.lower() if type(originator_hex) is str else ""
+        if len(h) != 32 or h.strip("0123456789abcdef"):
+            return None
+        aggregate_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        get = state.get
+        by, app_id, slug, owner_id, key_id = get("by", "system:unknown"), get("app_id"), get("slug"), \
+            get("owner_id"), get("key_id")
+        request = get("request") or {}
+        stamp = get("timestamp")
+        for value in (by, app_id, slug, owner_id, key_id):
+            if type(value) not in _PLAIN:  # a typed value, a number the transcoder reads: decoded
+                return None
+        if type(request) is not dict or type(stamp) is not dict or len(stamp) != 2 \
+                or stamp.get("_type_") != "datetime_iso" or type(stamp.get("_data_")) is not str:
+            return None
+        ask = request.get
+        asked = {"id": ask("id"), "ip": ask("ip"), "user_agent": ask("user_agent")}
+        for value in asked.values():
+            if type(value) not in _PLAIN:
+                return None
+        data = {}
+        for k, v in state.items():
+            if k not in _LEFT_OUT_STORED:
+                t = type(v)
+                data[k] = v if t is str or t is int or t is bool or v is None else _stored_plain(v)
+        time = times.get(stamp["_data_"])
+        if time is None:
+            moment = datetime.fromisoformat(stamp["_data_"])
+            time = times[stamp["_data_"]] = (rfc3339(moment), microseconds(moment))
+    except (_Unread, ValueError, TypeError, AttributeError):
+        return None
+    kind, _, actor_id = str(by).partition(":")
+    app = app_id or slug
+    if isinstance(app, str):
+        db.execute(_AGGREGATE_APP, (aggregate_id, app))
+        apps.setdefault(aggregate_id, app)
+    elif aggregate_id in apps:
+        app = apps[aggregate_id]
+    else:
+        row = db.execute("SELECT app_id FROM audit_aggregate_apps WHERE aggregate_id = ?",
+                         (aggregate_id,)).fetchone()
+        app = apps[aggregate_id] = row[0] if row else None
+    if slug is not None and isinstance(owner_id, str):
+        db.execute(_APP_OWNER, (slug, owner_id))
+        owners[slug] = owner_id
+    elif app is None:
+        owner_id = None
+    elif app in owners:
+        owner_id = owners[app]
+    else:
+        row = db.execute("SELECT owner_id FROM audit_app_owners WHERE app_id = ?", (app,)).fetchone()
+        owner_id = owners[app] = row[0] if row else None
+    event_type, of_key = shape
+    return {
+        "seq": position,
+        "id": event_id(aggregate_id, version),  # type: ignore[arg-type]
+        "type": event_type,
+        "occurred_at": time[0],
+        "actor": {"kind": kind, "id": actor_id},
+        "app_id": app,
+        "key_id": aggregate_id if of_key else key_id,
+        "data": data,
+        "request": asked,
+        "owner_id": owner_id,
+        "aggregate_id": aggregate_id,
+    }, time[1]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from eventsourcing.utils import resolve_topic
+
 
 def handles(*event_classes: type) -> Callable:
     """Mark a method as the handler of ``event_classes``."""
@@ -70,10 +72,48 @@ class Projection:
 
     def process_page(self, db: Any, page: Sequence[tuple[int, Any]]) -> None:
         """Apply a page of the log in bulk (a rebuild, a first start): ``process_batch`` with its
-        statements sent in runs (``StatementRuns``), so the rows are those of the live path."""
+        statements sent in runs (``StatementRuns``), so the rows are those of the live path — given
+        only the events this view has a handler for (``handled``)."""
         runs = StatementRuns(db)
-        self.process_batch(runs, page)
+        self.process_batch(runs, self.handled(page))
         runs.flush()
+
+    def handled(self, page: Sequence[tuple[int, Any]]) -> Sequence[tuple[int, Any]]:
+        """The events of ``page`` this view handles, for a view that applies events through its
+        handlers alone (``process`` and ``process_batch`` its base's): read from judged records
+        (``Page.judged``), an event of a class this view has no handler for is not decoded, nor
+        passed on. A refused record, or one whose topic names no class, is decoded (the refusal
+        is reported there). Any other view, or any other page: the page itself."""
+        judged = getattr(page, "judged", None)
+        kind = type(self)
+        if judged is None or kind.process is not Projection.process or kind.process_batch is not Projection.process_batch:
+            return page
+        wants, event = self.wants, page.event  # type: ignore[attr-defined]
+        return [(record[0], event(i)) for i, record in enumerate(judged) if wants(record)]
+
+    def wants(self, record: tuple) -> bool:
+        """Whether a judged record's event may be one this view has a handler for: its topic's
+        class has one, or the record is refused, or its topic names no class (both decoded as a
+        ``RefusedRecord``)."""
+        if record[5] is not None:
+            return True
+        cls = topic_class(record[3])
+        return cls is None or cls in self._handlers
+
+
+_CLASSES: dict[str, type | None] = {}  # a topic's class (None: the topic names none)
+
+
+def topic_class(topic: Any) -> type | None:
+    """The class a stored record's topic names (what its event decodes as), or None."""
+    cls = _CLASSES.get(topic, _CLASSES) if type(topic) is str else None
+    if cls is _CLASSES:
+        try:
+            cls = resolve_topic(topic)
+        except Exception:  # noqa: BLE001 - decoded, and refused there
+            cls = None
+        _CLASSES[topic] = cls
+    return cls  # type: ignore[return-value]
 
 
 class StatementRuns:

@@ -24,7 +24,7 @@ from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
 from projections.audit import AuditLog, AuditTrail, audit_record, event_type, microseconds
-from projections.projection import Projection
+from projections.projection import Projection, topic_class
 from projections.store import ViewStore, upsert
 from projections.timefmt import rfc3339
 from service.webhooks.domain import DEPLOYMENT_TYPES, SOURCES, WebhookEndpoint
@@ -76,6 +76,17 @@ class WebhooksView(Projection):
         """Ask for the enabled endpoints now: in a pipelined write the question travels with the
         positions' read, so a command pays no round trip for it."""
         self._prefetched = (db, db.execute(_ENABLED))
+
+    def process_page(self, db: Any, page: Any) -> None:
+        """A page of a bulk pass. With no endpoint enabled when it begins and none registered or
+        changed in it (the common case), no event of the page queues a delivery: nothing to do,
+        and nothing decoded."""
+        judged = getattr(page, "judged", None)
+        if judged is not None and not db.execute(_ENABLED).fetchall() and not any(
+                record[5] is None and _is_endpoint_event(topic_class(record[3])) for record in judged):
+            self._prefetched = None
+            return
+        super().process_page(db, page)
 
     def process_batch(self, db: Any, batch: Sequence[tuple[int, Any]]) -> None:
         prefetched, self._prefetched = self._prefetched, None
@@ -151,6 +162,10 @@ class WebhooksView(Projection):
 _ENABLED = ("SELECT id, event_types, app_ids, registrant_id, registrant_role FROM webhook_endpoints "
             "WHERE status = 'enabled'")
 _PUBLIC = ("seq", "id", "type", "occurred_at", "actor", "app_id", "key_id", "data", "request", "hash", "prev_hash")
+
+
+def _is_endpoint_event(cls: type | None) -> bool:
+    return isinstance(cls, type) and issubclass(cls, WebhookEndpoint.Event)
 
 
 def _endpoints_of(rows: Sequence[Any]) -> dict[str, dict]:
