@@ -116,7 +116,7 @@ if mode in ("verification", "rebuild"):
     out["rebuild_s"] = time.perf_counter() - started
     out["rebuilt"] = count
 if mode == "verification":  # the raw SELECT of the same rows, in the same process
-    sys.path.insert(0, {scripts!r})
+    sys.path.insert(0, {scripts!r})  # this tree's benchkit (stdlib and the drivers), for every tree's probe
     from benchkit import raw_select
     if not extra:
         out["raw_rows"], out["raw_s"] = raw_select(settings.events_path)
