@@ -29,34 +29,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eventsourcing.persistence import StoredEvent  # noqa: E402
+from benchkit import (  # noqa: E402
+    BATCH,
+    PEPPER,
+    VERIFY_SETUP,
+    export,
+    insert_issued_keys,
+    load,
+    quartiles,
+    raw_select,
+    real_keys,
+    run_probe,
+)
 
 from service.composition import build_system  # noqa: E402
-from service.domain.actors import NO_REQUEST, Actor  # noqa: E402
 from service.settings import Settings  # noqa: E402
-
-PEPPER = "bench-pepper-0123456789abcdef0123456789abcdef"
-SCOPE_SETS = ('["All"]', '["Predict","Search"]', '["Models:Add","Models:Patch"]', '["Predict"]')
-TOPIC = "service.domain.keys:ApiKey.Issued"
-BATCH = 10_000
-
-
-def load() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def settings_for(data_dir: Path, database_url: str | None) -> Settings:
@@ -68,28 +65,7 @@ def seed(data_dir: Path, count: int, database_url: str | None) -> tuple[list[str
     through the use cases, and the number of events in the log."""
     system = build_system(settings_for(data_dir, database_url), follow=False)
     app = system.keys_app
-    now = datetime.now(UTC)
-    stamp = now.isoformat()
-    expiry = (now + timedelta(days=365)).isoformat()
-    # The state of an Issued event as the library's mapper writes it (JSON, not compressed).
-    template = ('{"timestamp":{"_type_":"datetime_iso","_data_":"' + stamp + '"},'
-                '"originator_topic":"service.domain.keys:ApiKey","by":"system:bench","request":{},'
-                '"app_id":"app-%d","description":"bench","scopes":%s,"expires_at":%s,'
-                '"digest":"%s","display":"ak_\u2026%s","origin":"migration"}')
-    expires = ('{"_type_":"datetime_iso","_data_":"' + expiry + '"}', "null")
-    started = time.perf_counter()
-    batch: list[StoredEvent] = []
-    urandom, hexlify = os.urandom, bytes.hex
-    for i in range(count):
-        digest = hexlify(urandom(32))
-        state = template % (i % 5000, SCOPE_SETS[i % 4], expires[i & 1], digest, digest[:4])
-        batch.append(StoredEvent(uuid.UUID(bytes=urandom(16), version=4), 1, TOPIC, state.encode()))
-        if len(batch) == BATCH:
-            app.recorder.insert_events(batch)
-            batch = []
-    if batch:
-        app.recorder.insert_events(batch)
-    elapsed = time.perf_counter() - started
+    elapsed = insert_issued_keys(app.recorder, count)
     print(f"seeded {count:,} keys in {elapsed:.1f} s ({count / elapsed:,.0f} keys/s, "
           f"{BATCH:,} per insert; load {load()})", flush=True)
     last = app.recorder.max_notification_id() or 0
@@ -99,42 +75,26 @@ def seed(data_dir: Path, count: int, database_url: str | None) -> tuple[list[str
     started = time.perf_counter()
     system.follower.rebuild(["verification"], reload=False)
     rebuild = time.perf_counter() - started
-    raw_rate = raw_select(system, database_url)
+    raw_rate = raw_select_rate(system, database_url)
     print(f"rebuild of the verification view from the log: {last / rebuild:,.0f} events/s "
           f"({last:,} events in {rebuild:.1f} s); raw SELECT of the same rows {raw_rate:,.0f} rows/s "
           f"(rebuild = {last / rebuild / raw_rate:.1%} of it); load {load()}", flush=True)
     system.follower.start()  # the rest of the views, the index: as a process starts
-    admin = Actor.system("bench")
-    owner, _ = app.register_account(email="bench-owner@example.com", name="Bench", role="owner",
-                                    by=admin, request=NO_REQUEST)
-    _, _, all_key = app.create_app(name="Bench", slug="bench", owner_id=owner["id"], by=admin,
-                                   request=NO_REQUEST)
-    _, read_only = app.issue_key("bench", description="ro", scopes=["Predict", "Search"], by=admin,
-                                 request=NO_REQUEST)
+    _, secrets = real_keys(app)
     system.after_command()
     events = app.recorder.max_notification_id()
     system.close()
-    return [all_key, read_only], events
+    return secrets, events
 
 
-def raw_select(system, database_url: str | None) -> float:  # noqa: ANN001
+def raw_select_rate(system, database_url: str | None) -> float:  # noqa: ANN001
     """Rows/s of a plain SELECT of every stored event (the decode-free bound of a rebuild)."""
     if database_url is None:
-        import sqlite3
-        db = sqlite3.connect(system.settings.data_dir / "events.sqlite")
-        started = time.perf_counter()
-        rows = sum(1 for _ in db.execute("SELECT rowid, * FROM stored_events ORDER BY rowid"))
-        elapsed = time.perf_counter() - started
-        db.close()
-        return rows / elapsed
-    import psycopg
-    with psycopg.connect(system.settings.database_conninfo) as db, db.cursor(name="raw") as cursor:
-        cursor.itersize = 10_000
-        started = time.perf_counter()
-        table = system.keys_app.recorder.events_table_name
-        cursor.execute(f"SELECT * FROM {table} ORDER BY notification_id")
-        rows = sum(1 for _ in cursor)
-        return rows / (time.perf_counter() - started)
+        rows, elapsed = raw_select(system.settings.data_dir / "events.sqlite")
+    else:
+        rows, elapsed = raw_select(conninfo=system.settings.database_conninfo,
+                                   table=system.keys_app.recorder.events_table_name)
+    return rows / elapsed
 
 
 PROBE = r"""
@@ -151,15 +111,7 @@ status = open("/proc/self/status").read()
 rss_kb = int(status.split("VmRSS:")[1].split()[0])
 peak_kb = int(status.split("VmHWM:")[1].split()[0])
 out = {{"startup_s": ready, "rss_kb": rss_kb, "peak_kb": peak_kb, "keys": len(system.index)}}
-secrets = {secrets!r}
-if secrets:
-    verify = system.verifier.verify
-    digest = system.authenticator.digester.digest
-    table = system.index.by_digest
-    key = secrets[1]
-    assert verify(key, "Predict")[0] == "VALID", verify(key, "Predict")
-    assert verify(key, "Models:Add")[0] == "INSUFFICIENT_SCOPE"
-    fns = (lambda: verify(key, "Predict"), lambda: table.get(digest(key)))
+""" + VERIFY_SETUP + r"""    fns = (lambda: verify(key, "Predict"), lambda: table.get(digest(key)))
     rounds = [[], []]
     for _ in range(200):
         for times, fn in zip(rounds, fns):
@@ -195,25 +147,7 @@ print(json.dumps(out))
 def probe(root: Path, data_dir: Path, secrets: list[str], database_url: str | None) -> dict:
     code = PROBE.format(root=str(root), data_dir=str(data_dir), pepper=PEPPER, secrets=secrets,
                         url=database_url)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
-    if result.returncode:
-        raise SystemExit(f"probe of {root} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def export(ref: str, into: Path) -> Path:
-    """The tree of ``ref`` as plain files (the baseline's code, run on the same store)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
-def quartiles(values: list[float], fmt: str) -> str:
-    if len(values) < 2:
-        return format(values[0], fmt)
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return f"{format(q2, fmt)} ({format(q1, fmt)}-{format(q3, fmt)})"
+    return run_probe(code, f"probe of {root}", cwd=root)
 
 
 def main() -> None:

@@ -22,9 +22,7 @@ import argparse
 import os
 import random
 import shutil
-import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,8 @@ from uuid import uuid4
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchkit import PEPPER, raw_select, run_probe  # noqa: E402
+
 from projections.audit import encode_cursor  # noqa: E402
 from service import credentials  # noqa: E402
 from service.api import create_app  # noqa: E402
@@ -44,7 +44,6 @@ from service.domain.apps import App  # noqa: E402
 from service.domain.keys import ApiKey  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
-PEPPER = "bench-pepper-0123456789abcdef0123456789abcdef"
 SCOPE_SETS = (["Predict"], ["Predict", "Search"], ["Models:Add", "Models:Patch"], ["All"])
 OWNERS = 100
 SPAN = timedelta(weeks=8)
@@ -156,13 +155,7 @@ def bench_integrity(system, data_dir: Path) -> None:
     report = system.check_integrity()
     elapsed = time.perf_counter() - started
     assert report["ok"], report
-    db = sqlite3.connect(data_dir / "events.sqlite")
-    started = time.perf_counter()
-    rows = 0
-    for _ in db.execute("SELECT rowid, * FROM stored_events ORDER BY rowid"):
-        rows += 1
-    raw = time.perf_counter() - started
-    db.close()
+    rows, raw = raw_select(data_dir / "events.sqlite")
     print(f"integrity check: {report['checked'] / elapsed:,.0f} events/s ({report['checked']:,} events in "
           f"{elapsed:.2f} s, ok, {report['checkpoints']} checkpoint(s); target >= 100,000/s); raw SELECT of "
           f"the same rows: {rows / raw:,.0f} rows/s (check = {raw / elapsed:.1%} of it)", flush=True)
@@ -195,12 +188,8 @@ print(json.dumps({{"elapsed": elapsed, "before_kb": before, "peak_kb": status("V
 
 
 def run_export(data_dir: Path, fmt: str, type_: str | None) -> dict:
-    import json
-
     script = CHILD.format(root=str(ROOT), data_dir=str(data_dir), pepper=PEPPER, fmt=fmt, type=type_)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                          env={**os.environ, "KEYLEDGER_LOG_LEVEL": "WARNING"})
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_probe(script, f"export {fmt} {type_}", env={**os.environ, "KEYLEDGER_LOG_LEVEL": "WARNING"})
 
 
 def bench_export(data_dir: Path) -> None:

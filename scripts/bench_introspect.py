@@ -24,25 +24,18 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
+from benchkit import PEPPER, free_port, load, wait_ready
+
 ROOT = Path(__file__).resolve().parents[1]
 KEYLEDGER = Path(sys.executable).parent / "keyledger"
-PEPPER = "bench-pepper-0123456789abcdef0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(method: str, url: str, body: dict | None = None, token: str | None = None) -> dict:
@@ -64,10 +57,6 @@ def wrk(url: str, seconds: int, headers: dict, script: Path | None = None) -> fl
     if re.search(r"Non-2xx or 3xx responses: (\d+)", output):
         raise SystemExit(f"{url} answered errors:\n{output}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -96,15 +85,7 @@ def main() -> None:
                                    "--workers", str(args.workers), "--no-scheduler"], env=env, cwd=ROOT,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                call("GET", base + "/readyz")
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit(f"the server did not start; see {folder / 'server.log'}") from None
-                time.sleep(0.1)
+        wait_ready(base + "/readyz", server, 30, 0.1, "the server", folder / "server.log")
         app_id = call("POST", base + "/v2/apps", {"name": "Bench"}, admin["token"])["id"]
         key = call("POST", f"{base}/v2/apps/{app_id}/keys", {"description": "bench", "scopes": ["Predict", "Search"]},
                    admin["token"])["key"]

@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import random
-import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -30,12 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.pop("KEYLEDGER_TEST_DATABASE_URL", None)  # the servers' store is chosen here
 
+from benchkit import bench_owner, p50_p99_max, tear_down  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from service import credentials  # noqa: E402
 from service.github_scanning import sign  # noqa: E402
-from tests.e2e.conftest import Response, ServerProcess, http  # noqa: E402
+from tests.e2e.conftest import Response, ServerProcess  # noqa: E402
 
 KEY_ID = "bench"
 
@@ -72,11 +71,6 @@ def refused_after(first: ServerProcess, second: ServerProcess, secret: str, act)
     return time.perf_counter() - started
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url")
@@ -100,10 +94,7 @@ def main() -> int:
     try:
         first = servers[0].start()
         second = servers[1].start()
-        admin = first.create_account("admin", "admin@example.com", "Admin")["token"]
-        owner = http("POST", first.url + "/v2/accounts", json_body={
-            "email": "o@example.com", "name": "O", "role": "owner"}, token=admin).json["token"]
-        assert first.post("/v2/apps", {"id": "bench", "name": "Bench"}, token=owner).status == 201
+        _, owner = bench_owner(first)
         total = args.live + args.revoked + args.propagation * 2
         print(f"creating {total} keys …", file=sys.stderr)
         keys = [first.post("/v2/apps/bench/keys", {"description": f"k{i}", "scopes": ["Predict"]},
@@ -139,26 +130,10 @@ def main() -> int:
                                            lambda b=b: first.delete(f"/v2/keys/{b['id']}", token=owner)))
         load = os.getloadavg()[0]
 
-        def fmt(values: list[float]) -> str:
-            return (f"p50 {statistics.median(values) * 1000:.0f} ms, p99 {pct(values, 99) * 1000:.0f} ms, "
-                    f"max {max(values) * 1000:.0f} ms")
-
         print(f"[{store}, load {load:.1f}] report → refused on the other instance (n={len(by_report)}): "
-              f"{fmt(by_report)}; baseline DELETE → refused: {fmt(by_delete)}")
+              f"{p50_p99_max(by_report)}; baseline DELETE → refused: {p50_p99_max(by_delete)}")
     finally:
-        for server in servers:
-            if server.running:
-                server.stop(timeout=5)
-        if args.database_url:
-            import psycopg
-
-            from service.settings import parse_database_url
-
-            parts = parse_database_url(args.database_url)
-            with psycopg.connect(host=parts["host"], port=parts["port"], dbname=parts["dbname"],
-                                 user=parts["user"], password=parts["password"], autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        shutil.rmtree(work, ignore_errors=True)
+        tear_down(servers, work, args.database_url, schema)
     return 0
 
 

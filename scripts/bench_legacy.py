@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 import timeit
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
@@ -35,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_verify import free_port, wrk  # noqa: E402
+from bench_verify import wrk  # noqa: E402
+from benchkit import PEPPER, free_port, wait_ready  # noqa: E402
 
 from service import credentials  # noqa: E402
 from service.composition import build_system  # noqa: E402
@@ -43,7 +43,6 @@ from service.domain.actors import NO_REQUEST, Actor  # noqa: E402
 from service.domain.keys import ApiKey  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
-PEPPER = "bench-pepper-0123456789abcdef0123456789abcdef"
 SUNSET = "2099-01-01T00:00:00Z"
 
 
@@ -136,15 +135,7 @@ def bench_http(data_dir: Path, found: dict, seconds: int) -> None:
         return str(path)
 
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(base + "/readyz", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit(f"server did not start; see {data_dir / 'bench-server.log'}") from None
-                time.sleep(0.3)
+        wait_ready(base + "/readyz", server, 120, 0.3, "server", data_dir / "bench-server.log")
         time.sleep(1)
         json_headers = {"Content-Type": "application/json"}
         basic = base64.b64encode(f"{found['client_id']}:{found['client_secret']}".encode()).decode()

@@ -36,27 +36,17 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-PEPPER = "bench-pepper-0123456789abcdef0123456789abcdef"
-SCOPE_SETS = ('["All"]', '["Predict","Search"]', '["Models:Add","Models:Patch"]', '["Predict"]')
-TOPIC = "service.domain.keys:ApiKey.Issued"
-BATCH = 10_000
+from benchkit import PEPPER, export, insert_issued_keys, load, run_probe  # noqa: E402
+
 PARTS = ("first", "verification", "rebuild", "startup")
-
-
-def load() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def settings_for(data_dir: Path, database_url: str | None, schema: str | None):  # noqa: ANN201
@@ -68,35 +58,10 @@ def settings_for(data_dir: Path, database_url: str | None, schema: str | None): 
 
 def seed_keys(data_dir: Path, count: int, database_url: str | None, schema: str | None) -> None:
     """``count`` sealed ``ApiKey.Issued`` records through the recorder, 10,000 per insert."""
-    from eventsourcing.persistence import StoredEvent
-
     from service.composition import build_system
-    from service.domain.audit import seal
 
     system = build_system(settings_for(data_dir, database_url, schema), follow=False)
-    app = system.keys_app
-    key = app.mapper.key  # the service's sealing key
-    now = datetime.now(UTC)
-    stamp = now.isoformat()
-    expiry = (now + timedelta(days=365)).isoformat()
-    template = ('{"timestamp":{"_type_":"datetime_iso","_data_":"' + stamp + '"},'
-                '"originator_topic":"service.domain.keys:ApiKey","by":"system:bench","request":{},'
-                '"app_id":"app-%d","description":"bench","scopes":%s,"expires_at":%s,'
-                '"digest":"%s","display":"ak_\u2026%s","origin":"migration"}')
-    expires = ('{"_type_":"datetime_iso","_data_":"' + expiry + '"}', "null")
-    started = time.perf_counter()
-    batch: list[StoredEvent] = []
-    for i in range(count):
-        digest = os.urandom(32).hex()
-        body = (template % (i % 5000, SCOPE_SETS[i % 4], expires[i & 1], digest, digest[:4])).encode()
-        oid = uuid.UUID(bytes=os.urandom(16), version=4)
-        batch.append(StoredEvent(oid, 1, TOPIC, seal(key, oid.hex, 1, TOPIC, body)))
-        if len(batch) == BATCH:
-            app.recorder.insert_events(batch)
-            batch = []
-    if batch:
-        app.recorder.insert_events(batch)
-    elapsed = time.perf_counter() - started
+    elapsed = insert_issued_keys(system.keys_app.recorder, count, seal_key=system.keys_app.mapper.key)
     system.close()
     print(f"seeded {count:,} keys in {elapsed:.1f} s ({count / elapsed:,.0f} keys/s); load {load()}", flush=True)
 
@@ -151,23 +116,13 @@ if mode in ("verification", "rebuild"):
     out["rebuild_s"] = time.perf_counter() - started
     out["rebuilt"] = count
 if mode == "verification":  # the raw SELECT of the same rows, in the same process
-    recorder = system.keys_app.recorder
-    started = time.perf_counter()
+    sys.path.insert(0, {scripts!r})  # this tree's benchkit (stdlib and the drivers), for every tree's probe
+    from benchkit import raw_select
     if not extra:
-        import sqlite3
-        db = sqlite3.connect(settings.events_path)
-        rows = sum(1 for _ in db.execute(
-            "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events ORDER BY rowid"))
-        db.close()
+        out["raw_rows"], out["raw_s"] = raw_select(settings.events_path)
     else:
-        import psycopg
-        with psycopg.connect(settings.database_conninfo) as db, db.cursor(name="raw") as cursor:
-            cursor.itersize = 10_000
-            cursor.execute(f"SELECT notification_id, originator_id, originator_version, topic, state "
-                           f"FROM {{settings.database_schema}}.{{recorder.events_table_name}} ORDER BY notification_id")
-            rows = sum(1 for _ in cursor)
-    out["raw_rows"] = rows
-    out["raw_s"] = time.perf_counter() - started
+        table = settings.database_schema + "." + system.keys_app.recorder.events_table_name
+        out["raw_rows"], out["raw_s"] = raw_select(conninfo=settings.database_conninfo, table=table)
 system.close()
 print(json.dumps(out))
 """
@@ -175,20 +130,9 @@ print(json.dumps(out))
 
 def probe(root: Path, data_dir: Path, mode: str, database_url: str | None, schema: str | None) -> dict:
     extra = {"database_url": database_url, "database_schema": schema} if database_url else {}
-    code = PROBE.format(root=str(root), data_dir=str(data_dir), pepper=PEPPER, mode=mode, extra=extra)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
-                            env={**os.environ, "KEYLEDGER_LOG_LEVEL": "WARNING"})
-    if result.returncode:
-        raise SystemExit(f"probe {mode} of {root} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def export(ref: str, into: Path) -> Path:
-    """The tree of ``ref`` as plain files (the baseline's code, run on the same store)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
+    code = PROBE.format(root=str(root), data_dir=str(data_dir), pepper=PEPPER, mode=mode, extra=extra,
+                        scripts=str(ROOT / "scripts"))
+    return run_probe(code, f"probe {mode} of {root}", cwd=root, env={**os.environ, "KEYLEDGER_LOG_LEVEL": "WARNING"})
 
 
 def median(values: list[float]) -> float:

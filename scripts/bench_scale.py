@@ -29,7 +29,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchkit import drop_schema, export, free_port, pg_connect, quartiles, run_probe, wait_ready  # noqa: E402
+
 # ``keyledger`` from a given tree's code (this tree's, or the baseline's exported files).
 LAUNCH = "import sys; sys.argv[0] = 'keyledger'; from service.cli import main; sys.exit(main())"
 
@@ -55,12 +56,6 @@ def keyledger(tree: Path, *args: str) -> list[str]:
 
 def tree_env(tree: Path, env: dict[str, str]) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(tree)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Instance:
@@ -75,17 +70,8 @@ class Instance:
             env=self.env, cwd=tree, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if request(self.port, "GET", "/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise SystemExit(f"instance on port {self.port} did not start; see {self.log.name}")
+        wait_ready(f"http://127.0.0.1:{self.port}/readyz", self.process, timeout, 0.1,
+                   f"instance on port {self.port}", self.log.name)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -209,13 +195,7 @@ class WaitSampler:
     transaction waiting for the client (a lock held across a round trip)."""
 
     def __init__(self, url: str, interval: float = 0.02) -> None:
-        import psycopg
-
-        from service.settings import parse_database_url
-
-        u = parse_database_url(url)
-        self.db = psycopg.connect(host=u["host"], port=u["port"], dbname=u["dbname"], user=u["user"],
-                                  password=u["password"] or None, autocommit=True)
+        self.db = pg_connect(url)
         self.counts: dict[tuple[str, str], int] = {}
         self.samples = 0
         self._stop = threading.Event()
@@ -301,31 +281,9 @@ def probe_round_trips(tree: Path, url: str, samples: int = 12) -> dict:
     code = PROBE.format(wire=str(ROOT / "tests" / "wire.py"), host=u["host"], port=int(u["port"]), url=url,
                         schema=schema, samples=samples)
     try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tree,
-                              env=tree_env(tree, dict(os.environ)))
+        return run_probe(code, f"round-trip probe of {tree}", cwd=tree, env=tree_env(tree, dict(os.environ)))
     finally:
         drop_schema(url, schema)
-    if done.returncode:
-        raise SystemExit(f"round-trip probe of {tree} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def export(ref: str, into: Path) -> Path:
-    """The tree of ``ref`` as plain files (the baseline's code, run on the same store)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
-def quartiles(values: list[float], fmt: str) -> str:
-    values = [v for v in values if v == v]
-    if not values:
-        return "-"
-    if len(values) < 2:
-        return format(values[0], fmt)
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return f"{format(q2, fmt)} ({format(q1, fmt)}-{format(q3, fmt)})"
 
 
 def main() -> int:
@@ -421,29 +379,12 @@ def database(url: str, name: str, *, create: bool) -> str:
     """Create (or drop) the database ``name`` on ``url``'s server; its URL."""
     from urllib.parse import urlsplit, urlunsplit
 
-    import psycopg
-
-    from service.settings import parse_database_url
-
-    u = parse_database_url(url)
-    with psycopg.connect(host=u["host"], port=u["port"], dbname=u["dbname"], user=u["user"],
-                         password=u["password"] or None, autocommit=True) as db:
+    with pg_connect(url) as db:
         db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if create:
             db.execute(f'CREATE DATABASE "{name}"')
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-def drop_schema(url: str, schema: str) -> None:
-    import psycopg
-
-    from service.settings import parse_database_url
-
-    u = parse_database_url(url)
-    with psycopg.connect(host=u["host"], port=u["port"], dbname=u["dbname"], user=u["user"],
-                         password=u["password"] or None, autocommit=True) as db:
-        db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 if __name__ == "__main__":

@@ -34,14 +34,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_verify import PEPPER, free_port, seed  # noqa: E402
+from bench_verify import seed  # noqa: E402
+from benchkit import PEPPER, free_port, wait_ready  # noqa: E402
 
 from tests.e2e.slow_clients import Tricklers, probe  # noqa: E402
 
@@ -77,15 +77,7 @@ def start(design: str, data_dir: Path, workers: int, threads: int, log_path: Pat
     log = open(log_path, "w")
     process = subprocess.Popen(command(design, port, workers, threads), env=env, stdout=log, stderr=log,
                                cwd=data_dir, start_new_session=True)
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-            break
-        except OSError:
-            if time.time() > deadline or process.poll() is not None:
-                raise SystemExit(f"{design} did not start; see {log_path}") from None
-            time.sleep(0.3)
+    wait_ready(f"http://127.0.0.1:{port}/readyz", process, 120, 0.3, design, log_path)
     time.sleep(1.5)  # every worker loaded
     return process, port
 

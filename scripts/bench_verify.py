@@ -37,14 +37,11 @@ import json
 import os
 import re
 import shutil
-import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
@@ -52,13 +49,14 @@ from uuid import uuid4
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchkit import PEPPER, VERIFY_SETUP, free_port, raw_select, real_keys, run_probe, wait_ready  # noqa: E402
+
 from service import credentials  # noqa: E402
 from service.composition import build_system  # noqa: E402
-from service.domain.actors import NO_REQUEST, Actor  # noqa: E402
+from service.domain.actors import NO_REQUEST  # noqa: E402
 from service.domain.keys import ApiKey  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
-PEPPER = "bench-pepper-0123456789abcdef0123456789abcdef"
 SCOPE_SETS = (["All"], ["Predict", "Search"], ["Models:Add", "Models:Patch"], ["Predict"])
 
 
@@ -89,13 +87,7 @@ def seed(data_dir: Path, count: int) -> list[str]:
     elapsed = time.perf_counter() - started
     # A few real keys through the use cases, to verify with.
     system.follower.catch_up()
-    admin = Actor.system("bench")
-    owner, _ = app.register_account(email="bench-owner@example.com", name="Bench", role="owner",
-                                    by=admin, request=NO_REQUEST)
-    _, _, all_key = app.create_app(name="Bench", slug="bench", owner_id=owner["id"], by=admin,
-                                   request=NO_REQUEST)
-    _, read_only = app.issue_key("bench", description="ro", scopes=["Predict", "Search"], by=admin,
-                                 request=NO_REQUEST)
+    admin, (all_key, read_only) = real_keys(app)
     # A key with rate limits (two, as in the issue's example, high enough never to refuse here).
     _, limited = app.issue_key("bench", description="limited", scopes=["Predict", "Search"], by=admin,
                                request=NO_REQUEST, limits=[{"limit": 10**9, "per": "1s"},
@@ -130,13 +122,7 @@ def bench_rebuild(data_dir: Path) -> None:
     system.index.load(system.views)
     reload = time.perf_counter() - started
     system.close()
-    db = sqlite3.connect(data_dir / "events.sqlite")
-    started = time.perf_counter()
-    rows = 0
-    for _ in db.execute("SELECT rowid, * FROM stored_events ORDER BY rowid"):
-        rows += 1
-    raw = time.perf_counter() - started
-    db.close()
+    rows, raw = raw_select(data_dir / "events.sqlite")
     print(f"rebuild of the verification view from the log: {events / rebuild:,.0f} events/s "
           f"({events:,} events in {rebuild:.2f} s; target >= 50,000/s); "
           f"raw SELECT of the same rows: {rows / raw:,.0f} rows/s (rebuild = {raw / rebuild:.1%} of it); "
@@ -153,15 +139,7 @@ system = build_system(Settings(data_dir=__import__("pathlib").Path({data_dir!r})
 ready = time.perf_counter() - started
 rss_kb = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
 out = {{"startup_s": ready, "rss_kb": rss_kb, "keys": len(system.index)}}
-secrets = {secrets!r}
-if secrets:
-    verify = system.verifier.verify
-    digest = system.authenticator.digester.digest
-    table = system.index.by_digest
-    key = secrets[1]
-    assert verify(key, "Predict")[0] == "VALID", verify(key, "Predict")
-    assert verify(key, "Models:Add")[0] == "INSUFFICIENT_SCOPE"
-    # Interleaved: one round of each in turn, so that a neighbour's load hits both alike; the
+""" + VERIFY_SETUP + r"""    # Interleaved: one round of each in turn, so that a neighbour's load hits both alike; the
     # ratio is the median of the rounds' ratios. Rounds are short (200 calls, well under a
     # millisecond): on a loaded machine a long round of the slower function is more often cut by
     # another process's time slice than the baseline's, which inflated the ratio (2,000 calls per
@@ -219,14 +197,7 @@ print(json.dumps(out))
 
 def probe(data_dir: Path, secrets: list[str]) -> dict:
     code = PROBE.format(root=str(ROOT), data_dir=str(data_dir), pepper=PEPPER, secrets=secrets)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return run_probe(code, f"probe of {data_dir}")
 
 
 LAST_WRK: dict[str, float] = {}  # the last run's requests and the server's CPU seconds meanwhile
@@ -344,15 +315,7 @@ def bench_server(kind: str, data_dir: Path, secrets: list[str], seconds: int, wo
                           {"KEYLEDGER_REDIS_URL": redis_url} if redis_url else None)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(base + "/readyz", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit(f"{kind} did not start; see {log_path}") from None
-                time.sleep(0.5)
+        wait_ready(base + "/readyz", server, 180, 0.5, kind, log_path)
         time.sleep(1)  # let every worker finish loading
         wrk(base + "/bench/bare", 2, {})  # warm-up
         check_headers = {"Authorization": f"Key {secrets[1]}"}

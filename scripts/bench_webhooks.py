@@ -24,8 +24,6 @@ import argparse
 import http.client as httpclient
 import json
 import os
-import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -36,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.pop("KEYLEDGER_TEST_DATABASE_URL", None)  # the server's store is chosen here
 
+from benchkit import bench_owner, p50_p99_max, tear_down  # noqa: E402
 from standardwebhooks.webhooks import Webhook  # noqa: E402
 
 from tests.e2e.conftest import ServerProcess, http  # noqa: E402
@@ -94,16 +93,6 @@ class Receiver:
         self.server.server_close()
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
-def fmt(values: list[float]) -> str:
-    return (f"p50 {statistics.median(values) * 1000:.0f} ms, p99 {pct(values, 99) * 1000:.0f} ms, "
-            f"max {max(values) * 1000:.0f} ms")
-
-
 def wait(predicate, timeout: float) -> bool:
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
@@ -125,6 +114,11 @@ def revocation_latency(server: ServerProcess, owner: str, receiver: Receiver, n:
             raise SystemExit(f"key.revoked of {key['id']} not delivered within 10 s")
         latencies.append(receiver.by_key[key["id"]] - started)
     return latencies, round_trips
+
+
+def report_latency(store: str, what: str, latencies: list[float], round_trips: list[float]) -> None:
+    print(f"[{store}, load {os.getloadavg()[0]:.1f}] {what} (n={len(latencies)}): "
+          f"{p50_p99_max(latencies)}; baseline DELETE round trip: {p50_p99_max(round_trips)}")
 
 
 def plain_rate(receiver: Receiver, bodies: list[bytes]) -> float:
@@ -162,25 +156,18 @@ def main() -> int:
     store = "postgresql" if args.database_url else "sqlite"
     try:
         server.start()
-        admin = server.create_account("admin", "admin@example.com", "Admin")["token"]
-        owner = http("POST", server.url + "/v2/accounts", json_body={
-            "email": "o@example.com", "name": "O", "role": "owner"}, token=admin).json["token"]
-        assert server.post("/v2/apps", {"id": "bench", "name": "Bench"}, token=owner).status == 201
+        admin, owner = bench_owner(server)
         hook = server.post("/v2/webhooks", {"url": fast.url, "event_types": ["key.revoked"]}, token=admin).json
         fast.secret = hook["secret"]
 
-        latencies, round_trips = revocation_latency(server, owner, fast, args.revocations)
-        load = os.getloadavg()[0]
-        print(f"[{store}, load {load:.1f}] DELETE → verified key.revoked at the receiver (n={len(latencies)}): "
-              f"{fmt(latencies)}; baseline DELETE round trip: {fmt(round_trips)}")
+        report_latency(store, "DELETE → verified key.revoked at the receiver",
+                       *revocation_latency(server, owner, fast, args.revocations))
 
         if args.hanging:
             slow = server.post("/v2/webhooks", {"url": hanging.url, "event_types": ["key.revoked"]}, token=admin).json
             hanging.secret = slow["secret"]
-            latencies, round_trips = revocation_latency(server, owner, fast, args.revocations)
-            load = os.getloadavg()[0]
-            print(f"[{store}, load {load:.1f}] the same with a second endpoint answering after 10 s "
-                  f"(n={len(latencies)}): {fmt(latencies)}; baseline DELETE round trip: {fmt(round_trips)}")
+            report_latency(store, "the same with a second endpoint answering after 10 s",
+                           *revocation_latency(server, owner, fast, args.revocations))
             server.delete(f"/v2/webhooks/{slow['id']}", token=admin)
 
         bulk = server.post("/v2/webhooks", {"url": fast.url, "event_types": ["key.created"]}, token=admin).json
@@ -212,20 +199,9 @@ def main() -> int:
               f"replay of {queued} deliveries: {rate:.0f} deliveries/s; baseline plain POST loop (a connection each) to the same "
               f"receiver: {baseline:.0f}/s (ratio {rate / baseline:.2f})")
     finally:
-        if server.running:
-            server.stop(timeout=5)
+        tear_down([server], work, args.database_url, schema)
         fast.close()
         hanging.close()
-        if args.database_url:
-            import psycopg
-
-            from service.settings import parse_database_url
-
-            parts = parse_database_url(args.database_url)
-            with psycopg.connect(host=parts["host"], port=parts["port"], dbname=parts["dbname"],
-                                 user=parts["user"], password=parts["password"], autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
