@@ -39,14 +39,16 @@ def remount_read_only(where: Path) -> None:
 
 
 def fill(where: Path) -> Path:
-    """Write one file until the filesystem has no space left; returns it (delete it to free)."""
+    """Write one file until the filesystem has no space left; returns it (delete it to free).
+
+    Unbuffered, in ever smaller writes down to a byte: a buffered file kept what a refused write
+    held and raised ENOSPC again at its close (whether it did hung on how the free space divided)."""
     ballast = where / "ballast"
-    chunk = b"\0" * (1 << 16)
-    with ballast.open("wb") as out:
-        try:
-            while True:
-                out.write(chunk)
-                out.flush()
-        except OSError:
-            pass
+    size = 1 << 16
+    with ballast.open("wb", buffering=0) as out:
+        while size:
+            try:
+                out.write(b"\0" * size)
+            except OSError:
+                size //= 2
     return ballast
