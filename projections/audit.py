@@ -343,6 +343,33 @@ _EVENT_ID_PREFIX = hashlib.sha1(_EVENT_ID_NAMESPACE + b"keyledger:event:")
 _VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
 
+def _app_and_owner(db: Any, aggregate_id: str, app: Any, slug: Any, owner_id: Any, apps: dict,
+                   owners: dict) -> tuple[str | None, str | None]:
+    """An event's app and its owner: the event's own (an app's registration names both, written to
+    the aggregate -> app and app -> owner facts every time: a cached fact may be from a rolled-back
+    write), else the facts known, cached in ``apps`` and ``owners``."""
+    if isinstance(app, str):
+        db.execute(_AGGREGATE_APP, (aggregate_id, app))
+        apps.setdefault(aggregate_id, app)
+    elif aggregate_id in apps:
+        app = apps[aggregate_id]
+    else:
+        row = db.execute("SELECT app_id FROM audit_aggregate_apps WHERE aggregate_id = ?",
+                         (aggregate_id,)).fetchone()
+        app = apps[aggregate_id] = row[0] if row else None
+    if slug is not None and isinstance(owner_id, str):
+        db.execute(_APP_OWNER, (slug, owner_id))
+        owners[slug] = owner_id
+    elif app is None:
+        owner_id = None
+    elif app in owners:
+        owner_id = owners[app]
+    else:
+        row = db.execute("SELECT owner_id FROM audit_app_owners WHERE app_id = ?", (app,)).fetchone()
+        owner_id = owners[app] = row[0] if row else None
+    return app, owner_id
+
+
 def audit_record(db: Any, position: int, event: Any, apps: dict | None = None,
                  owners: dict | None = None) -> dict:
     """The audit shape of one event (without its hashes), and its app's owner. ``apps`` and
@@ -352,27 +379,9 @@ def audit_record(db: Any, position: int, event: Any, apps: dict | None = None,
     kind, _, actor_id = str(getattr(event, "by", "system:unknown")).partition(":")
     originator_id = event.originator_id
     aggregate_id = str(originator_id)
-    app_id = getattr(event, "app_id", None) or getattr(event, "slug", None)
-    if isinstance(app_id, str):  # written every time: a cached fact may be from a rolled-back write
-        db.execute(_AGGREGATE_APP, (aggregate_id, app_id))
-        apps.setdefault(aggregate_id, app_id)
-    elif aggregate_id in apps:
-        app_id = apps[aggregate_id]
-    else:
-        row = db.execute("SELECT app_id FROM audit_aggregate_apps WHERE aggregate_id = ?",
-                         (aggregate_id,)).fetchone()
-        app_id = apps[aggregate_id] = row[0] if row else None
-    owner_id = getattr(event, "owner_id", None)
-    if getattr(event, "slug", None) is not None and isinstance(owner_id, str):
-        db.execute(_APP_OWNER, (event.slug, owner_id))
-        owners[event.slug] = owner_id
-    elif app_id is None:
-        owner_id = None
-    elif app_id in owners:
-        owner_id = owners[app_id]
-    else:
-        row = db.execute("SELECT owner_id FROM audit_app_owners WHERE app_id = ?", (app_id,)).fetchone()
-        owner_id = owners[app_id] = row[0] if row else None
+    slug = getattr(event, "slug", None)
+    app_id, owner_id = _app_and_owner(db, aggregate_id, getattr(event, "app_id", None) or slug, slug,
+                                      getattr(event, "owner_id", None), apps, owners)
     key_id = aggregate_id if isinstance(event, ApiKey.Event) else getattr(event, "key_id", None)
     data = {k: _plain(v) for k, v in vars(event).items() if k not in _LEFT_OUT}
     request = getattr(event, "request", None) or {}
@@ -482,26 +491,7 @@ def _stored_record(db: Any, position: int, originator_hex: Any, version: Any, bo
     except (_Unread, ValueError, TypeError, AttributeError):
         return None
     kind, _, actor_id = str(by).partition(":")
-    app = app_id or slug
-    if isinstance(app, str):
-        db.execute(_AGGREGATE_APP, (aggregate_id, app))
-        apps.setdefault(aggregate_id, app)
-    elif aggregate_id in apps:
-        app = apps[aggregate_id]
-    else:
-        row = db.execute("SELECT app_id FROM audit_aggregate_apps WHERE aggregate_id = ?",
-                         (aggregate_id,)).fetchone()
-        app = apps[aggregate_id] = row[0] if row else None
-    if slug is not None and isinstance(owner_id, str):
-        db.execute(_APP_OWNER, (slug, owner_id))
-        owners[slug] = owner_id
-    elif app is None:
-        owner_id = None
-    elif app in owners:
-        owner_id = owners[app]
-    else:
-        row = db.execute("SELECT owner_id FROM audit_app_owners WHERE app_id = ?", (app,)).fetchone()
-        owner_id = owners[app] = row[0] if row else None
+    app, owner_id = _app_and_owner(db, aggregate_id, app_id or slug, slug, owner_id, apps, owners)
     event_type, of_key = shape
     return {
         "seq": position,

@@ -226,3 +226,14 @@ def uninstall() -> None:
         from service import composition
 
         composition.creating_tables = _ORIGINAL.pop()
+
+
+def pool_in_use() -> SchemaPool:
+    """The pool, for the tests about it: skipped with the reason when there is none (a failure under
+    KEYLEDGER_REQUIRE_ALL=1)."""
+    from tests.conftest import require  # tests/conftest.py imports this module
+
+    require("the schema pool", POOL is not None,
+            "pg_dump missing or failed, or KEYLEDGER_TEST_SCHEMA_POOL=0: every store is made by the application")
+    assert POOL is not None
+    return POOL

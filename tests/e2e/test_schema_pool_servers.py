@@ -6,21 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tests import backend, schema_pool
-from tests.conftest import require, wait_until
+from tests.conftest import wait_until
 from tests.e2e.conftest import StartServer
 
 pytestmark = pytest.mark.postgres_only("the copies are PostgreSQL schemas")
 
 
-def _pool() -> schema_pool.SchemaPool:
-    require("the schema pool", schema_pool.POOL is not None,
-            "pg_dump missing or failed, or KEYLEDGER_TEST_SCHEMA_POOL=0: every store is made by the application")
-    assert schema_pool.POOL is not None
-    return schema_pool.POOL
-
-
 def test_a_server_s_first_start_takes_a_copy_and_its_restart_does_not(start_server: StartServer) -> None:
-    pool = _pool()
+    pool = schema_pool.pool_in_use()
     assert wait_until(lambda: pool.ready.qsize() > 0, timeout=30), "no copy ready within 30 s"
     placed = pool.placed
     server = start_server()
@@ -35,7 +28,7 @@ def test_a_server_s_first_start_takes_a_copy_and_its_restart_does_not(start_serv
 
 
 def test_a_server_on_a_schema_of_the_test_s_choosing_makes_its_own_store(start_server: StartServer) -> None:
-    pool = _pool()
+    pool = schema_pool.pool_in_use()
     placed = pool.placed
     server = start_server(env={"KEYLEDGER_DATABASE_SCHEMA": "chosen_by_the_test"})
     assert pool.placed == placed

@@ -6,37 +6,23 @@ lists it with its public facts; a webhook endpoint subscribed to ``key.expired``
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID
 
-import pytest
 from freezegun import freeze_time
 
 from projections.audit import AuditFilter
 from scheduler import expiry
 from scheduler.main import campaign_runs
 from service.api import create_app
-from service.composition import build_system
 from service.domain.actors import NO_REQUEST, Actor
 from service.domain.keys import ApiKey
 from service.webhooks.delivery import Deliverer
-from tests.backend import make_settings
-from tests.conftest import TEST_PEPPER, Caller, make_account
-from tests.webhooks.receiver import Receiver
+from tests.campaign_support import at
+from tests.conftest import Caller, make_account
+from tests.webhooks.receiver import Receiver, webhook_system  # noqa: F401 - the fixture `system`
 
 ADMIN = Actor.system("test")
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-@pytest.fixture
-def system(data_dir):
-    built = build_system(make_settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05,
-                                       webhooks_allow_private=True))
-    yield built
-    built.close()
 
 
 def issue(system, app: str, description: str, expires_at: datetime | None) -> tuple[str, str]:

@@ -10,16 +10,9 @@ import pytest
 
 from service.composition import build_system, store_exists
 from tests import backend, schema_pool
-from tests.conftest import TEST_PEPPER, require, wait_until
+from tests.conftest import TEST_PEPPER, wait_until
 
 pytestmark = pytest.mark.postgres_only("the copies are PostgreSQL schemas")
-
-
-def _pool() -> schema_pool.SchemaPool:
-    require("the schema pool", schema_pool.POOL is not None,
-            "pg_dump missing or failed, or KEYLEDGER_TEST_SCHEMA_POOL=0: every store is made by the application")
-    assert schema_pool.POOL is not None
-    return schema_pool.POOL
 
 
 def describe(schema: str) -> dict[str, list[tuple]]:
@@ -66,7 +59,7 @@ def _build(data_dir: Path):
 
 
 def test_a_copy_is_the_store_the_application_makes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pool = _pool()
+    pool = schema_pool.pool_in_use()
     with monkeypatch.context() as without:
         without.setattr(schema_pool, "POOL", None)
         made = _build(tmp_path / "made")  # by the application's own DDL
@@ -80,7 +73,7 @@ def test_a_copy_is_the_store_the_application_makes(tmp_path: Path, monkeypatch: 
 
 
 def test_a_copy_is_placed_only_when_the_application_creates_its_store(tmp_path: Path) -> None:
-    pool = _pool()
+    pool = schema_pool.pool_in_use()
     assert wait_until(lambda: pool.ready.qsize() > 0, timeout=30)
     settings = backend.make_settings(data_dir=tmp_path / "var", pepper=TEST_PEPPER)
     assert not store_exists(settings)  # commands that need an existing store still refuse

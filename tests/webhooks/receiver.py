@@ -8,7 +8,12 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from service.composition import build_system
+from tests.backend import make_settings
+from tests.conftest import TEST_PEPPER
 
 
 class Receiver:
@@ -72,3 +77,13 @@ class Receiver:
 
     def types(self) -> list[str]:
         return [r["payload"]["type"] for r in self.delivered()]
+
+
+@pytest.fixture(name="system")
+def webhook_system(data_dir):
+    """An in-process system that delivers to receivers on this machine (imported by the test modules
+    that use it)."""
+    built = build_system(make_settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05,
+                                       webhooks_allow_private=True))
+    yield built
+    built.close()

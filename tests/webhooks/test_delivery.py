@@ -9,19 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service.api import create_app
-from service.composition import build_system
 from service.webhooks.delivery import Deliverer
-from tests.backend import make_settings
-from tests.conftest import TEST_PEPPER, Caller, make_account, secrets_in_files
-from tests.webhooks.receiver import Receiver
-
-
-@pytest.fixture
-def system(data_dir):
-    built = build_system(make_settings(data_dir=data_dir, pepper=TEST_PEPPER, follow_interval=0.05,
-                                       webhooks_allow_private=True))
-    yield built
-    built.close()
+from tests.conftest import Caller, make_account, secrets_in_files
+from tests.webhooks.receiver import Receiver, webhook_system  # noqa: F401 - the fixture `system`
 
 
 @pytest.fixture
