@@ -6,8 +6,11 @@ import pytest
 
 from service.webhooks.delivery import Deliverer
 from tests.conftest import Caller, make_account
-from tests.webhooks.receiver import Receiver
-from tests.webhooks.test_delivery import admin, client, owner, system  # noqa: F401 - fixtures
+from tests.webhooks.receiver import (
+    Receiver,
+    webhook_system,  # noqa: F401 - the fixture `system`
+)
+from tests.webhooks.test_delivery import admin, client, owner  # noqa: F401 - fixtures
 
 
 @pytest.fixture

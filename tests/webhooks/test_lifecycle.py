@@ -10,8 +10,11 @@ from datetime import timedelta
 from projections.audit import AuditFilter
 from scheduler.main import campaign_runs
 from service.webhooks.delivery import Deliverer
-from tests.webhooks.receiver import Receiver
-from tests.webhooks.test_delivery import admin, client, owner, register, system  # noqa: F401 - fixtures
+from tests.webhooks.receiver import (
+    Receiver,
+    webhook_system,  # noqa: F401 - the fixture `system`
+)
+from tests.webhooks.test_delivery import admin, client, owner, register  # noqa: F401 - fixtures
 
 
 def test_an_endpoint_failing_too_long_is_disabled_and_its_registrant_gets_an_email(system, admin, owner):  # noqa: F811
