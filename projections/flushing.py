@@ -5,6 +5,7 @@ flushed once more at stop. Last-used times and usage counts are such views."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -41,13 +42,14 @@ class PeriodicFlush:
             except Exception as error:  # noqa: BLE001 - kept and retried; said once per outage
                 failures += 1
                 if failures == 1:
-                    self.LOG.warning("writing %s failed (%s); kept in memory, retrying every %s s",
-                                     self.FLUSHED, _first_line(error), interval)
+                    self.LOG.warning("writing %s failed in process %d (%s); kept in memory, retrying every %s s",
+                                     self.FLUSHED, os.getpid(), _first_line(error), interval)
                 if self.on_error is not None:
                     self.on_error()
             else:
                 if failures:
-                    self.LOG.info("%s written again after %d failed round(s)", self.FLUSHED, failures)
+                    self.LOG.info("%s written again in process %d after %d failed round(s)", self.FLUSHED,
+                                  os.getpid(), failures)
                 failures = 0
 
     def stop(self) -> None:
