@@ -81,7 +81,7 @@ class Page:
     view that reads the others' stored JSON itself — so a page no view needs as events is never
     decoded."""
 
-    __slots__ = ("_items", "judged", "_decode", "_records", "_events", "first", "last")
+    __slots__ = ("_items", "judged", "_decode", "_records", "_events", "_states", "_by_topic", "first", "last")
 
     def __init__(self, items: Any = (), records: dict[int, tuple] | None = None, *,
                  judged: list[tuple] | None = None, decode: Callable[[tuple], Any] | None = None) -> None:
@@ -90,6 +90,8 @@ class Page:
         self._decode = decode
         self._records = records
         self._events: dict[int, Any] = {}  # decoded one at a time, by index in ``judged``
+        self._states: dict[int, Any] = {}  # stored states parsed (not decoded), by index in ``judged``
+        self._by_topic: dict[Any, list[int]] | None = None
         rows = judged if judged is not None else self._items
         self.first = rows[0][0] if rows else 0
         self.last = rows[-1][0] if rows else 0
@@ -121,6 +123,37 @@ class Page:
             found = self._events[i] = self._decode(self.judged[i])  # type: ignore[misc, index]
         return found
 
+    def state(self, i: int) -> Any:
+        """The stored state of ``judged[i]`` as parsed JSON (plain dicts, lists and scalars; typed
+        values still as ``{"_type_": …, "_data_": …}``), parsed once for every view that reads it;
+        None when the record is refused or its state is not a JSON object. Shared: never mutated."""
+        found = self._states.get(i, _UNPARSED)
+        if found is _UNPARSED:
+            record = self.judged[i]  # type: ignore[index]
+            found = None
+            if record[5] is None:
+                try:
+                    found = _loads(record[6])
+                except Exception:  # noqa: BLE001 - not JSON: decoded (and refused) by the caller
+                    found = None
+                if type(found) is not dict:
+                    found = None
+            self._states[i] = found
+        return found
+
+    def by_topic(self) -> dict[Any, list[int]]:
+        """The indexes in ``judged`` of each topic's records, in log order (computed once)."""
+        if self._by_topic is None:
+            groups: dict[Any, list[int]] = {}
+            for i, record in enumerate(self.judged or ()):
+                topic = record[3]
+                try:
+                    groups.setdefault(topic, []).append(i)
+                except TypeError:  # a topic of an unhashable type (tampered): its own group
+                    groups.setdefault(repr(topic), []).append(i)
+            self._by_topic = groups
+        return self._by_topic
+
     @property
     def records(self) -> dict[int, tuple] | None:
         if self._records is None and self.judged is not None:
@@ -133,8 +166,17 @@ class Page:
             keep = [i for i, record in enumerate(self.judged) if record[0] > position]
             page = Page(judged=[self.judged[i] for i in keep], decode=self._decode)
             page._events = {j: self._events[i] for j, i in enumerate(keep) if i in self._events}
+            page._states = {j: self._states[i] for j, i in enumerate(keep) if i in self._states}
             return page
         return Page([item for item in self.items() if item[0] > position], self._records)
+
+
+_UNPARSED = object()
+
+try:
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - orjson is a dependency; the standard library reads the same JSON
+    from json import loads as _loads
 
 
 class MemoryIndex(Protocol):

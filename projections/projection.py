@@ -88,8 +88,17 @@ class Projection:
         kind = type(self)
         if judged is None or kind.process is not Projection.process or kind.process_batch is not Projection.process_batch:
             return page
-        wants, event = self.wants, page.event  # type: ignore[attr-defined]
-        return [(record[0], event(i)) for i, record in enumerate(judged) if wants(record)]
+        wanted: list[int] = []
+        handlers = self._handlers
+        for topic, indexes in page.by_topic().items():  # type: ignore[attr-defined]
+            cls = topic_class(topic)
+            if cls is None or cls in handlers:
+                wanted.extend(indexes)
+            else:  # a refused record is decoded whatever its topic (the refusal is reported there)
+                wanted.extend(i for i in indexes if judged[i][5] is not None)
+        wanted.sort()
+        event = page.event  # type: ignore[attr-defined]
+        return [(judged[i][0], event(i)) for i in wanted]
 
     def wants(self, record: tuple) -> bool:
         """Whether a judged record's event may be one this view has a handler for: its topic's
