@@ -15,7 +15,7 @@ import json
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from operator import itemgetter
@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - a dependency
     _loads = json.loads
 
 from projections.follower import collector_paused
-from projections.projection import Projection, StatementRuns, handles
+from projections.projection import Projection, StatementRuns, handles, topic_class
 from projections.store import ViewStore, upsert
 from projections.timefmt import epoch
 from service.domain.accounts import Account
@@ -174,55 +174,81 @@ class VerificationView(Projection):
         if _staging(db) and _has_staged(db):
             _merge_staged(db)
 
-    @staticmethod
-    def _new_key(e: Any) -> tuple:
-        """A decoded new key's fields, as ``_issued_row`` reads them from its stored JSON."""
-        return (bytes.fromhex(e.digest), str(e.originator_id), e.app_id, " ".join(e.scopes), epoch(e.expires_at))
-
     def process_page(self, db: Any, page: Any) -> None:
-        """A page of a bulk pass. New keys (most of a big log) are read from their stored JSON — four
-        fields, no event object built (``_issued_row``) — and written in bulk (staged on SQLite: see
-        above); every other event is decoded and applied in order between them, as live."""
+        """A page of a bulk pass, folded in memory (``_PageFold``): its events become operations on rows
+        (read from their stored JSON, ``page.state``, with no event object built; decoded only when of a
+        shape that reader does not know), the rows they touch are read at once (one ``SELECT … IN`` per
+        few hundred digests), changed in a dictionary as each event's statements would change them,
+        and written once at the page's end — a key issued, its scopes changed, rolled and revoked
+        within the page is one row written, not four statements. New keys are staged on SQLite."""
         judged = getattr(page, "judged", None)
         if judged is None:
             return super().process_page(db, page)
         runs = StatementRuns(db)
-        staging = _staging(db)
-        staged = staging and _has_staged(runs)  # keys staged by earlier pages (or another process)
-        pending: list[tuple] = []  # new keys since the last other event
+        wanted: list[int] = []
+        for topic, indexes in page.by_topic().items():
+            cls = topic_class(topic)
+            if cls is not None and cls in self._handlers:
+                wanted.extend(indexes)
+        wanted.sort()
+        ops: list[tuple] = []
         issued_row, issued_topic, readable = _issued_row, _ISSUED_TOPIC, _ISSUED_READABLE
-        for i, record in enumerate(judged):
-            if record[5] is None and record[3] == issued_topic and readable:
+        for i in wanted:
+            record = judged[i]
+            if record[5] is not None:  # refused: decoded as a RefusedRecord, which no handler takes
+                continue
+            topic = record[3]
+            if topic == issued_topic and readable:
                 row = issued_row(record[1], record[6])
                 if row is not None:
-                    pending.append(row)
+                    ops.append((_NEW_KEY, row))
                     continue
-            event = page.event(i)
-            if type(event) is ApiKey.Issued:
-                pending.append(self._new_key(event))
-                continue
-            if self._handlers.get(type(event)) is None:
-                continue
-            if staged:  # this event may touch a staged key: they go into the view first
-                _merge_staged(runs)
-                staged = False
-            if pending:
-                self._write_new_keys(runs, pending)
-                pending = []
-            self.process(runs, record[0], event)
-        if pending:
-            if staging:  # the run of new keys may go on in the next page: staged, in the log's order
-                runs.executemany(self._STAGE, pending)
             else:
-                self._write_new_keys(runs, pending)
+                read = _READERS.get(topic)
+                if read is not None and (state := page.state(i)) is not None and (op := read(state)) is not None:
+                    ops.append(op)
+                    continue
+            ops.append(self._operation(page.event(i)))
+        staging = _staging(db)
+        fold = _PageFold(runs, staging)
+        referenced = {digest for op in ops if op[0] >= _SCOPES for digest in _touched(op)}
+        if (referenced or any(op[0] == _PUT for op in ops)) and staging and _has_staged(runs):
+            _merge_staged(runs)  # keys staged by earlier pages came before this page's events: in first
+        if referenced:
+            fold.load(referenced)
+        fold.apply(ops, lambda e: self.process(runs, 0, e))
+        fold.write()
         runs.flush()
         return None
 
-    def _write_new_keys(self, db: Any, rows: list[tuple]) -> None:
-        """New keys into the view, in the B-tree's order (a stable sort: of two rows with the same
-        digest, the later still wins)."""
-        rows.sort(key=_first)
-        db.executemany(self._INSERT_NEW_KEY, rows)
+    def _operation(self, e: Any) -> tuple:
+        """A decoded event as an operation of ``_PageFold.apply``: as its handler changes the view."""
+        kind = type(e)
+        if kind is ApiKey.Issued:
+            return _NEW_KEY, self._new_key(e)
+        if kind is ApiKey.ScopesChanged:
+            return _SCOPES, [bytes.fromhex(d) for d in e.digests], " ".join(e.scopes)
+        if kind is ApiKey.Rolled:
+            return _REPLACE, bytes.fromhex(e.previous_digest), bytes.fromhex(e.digest), epoch(e.previous_valid_until)
+        if kind is ApiKey.Revoked:
+            return _END, [bytes.fromhex(d) for d in e.digests], epoch(e.timestamp)
+        if kind is ApiKey.Restricted:
+            return _RESTRICT, [bytes.fromhex(d) for d in e.digests], \
+                restriction_text(e.restrictions) if e.restrictions else None
+        if kind is Account.Registered:
+            return _PUT, [bytes.fromhex(e.token_digest), PERSONAL_TOKEN, str(e.originator_id), None, e.role, "",
+                          None, None]
+        if kind is Account.TokenReplaced:
+            return _REPLACE, bytes.fromhex(e.previous_digest), bytes.fromhex(e.token_digest), epoch(e.timestamp)
+        if kind is LegacyClient.AccessTokenIssued:
+            return _PUT, [bytes.fromhex(e.token_digest), ACCESS_TOKEN, str(e.originator_id), e.app_id, None, ALL,
+                          epoch(e.expires_at), None]
+        return _OTHER, e  # the legacy clients' own table (or nothing): through the handler, in order
+
+    @staticmethod
+    def _new_key(e: Any) -> tuple:
+        """A decoded new key's fields, as ``_issued_row`` reads them from its stored JSON."""
+        return (bytes.fromhex(e.digest), str(e.originator_id), e.app_id, " ".join(e.scopes), epoch(e.expires_at))
 
     @handles(ApiKey.ScopesChanged)
     def _scopes(self, db: Any, position: int, e: Any) -> None:
@@ -265,6 +291,206 @@ class VerificationView(Projection):
 
 _ISSUED_TOPIC = f"{ApiKey.Issued.__module__}:{ApiKey.Issued.__qualname__}"
 _ISSUED_READABLE = getattr(ApiKey.Issued, "class_version", 1) == 1  # else stored states need upcasting
+
+
+def _topic(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+# The operations of a page's fold (``_PageFold.apply``), numbered so that those that put a whole row
+# come first: from ``_SCOPES`` on, an operation reads the rows of the digests it names (``_touched``).
+# (``_RESTRICT`` writes the restrictions' side table only.)
+_OTHER, _PUT, _NEW_KEY, _RESTRICT, _SCOPES, _END, _REPLACE = range(7)
+
+
+def _touched(op: tuple) -> Sequence[bytes]:
+    """The digests whose rows an operation from ``_SCOPES`` on reads."""
+    return op[1] if op[0] != _REPLACE else (op[1], op[2])
+
+
+def _stored_epoch(value: Any) -> float | None:
+    """The epoch seconds of a time as stored ({"_type_": "datetime_iso", "_data_": …}, what the mapper
+    decodes with ``datetime.fromisoformat``); None for anything else."""
+    if type(value) is dict and len(value) == 2 and value.get("_type_") == "datetime_iso":
+        data = value.get("_data_")
+        if type(data) is str:
+            try:
+                return datetime.fromisoformat(data).timestamp()
+            except ValueError:
+                return None
+    return None
+
+
+def _digests(value: Any) -> list[bytes] | None:
+    """A stored list of hex digests as bytes; None if it is not one (decoded instead)."""
+    if type(value) is not list:
+        return None
+    try:
+        return [bytes.fromhex(v) for v in value]  # a str only: fromhex refuses anything else
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_scopes(state: dict) -> tuple | None:
+    scopes, digests = state.get("scopes"), _digests(state.get("digests"))
+    if "class_version" in state or digests is None or type(scopes) is not list \
+            or not all(type(s) is str for s in scopes):
+        return None
+    return _SCOPES, digests, " ".join(scopes)
+
+
+def _read_rolled(state: dict) -> tuple | None:
+    digest, previous = state.get("digest"), state.get("previous_digest")
+    if "class_version" in state or type(digest) is not str or type(previous) is not str:
+        return None
+    until = _stored_epoch(state.get("previous_valid_until"))
+    try:
+        return None if until is None else (_REPLACE, bytes.fromhex(previous), bytes.fromhex(digest), until)
+    except ValueError:
+        return None
+
+
+def _read_revoked(state: dict) -> tuple | None:
+    digests = _digests(state.get("digests"))
+    at = _stored_epoch(state.get("timestamp"))
+    if "class_version" in state or digests is None or at is None:
+        return None
+    return _END, digests, at
+
+
+# Events read from their stored JSON in a bulk pass, by topic (any other is decoded).
+_READERS: dict[str, Callable[[dict], tuple | None]] = {
+    _topic(ApiKey.ScopesChanged): _read_scopes,
+    _topic(ApiKey.Rolled): _read_rolled,
+    _topic(ApiKey.Revoked): _read_revoked,
+}
+
+
+class _PageFold:
+    """The verification rows (and client restrictions) a bulk page touches, in memory: loaded from
+    the view once, changed by the page's events in order exactly as their statements change the
+    view (``_UPSERT``, ``_COPY``, ``_END``, ``UPDATE … scopes``, the restrictions' upsert, copy and
+    delete), written at the page's end — new plain keys staged on SQLite, every other row changed
+    upserted in the B-tree's order."""
+
+    __slots__ = ("db", "staging", "rows", "in_view", "dirty", "restrictions", "restricted")
+
+    def __init__(self, db: Any, staging: bool) -> None:
+        self.db = db
+        self.staging = staging
+        self.rows: dict[bytes, list | None] = {}  # digest -> the row as it stands (None: no row)
+        self.in_view: set[bytes] = set()  # digests found in the view
+        self.dirty: dict[bytes, None] = {}  # rows changed, in the order first changed
+        self.restrictions: dict[bytes, str | None] = {}  # digest -> its restriction (None: none)
+        self.restricted: dict[bytes, None] = {}  # restrictions changed
+
+    def load(self, digests: set[bytes] | list[bytes]) -> None:
+        wanted = list(digests)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT {', '.join(VerificationView._COLUMNS)} FROM verification "
+                                       f"WHERE digest IN ({marks})", chunk).fetchall():
+                values = list(row)
+                digest = values[0] = bytes(values[0])
+                self.rows[digest] = values
+                self.in_view.add(digest)
+            for row in self.db.execute("SELECT digest, restrictions FROM verification_restrictions "
+                                       f"WHERE digest IN ({marks})", chunk).fetchall():
+                self.restrictions[bytes(row[0])] = row[1]
+        for digest in wanted:
+            self.rows.setdefault(digest, None)
+            self.restrictions.setdefault(digest, None)
+
+    def _row(self, digest: bytes) -> list | None:
+        if digest not in self.rows:
+            self.load([digest])
+        return self.rows[digest]
+
+    def apply(self, ops: Sequence[tuple], other: Callable[[Any], None]) -> None:
+        """The page's operations in order (``other``: a decoded event for its handler)."""
+        rows, dirty = self.rows, self.dirty
+        for op in ops:
+            code = op[0]
+            if code == _NEW_KEY:  # (digest, key_id, app_id, scopes, expires_at), as ``_issued_row`` reads it
+                row = op[1]
+                digest = row[0]
+                rows[digest] = [digest, API_KEY, row[1], row[2], None, row[3], row[4], None]
+                dirty[digest] = None
+            elif code == _SCOPES:
+                text = op[2]
+                for digest in op[1]:
+                    found = self._row(digest)
+                    if found is not None:
+                        found[5] = text
+                        dirty[digest] = None
+            elif code == _END:
+                for digest in op[1]:
+                    self._end(digest, op[2])
+            elif code == _REPLACE:
+                self._replace(op[1], op[2], op[3])
+            elif code == _PUT:
+                rows[op[1][0]] = op[1]
+                dirty[op[1][0]] = None
+            elif code == _RESTRICT:
+                for digest in op[1]:
+                    self.restrictions[digest] = op[2]
+                    self.restricted[digest] = None
+            else:
+                other(op[1])
+
+    def _end(self, digest: bytes, at: float | None) -> None:
+        """``_END``: ends_at = LEAST(COALESCE(ends_at, at), at)."""
+        row = self._row(digest)
+        if row is None:
+            return
+        ends = row[7]
+        if at is None:  # SQLite's MIN(x, NULL) is NULL; PostgreSQL's LEAST ignores NULLs
+            row[7] = None if self.staging else ends
+        else:
+            row[7] = at if ends is None or at < ends else ends
+        self.dirty[digest] = None
+
+    def _replace(self, old: bytes, new: bytes, old_ends: float | None) -> None:
+        """``_replace_secret``: the old secret's row copied under the new digest, the old one ended,
+        its restriction copied."""
+        row = self._row(old)
+        if row is not None:
+            self.rows[new] = [new, *row[1:7], None]
+            self.dirty[new] = None
+        self._row(new)  # known from here on (whether in the view or not)
+        self._end(old, old_ends)
+        if old not in self.restrictions:
+            found = self.db.execute("SELECT restrictions FROM verification_restrictions WHERE digest = ?",
+                                    (old,)).fetchone()
+            self.restrictions[old] = found[0] if found else None
+        restriction = self.restrictions[old]
+        if restriction is not None:
+            self.restrictions[new] = restriction
+            self.restricted[new] = None
+
+    def write(self) -> None:
+        staged, rows = [], []
+        for digest in self.dirty:
+            row = self.rows[digest]
+            if row is None:
+                continue
+            if self.staging and digest not in self.in_view and row[1] == API_KEY and row[4] is None \
+                    and row[7] is None:
+                staged.append((digest, row[2], row[3], row[5], row[6]))
+            else:
+                rows.append(tuple(row))
+        if staged:
+            self.db.executemany(VerificationView._STAGE, staged)
+        if rows:
+            rows.sort(key=_first)
+            self.db.executemany(VerificationView._UPSERT, rows)
+        kept = sorted((d, self.restrictions[d]) for d in self.restricted if self.restrictions[d] is not None)
+        if kept:
+            self.db.executemany(VerificationView._RESTRICTION, kept)
+        gone = sorted((d,) for d in self.restricted if self.restrictions[d] is None)
+        if gone:
+            self.db.executemany("DELETE FROM verification_restrictions WHERE digest = ?", gone)
 _first = itemgetter(0)
 
 _STAGED_DDL = f"""CREATE TABLE IF NOT EXISTS {VerificationView._STAGED} (
