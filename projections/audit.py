@@ -129,6 +129,15 @@ class AuditTrail(Projection):
             db.execute("DELETE FROM projection_tracking WHERE projection = ?", (self.name,))
         super().create(db, with_indexes=with_indexes)
 
+    def side_build(self) -> None:
+        self.on_head = None  # the tail mark is the main process's: told once the rows are adopted
+
+    def adopt(self, db: Any, schema: str) -> None:
+        super().adopt(db, schema)
+        head = db.execute("SELECT seq, hash FROM main.audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+        if head is not None and self.on_head is not None:
+            self.on_head(head[0], head[1])
+
     def process(self, db: Any, position: int, event: Any) -> None:
         self.process_batch(db, [(position, event)])
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -207,6 +208,13 @@ class Follower:
         # took 90 s in pages of 10,000 and 50 s in pages of 100,000 (load 8 on 2 cores).
         self.page_size = page_size
         self.beacon = beacon
+        # A bulk pass builds these views in a second process (``_build``: started by ``side_start``,
+        # with ``wait()``, ``returncode`` and ``kill()``, as ``subprocess.Popen``), when they are all
+        # unbuilt and the log holds ``side_from`` events or more.
+        self.side_views: tuple[str, ...] = ()
+        self.side_start: Callable[[Any, list[str], int], Any] | None = None  # -> a started process
+        self.side_from = 100_000
+        self.side_builds = 0  # bulk passes whose side views were built aside and adopted
         self.position = 0  # the last event this process's in-memory indexes reflect
         self._index_positions: list[int] = []  # each index's (one loaded from a snapshot may be ahead)
         self.views_position = 0  # the lowest view position seen in the last view write
@@ -500,28 +508,125 @@ class Follower:
         return count
 
     def _build(self) -> int:
+        """Bring every view that is behind to the log's end (``_build_pages``) — the views named in
+        ``side_views`` in a second process, when they are all unbuilt and the log is long
+        (``_start_side``): two cores build the views at once, and the rows built aside are adopted
+        in one transaction at the end. Should the second process fail, or someone else build those
+        views meanwhile, this process builds (or keeps) them as usual. A process that finds another
+        building them aside builds the rest and waits for that one's end. Returns the events read."""
+        side = self._start_side()
+        if side is None:
+            return self._build_pages(self.projections)
+        process, path, aside, lock = side
+        try:
+            count = self._build_pages([p for p in self.projections if p not in aside])
+            if process is None:  # another process's second process builds them: wait for its end
+                lock = self.store.side_lock(wait=True)  # type: ignore[attr-defined]
+            else:
+                process.wait()
+        except BaseException:
+            if process is not None:
+                process.kill()
+                process.wait()
+                self.store.remove_side(path)  # type: ignore[attr-defined]
+            if lock is not None:
+                lock.close()
+            raise
+        try:
+            if process is not None:
+                self._adopt(process, path, aside)
+        finally:
+            lock.close()
+        # Every view to the log's end: the views built aside if they were not adopted; else whatever
+        # the log gained while the two processes built (one empty read, usually).
+        return max(count, self._build_pages(self.projections))
+
+    def _adopt(self, process: Any, path: Any, aside: list[Projection]) -> None:
+        try:
+            if process.returncode == 0:
+                if self.store.adopt(path, aside) is not None:  # type: ignore[attr-defined]
+                    self.side_builds += 1
+            else:
+                log.warning("the second process building views %s failed (exit code %s); building them here",
+                            ", ".join(p.name for p in aside), process.returncode)
+        except Exception:  # noqa: BLE001 - built here instead, from where they stand
+            log.exception("adopting the views built by a second process failed; building them here")
+        finally:
+            self.store.remove_side(path)  # type: ignore[attr-defined]
+
+    def _start_side(self) -> tuple[Any, Any, list[Projection], Any] | None:
+        """Start the second process of a bulk pass (``side_start(path, names, page_size)``, given by
+        the composition root: a process started afresh, never a fork of this one), if there are
+        views named in ``side_views``, all unbuilt (position 0), beside others, a log of at least
+        ``side_from`` events, and a store that adopts rows built aside (SQLite). Another process
+        holding the store's side lock builds them already: (None, None, those views, None)."""
+        aside = [p for p in self.projections if p.name in self.side_views]
+        if not aside or self.side_start is None or not hasattr(self.store, "adopt") \
+                or len(aside) == len(self.projections):
+            return None
+        with self.store.read() as db:
+            positions = self.store.positions(db)
+        if any(positions.get(p.name, 0) != 0 for p in aside) or self.source.last_position() < self.side_from:
+            return None
+        lock = self.store.side_lock(wait=False)  # type: ignore[attr-defined]
+        if lock is None:
+            return None, None, aside, None
+        self.store.remove_stale_sides()  # type: ignore[attr-defined]
+        path = self.store.side_path(os.getpid())  # type: ignore[attr-defined]
+        self.store.remove_side(path)  # type: ignore[attr-defined]
+        try:
+            process = self.side_start(path, [p.name for p in aside], self.page_size)
+        except Exception:  # noqa: BLE001 - no second process: built here, as before
+            log.exception("starting a second process to build views failed; building them here")
+            lock.close()
+            return None
+        return process, path, aside, lock
+
+    def build_aside(self, parent: int) -> None:
+        """In the second process of a bulk pass: this follower's views built from the log's start in
+        its store (the side file, ``_build_pages``), stopping should the process ``parent`` be gone."""
+        store = self.store
+        for projection in self.projections:
+            projection.side_build()
+        with store.write() as db:
+            for projection in self.projections:
+                projection.create(db, with_indexes=False)
+        read_judged = self.source.read_judged  # type: ignore[attr-defined]
+
+        def read_while_wanted(after: int, limit: int) -> list[tuple]:
+            if os.getppid() != parent:  # the main process is gone: nobody will adopt these rows
+                raise RuntimeError("the process that started this build is gone")
+            return read_judged(after, limit)
+
+        self.source.read_judged = read_while_wanted  # type: ignore[attr-defined]
+        try:
+            self._build_pages(self.projections)
+        finally:
+            store.close()
+
+    def _build_pages(self, projections: Sequence[Projection]) -> int:
         """Bring every view that is behind to the log's end, a page at a time: each page read once
         (``_read_page``), applied in bulk to every view still behind it, and committed with their
         new positions in one transaction. The positions are read inside that transaction, so
         processes building side by side (instances starting together) share the work and apply
         each event once. Returns the number of events read."""
         count = 0
-        if not self.projections:
+        if not projections:
             return count
         with collector_paused(), self.store.bulk():
             while True:
                 with self.store.write() as db:
                     known = self.store.positions(db)
-                    positions = {p.name: known.get(p.name, 0) for p in self.projections}
+                    positions = {p.name: known.get(p.name, 0) for p in projections}
                     after = min(positions.values())
                     # The stored records too, if a view behind wants them (a view left out here
                     # that turns out to be behind reads them itself: slower, the same rows).
                     records = any(p.reads_records and positions[p.name] < after + self.page_size
-                                  for p in self.projections)
+                                  for p in projections)
                     page = self._read_page(after, self.page_size, records)
                     if page:
                         last = page.last
-                        for projection in self.projections:
+                        for projection in projections:
                             done = positions[projection.name]
                             if done < last:
                                 projection.process_page(db, page if page.first > done else page.after(done))
@@ -529,7 +634,7 @@ class Follower:
                         self.store.set_positions(db, {name: position for name, position in positions.items()
                                                       if position != known.get(name)})
                     if len(page) < self.page_size:  # the log's end: what the pages left for it
-                        for projection in self.projections:
+                        for projection in projections:
                             projection.finish_bulk(db)
                 count += len(page)
                 self.views_position = min(positions.values())

@@ -52,6 +52,20 @@ class Projection:
         for table in self.tables:
             db.execute(f"DROP TABLE IF EXISTS {table}")
 
+    def adopt(self, db: Any, schema: str) -> None:
+        """This view's rows, built in the attached database ``schema`` by a second process (a bulk
+        pass's side build, on SQLite), made the store's: every table of ``tables`` replaced by its
+        copy there (same DDL, so the same columns)."""
+        for table in self.tables:
+            columns = ", ".join(row[1] for row in db.execute(f"PRAGMA {schema}.table_info({table})").fetchall())
+            db.execute(f"DELETE FROM main.{table}")
+            if columns:
+                db.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM {schema}.{table}")
+
+    def side_build(self) -> None:
+        """Called in the second process of a bulk pass before it builds this view there: drop what
+        must only happen in the main process (callbacks into it)."""
+
     def process(self, db: Any, position: int, event: Any) -> None:
         handler = self._handlers.get(type(event))
         if handler is not None:

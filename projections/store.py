@@ -22,7 +22,9 @@ event is applied exactly once however many processes write.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
+import os
 import re
 import sqlite3
 import threading
@@ -282,6 +284,65 @@ class SqliteViewStore(ViewStore):
                 pass
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.execute("PRAGMA shrink_memory")
+
+    # -- a bulk pass's second process (``Follower.side_views``) -------------------------------------
+
+    def side_path(self, pid: int) -> Path:
+        """The file a second process of process ``pid`` builds views in (beside this store's)."""
+        return Path(f"{self.path}.side-{pid}")
+
+    def remove_stale_sides(self) -> None:
+        """Side files left by processes that are gone (killed half-way): removed."""
+        for path in Path(self.path).parent.glob(Path(self.path).name + ".side-*"):
+            pid = path.name.rsplit("-", 1)[-1]  # (its -wal and -shm files end otherwise: skipped)
+            if not pid.isdigit():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                self.remove_side(path)
+            except OSError:
+                pass
+
+    def side_lock(self, *, wait: bool) -> Any:
+        """The lock a process holds while a second process of its builds views aside (one at a time
+        per store: instances starting together share one). Returns the held lock (an open file; closing
+        it releases it, as does the holder's end), or None when another holds it and ``wait`` is false."""
+        lock = os.fdopen(os.open(f"{self.path}.side.lock", os.O_RDWR | os.O_CREAT, 0o600), "r+b")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return None
+        except BaseException:
+            lock.close()
+            raise
+        return lock
+
+    @staticmethod
+    def remove_side(path: Path) -> None:
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+            name.unlink(missing_ok=True)
+
+    def adopt(self, path: Path, projections: Sequence[Any]) -> dict[str, int] | None:
+        """The rows of ``projections`` built in the side file ``path`` made this store's, with their
+        positions, in one transaction — if this store's views of them are still unbuilt (position 0:
+        nobody built them meanwhile). Returns the positions adopted, or None."""
+        db = self._connection()
+        db.execute("ATTACH DATABASE ? AS side", (str(path),))
+        try:
+            with self.write() as tx:
+                mine = self.positions(tx)
+                if any(mine.get(p.name, 0) != 0 for p in projections):
+                    return None
+                theirs = dict(tx.execute("SELECT projection, position FROM side.projection_tracking").fetchall())
+                for projection in projections:
+                    projection.adopt(tx, "side")
+                adopted = {p.name: theirs.get(p.name, 0) for p in projections}
+                self.set_positions(tx, adopted)
+            return adopted
+        finally:
+            db.execute("DETACH DATABASE side")
 
     def scan(self, db: _SqliteDb, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple]:
         cursor = db.connection.cursor()

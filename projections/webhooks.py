@@ -72,6 +72,14 @@ class WebhooksView(Projection):
         self.audit = audit  # applied before this view in the same transaction: its records are reused
         self._prefetched: tuple[Any, Any] | None = None
 
+    def adopt(self, db: Any, schema: str) -> None:
+        """The endpoints as built aside; the deliveries it queued added to the outbox, which a rebuild
+        keeps (one already there, sent or not, stays as it is)."""
+        super().adopt(db, schema)
+        columns = ", ".join(row[1] for row in db.execute(f"PRAGMA {schema}.table_info(webhook_deliveries)"))
+        db.execute(f"INSERT INTO main.webhook_deliveries ({columns}) SELECT {columns} FROM {schema}.webhook_deliveries "
+                   "WHERE true ON CONFLICT (id) DO NOTHING")
+
     def prefetch(self, db: Any) -> None:
         """Ask for the enabled endpoints now: in a pipelined write the question travels with the
         positions' read, so a command pays no round trip for it."""

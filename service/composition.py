@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -31,7 +36,13 @@ from projections.last_used import LastUsed
 from projections.legacy_usage import LegacyUsage, LegacyUsageView
 from projections.limits import LimitBook, LimitsView
 from projections.listener import LogListener
-from projections.store import TRANSIENT_ERRORS, ViewStore, advisory_key, open_view_store
+from projections.store import (
+    TRANSIENT_ERRORS,
+    SqliteViewStore,
+    ViewStore,
+    advisory_key,
+    open_view_store,
+)
 from projections.usage import Usage
 from projections.verification import VerificationIndex, VerificationView
 from projections.webhooks import WebhookOutbox, WebhooksView
@@ -181,8 +192,9 @@ def _owner_only(data_dir: Path) -> None:
             path.chmod(0o600)
 
 
-def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
-                 follow: bool = True) -> System:
+def _ledger(settings: Settings, clock: Callable[[], datetime] = utc_now
+            ) -> tuple[Keyledger, Ed25519PrivateKey, bytes, credentials.Digester]:
+    """The eventsourcing application over the configured store, with its keys."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     pepper = credentials.load_or_create_pepper(settings.data_dir, settings.pepper)
     try:
@@ -195,6 +207,56 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
     with creating_tables(settings):  # instances starting together create tables one at a time
         keys_app = Keyledger(env=settings.eventsourcing_env(), digester=digester, clock=clock, legacy=legacy,
                              seal_key=credentials.record_seal_key(signing_key))
+    return keys_app, signing_key, pepper, digester
+
+
+# Views a bulk pass on SQLite builds in a second process (``Follower.side_views``): the audit trail,
+# a third of a first start's work, and the webhooks view, which reuses its records.
+SIDE_VIEWS = ("audit", "webhooks")
+
+
+def start_side_build(settings: Settings) -> Callable[[Path, list[str], int], Any]:
+    """``Follower.side_start``: a Python process started afresh (no connection, lock or thread of
+    this one's is copied into it, and no main module run again) that runs ``build_aside`` with this
+    process's import path; its arguments travel on its standard input, never on its command line."""
+    def start(path: Path, names: list[str], page_size: int) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-c", _SIDE_MAIN], stdin=subprocess.PIPE,
+                                   env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+        assert process.stdin is not None
+        with process.stdin:
+            process.stdin.write(pickle.dumps((settings, str(path), names, page_size, os.getpid())))
+        return process
+    return start
+
+
+_SIDE_MAIN = ("import pickle, sys; from service.composition import build_aside; "
+              "build_aside(*pickle.loads(sys.stdin.buffer.read()))")
+
+
+def build_aside(settings: Settings, path: str, names: list[str], page_size: int, parent: int) -> None:
+    """The second process of a bulk pass: the views ``names`` (of ``SIDE_VIEWS``) built from the log
+    into the SQLite file ``path``, for the process ``parent`` to adopt. Records are judged as the
+    parent judges them (the same rules, primed from the ledger); a refused one is reported by the
+    parent's own pass, not here."""
+    keys_app, signing_key, _, _ = _ledger(settings)
+    try:
+        keys_app.prime_record_rules(signing_key.public_key())
+        keys_app.on_refused = lambda seq, problem: None
+        audit_trail = AuditTrail(keys_app.stored_records)
+        views = {"audit": audit_trail, "webhooks": WebhooksView(audit_trail)}
+        store = SqliteViewStore(path)
+        try:
+            Follower(keys_app, store, [views[name] for name in SIDE_VIEWS if name in names],
+                     page_size=page_size).build_aside(parent)
+        finally:
+            store.close()
+    finally:
+        keys_app.close()
+
+
+def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
+                 follow: bool = True) -> System:
+    keys_app, signing_key, pepper, digester = _ledger(settings, clock)
     keys_app.leak_policy = settings.leak_policy
     keys_app.webhook_box = SecretBox(pepper)  # webhook secrets sealed under the pepper's key
     keys_app.webhooks_allow_private = settings.webhooks_allow_private
@@ -213,6 +275,8 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
                          WebhooksView(audit_trail)],  # after the audit trail: reuses its records
                         [index, limit_book],
                         beacon=beacon)
+    if not settings.uses_postgres:  # two cores build a first start's views (see Follower._build)
+        follower.side_views, follower.side_start = SIDE_VIEWS, start_side_build(settings)
     follower.start()
     if follower.views_ahead_at is not None:  # the log ends before the views: truncated, or restored
         mark.note(follower.views_ahead_at, None)

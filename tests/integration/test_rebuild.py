@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
@@ -235,3 +240,70 @@ def test_a_verification_rebuild_cut_short_resumes_with_the_keys_it_staged(system
         assert staged_keys(system) in (0, None)
     if system.views.dialect == "sqlite":
         assert max(staged_at_a_cut) > 0  # the cuts did leave keys staged
+
+
+@pytest.mark.parametrize("second", ["builds", "fails"])
+def test_the_audit_trail_built_in_a_second_process_gives_identical_rows(system, second):
+    """On SQLite a long bulk pass builds the audit trail and the webhooks view in a second process
+    (two cores at once) and adopts its rows in one transaction; should that process fail, this one
+    builds them itself. Either way the rows are the live ones, the chain's head included."""
+    make_history(system)
+    live = dump(system)
+    live_index = index_state(system.index)
+    follower = system.follower
+    if system.settings.uses_postgres:  # PostgreSQL's views are built in one process (the server has its own)
+        assert follower.side_start is None
+        return
+    follower.side_from = 0  # any log is long enough
+    if second == "fails":
+        follower.side_start = lambda path, names, page_size: subprocess.Popen(
+            [sys.executable, "-c", "raise SystemExit(3)"])
+    noted = []
+    audit = next(p for p in follower.projections if p.name == "audit")
+    head = audit.on_head
+    audit.on_head = lambda seq, digest: (noted.append((seq, digest)), head(seq, digest))
+    follower.page_size = 7
+    assert follower.rebuild() == system.keys_app.last_position()
+    assert follower.side_builds == (1 if second == "builds" else 0)
+    assert dump(system) == live
+    assert index_state(system.index) == live_index
+    last = live["audit_events"][-1]
+    assert noted[-1] == (last[0], last[13])  # the tail mark told the chain's head
+    assert not list(Path(system.settings.data_dir).glob("*.side-*")), "the side file is removed"
+
+
+def test_a_process_that_finds_another_building_aside_builds_the_rest_and_waits(system):
+    """Instances starting together: while another process holds the store's side lock (its second
+    process builds the audit trail and the webhooks view), this one builds every other view, waits
+    for the lock, and — that process gone without adopting anything — builds those two itself."""
+    if system.settings.uses_postgres:
+        assert system.follower.side_start is None
+        return
+    make_history(system)
+    live = dump(system)
+    follower = system.follower
+    follower.side_from = 0
+    held = system.views.side_lock(wait=False)
+    assert held is not None
+    done = []
+    rebuilding = threading.Thread(target=lambda: done.append(follower.rebuild()), daemon=True)
+    last = system.keys_app.last_position()
+    try:
+        rebuilding.start()
+        deadline = time.monotonic() + 30
+        while True:  # every other view built; the two left at 0 while the lock is held
+            with system.views.read() as db:
+                positions = system.views.positions(db)
+            if positions.get("verification") == last and positions.get("directory") == last:
+                break
+            assert time.monotonic() < deadline, positions
+            time.sleep(0.02)
+        time.sleep(0.2)
+        with system.views.read() as db:
+            positions = system.views.positions(db)
+        assert rebuilding.is_alive() and positions.get("audit") == positions.get("webhooks") == 0, positions
+    finally:
+        held.close()
+    rebuilding.join(30)
+    assert done == [last] and follower.side_builds == 0
+    assert dump(system) == live

@@ -7,6 +7,8 @@ import email
 import time
 from datetime import timedelta
 
+import pytest
+
 from projections.audit import AuditFilter
 from scheduler.main import campaign_runs
 from service.webhooks.delivery import Deliverer
@@ -51,15 +53,21 @@ def test_an_endpoint_failing_too_long_is_disabled_and_its_registrant_gets_an_ema
     assert admin.patch(f"/v2/webhooks/{hook['id']}", json={"status": "enabled"}).json["status"] == "enabled"
 
 
-def test_a_rebuild_of_the_views_queues_nothing_twice(system, admin, owner):  # noqa: F811
+@pytest.mark.parametrize("aside", [False, True], ids=["in one process", "audit and webhooks aside"])
+def test_a_rebuild_of_the_views_queues_nothing_twice(system, admin, owner, aside):  # noqa: F811
     with Receiver() as receiver:
         hook = register(admin, receiver.url, ["app.created", "key.created"])
         receiver.secret = hook["secret"]
         owner.post("/v2/apps", json={"id": "vision", "name": "Vision"})
         worker = Deliverer(system.keys_app, system.webhooks, allow_private=True, timeout=2)
         assert worker.deliver_due() == 2
+        queued = system.webhooks.deliveries(hook["id"])
+        if aside and not system.settings.uses_postgres:  # built in a second process (SQLite), adopted
+            system.follower.side_from = 0
         system.follower.rebuild()
+        assert system.follower.side_builds == (1 if aside and not system.settings.uses_postgres else 0)
         assert system.webhooks.endpoint(hook["id"])["status"] == "enabled"
+        assert system.webhooks.deliveries(hook["id"]) == queued  # the outbox as it was: sent, not again
         assert worker.deliver_due() == 0
         system.follower.rebuild(["webhooks"])  # alone (`keyledger projections rebuild webhooks`): read from the audit view
         assert system.webhooks.endpoint(hook["id"])["status"] == "enabled"
@@ -67,6 +75,22 @@ def test_a_rebuild_of_the_views_queues_nothing_twice(system, admin, owner):  # n
         owner.post("/v2/apps", json={"id": "speech", "name": "Speech"})
         assert worker.deliver_due() == 2
     assert len(receiver.requests) == 4 and all(r["verified"] for r in receiver.requests)
+
+
+def test_a_rebuild_aside_queues_the_deliveries_of_a_lost_outbox(system, admin, owner):  # noqa: F811
+    """The outbox lost (a store restored from the log alone): a bulk pass that built the webhooks
+    view in a second process queues its deliveries again, as one built here does."""
+    hook = register(admin, "https://hooks.example.invalid/x", ["app.created", "key.created"])
+    owner.post("/v2/apps", json={"id": "vision", "name": "Vision"})
+    queued = system.webhooks.deliveries(hook["id"])
+    assert len(queued) == 2
+    with system.views.write() as db:
+        db.execute("DELETE FROM webhook_deliveries")
+    if not system.settings.uses_postgres:
+        system.follower.side_from = 0
+    system.follower.rebuild()
+    assert system.follower.side_builds == (0 if system.settings.uses_postgres else 1)
+    assert system.webhooks.deliveries(hook["id"]) == queued
 
 
 def test_no_secret_and_no_sealed_secret_in_the_audit_trail(system, admin):  # noqa: F811
