@@ -103,16 +103,18 @@ class Projection:
         statements sent in runs (``StatementRuns``), so the rows are those of the live path — given
         only the events this view has a handler for (``handled``). Read from judged records, the
         statement of an event whose handler has a reader (``reads_stored``) is made from its stored
-        JSON, in its place in the page; the reader's leftovers are decoded and handled."""
+        JSON, in its place in the page (unless another view has decoded it already: its event is
+        handled, cheaper); the reader's leftovers are decoded and handled."""
         runs = StatementRuns(db)
         judged = getattr(page, "judged", None)
         if judged is None or not self._readers or not self._applies_by_handlers():
             self.process_batch(runs, self.handled(page))
         else:
             readers, state, event = self._readers, page.state, page.event  # type: ignore[attr-defined]
+            decoded = page.decoded()  # type: ignore[attr-defined]
             for i in self._wanted(page):
                 record = judged[i]
-                reader = readers.get(record[3]) if type(record[3]) is str else None
+                reader = readers.get(record[3]) if type(record[3]) is str and i not in decoded else None
                 found = None if reader is None else read_stored(reader, record, state(i))
                 if found is None:
                     self.process(runs, record[0], event(i))

@@ -249,3 +249,31 @@ def test_the_scopes_text_is_json_dumps():
 
     for scopes in (["All"], [], ["Predict", "Search"], ["ünï", 'q"uote']):
         assert _scopes_text(list(scopes)) == _scopes_text(list(scopes)) == json.dumps(scopes)
+
+
+class DecodedPage(Page):
+    """A page whose every event another view has decoded already: its JSON is not read again."""
+
+    __slots__ = ()
+
+    def state(self, i):
+        raise AssertionError("read the JSON of an event decoded already")
+
+
+def test_an_event_another_view_decoded_is_handled_not_read_again(stores):
+    records = [*SEED, *(judged(3 + n, get_topic(cls), state, KEY, 2 + n) for n, (cls, state) in
+                        enumerate(STATES.items()) if cls not in (App.Registered, ApiKey.Issued))]
+    for view_cls in VIEWS:
+        live, _ = rows(stores[False], view_cls, [records], bulk=False)
+        view, decode = view_cls(), Decoder()
+        page = DecodedPage(judged=records, decode=decode)
+        for i in range(len(records)):
+            page.event(i)
+        with stores[True].write() as db:
+            view.drop(db)
+            view.create(db)
+            view.process_page(db, page)
+        with stores[True].read() as db:
+            got = {t: sorted(tuple(r) for r in db.execute(f"SELECT * FROM {t}")) for t in view.tables}
+        assert got == live, view_cls.name
+        assert any(got.values())
