@@ -6,13 +6,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-try:
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - a dependency
-    _loads = json.loads
-
-from projections.projection import Projection, StatementRuns, handles
+from projections.projection import Projection, StatementRuns, handles, reads_stored
 from projections.store import ViewStore, upsert
+from projections.stored import key_text, plain, read_stored, record_version, text, texts, time_text
 from projections.timefmt import from_rfc3339, rfc3339
 from service.domain.accounts import Account
 from service.domain.apps import App
@@ -47,17 +43,30 @@ class DirectoryView(Projection):
     _KEY = upsert("directory_keys", ("id", "app_id", "description", "scopes", "created_at", "expires_at",
                                      "revoked_at", "display", "origin", "version"), ("id",))
 
+    _RESTRICTIONS_DELETE = "DELETE FROM directory_key_restrictions WHERE id = ?"
+    _RESTRICTIONS_INSERT = "INSERT INTO directory_key_restrictions (id, restrictions) VALUES (?, ?)"
+
+    # In bulk passes (``process_page``), each handler's effect is made from the stored JSON
+    # (``reads_stored``; projections.stored): a row, or a key's change (``_CHANGE``: its id, version
+    # and columns), read as the decoded event holds them; anything else is decoded.
     @handles(Account.Registered)
+    @reads_stored(lambda record, state: (DirectoryView._ACCOUNT, (
+        key_text(record[1]), text(state["email"]), text(state["name"]), text(state["role"]),
+        time_text(state["timestamp"]))))
     def _account(self, db: Any, position: int, e: Any) -> None:
         db.execute(self._ACCOUNT,
                    (str(e.originator_id), e.email, e.name, e.role, rfc3339(e.timestamp)))
 
     @handles(App.Registered)
+    @reads_stored(lambda record, state: (DirectoryView._APP, (
+        text(state["slug"]), text(state["name"]), text(state["owner_id"]), text(state["origin"]),
+        time_text(state["timestamp"]))))
     def _app(self, db: Any, position: int, e: Any) -> None:
         db.execute(self._APP,
                    (e.slug, e.name, e.owner_id, e.origin, rfc3339(e.timestamp)))
 
     @handles(ApiKey.Issued)
+    @reads_stored(lambda record, state: (DirectoryView._KEY, _issued_row(record, state)))
     def _issued(self, db: Any, position: int, e: Any) -> None:
         db.execute(self._KEY,
                    (str(e.originator_id), e.app_id, e.description, json.dumps(e.scopes),
@@ -65,53 +74,75 @@ class DirectoryView(Projection):
                     e.originator_version))
 
     @handles(ApiKey.ScopesChanged)
+    @reads_stored(lambda record, state: _change(record, scopes=_scopes_text(texts(state["scopes"]))))
     def _scopes(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e, scopes=json.dumps(e.scopes))
 
     @handles(ApiKey.DescriptionChanged)
+    @reads_stored(lambda record, state: _change(record, description=text(state["description"])))
     def _description(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e, description=e.description)
 
     @handles(ApiKey.Rolled)
+    @reads_stored(lambda record, state: _change(record, display=text(state["display"])))
     def _rolled(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e, display=e.display)
 
     @handles(ApiKey.Revoked)
+    @reads_stored(lambda record, state: _change(record, revoked_at=time_text(state["timestamp"])))
     def _revoked(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e, revoked_at=rfc3339(e.timestamp))
 
     @handles(ApiKey.Expiring)
+    @reads_stored(lambda record, state: _change(record))
     def _expiring(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e)  # an expiry reminder (service.domain.expiry): only the version moves
 
     @handles(ApiKey.Expired)
+    @reads_stored(lambda record, state: _change(record))
     def _expired(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e)  # the expiry recorded: only the version moves (the status follows expires_at)
 
     @handles(ApiKey.Restricted)
+    @reads_stored(lambda record, state: (_RESTRICT, (key_text(record[1]), record_version(record),
+                                                     _restrictions_text(plain(state["restrictions"])))))
     def _restricted(self, db: Any, position: int, e: Any) -> None:
         self._update(db, e)
-        db.execute("DELETE FROM directory_key_restrictions WHERE id = ?", (str(e.originator_id),))
+        db.execute(self._RESTRICTIONS_DELETE, (str(e.originator_id),))
         if e.restrictions:
-            db.execute("INSERT INTO directory_key_restrictions (id, restrictions) VALUES (?, ?)",
-                       (str(e.originator_id), json.dumps(e.restrictions, sort_keys=True)))
+            db.execute(self._RESTRICTIONS_INSERT, (str(e.originator_id), _restrictions_text(e.restrictions)))
 
     def process_page(self, db: Any, page: Any) -> None:
         """A page of a bulk pass: the keys' rows gathered in memory (``_KeyRows``) — a key issued in
         the page written once, as its events leave it; the changes to the others, one ``UPDATE``
-        per key with what they leave — and written at the page's end; the other rows in order."""
+        per key with what they leave — and written at the page's end; the other rows in order.
+        Read from judged records, each event's effect is made from its stored JSON (the handlers'
+        readers, ``reads_stored``), no event built; what they do not read is decoded and handled."""
         runs = StatementRuns(db)
         keys = _KeyRows(runs)
         judged = getattr(page, "judged", None)
-        if judged is None or not _ISSUED_READABLE:
+        if judged is None:
             self.process_batch(keys, self.handled(page))
-        else:  # a key issued (a fifth of a big log): its row read from its stored JSON, no event built
-            wants, event = self.wants, page.event
+        else:
+            readers, wants, event, state = self._readers, self.wants, page.event, page.state
+            decoded = page.decoded()  # events another view decoded: handled (cheaper than their JSON)
             for i, record in enumerate(judged):
-                if record[5] is None and record[3] == _ISSUED_TOPIC:
-                    row = _issued_row(record[1], record[2], record[6])
-                    if row is not None:
-                        keys.execute(self._KEY, row)
+                topic = record[3]
+                reader = readers.get(topic) if type(topic) is str and i not in decoded else None
+                if reader is not None:
+                    found = read_stored(reader, record, state(i))
+                    if found is not None:
+                        what, params = found
+                        if what is _CHANGE:
+                            keys.update(*params)
+                        elif what is _RESTRICT:
+                            key_id, key_version, restrictions = params
+                            keys.update(key_id, key_version, {})
+                            keys.execute(self._RESTRICTIONS_DELETE, (key_id,))
+                            if restrictions is not None:
+                                keys.execute(self._RESTRICTIONS_INSERT, (key_id, restrictions))
+                        else:
+                            keys.execute(what, params)
                         continue
                 if wants(record):
                     self.process(keys, record[0], event(i))
@@ -128,43 +159,42 @@ class DirectoryView(Projection):
                    (*columns.values(), e.originator_version, str(e.originator_id)))
 
 
-_ISSUED_TOPIC = f"{ApiKey.Issued.__module__}:{ApiKey.Issued.__qualname__}"
-_ISSUED_READABLE = getattr(ApiKey.Issued, "class_version", 1) == 1  # else stored states need upcasting
+_CHANGE = object()  # a reader's key change: (key id, version, {column: value})
+_RESTRICT = object()  # a reader's restriction: (key id, version, restrictions text or None)
 
 
-def _issued_time(value: Any) -> str | None:
-    if value is None:
-        return None
-    if type(value) is not dict or len(value) != 2 or value.get("_type_") != "datetime_iso" \
-            or type(value.get("_data_")) is not str:
-        raise ValueError("not a time the mapper reads as one")
-    return rfc3339(datetime.fromisoformat(value["_data_"]))
+def _change(record: tuple, **columns: Any) -> tuple[object, tuple]:
+    """``_update``'s change of a key, from a judged record."""
+    return _CHANGE, (key_text(record[1]), record_version(record), columns)
 
 
-def _issued_row(originator_hex: Any, version: Any, body: bytes) -> list | None:
-    """``_issued``'s row of a key issued, from its stored JSON (judged, sealed); None when the state
-    is not of the shape this reads (the caller decodes it)."""
-    try:
-        state = _loads(body)
-        if type(state) is not dict or "class_version" in state or type(version) is not int:
-            return None
-        stamp = state["timestamp"]
-        if stamp is None:
-            return None
-        app_id, description, scopes, display, origin = (state["app_id"], state["description"], state["scopes"],
-                                                        state["display"], state["origin"])
-        if type(scopes) is not list or any(type(s) is not str for s in scopes):
-            return None
-        for value in (app_id, description, display, origin):
-            if type(value) is not str:
-                return None
-        h = originator_hex.lower() if type(originator_hex) is str else ""
-        if len(h) != 32 or h.strip("0123456789abcdef"):
-            return None
-        return [f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", app_id, description, json.dumps(scopes),
-                _issued_time(stamp), _issued_time(state["expires_at"]), None, display, origin, version]
-    except Exception:  # noqa: BLE001 - anything unexpected: the event is decoded instead
-        return None
+def _restrictions_text(restrictions: Any) -> str | None:
+    return json.dumps(restrictions, sort_keys=True) if restrictions else None
+
+
+def _issued_row(record: tuple, state: dict) -> list:
+    """``_issued``'s row of a key issued, from its stored JSON."""
+    return [key_text(record[1]), text(state["app_id"]), text(state["description"]),
+            _scopes_text(texts(state["scopes"])), time_text(state["timestamp"]), _maybe_time(state["expires_at"]),
+            None, text(state["display"]), text(state["origin"]), record_version(record)]
+
+
+_SCOPES_TEXTS: dict[tuple[str, ...], str] = {}  # a few scope sets, over and over
+
+
+def _scopes_text(scopes: list[str]) -> str:
+    """``json.dumps(scopes)``, of each scope set once."""
+    key = tuple(scopes)
+    found = _SCOPES_TEXTS.get(key)
+    if found is None:
+        if len(_SCOPES_TEXTS) >= 4096:
+            _SCOPES_TEXTS.clear()
+        found = _SCOPES_TEXTS[key] = json.dumps(scopes)
+    return found
+
+
+def _maybe_time(value: Any) -> str | None:
+    return None if value is None else time_text(value)
 
 
 _KEY_COLUMNS = ("id", "app_id", "description", "scopes", "created_at", "expires_at", "revoked_at", "display",

@@ -12,8 +12,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from projections.projection import Projection, handles
+from projections.projection import Projection, handles, reads_stored
 from projections.store import ViewStore, upsert
+from projections.stored import key_text, text, time_text
 from projections.timefmt import from_rfc3339, rfc3339
 from service.domain.keys import ApiKey
 
@@ -33,15 +34,21 @@ class ExpiryView(Projection):
     _ROLLED = upsert("expiry_rolls", ("key_id", "rolled_at"), ("key_id",))
     _EXPIRED = upsert("expiry_expired", ("key_id", "recorded_at"), ("key_id",))
 
+    # In bulk passes, each handler's statement is made from the stored JSON (``reads_stored``): the
+    # key's id from the record's, the fields read as the decoded event holds them.
     @handles(ApiKey.Expiring)
+    @reads_stored(lambda record, state: (ExpiryView._REMINDED, (
+        key_text(record[1]), text(state["stage"]), text(state["reminder_id"]), time_text(state["timestamp"]))))
     def _expiring(self, db: Any, position: int, e: Any) -> None:
         db.execute(self._REMINDED, (str(e.originator_id), e.stage, e.reminder_id, rfc3339(e.timestamp)))
 
     @handles(ApiKey.Rolled)
+    @reads_stored(lambda record, state: (ExpiryView._ROLLED, (key_text(record[1]), time_text(state["timestamp"]))))
     def _rolled(self, db: Any, position: int, e: Any) -> None:
         db.execute(self._ROLLED, (str(e.originator_id), rfc3339(e.timestamp)))
 
     @handles(ApiKey.Expired)
+    @reads_stored(lambda record, state: (ExpiryView._EXPIRED, (key_text(record[1]), time_text(state["timestamp"]))))
     def _expired(self, db: Any, position: int, e: Any) -> None:
         db.execute(self._EXPIRED, (str(e.originator_id), rfc3339(e.timestamp)))
 

@@ -124,6 +124,12 @@ class Page:
             found = self._events[i] = self._decode(self.judged[i])  # type: ignore[misc, index]
         return found
 
+    def decoded(self) -> dict[int, Any]:
+        """The events of ``judged`` decoded so far, by index: a view that could read a record's
+        stored JSON handles its event instead when another view has decoded it already (cheaper
+        than reading the JSON). Shared: never mutated."""
+        return self._events
+
     def state(self, i: int) -> Any:
         """The stored state of ``judged[i]`` as parsed JSON (plain dicts, lists and scalars; typed
         values still as ``{"_type_": …, "_data_": …}``), parsed once for every view that reads it;

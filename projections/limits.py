@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from projections.follower import collector_paused
-from projections.projection import Projection, handles
+from projections.projection import Projection, handles, reads_stored
 from projections.store import ViewStore, upsert
+from projections.stored import key_text, plain, text
 from service.domain.apps import App
 from service.domain.keys import ApiKey
 from service.ratelimit.engine import LimitSet
@@ -37,7 +38,10 @@ class LimitsView(Projection):
     _KEY = upsert("key_limits", ("key_id", "limits"), ("key_id",))
     _APP = upsert("app_limits", ("app_id", "limits"), ("app_id",))
 
+    # In bulk passes, each handler's statement is made from the stored JSON (``reads_stored``).
     @handles(ApiKey.LimitsChanged)
+    @reads_stored(lambda record, state: _limits_statement(
+        LimitsView._KEY, "DELETE FROM key_limits WHERE key_id = ?", key_text(record[1]), state))
     def _key(self, db: Any, position: int, e: Any) -> None:
         if e.limits:
             db.execute(self._KEY, (str(e.originator_id), json.dumps(e.limits)))
@@ -45,15 +49,24 @@ class LimitsView(Projection):
             db.execute("DELETE FROM key_limits WHERE key_id = ?", (str(e.originator_id),))
 
     @handles(ApiKey.Revoked)
+    @reads_stored(lambda record, state: ("DELETE FROM key_limits WHERE key_id = ?", (key_text(record[1]),)))
     def _revoked(self, db: Any, position: int, e: Any) -> None:
         db.execute("DELETE FROM key_limits WHERE key_id = ?", (str(e.originator_id),))
 
     @handles(App.LimitsChanged)
+    @reads_stored(lambda record, state: _limits_statement(
+        LimitsView._APP, "DELETE FROM app_limits WHERE app_id = ?", text(state["app_id"]), state))
     def _app(self, db: Any, position: int, e: Any) -> None:
         if e.limits:
             db.execute(self._APP, (e.app_id, json.dumps(e.limits)))
         else:
             db.execute("DELETE FROM app_limits WHERE app_id = ?", (e.app_id,))
+
+
+def _limits_statement(upsert_sql: str, delete_sql: str, owner: str, state: dict) -> tuple[str, tuple]:
+    """The statement of ``_key`` or ``_app`` for a stored state: its limits read as plain JSON."""
+    limits = plain(state["limits"])
+    return (upsert_sql, (owner, json.dumps(limits))) if limits else (delete_sql, (owner,))
 
 
 class LimitBook:

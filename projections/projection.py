@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from eventsourcing.utils import resolve_topic
+from eventsourcing.utils import get_topic, resolve_topic
+
+from projections.stored import read_stored, readable_class
 
 
 def handles(*event_classes: type) -> Callable:
@@ -13,6 +15,24 @@ def handles(*event_classes: type) -> Callable:
 
     def mark(method: Callable) -> Callable:
         method._handles = event_classes  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+# A reader of stored JSON: (judged record, its parsed state) -> the handler's statement (sql, params),
+# raising (``projections.stored.Unread``, KeyError, ValueError, TypeError) for a state it does not read.
+StoredReader = Callable[[tuple, dict], tuple[Any, Any]]
+
+
+def reads_stored(reader: StoredReader) -> Callable:
+    """Mark a handler whose statement a bulk pass may make from a judged record's stored JSON
+    (``Page.state``) with ``reader``, instead of decoding the event: the same statement, with the
+    same parameters, as the handler writes for the decoded event. A handler overridden in a
+    subclass has no reader unless it is marked again."""
+
+    def mark(method: Callable) -> Callable:
+        method._reads = reader  # type: ignore[attr-defined]
         return method
 
     return mark
@@ -29,6 +49,7 @@ class Projection:
     tables: ClassVar[tuple[str, ...]] = ()
     reads_records: ClassVar[bool] = False  # wants a page's stored records (``Page.records``)
     _handlers: ClassVar[dict[type, str]]
+    _readers: ClassVar[dict[str, StoredReader]]  # by topic: the handlers marked ``reads_stored``
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -37,6 +58,13 @@ class Projection:
             for attr, value in vars(klass).items():
                 for event_class in getattr(value, "_handles", ()):
                     cls._handlers[event_class] = attr
+        cls._readers = {}
+        for event_class, attr in cls._handlers.items():
+            reader = getattr(getattr(cls, attr), "_reads", None)
+            if reader is not None and readable_class(event_class):  # a later version's state is upcast
+                topic = get_topic(event_class)
+                if topic_class(topic) is event_class:
+                    cls._readers[topic] = reader
 
     def create(self, db: Any, *, with_indexes: bool = True) -> None:
         for statement in self.ddl:
@@ -87,10 +115,31 @@ class Projection:
     def process_page(self, db: Any, page: Sequence[tuple[int, Any]]) -> None:
         """Apply a page of the log in bulk (a rebuild, a first start): ``process_batch`` with its
         statements sent in runs (``StatementRuns``), so the rows are those of the live path — given
-        only the events this view has a handler for (``handled``)."""
+        only the events this view has a handler for (``handled``). Read from judged records, the
+        statement of an event whose handler has a reader (``reads_stored``) is made from its stored
+        JSON, in its place in the page (unless another view has decoded it already: its event is
+        handled, cheaper); the reader's leftovers are decoded and handled."""
         runs = StatementRuns(db)
-        self.process_batch(runs, self.handled(page))
+        judged = getattr(page, "judged", None)
+        if judged is None or not self._readers or not self._applies_by_handlers():
+            self.process_batch(runs, self.handled(page))
+        else:
+            readers, state, event = self._readers, page.state, page.event  # type: ignore[attr-defined]
+            decoded = page.decoded()  # type: ignore[attr-defined]
+            for i in self._wanted(page):
+                record = judged[i]
+                reader = readers.get(record[3]) if type(record[3]) is str and i not in decoded else None
+                found = None if reader is None else read_stored(reader, record, state(i))
+                if found is None:
+                    self.process(runs, record[0], event(i))
+                else:
+                    runs.execute(*found)
         runs.flush()
+
+    def _applies_by_handlers(self) -> bool:
+        """Whether this view applies events through its handlers alone."""
+        kind = type(self)
+        return kind.process is Projection.process and kind.process_batch is Projection.process_batch
 
     def handled(self, page: Sequence[tuple[int, Any]]) -> Sequence[tuple[int, Any]]:
         """The events of ``page`` this view handles, for a view that applies events through its
@@ -99,9 +148,14 @@ class Projection:
         passed on. A refused record, or one whose topic names no class, is decoded (the refusal
         is reported there). Any other view, or any other page: the page itself."""
         judged = getattr(page, "judged", None)
-        kind = type(self)
-        if judged is None or kind.process is not Projection.process or kind.process_batch is not Projection.process_batch:
+        if judged is None or not self._applies_by_handlers():
             return page
+        event = page.event  # type: ignore[attr-defined]
+        return [(judged[i][0], event(i)) for i in self._wanted(page)]
+
+    def _wanted(self, page: Any) -> list[int]:
+        """The indexes in ``page.judged`` of the records ``handled`` decodes, in log order."""
+        judged = page.judged
         wanted: list[int] = []
         handlers = self._handlers
         for topic, indexes in page.by_topic().items():  # type: ignore[attr-defined]
@@ -111,8 +165,7 @@ class Projection:
             else:  # a refused record is decoded whatever its topic (the refusal is reported there)
                 wanted.extend(i for i in indexes if judged[i][5] is not None)
         wanted.sort()
-        event = page.event  # type: ignore[attr-defined]
-        return [(judged[i][0], event(i)) for i in wanted]
+        return wanted
 
     def wants(self, record: tuple) -> bool:
         """Whether a judged record's event may be one this view has a handler for: its topic's
