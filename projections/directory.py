@@ -8,7 +8,7 @@ from typing import Any
 
 from projections.projection import Projection, StatementRuns, handles, reads_stored
 from projections.store import ViewStore, upsert
-from projections.stored import key_text, plain, read_stored, record_version, text, texts, time_text
+from projections.stored import key_text, plain, read_checked, record_version, text, texts, time_text
 from projections.timefmt import from_rfc3339, rfc3339
 from service.domain.accounts import Account
 from service.domain.apps import App
@@ -124,13 +124,13 @@ class DirectoryView(Projection):
         if judged is None:
             self.process_batch(keys, self.handled(page))
         else:
-            readers, wants, event, state = self._readers, self.wants, page.event, page.state
+            readers, wants, event, readable = self._readers, self.wants, page.event, page.readable
             decoded = page.decoded()  # events another view decoded: handled (cheaper than their JSON)
             for i, record in enumerate(judged):
                 topic = record[3]
                 reader = readers.get(topic) if type(topic) is str and i not in decoded else None
                 if reader is not None:
-                    found = read_stored(reader, record, state(i))
+                    found = read_checked(reader, record, readable(i))
                     if found is not None:
                         what, params = found
                         if what is _CHANGE:

@@ -50,6 +50,7 @@ from typing import Any, Protocol
 from projections.beacon import ChangeBeacon
 from projections.projection import Projection
 from projections.store import TRANSIENT_ERRORS, ViewStore
+from projections.stored import readable
 from service.domain.errors import Unavailable
 
 # A store that cannot be used right now (a full disk, a lock, an outage): logged without a traceback.
@@ -82,7 +83,8 @@ class Page:
     view that reads the others' stored JSON itself — so a page no view needs as events is never
     decoded."""
 
-    __slots__ = ("_items", "judged", "_decode", "_records", "_events", "_states", "_by_topic", "first", "last")
+    __slots__ = ("_items", "judged", "_decode", "_records", "_events", "_states", "_readable", "_by_topic", "first",
+                 "last")
 
     def __init__(self, items: Any = (), records: dict[int, tuple] | None = None, *,
                  judged: list[tuple] | None = None, decode: Callable[[tuple], Any] | None = None) -> None:
@@ -92,6 +94,7 @@ class Page:
         self._records = records
         self._events: dict[int, Any] = {}  # decoded one at a time, by index in ``judged``
         self._states: dict[int, Any] = {}  # stored states parsed (not decoded), by index in ``judged``
+        self._readable: dict[int, Any] = {}  # ... and found readable (or None), by index
         self._by_topic: dict[Any, list[int]] | None = None
         rows = judged if judged is not None else self._items
         self.first = rows[0][0] if rows else 0
@@ -148,6 +151,15 @@ class Page:
             self._states[i] = found
         return found
 
+    def readable(self, i: int) -> Any:
+        """``state(i)`` if the record may be read from its JSON (``projections.stored.readable``: not
+        refused, decoded as it is stored), else None; judged once for every view."""
+        found = self._readable.get(i, _UNPARSED)
+        if found is _UNPARSED:
+            state = self.state(i)
+            found = self._readable[i] = state if readable(self.judged[i], state) else None  # type: ignore[index]
+        return found
+
     def by_topic(self) -> dict[Any, list[int]]:
         """The indexes in ``judged`` of each topic's records, in log order (computed once)."""
         if self._by_topic is None:
@@ -174,6 +186,7 @@ class Page:
             page = Page(judged=[self.judged[i] for i in keep], decode=self._decode)
             page._events = {j: self._events[i] for j, i in enumerate(keep) if i in self._events}
             page._states = {j: self._states[i] for j, i in enumerate(keep) if i in self._states}
+            page._readable = {j: self._readable[i] for j, i in enumerate(keep) if i in self._readable}
             return page
         return Page([item for item in self.items() if item[0] > position], self._records)
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from eventsourcing.utils import get_topic, resolve_topic
 
-from projections.stored import read_stored, readable_class
+from projections.stored import read_checked, readable_class
 
 
 def handles(*event_classes: type) -> Callable:
@@ -124,12 +124,12 @@ class Projection:
         if judged is None or not self._readers or not self._applies_by_handlers():
             self.process_batch(runs, self.handled(page))
         else:
-            readers, state, event = self._readers, page.state, page.event  # type: ignore[attr-defined]
+            readers, readable, event = self._readers, page.readable, page.event  # type: ignore[attr-defined]
             decoded = page.decoded()  # type: ignore[attr-defined]
             for i in self._wanted(page):
                 record = judged[i]
                 reader = readers.get(record[3]) if type(record[3]) is str and i not in decoded else None
-                found = None if reader is None else read_stored(reader, record, state(i))
+                found = None if reader is None else read_checked(reader, record, readable(i))
                 if found is None:
                     self.process(runs, record[0], event(i))
                 else:

@@ -142,12 +142,25 @@ def _revivable(value: Any) -> None:
         _revivable(item)
 
 
+def readable(record: tuple, state: Any) -> bool:
+    """Whether a judged record with its parsed state (``Page.state``) may be read from its JSON: not
+    refused, its id 32 hex digits, and decoded as it is stored (``decodes``)."""
+    return record[5] is None and state is not None and type(record[1]) is str and _an_id(record[1]) is not None \
+        and decodes(state)
+
+
 def read_stored(reader: Callable[[tuple, dict], Any], record: tuple, state: Any) -> Any:
     """What ``reader`` makes of a judged record and its parsed state (``Page.state``: None when
     refused, or not a JSON object), or None when the record is to be decoded instead: refused, not
     decoded as it is stored (``decodes``), or of a shape the reader does not read."""
-    if record[5] is not None or state is None or type(record[1]) is not str or _an_id(record[1]) is None \
-            or not decodes(state):
+    if not readable(record, state):
+        return None
+    return read_checked(reader, record, state)
+
+
+def read_checked(reader: Callable[[tuple, dict], Any], record: tuple, state: Any) -> Any:
+    """``read_stored`` of a state found ``readable`` already (``Page.readable``; None: not)."""
+    if state is None:
         return None
     try:
         return reader(record, state)

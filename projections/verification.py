@@ -176,7 +176,7 @@ class VerificationView(Projection):
 
     def process_page(self, db: Any, page: Any) -> None:
         """A page of a bulk pass, folded in memory (``_PageFold``): its events become operations on rows
-        (read from their stored JSON, ``page.state``, with no event object built; decoded only when of a
+        (read from their stored JSON, ``page.readable``, with no event object built; decoded only when of a
         shape that reader does not know), the rows they touch are read at once (one ``SELECT … IN`` per
         few hundred digests), changed in a dictionary as each event's statements would change them,
         and written once at the page's end — a key issued, its scopes changed, rolled and revoked
@@ -205,7 +205,7 @@ class VerificationView(Projection):
                     continue
             else:
                 read = _READERS.get(topic)
-                if read is not None and (state := page.state(i)) is not None and (op := read(state)) is not None:
+                if read is not None and (state := page.readable(i)) is not None and (op := read(state)) is not None:
                     ops.append(op)
                     continue
             ops.append(self._operation(page.event(i)))
