@@ -229,8 +229,22 @@ def start_side_build(settings: Settings) -> Callable[[Path, list[str], int], Any
     return start
 
 
-_SIDE_MAIN = ("import pickle, sys; from service.composition import build_aside; "
-              "build_aside(*pickle.loads(sys.stdin.buffer.read()))")
+_SIDE_MAIN = ("import pickle, sys; from service.composition import side_main; "
+              "sys.exit(side_main(*pickle.loads(sys.stdin.buffer.read())))")
+
+
+def side_main(*args: Any) -> int:
+    """The second process's main: ``build_aside``, its log lines as the service's; 0 when built."""
+    from service import logs
+
+    logs.configure_once()
+    try:
+        build_aside(*args)
+    except Exception as error:  # noqa: BLE001 - said in one line; the main process builds them itself
+        log.error("building views in a second process failed (%s: %s); the main process builds them",
+                  type(error).__name__, (str(error).splitlines() or [""])[0])
+        return 1
+    return 0
 
 
 def build_aside(settings: Settings, path: str, names: list[str], page_size: int, parent: int) -> None:
