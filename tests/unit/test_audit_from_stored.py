@@ -67,6 +67,27 @@ CASES = [  # (topic, state, read from the stored JSON?)
 ]
 
 
+def fast_row(db, position, originator_hex, version, state, shape, apps=None, owners=None, ids=None):
+    """``_stored_rows``' row (and its recent record) for one parsed state, or None."""
+    rows, parts = [], []
+    add = audit._stored_rows(db, {} if apps is None else apps, {} if owners is None else owners,
+                             {} if ids is None else ids, rows, parts)
+    if not add(position, originator_hex, version, state, shape, "h" * 64, "p" * 64):
+        assert rows == parts == [] and db.writes == []
+        return None
+    assert len(rows) == len(parts) == 1
+    return rows[0], audit._Recent(rows, parts).get(position)
+
+
+def live_row(db, position, event, apps=None, owners=None):
+    """The live path's row (``_write``) and its recent record."""
+    record = audit.audit_record(db, position, event, {} if apps is None else apps, {} if owners is None else owners)
+    owner_id = record["owner_id"]
+    row = audit._live_row(record, audit.microseconds(event.timestamp), "h" * 64, "p" * 64)
+    record["hash"], record["prev_hash"] = "h" * 64, "p" * 64
+    return row, (record, owner_id)
+
+
 @pytest.mark.parametrize(("topic", "state", "fast"), CASES)
 def test_a_row_from_the_stored_json_is_the_row_from_the_event(topic, state, fast):
     t = transcoder()
@@ -76,21 +97,105 @@ def test_a_row_from_the_stored_json_is_the_row_from_the_event(topic, state, fast
     shape = audit._shape(topic)
     assert shape
     db_fast, db_live = Db(), Db()
-    got = audit._stored_record(db_fast, 7, originator.hex, 3, body, shape, {}, {}, {})
+    got = fast_row(db_fast, 7, originator.hex, 3, audit._loads(body), shape)
     if not fast:
         assert got is None
         return
     if "class_version" not in state:
         event = mapper.decode_opened(originator, 3, topic, body)
-        expected = audit.audit_record(db_live, 7, event, {}, {})
         assert got is not None
-        record, at_us = got
-        assert record == expected
-        assert at_us == audit.microseconds(event.timestamp)
-        assert audit._float_free_json(record["data"], audit._json_data) == audit._data_json(expected["data"])
-        assert audit._float_free_json(record["request"], audit._json_request) == audit._request_json(
-            expected["request"])
+        assert got == live_row(db_live, 7, event)
         assert db_fast.writes == db_live.writes
+
+
+def odd(**changes):
+    state = issued()
+    for k, v in changes.items():
+        if v is DROP:
+            state.pop(k)
+        else:
+            state[k] = v
+    return state
+
+
+DROP = object()
+TYPED_AT = {"_type_": "datetime_iso", "_data_": "2031-05-06T07:08:09.5+02:00"}
+ODD = [  # (topic, state): odd shapes, every one read from the stored JSON
+    (ISSUED, odd(by=5)),  # not text: str() of it, as the event's attribute
+    (ISSUED, odd(by=True)),
+    (ISSUED, odd(by="True")),  # the same text as str(True): the actor cache keys on the text's type too
+    (ISSUED, odd(by="no-colon")),
+    (ISSUED, odd(by=None)),
+    (ISSUED, odd(by=DROP, request=DROP)),
+    (ISSUED, odd(app_id="")),  # falsy: the app known for the aggregate
+    (ISSUED, odd(app_id=0)),
+    (ISSUED, odd(app_id=DROP, slug="app-s", owner_id="o-s")),  # an app's slug on a key's event
+    (ISSUED, odd(app_id="", slug="app-s", owner_id=7)),  # an owner that is not text: no fact
+    (ISSUED, odd(key_id="other")),  # a key's event: its aggregate, whatever it says
+    (SCOPES, {"timestamp": AT, "key_id": "k9", "by": "key:k9", "scopes": [], "previous_scopes": [], "digests": []}),
+    (ISSUED, odd(expires_at=TYPED_AT)),  # a time in another offset: made UTC
+    (ISSUED, odd(expires_at={"_type_": "datetime_iso", "_data_": "2031-05-06T07:08:09"})),  # naive
+    (ISSUED, odd(timestamp={"_type_": "datetime_iso", "_data_": "2030-01-02T03:04:05.678901+05:30"})),
+    (ISSUED, odd(timestamp={"_type_": "datetime_iso", "_data_": AT["_data_"]}, valid_until=AT)),  # shared text
+    (ISSUED, odd(scopes=["a", 1, True, None])),  # a list of plain values: kept as it is
+    (ISSUED, odd(scopes=[TYPED_AT, [{"_type_": "uuid_hex", "_data_": "ab" * 16}]])),  # typed values in lists
+    (ISSUED, odd(note={"_type_": "x", "_data_": "y", "z": 1})),  # three members: a plain object
+    (ISSUED, odd(note={"_type_": "datetime_iso", "x": "y"})),
+    (ISSUED, odd(note={"b": {"_type_": "uuid_hex", "_data_": "cd" * 16}, "a": []})),
+    (ISSUED, odd(request={"id": "x", "ip": None, "extra": "left out"})),
+    (ISSUED, odd(request={"user_agent": "\u2028 \U0001f511 \"q\" \\"})),
+    (ISSUED, odd(description="\u00e9 \U0001f511 \x00 \"\\</script>", big=2**63 - 1, small=-2**63)),
+    (ISSUED, odd(origin=False, empty={}, nothing=None)),
+]
+
+
+def test_odd_shapes_make_the_live_rows_with_shared_caches():
+    """Every odd shape above, one after the other with the caches of a page shared (as in a bulk
+    page), after the app they name is registered: each row and each fact written is the live one."""
+    t = transcoder()
+    mapper = SealingMapper(t, b"k" * 32)
+    registered = {"timestamp": AT, "by": "system:importer", "request": {}, "slug": "app-1", "name": "App 1",
+                  "owner_id": "o1", "origin": "user"}
+    stream = [(REGISTERED, registered, uuid4())]
+    key = uuid4()
+    for topic, state in ODD:
+        stream.append((ISSUED, issued(), key))  # the key's app first: later events find it cached
+        stream.append((topic, state, key))
+        stream.append((topic, state, uuid4()))  # and a key no event named an app for
+    fast_caches, live_caches = ({}, {}), ({}, {})
+    ids: dict = {}
+    rows, parts = [], []
+    db_fast, db_live = Db(), Db()
+    add = audit._stored_rows(db_fast, *fast_caches, ids, rows, parts)
+    expected = []
+    for position, (topic, state, originator) in enumerate(stream, start=1):
+        body = audit._orjson_dumps(state)
+        hexed = originator.hex.upper() if position % 2 else originator.hex  # any case of hex digits
+        assert add(position, hexed, position, audit._loads(body), audit._shape(topic), f"{position:064}", "p" * 64), \
+            (topic, state)
+        event = mapper.decode_opened(originator, position, topic, body)
+        record = audit.audit_record(db_live, position, event, *live_caches)
+        owner_id = record["owner_id"]
+        expected.append(audit._live_row(record, audit.microseconds(event.timestamp), f"{position:064}", "p" * 64))
+        record["hash"], record["prev_hash"] = f"{position:064}", "p" * 64
+        assert audit._Recent(rows, parts).get(position) == (record, owner_id)
+    assert rows == expected
+    assert [tuple(type(v) for v in row) for row in rows] == [tuple(type(v) for v in row) for row in expected]
+    assert db_fast.writes == db_live.writes
+    assert audit._Recent(rows, parts).get(0) is None and audit._Recent(rows, parts).get(len(stream) + 1) is None
+
+
+def test_a_state_it_does_not_read_writes_nothing():
+    for state in (None, issued(by=1.5), issued(app_id=[]), issued(timestamp="2030-01-01"),
+                  issued(timestamp={"_type_": "datetime_iso", "_data_": "not a time"}),
+                  issued(timestamp={"_type_": "datetime_iso", "_data_": AT["_data_"], "x": 1}),
+                  issued(request=["x"]), issued(request={"ip": ["10.0.0.1"]}), issued(scopes=[1.5]),
+                  issued(note={"_type_": "decimal_str", "_data_": "1"}), issued(class_version=1)):
+        db = Db()
+        assert fast_row(db, 1, uuid4().hex, 1, state, audit._shape(ISSUED)) is None, state
+    for originator, version in ((uuid4().hex[:31], 1), ("g" * 32, 1), (uuid4().bytes, 1), (uuid4().hex, "1"),
+                                (uuid4().hex, True)):
+        assert fast_row(Db(), 1, originator, version, issued(), audit._shape(ISSUED)) is None
 
 
 def test_a_topic_with_class_defaults_or_unknown_is_decoded():
