@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, UUIDAsHex
@@ -214,3 +214,53 @@ def test_the_column_text_is_the_same_for_the_same_value_however_made():
     assert audit._stored_plain({"_type_": "datetime_iso", "_data_": when.isoformat()}) == "2030-01-01T00:00:00Z"
     with pytest.raises(audit._Unread):
         audit._stored_plain(Decimal("1"))
+
+
+class RowsDb(Db):
+    """Reads find nothing; each ``executemany``'s rows are kept by statement."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.many: list[tuple[str, list]] = []
+
+    def executemany(self, sql, rows):
+        self.many.append((sql, [tuple(r) for r in rows]))
+
+
+def test_a_bulk_page_writes_the_rows_and_tells_the_records_of_the_live_path():
+    """A page of judged records (read from the stored JSON or, a float among them, decoded) gives the
+    rows, the facts and the ``recent`` records of the same events applied live (``process_batch``)."""
+    from projections.follower import Page
+
+    t = transcoder()
+    mapper = SealingMapper(t, b"k" * 32)
+    app, key, lost = uuid4(), uuid4(), uuid4()
+    registered = {"timestamp": AT, "by": "system:importer", "request": REQUEST, "slug": "app-1", "name": "App 1",
+                  "owner_id": "o1", "origin": "user"}
+    scopes = {"timestamp": AT, "by": "key:k1", "request": {}, "scopes": ["a"], "previous_scopes": [], "digests": []}
+    history = [(app, 1, REGISTERED, registered), (key, 1, ISSUED, issued(app_id="app-1")),
+               (key, 2, SCOPES, scopes), (key, 3, ISSUED, issued(app_id="app-1", ratio=0.5)),  # decoded
+               (lost, 1, SCOPES, scopes), (lost, 2, SCOPES, scopes),  # an aggregate of no known app, twice
+               (key, 4, SCOPES, {**scopes, "previous_scopes": [1.5]})]  # decoded
+    judged = []
+    for seq, (originator, version, topic, state) in enumerate(history, start=1):
+        body = audit._orjson_dumps(state)
+        judged.append((seq, originator.hex, version, topic, body, None, body, originator.hex))
+    events = {r[0]: mapper.decode_opened(UUID(r[1]), r[2], r[3], r[6]) for r in judged}
+    bulk_db, live_db = RowsDb(), RowsDb()
+    bulk = audit.AuditTrail(lambda after, limit: [])
+    bulk.process_page(bulk_db, Page(judged=judged, decode=lambda r: events[r[0]]))
+    live = audit.AuditTrail(lambda after, limit: [r[:5] for r in judged if after < r[0] <= after + limit])
+    live.process_batch(live_db, sorted(events.items()))
+    facts = [(sql, rows) for sql, rows in bulk_db.many if not sql.startswith("INSERT INTO audit_events")]
+    inserted = [(sql, rows) for sql, rows in bulk_db.many if sql.startswith("INSERT INTO audit_events")]
+    assert inserted == live_db.many
+    for statement in (audit._AGGREGATE_APP, audit._APP_OWNER):  # the facts, written at the page's end
+        assert [row for sql, rows in facts if sql == statement for row in rows] == \
+            [params for sql, params in live_db.writes if sql == statement]
+    assert bulk_db.writes == [(sql, params) for sql, params in live_db.writes  # the reads, as they were
+                              if sql not in (audit._AGGREGATE_APP, audit._APP_OWNER)]
+    assert [r[11] for r in inserted[0][1]][3].endswith('"ratio": 0.5, "scopes": ["All"]}')  # the json module's text
+    for seq in events:
+        assert bulk.recent.get(seq) == live.recent[seq]
+    assert bulk.recent.get(len(history) + 1) is None
