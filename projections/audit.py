@@ -497,10 +497,14 @@ def _stored_rows(db: Any, apps: dict, owners: dict, ids: dict[str, str], rows: l
             if len(h) != 32 or h.strip("0123456789abcdef"):
                 return False
             aggregate_id = ids[originator_hex] = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-        get = state.get
-        by, app_id, slug, owner_id, key_id = get("by", "system:unknown"), get("app_id"), get("slug"), \
-            get("owner_id"), get("key_id")
-        request, stamp = get("request") or {}, get("timestamp")
+        # ``state.get(...)``, but without a call each (most of these are absent)
+        by = state["by"] if "by" in state else "system:unknown"
+        app_id = state["app_id"] if "app_id" in state else None
+        slug = state["slug"] if "slug" in state else None
+        owner_id = state["owner_id"] if "owner_id" in state else None
+        key_id = state["key_id"] if "key_id" in state else None
+        request = (state["request"] if "request" in state else None) or {}
+        stamp = state["timestamp"] if "timestamp" in state else None
         # A typed value, or a number the transcoder reads: decoded.
         if type(by) not in plain or type(app_id) not in plain or type(slug) not in plain \
                 or type(owner_id) not in plain or type(key_id) not in plain \
@@ -509,8 +513,9 @@ def _stored_rows(db: Any, apps: dict, owners: dict, ids: dict[str, str], rows: l
         when = stamp.get("_data_")
         if stamp.get("_type_") != "datetime_iso" or type(when) is not str:
             return False
-        ask = request.get
-        request_id, ip, user_agent = ask("id"), ask("ip"), ask("user_agent")
+        request_id = request["id"] if "id" in request else None
+        ip = request["ip"] if "ip" in request else None
+        user_agent = request["user_agent"] if "user_agent" in request else None
         if type(request_id) not in plain or type(ip) not in plain or type(user_agent) not in plain:
             return False
         data = {}
