@@ -4,7 +4,7 @@ decoded event (``audit_record``, the live path); whatever it does not read is le
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID, uuid4
 
@@ -264,3 +264,24 @@ def test_a_bulk_page_writes_the_rows_and_tells_the_records_of_the_live_path():
     for seq in events:
         assert bulk.recent.get(seq) == live.recent[seq]
     assert bulk.recent.get(len(history) + 1) is None
+
+
+def test_a_stored_time_cut_from_its_text_is_the_rfc3339_of_its_value():
+    texts = ["2030-01-02T03:04:05.678901+00:00", "2030-01-02T03:04:05+00:00", "2030-01-02T03:04:05.000000+00:00",
+             "0999-12-31T23:59:59.999999+00:00", "2030-01-02T03:04:05.000001+00:00", "2030-01-02T03:04:05.100000+00:00",
+             "2030-01-02 03:04:05.678901+00:00", "2030-01-02T03:04:05,678901+00:00", "2030-01-02T03:04:05.678+00:00",
+             "2030-01-02T03:04:05.678901-00:00", "2030-01-02T03:04:05.678901+01:00", "2030-01-02T03:04:05.678901",
+             "2030-01-02T03:04:05.678901Z", "2030-01-02T03:04:05Z", "2030-W01-3T03:04:05.678901+00:00",
+             "2030-01-02T030405.678901+00:00", "2030-01-02T03:04:05.678901+00:00:00", "20300102T030405.678901+00:00",
+             "2030-01-02T03:04:05+00:00:00.000", "2030-01-02T03:04+00:00", "2030-01-02T03:04:05.6789012+00:00",
+             "2030-01-02T03:04:05+05:30", "2030-01-02T03:04:05.678901+14:00", "2030-01-02T03:04:05.678901-12:00"]
+    for text in texts:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            continue
+        assert audit._rfc3339_of(text, moment) == audit.rfc3339(moment), text
+    start = datetime(1970, 1, 1, tzinfo=UTC)
+    for n in range(2000):  # times as the mapper stores them, with and without microseconds
+        moment = start + timedelta(seconds=n * 1_234_567.891, microseconds=0 if n % 3 else n)
+        assert audit._rfc3339_of(moment.isoformat(), moment) == audit.rfc3339(moment)
