@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -116,10 +117,12 @@ class AuditTrail(Projection):
         # in memory so most events need no look-up; bounded, re-read from the view on a miss.
         self._apps: dict[str, str | None] = {}
         self._owners: dict[str, str | None] = {}
+        self._ids: dict[str, str] = {}  # an originator id's 32 hex digits -> its UUID text (bulk passes)
         self._prefetched: tuple[Any, Any] | None = None  # (db, the head's cursor): see prefetch()
         # (the audit record, its app's owner) of each event of the batch just written, by position:
-        # for a view applied after this one in the same transaction (projections.webhooks).
-        self.recent: dict[int, tuple[dict, str | None]] = {}
+        # for a view applied after this one in the same transaction (projections.webhooks). A bulk
+        # page's records are made only when asked for (``_Recent``).
+        self.recent: Any = {}
 
     def create(self, db: Any, *, with_indexes: bool = True) -> None:
         columns = db.columns("audit_events")
@@ -169,14 +172,16 @@ class AuditTrail(Projection):
             return
         head = db.execute(_HEAD).fetchone()
         prev_hash = head[0] if head else GENESIS
-        if len(self._apps) > 200_000 or len(self._owners) > 200_000:
+        if len(self._apps) > 200_000 or len(self._owners) > 200_000 or len(self._ids) > 200_000:
             self._apps.clear()
             self._owners.clear()
+            self._ids.clear()
         apps, owners, topics = self._apps, self._owners, _TOPICS
-        rows = []
-        recent: dict[int, tuple[dict, str | None]] = {}
-        self.recent = recent
-        times: dict[str, tuple[str, int]] = {}
+        rows: list[tuple] = []
+        parts: list[Any] = []  # by row: its (data, request) when made from stored JSON, else its record
+        self.recent = _Recent(rows, parts)
+        add = _stored_rows(db, apps, owners, self._ids, rows, parts)
+        state_of = getattr(page, "state", None) or _parsed(judged)
         for i, stored in enumerate(judged):
             position, state = stored[0], stored[4]
             if type(state) is bytes and type(stored[1]) is str:  # ``chain_hash``, inlined
@@ -186,30 +191,18 @@ class AuditTrail(Projection):
                 digest = sha.hexdigest()
             else:
                 digest = chain_hash(prev_hash, position, stored[1], stored[2], stored[3], state)
-            found = None
             if stored[5] is None:
                 shape = topics.get(stored[3])
                 if shape is None:
                     shape = topics[stored[3]] = _shape(stored[3])
-                if shape:
-                    found = _stored_record(db, position, stored[1], stored[2], stored[6], shape, apps, owners,
-                                           times)
-            if found is None:
-                event = page.event(i)
-                record = audit_record(db, position, event, apps, owners)
-                at_us = microseconds(event.timestamp)
-                data, request = _data_json(record["data"]), _request_json(record["request"])
-            else:
-                record, at_us = found
-                data = _float_free_json(record["data"], _json_data)
-                request = _float_free_json(record["request"], _json_request)
-            recent[position] = (record, record["owner_id"])  # the same dict: hashes added below
-            actor = record["actor"]
-            rows.append(
-                (position, record["id"], record["type"], record["occurred_at"], at_us, actor["kind"], actor["id"],
-                 record["app_id"], record.pop("owner_id"), record["key_id"], record["aggregate_id"],
-                 data, request, digest, prev_hash))
+                if shape and add(position, stored[1], stored[2], state_of(i), shape, digest, prev_hash):
+                    prev_hash = digest
+                    continue
+            event = page.event(i)
+            record = audit_record(db, position, event, apps, owners)
+            rows.append(_live_row(record, microseconds(event.timestamp), digest, prev_hash))
             record["hash"], record["prev_hash"] = digest, prev_hash
+            parts.append(record)
             prev_hash = digest
         db.executemany("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if self.on_head is not None:
@@ -238,11 +231,7 @@ class AuditTrail(Projection):
             digest = chain_hash(prev_hash, *stored)
             record = audit_record(db, position, event, self._apps, self._owners)
             recent[position] = (record, record["owner_id"])  # the same dict: hashes added below
-            rows.append(
-                (record["seq"], record["id"], record["type"], record["occurred_at"],
-                 microseconds(event.timestamp), record["actor"]["kind"], record["actor"]["id"],
-                 record["app_id"], record.pop("owner_id"), record["key_id"], record["aggregate_id"],
-                 _data_json(record["data"]), _request_json(record["request"]), digest, prev_hash))
+            rows.append(_live_row(record, microseconds(event.timestamp), digest, prev_hash))
             record["hash"], record["prev_hash"] = digest, prev_hash
             prev_hash = digest
         db.executemany("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -251,6 +240,15 @@ class AuditTrail(Projection):
 
 
 _HEAD = "SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+
+
+def _live_row(record: dict, at_us: int, digest: str, prev_hash: str) -> tuple:
+    """The ``audit_events`` row of an ``audit_record`` (its ``owner_id`` taken out of it): what
+    the live path writes, and what a row made from stored JSON (``_stored_rows``) must equal."""
+    actor = record["actor"]
+    return (record["seq"], record["id"], record["type"], record["occurred_at"], at_us, actor["kind"], actor["id"],
+            record["app_id"], record.pop("owner_id"), record["key_id"], record["aggregate_id"],
+            _data_json(record["data"]), _request_json(record["request"]), digest, prev_hash)
 _AGGREGATE_APP = upsert("audit_aggregate_apps", ("aggregate_id", "app_id"), ("aggregate_id",), update=())
 _APP_OWNER = upsert("audit_app_owners", ("app_id", "owner_id"), ("app_id",))
 # One encoder each, made once (``json.dumps`` with options makes a new one per call).
@@ -459,62 +457,173 @@ def _stored_plain(value: Any) -> Any:
     raise _Unread  # a float (the transcoder reads numbers orjson may not), anything else
 
 
-def _stored_record(db: Any, position: int, originator_hex: Any, version: Any, body: bytes,
-                   shape: tuple[str, bool], apps: dict, owners: dict,
-                   times: dict[str, tuple[str, int]]) -> tuple[dict, int] | None:
-    """``audit_record`` of a judged record's event and its time in microseconds, made from its stored
-    JSON (the same dict as from the decoded event); None when it cannot be read so."""
-    try:
-        state = _loads(body)
-        if type(state) is not dict or "class_version" in state or type(version) is not int:
+def _parsed(judged: Sequence[tuple]) -> Callable[[int], Any]:
+    """``Page.state`` for a page that has none: ``judged[i]``'s stored state parsed, or None when
+    the record is refused or its state is not a JSON object."""
+    def state(i: int) -> Any:
+        record = judged[i]
+        if record[5] is not None:
             return None
-        h = originator_hex.lower() if type(originator_hex) is str else ""
-        if len(h) != 32 or h.strip("0123456789abcdef"):
+        try:
+            found = _loads(record[6])
+        except Exception:  # noqa: BLE001 - not JSON: decoded (and refused) by the caller
             return None
-        aggregate_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-        get = state.get
-        by, app_id, slug, owner_id, key_id = get("by", "system:unknown"), get("app_id"), get("slug"), \
-            get("owner_id"), get("key_id")
-        request = get("request") or {}
-        stamp = get("timestamp")
-        for value in (by, app_id, slug, owner_id, key_id):
-            if type(value) not in _PLAIN:  # a typed value, a number the transcoder reads: decoded
-                return None
-        if type(request) is not dict or type(stamp) is not dict or len(stamp) != 2 \
-                or stamp.get("_type_") != "datetime_iso" or type(stamp.get("_data_")) is not str:
-            return None
-        ask = request.get
-        asked = {"id": ask("id"), "ip": ask("ip"), "user_agent": ask("user_agent")}
-        for value in asked.values():
-            if type(value) not in _PLAIN:
-                return None
+        return found if type(found) is dict else None
+    return state
+
+
+_MISSING = object()
+
+
+def _rfc3339_of(text: str, moment: datetime) -> str:
+    """``rfc3339(moment)`` of ``moment = datetime.fromisoformat(text)``: cut from ``text`` itself when
+    it is ``isoformat()``'s text of a UTC time (how the mapper stores every time), a sixth of the cost
+    (every event's time is another). ``fromisoformat`` having read it, the separators in their places
+    leave ASCII digits in the others; ``isoformat`` writes no fraction for 0 microseconds."""
+    size = len(text)
+    if (size == 32 or size == 25) and moment.tzinfo is UTC and text[size - 6:] == "+00:00" and text[4] == "-" \
+            and text[7] == "-" and text[10] == "T" and text[13] == ":" and text[16] == ":" \
+            and (size == 25 or text[19] == ".") and text.isascii():
+        return text[:19] + "Z" if size == 25 or moment.microsecond == 0 else text[:26] + "Z"
+    return rfc3339(moment)  # type: ignore[return-value]
+
+
+def _stored_rows(db: Any, apps: dict, owners: dict, ids: dict[str, str], rows: list[tuple],
+                 parts: list[Any]) -> Callable[..., bool]:
+    """A page's maker of rows from stored JSON (bulk passes): ``add(position, originator_hex, version,
+    state, shape, digest, prev_hash)``, given a judged record's parsed stored ``state`` (shared: never
+    changed), appends to ``rows`` the row the live path writes for its decoded event (``audit_record``,
+    ``_live_row``), the same values and the same column text, and to ``parts`` its (data, request), and
+    says True; or says False, having written nothing, when it does not read the state so (a later shape,
+    a value of a type it does not know, a float): the caller decodes the event. ``apps`` and ``owners``
+    are ``_app_and_owner``'s caches; ``ids`` caches an originator's hex digits' UUID text."""
+    times: dict[str, tuple[str, int]] = {}  # a stored time's text -> (its RFC 3339 text, microseconds)
+    actors: dict[str, tuple[str, str]] = {}  # a ``by`` text -> (kind, id)
+    plain, left_out, prefix, variant = _PLAIN, _LEFT_OUT_STORED, _EVENT_ID_PREFIX, _VARIANT
+    dumps, sort = _orjson_dumps, _SORTED
+
+    def time_of(text: str) -> tuple[str, int]:
+        found = times.get(text)
+        if found is None:
+            moment = datetime.fromisoformat(text)
+            found = times[text] = (_rfc3339_of(text, moment), microseconds(moment))  # type: ignore[assignment]
+        return found  # type: ignore[return-value]
+
+    def add(position: int, originator_hex: Any, version: Any, state: Any, shape: tuple[str, bool],
+            digest: str, prev_hash: str) -> bool:
+        if state is None or type(version) is not int or "class_version" in state or type(originator_hex) is not str:
+            return False
+        aggregate_id = ids.get(originator_hex)
+        if aggregate_id is None:
+            h = originator_hex.lower()
+            if len(h) != 32 or h.strip("0123456789abcdef"):
+                return False
+            aggregate_id = ids[originator_hex] = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        # ``state.get(...)``, but without a call each (most of these are absent)
+        by = state["by"] if "by" in state else "system:unknown"
+        app_id = state["app_id"] if "app_id" in state else None
+        slug = state["slug"] if "slug" in state else None
+        owner_id = state["owner_id"] if "owner_id" in state else None
+        key_id = state["key_id"] if "key_id" in state else None
+        request = (state["request"] if "request" in state else None) or {}
+        stamp = state["timestamp"] if "timestamp" in state else None
+        # A typed value, or a number the transcoder reads: decoded.
+        if type(by) not in plain or type(app_id) not in plain or type(slug) not in plain \
+                or type(owner_id) not in plain or type(key_id) not in plain \
+                or type(request) is not dict or type(stamp) is not dict or len(stamp) != 2:
+            return False
+        when = stamp.get("_data_")
+        if stamp.get("_type_") != "datetime_iso" or type(when) is not str:
+            return False
+        request_id = request["id"] if "id" in request else None
+        ip = request["ip"] if "ip" in request else None
+        user_agent = request["user_agent"] if "user_agent" in request else None
+        if type(request_id) not in plain or type(ip) not in plain or type(user_agent) not in plain:
+            return False
         data = {}
-        for k, v in state.items():
-            if k not in _LEFT_OUT_STORED:
-                t = type(v)
-                data[k] = v if t is str or t is int or t is bool or v is None else _stored_plain(v)
-        time = times.get(stamp["_data_"])
-        if time is None:
-            moment = datetime.fromisoformat(stamp["_data_"])
-            time = times[stamp["_data_"]] = (rfc3339(moment), microseconds(moment))
-    except (_Unread, ValueError, TypeError, AttributeError):
-        return None
-    kind, _, actor_id = str(by).partition(":")
-    app, owner_id = _app_and_owner(db, aggregate_id, app_id or slug, slug, owner_id, apps, owners)
-    event_type, of_key = shape
-    return {
-        "seq": position,
-        "id": event_id(aggregate_id, version),  # type: ignore[arg-type]
-        "type": event_type,
-        "occurred_at": time[0],
-        "actor": {"kind": kind, "id": actor_id},
-        "app_id": app,
-        "key_id": aggregate_id if of_key else key_id,
-        "data": data,
-        "request": asked,
-        "owner_id": owner_id,
-        "aggregate_id": aggregate_id,
-    }, time[1]
+        try:
+            for k, v in state.items():
+                if k in left_out:
+                    continue
+                kind = type(v)
+                if kind in plain:
+                    data[k] = v
+                elif kind is list and plain.issuperset(map(type, v)):
+                    data[k] = v  # the same list: nothing here changes it
+                elif kind is dict and len(v) == 2 and v.get("_type_") == "datetime_iso" \
+                        and type(v.get("_data_")) is str:
+                    data[k] = time_of(v["_data_"])[0]
+                else:
+                    data[k] = _stored_plain(v)
+            occurred_at, at_us = time_of(when)
+        except (_Unread, ValueError, TypeError, AttributeError):
+            return False
+        if type(by) is str:
+            actor = actors.get(by)
+            if actor is None:
+                kind_of, _, actor_id = by.partition(":")
+                actor = actors[by] = (kind_of, actor_id)
+            kind_of, actor_id = actor
+        else:
+            kind_of, _, actor_id = str(by).partition(":")
+        if not app_id and slug is None:  # ``_app_and_owner`` of a known aggregate, inlined
+            app = apps.get(aggregate_id, _MISSING)
+            if app is None:
+                owner = None
+            elif app is _MISSING or (owner := owners.get(app, _MISSING)) is _MISSING:
+                app, owner = _app_and_owner(db, aggregate_id, None, None, owner_id, apps, owners)
+        else:
+            app, owner = _app_and_owner(db, aggregate_id, app_id or slug, slug, owner_id, apps, owners)
+        sha = prefix.copy()  # ``event_id``, inlined
+        sha.update(f"{aggregate_id}:{version}".encode())
+        h = sha.hexdigest()
+        asked = {"id": request_id, "ip": ip, "user_agent": user_agent}
+        if dumps is not None:
+            try:
+                data_json = dumps(data, option=sort).decode()
+            except (TypeError, ValueError):
+                data_json = _json_data(data)
+            try:
+                request_json = dumps(asked, option=sort).decode()
+            except (TypeError, ValueError):
+                request_json = _json_request(asked)
+        else:  # pragma: no cover - orjson is a dependency
+            data_json, request_json = _json_data(data), _json_request(asked)
+        rows.append((position, f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}", shape[0],
+                     occurred_at, at_us, kind_of, actor_id, app, owner, aggregate_id if shape[1] else key_id,
+                     aggregate_id, data_json, request_json, digest, prev_hash))
+        parts.append((data, asked))
+        return True
+
+    return add
+
+
+def _by_seq(row: tuple) -> int:
+    return row[0]
+
+
+class _Recent:
+    """``AuditTrail.recent`` after a bulk page: (the audit record with its hashes, its app's owner)
+    by position, a record made only when asked for, from its row and its (data, request) — or the
+    record itself, for a row made from a decoded event."""
+
+    __slots__ = ("rows", "parts")
+
+    def __init__(self, rows: list[tuple], parts: list[Any]) -> None:
+        self.rows, self.parts = rows, parts
+
+    def get(self, position: int, default: Any = None) -> Any:
+        rows = self.rows
+        i = bisect_left(rows, position, key=_by_seq)
+        if i == len(rows) or rows[i][0] != position:
+            return default
+        row, part = rows[i], self.parts[i]
+        if type(part) is dict:
+            return part, row[8]
+        data, request = part
+        return {"seq": row[0], "id": row[1], "type": row[2], "occurred_at": row[3],
+                "actor": {"kind": row[5], "id": row[6]}, "app_id": row[7], "key_id": row[9], "data": data,
+                "request": request, "aggregate_id": row[10], "hash": row[13], "prev_hash": row[14]}, row[8]
 
 
 @dataclass(frozen=True)

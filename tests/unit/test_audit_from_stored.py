@@ -4,9 +4,9 @@ decoded event (``audit_record``, the live path); whatever it does not read is le
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, UUIDAsHex
@@ -67,6 +67,27 @@ CASES = [  # (topic, state, read from the stored JSON?)
 ]
 
 
+def fast_row(db, position, originator_hex, version, state, shape, apps=None, owners=None, ids=None):
+    """``_stored_rows``' row (and its recent record) for one parsed state, or None."""
+    rows, parts = [], []
+    add = audit._stored_rows(db, {} if apps is None else apps, {} if owners is None else owners,
+                             {} if ids is None else ids, rows, parts)
+    if not add(position, originator_hex, version, state, shape, "h" * 64, "p" * 64):
+        assert rows == parts == [] and db.writes == []
+        return None
+    assert len(rows) == len(parts) == 1
+    return rows[0], audit._Recent(rows, parts).get(position)
+
+
+def live_row(db, position, event, apps=None, owners=None):
+    """The live path's row (``_write``) and its recent record."""
+    record = audit.audit_record(db, position, event, {} if apps is None else apps, {} if owners is None else owners)
+    owner_id = record["owner_id"]
+    row = audit._live_row(record, audit.microseconds(event.timestamp), "h" * 64, "p" * 64)
+    record["hash"], record["prev_hash"] = "h" * 64, "p" * 64
+    return row, (record, owner_id)
+
+
 @pytest.mark.parametrize(("topic", "state", "fast"), CASES)
 def test_a_row_from_the_stored_json_is_the_row_from_the_event(topic, state, fast):
     t = transcoder()
@@ -76,21 +97,105 @@ def test_a_row_from_the_stored_json_is_the_row_from_the_event(topic, state, fast
     shape = audit._shape(topic)
     assert shape
     db_fast, db_live = Db(), Db()
-    got = audit._stored_record(db_fast, 7, originator.hex, 3, body, shape, {}, {}, {})
+    got = fast_row(db_fast, 7, originator.hex, 3, audit._loads(body), shape)
     if not fast:
         assert got is None
         return
     if "class_version" not in state:
         event = mapper.decode_opened(originator, 3, topic, body)
-        expected = audit.audit_record(db_live, 7, event, {}, {})
         assert got is not None
-        record, at_us = got
-        assert record == expected
-        assert at_us == audit.microseconds(event.timestamp)
-        assert audit._float_free_json(record["data"], audit._json_data) == audit._data_json(expected["data"])
-        assert audit._float_free_json(record["request"], audit._json_request) == audit._request_json(
-            expected["request"])
+        assert got == live_row(db_live, 7, event)
         assert db_fast.writes == db_live.writes
+
+
+def odd(**changes):
+    state = issued()
+    for k, v in changes.items():
+        if v is DROP:
+            state.pop(k)
+        else:
+            state[k] = v
+    return state
+
+
+DROP = object()
+TYPED_AT = {"_type_": "datetime_iso", "_data_": "2031-05-06T07:08:09.5+02:00"}
+ODD = [  # (topic, state): odd shapes, every one read from the stored JSON
+    (ISSUED, odd(by=5)),  # not text: str() of it, as the event's attribute
+    (ISSUED, odd(by=True)),
+    (ISSUED, odd(by="True")),  # the same text as str(True): the actor cache keys on the text's type too
+    (ISSUED, odd(by="no-colon")),
+    (ISSUED, odd(by=None)),
+    (ISSUED, odd(by=DROP, request=DROP)),
+    (ISSUED, odd(app_id="")),  # falsy: the app known for the aggregate
+    (ISSUED, odd(app_id=0)),
+    (ISSUED, odd(app_id=DROP, slug="app-s", owner_id="o-s")),  # an app's slug on a key's event
+    (ISSUED, odd(app_id="", slug="app-s", owner_id=7)),  # an owner that is not text: no fact
+    (ISSUED, odd(key_id="other")),  # a key's event: its aggregate, whatever it says
+    (SCOPES, {"timestamp": AT, "key_id": "k9", "by": "key:k9", "scopes": [], "previous_scopes": [], "digests": []}),
+    (ISSUED, odd(expires_at=TYPED_AT)),  # a time in another offset: made UTC
+    (ISSUED, odd(expires_at={"_type_": "datetime_iso", "_data_": "2031-05-06T07:08:09"})),  # naive
+    (ISSUED, odd(timestamp={"_type_": "datetime_iso", "_data_": "2030-01-02T03:04:05.678901+05:30"})),
+    (ISSUED, odd(timestamp={"_type_": "datetime_iso", "_data_": AT["_data_"]}, valid_until=AT)),  # shared text
+    (ISSUED, odd(scopes=["a", 1, True, None])),  # a list of plain values: kept as it is
+    (ISSUED, odd(scopes=[TYPED_AT, [{"_type_": "uuid_hex", "_data_": "ab" * 16}]])),  # typed values in lists
+    (ISSUED, odd(note={"_type_": "x", "_data_": "y", "z": 1})),  # three members: a plain object
+    (ISSUED, odd(note={"_type_": "datetime_iso", "x": "y"})),
+    (ISSUED, odd(note={"b": {"_type_": "uuid_hex", "_data_": "cd" * 16}, "a": []})),
+    (ISSUED, odd(request={"id": "x", "ip": None, "extra": "left out"})),
+    (ISSUED, odd(request={"user_agent": "\u2028 \U0001f511 \"q\" \\"})),
+    (ISSUED, odd(description="\u00e9 \U0001f511 \x00 \"\\</script>", big=2**63 - 1, small=-2**63)),
+    (ISSUED, odd(origin=False, empty={}, nothing=None)),
+]
+
+
+def test_odd_shapes_make_the_live_rows_with_shared_caches():
+    """Every odd shape above, one after the other with the caches of a page shared (as in a bulk
+    page), after the app they name is registered: each row and each fact written is the live one."""
+    t = transcoder()
+    mapper = SealingMapper(t, b"k" * 32)
+    registered = {"timestamp": AT, "by": "system:importer", "request": {}, "slug": "app-1", "name": "App 1",
+                  "owner_id": "o1", "origin": "user"}
+    stream = [(REGISTERED, registered, uuid4())]
+    key = uuid4()
+    for topic, state in ODD:
+        stream.append((ISSUED, issued(), key))  # the key's app first: later events find it cached
+        stream.append((topic, state, key))
+        stream.append((topic, state, uuid4()))  # and a key no event named an app for
+    fast_caches, live_caches = ({}, {}), ({}, {})
+    ids: dict = {}
+    rows, parts = [], []
+    db_fast, db_live = Db(), Db()
+    add = audit._stored_rows(db_fast, *fast_caches, ids, rows, parts)
+    expected = []
+    for position, (topic, state, originator) in enumerate(stream, start=1):
+        body = audit._orjson_dumps(state)
+        hexed = originator.hex.upper() if position % 2 else originator.hex  # any case of hex digits
+        assert add(position, hexed, position, audit._loads(body), audit._shape(topic), f"{position:064}", "p" * 64), \
+            (topic, state)
+        event = mapper.decode_opened(originator, position, topic, body)
+        record = audit.audit_record(db_live, position, event, *live_caches)
+        owner_id = record["owner_id"]
+        expected.append(audit._live_row(record, audit.microseconds(event.timestamp), f"{position:064}", "p" * 64))
+        record["hash"], record["prev_hash"] = f"{position:064}", "p" * 64
+        assert audit._Recent(rows, parts).get(position) == (record, owner_id)
+    assert rows == expected
+    assert [tuple(type(v) for v in row) for row in rows] == [tuple(type(v) for v in row) for row in expected]
+    assert db_fast.writes == db_live.writes
+    assert audit._Recent(rows, parts).get(0) is None and audit._Recent(rows, parts).get(len(stream) + 1) is None
+
+
+def test_a_state_it_does_not_read_writes_nothing():
+    for state in (None, issued(by=1.5), issued(app_id=[]), issued(timestamp="2030-01-01"),
+                  issued(timestamp={"_type_": "datetime_iso", "_data_": "not a time"}),
+                  issued(timestamp={"_type_": "datetime_iso", "_data_": AT["_data_"], "x": 1}),
+                  issued(request=["x"]), issued(request={"ip": ["10.0.0.1"]}), issued(scopes=[1.5]),
+                  issued(note={"_type_": "decimal_str", "_data_": "1"}), issued(class_version=1)):
+        db = Db()
+        assert fast_row(db, 1, uuid4().hex, 1, state, audit._shape(ISSUED)) is None, state
+    for originator, version in ((uuid4().hex[:31], 1), ("g" * 32, 1), (uuid4().bytes, 1), (uuid4().hex, "1"),
+                                (uuid4().hex, True)):
+        assert fast_row(Db(), 1, originator, version, issued(), audit._shape(ISSUED)) is None
 
 
 def test_a_topic_with_class_defaults_or_unknown_is_decoded():
@@ -109,3 +214,74 @@ def test_the_column_text_is_the_same_for_the_same_value_however_made():
     assert audit._stored_plain({"_type_": "datetime_iso", "_data_": when.isoformat()}) == "2030-01-01T00:00:00Z"
     with pytest.raises(audit._Unread):
         audit._stored_plain(Decimal("1"))
+
+
+class RowsDb(Db):
+    """Reads find nothing; each ``executemany``'s rows are kept by statement."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.many: list[tuple[str, list]] = []
+
+    def executemany(self, sql, rows):
+        self.many.append((sql, [tuple(r) for r in rows]))
+
+
+def test_a_bulk_page_writes_the_rows_and_tells_the_records_of_the_live_path():
+    """A page of judged records (read from the stored JSON or, a float among them, decoded) gives the
+    rows, the facts and the ``recent`` records of the same events applied live (``process_batch``)."""
+    from projections.follower import Page
+
+    t = transcoder()
+    mapper = SealingMapper(t, b"k" * 32)
+    app, key, lost = uuid4(), uuid4(), uuid4()
+    registered = {"timestamp": AT, "by": "system:importer", "request": REQUEST, "slug": "app-1", "name": "App 1",
+                  "owner_id": "o1", "origin": "user"}
+    scopes = {"timestamp": AT, "by": "key:k1", "request": {}, "scopes": ["a"], "previous_scopes": [], "digests": []}
+    history = [(app, 1, REGISTERED, registered), (key, 1, ISSUED, issued(app_id="app-1")),
+               (key, 2, SCOPES, scopes), (key, 3, ISSUED, issued(app_id="app-1", ratio=0.5)),  # decoded
+               (lost, 1, SCOPES, scopes), (lost, 2, SCOPES, scopes),  # an aggregate of no known app, twice
+               (key, 4, SCOPES, {**scopes, "previous_scopes": [1.5]})]  # decoded
+    judged = []
+    for seq, (originator, version, topic, state) in enumerate(history, start=1):
+        body = audit._orjson_dumps(state)
+        judged.append((seq, originator.hex, version, topic, body, None, body, originator.hex))
+    events = {r[0]: mapper.decode_opened(UUID(r[1]), r[2], r[3], r[6]) for r in judged}
+    bulk_db, live_db = RowsDb(), RowsDb()
+    bulk = audit.AuditTrail(lambda after, limit: [])
+    bulk.process_page(bulk_db, Page(judged=judged, decode=lambda r: events[r[0]]))
+    live = audit.AuditTrail(lambda after, limit: [r[:5] for r in judged if after < r[0] <= after + limit])
+    live.process_batch(live_db, sorted(events.items()))
+    facts = [(sql, rows) for sql, rows in bulk_db.many if not sql.startswith("INSERT INTO audit_events")]
+    inserted = [(sql, rows) for sql, rows in bulk_db.many if sql.startswith("INSERT INTO audit_events")]
+    assert inserted == live_db.many
+    for statement in (audit._AGGREGATE_APP, audit._APP_OWNER):  # the facts, written at the page's end
+        assert [row for sql, rows in facts if sql == statement for row in rows] == \
+            [params for sql, params in live_db.writes if sql == statement]
+    assert bulk_db.writes == [(sql, params) for sql, params in live_db.writes  # the reads, as they were
+                              if sql not in (audit._AGGREGATE_APP, audit._APP_OWNER)]
+    assert [r[11] for r in inserted[0][1]][3].endswith('"ratio": 0.5, "scopes": ["All"]}')  # the json module's text
+    for seq in events:
+        assert bulk.recent.get(seq) == live.recent[seq]
+    assert bulk.recent.get(len(history) + 1) is None
+
+
+def test_a_stored_time_cut_from_its_text_is_the_rfc3339_of_its_value():
+    texts = ["2030-01-02T03:04:05.678901+00:00", "2030-01-02T03:04:05+00:00", "2030-01-02T03:04:05.000000+00:00",
+             "0999-12-31T23:59:59.999999+00:00", "2030-01-02T03:04:05.000001+00:00", "2030-01-02T03:04:05.100000+00:00",
+             "2030-01-02 03:04:05.678901+00:00", "2030-01-02T03:04:05,678901+00:00", "2030-01-02T03:04:05.678+00:00",
+             "2030-01-02T03:04:05.678901-00:00", "2030-01-02T03:04:05.678901+01:00", "2030-01-02T03:04:05.678901",
+             "2030-01-02T03:04:05.678901Z", "2030-01-02T03:04:05Z", "2030-W01-3T03:04:05.678901+00:00",
+             "2030-01-02T030405.678901+00:00", "2030-01-02T03:04:05.678901+00:00:00", "20300102T030405.678901+00:00",
+             "2030-01-02T03:04:05+00:00:00.000", "2030-01-02T03:04+00:00", "2030-01-02T03:04:05.6789012+00:00",
+             "2030-01-02T03:04:05+05:30", "2030-01-02T03:04:05.678901+14:00", "2030-01-02T03:04:05.678901-12:00"]
+    for text in texts:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            continue
+        assert audit._rfc3339_of(text, moment) == audit.rfc3339(moment), text
+    start = datetime(1970, 1, 1, tzinfo=UTC)
+    for n in range(2000):  # times as the mapper stores them, with and without microseconds
+        moment = start + timedelta(seconds=n * 1_234_567.891, microseconds=0 if n % 3 else n)
+        assert audit._rfc3339_of(moment.isoformat(), moment) == audit.rfc3339(moment)
