@@ -91,7 +91,8 @@ class WebhooksView(Projection):
         and nothing decoded."""
         judged = getattr(page, "judged", None)
         if judged is not None and not db.execute(_ENABLED).fetchall() and not any(
-                record[5] is None and _is_endpoint_event(topic_class(record[3])) for record in judged):
+                _is_endpoint_event(topic_class(topic)) and any(judged[i][5] is None for i in indexes)
+                for topic, indexes in page.by_topic().items()):
             self._prefetched = None
             return
         super().process_page(db, page)
