@@ -83,11 +83,12 @@ class Page:
     view that reads the others' stored JSON itself — so a page no view needs as events is never
     decoded."""
 
-    __slots__ = ("_items", "judged", "_decode", "_records", "_events", "_states", "_readable", "_by_topic", "first",
-                 "last")
+    __slots__ = ("_items", "judged", "_decode", "_records", "_events", "_states", "_readable", "_by_topic", "_vouched",
+                 "first", "last")
 
     def __init__(self, items: Any = (), records: dict[int, tuple] | None = None, *,
-                 judged: list[tuple] | None = None, decode: Callable[[tuple], Any] | None = None) -> None:
+                 judged: list[tuple] | None = None, decode: Callable[[tuple], Any] | None = None,
+                 vouched: Callable[[tuple], bool] | None = None) -> None:
         self._items: list[tuple[int, Any]] | None = None if judged is not None else list(items)
         self.judged = judged
         self._decode = decode
@@ -95,6 +96,7 @@ class Page:
         self._events: dict[int, Any] = {}  # decoded one at a time, by index in ``judged``
         self._states: dict[int, Any] = {}  # stored states parsed (not decoded), by index in ``judged``
         self._readable: dict[int, Any] = {}  # ... and found readable (or None), by index
+        self._vouched = vouched
         self._by_topic: dict[Any, list[int]] | None = None
         rows = judged if judged is not None else self._items
         self.first = rows[0][0] if rows else 0
@@ -153,11 +155,14 @@ class Page:
 
     def readable(self, i: int) -> Any:
         """``state(i)`` if the record may be read from its JSON (``projections.stored.readable``: not
-        refused, decoded as it is stored), else None; judged once for every view."""
+        refused, decoded as it is stored — taken as read for a record the source vouches for, its
+        seal held: see ``LedgerApplication.vouched``), else None; judged once for every view."""
         found = self._readable.get(i, _UNPARSED)
         if found is _UNPARSED:
             state = self.state(i)
-            found = self._readable[i] = state if readable(self.judged[i], state) else None  # type: ignore[index]
+            record = self.judged[i]  # type: ignore[index]
+            vouched = self._vouched is not None and state is not None and self._vouched(record)
+            found = self._readable[i] = state if vouched or readable(record, state) else None
         return found
 
     def by_topic(self) -> dict[Any, list[int]]:
@@ -183,7 +188,7 @@ class Page:
         """The events after ``position`` (for a view that is part-way through this page)."""
         if self.judged is not None:
             keep = [i for i, record in enumerate(self.judged) if record[0] > position]
-            page = Page(judged=[self.judged[i] for i in keep], decode=self._decode)
+            page = Page(judged=[self.judged[i] for i in keep], decode=self._decode, vouched=self._vouched)
             page._events = {j: self._events[i] for j, i in enumerate(keep) if i in self._events}
             page._states = {j: self._states[i] for j, i in enumerate(keep) if i in self._states}
             page._readable = {j: self._readable[i] for j, i in enumerate(keep) if i in self._readable}
@@ -664,7 +669,8 @@ class Follower:
     def _read_page(self, after: int, limit: int, records: bool = True) -> Page:
         read_judged = getattr(self.source, "read_judged", None)
         if read_judged is not None:
-            return Page(judged=read_judged(after, limit), decode=self.source.decode_judged)  # type: ignore[attr-defined]
+            return Page(judged=read_judged(after, limit), decode=self.source.decode_judged,  # type: ignore[attr-defined]
+                        vouched=getattr(self.source, "vouched", None))
         read_records = getattr(self.source, "read_records", None)
         if read_records is None or not records:
             return Page(self.source.read_events(after, limit))

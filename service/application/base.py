@@ -29,7 +29,7 @@ from service.application.sealing import (
     SealingMapper,
 )
 from service.domain.actors import Actor
-from service.domain.audit import RefusedRecord
+from service.domain.audit import RefusedRecord, has_seal
 from service.domain.errors import Conflict, Forbidden, NotFound, TamperedRecord, Unavailable
 
 log = logging.getLogger("keyledger.audit")
@@ -136,6 +136,14 @@ class LedgerApplication(Application):
             problem, body = judge(seq, oid, version, topic, state)
             judged.append((seq, oid.hex if isinstance(oid, UUID) else oid, version, topic, state, problem, body, oid))
         return judged
+
+    def vouched(self, record: tuple) -> bool:
+        """Whether a judged record's seal held (``read_judged``): not refused, sealed, and after any
+        accepted baseline (a record accepted with a seal that did not verify is not vouched for).
+        The service wrote such a state with this mapper's encoder, so it decodes as stored: a bulk
+        pass may read it from its JSON without first checking every value (``Page.readable``)."""
+        return record[5] is None and type(record[6]) is bytes and has_seal(record[6]) \
+            and record[0] > self.record_rules.accepted_through
 
     def decode_judged(self, record: tuple) -> DomainEventProtocol:
         """The event of a record from ``read_judged``: decoded, or — refused, or not decodable — a
