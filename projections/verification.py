@@ -211,8 +211,19 @@ class VerificationView(Projection):
             ops.append(self._operation(page.event(i)))
         staging = _staging(db)
         fold = _PageFold(runs, staging)
-        referenced = {digest for op in ops if op[0] >= _SCOPES for digest in _touched(op)}
-        if (referenced or any(op[0] == _PUT for op in ops)) and staging and _has_staged(runs):
+        # The rows the page reads: not those of digests it gave a whole row first (a key issued in the
+        # page, then changed): the page's own row is the one those events change.
+        referenced: set[bytes] = set()
+        created: set[bytes] = set()
+        for op in ops:
+            code = op[0]
+            if code >= _SCOPES:
+                referenced.update(d for d in _touched(op) if d not in created)
+            elif code == _NEW_KEY:
+                created.add(op[1][0])
+            elif code == _PUT:
+                created.add(op[1][0])
+        if staging and any(op[0] >= _SCOPES or op[0] == _PUT for op in ops) and _has_staged(runs):
             _merge_staged(runs)  # keys staged by earlier pages came before this page's events: in first
         if referenced:
             fold.load(referenced)
