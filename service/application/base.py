@@ -130,12 +130,7 @@ class LedgerApplication(Application):
         each (seq, originator id as 32 hex digits, version, topic, state, why it is refused or None,
         its state as bytes, the originator id as the store returned it). A bulk pass decodes
         (``decode_judged``) only what a view needs."""
-        judge = self.record_rules.judge
-        judged: list[tuple] = []
-        for seq, oid, version, topic, state in self.raw_records(after, limit):
-            problem, body = judge(seq, oid, version, topic, state)
-            judged.append((seq, oid.hex if isinstance(oid, UUID) else oid, version, topic, state, problem, body, oid))
-        return judged
+        return self.record_rules.judge_rows(self.raw_records(after, limit))
 
     def vouched(self, record: tuple) -> bool:
         """Whether a judged record's seal held (``read_judged``): not refused, sealed, and after any

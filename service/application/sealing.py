@@ -16,7 +16,9 @@ instances that share a store already share that key, and the store never holds i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hmac
+from binascii import hexlify
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -36,7 +38,7 @@ try:  # a faster JSON parser for reading the log (a rebuild decodes every record
 except ImportError:  # pragma: no cover - a dependency; the library's decoder does the same, slower
     _fast_loads = None
 
-from service.domain.audit import has_seal, seal, seal_status, sealer
+from service.domain.audit import SEAL_HEX, SEAL_OPEN, SEAL_TAIL, has_seal, seal, seal_status, sealer
 from service.domain.errors import TamperedRecord
 
 
@@ -260,6 +262,51 @@ class RecordRules:
         if self.sealed_from is None or seq < self.sealed_from:
             self.sealed_from = seq
         return None, state
+
+    def judge_rows(self, rows: Iterable[Sequence[Any]]) -> list[tuple]:
+        """Rows (seq, originator id, version, topic, state) as the store returned them, each judged as
+        ``judge`` judges it, in order: (seq, originator id as 32 hex digits, version, topic, state,
+        why it is refused or None, its state as bytes, the originator id as returned) — the records of
+        ``LedgerApplication.read_judged``. The common row (an int, 32 hex digits, an int, TEXT and
+        bytes whose seal holds: every row of a bulk pass on SQLite) is judged inline, its seal computed
+        as ``seal_status`` computes it (no call per row, one hash update, the header's tail formatted once
+        per version and topic);
+        any other row — a seal that does not hold or is missing, a value of another type — by
+        ``judge`` itself, so every verdict is ``judge``'s."""
+        judged: list[tuple] = []
+        append, judge_one = judged.append, self.judge
+        new_inner, new_outer, compare = self.key._inner.copy, self.key._outer.copy, hmac.compare_digest
+        tail, opening, opening_size, hex_size = SEAL_TAIL, SEAL_OPEN, len(SEAL_OPEN), SEAL_HEX
+        digest_size = hex_size // 2
+        heads: dict[tuple[int, str], bytes] = {}
+        sealed_from = self.sealed_from
+        for row in rows:
+            seq, oid, version, topic, state = row
+            if (type(state) is bytes and type(oid) is str and type(version) is int and type(topic) is str
+                    and type(seq) is int and len(oid) == 32):
+                end = len(state) - tail  # where the seal's member starts, after a ','
+                if end > 1 and state[end - 1] == 0x2C and state[-2:] == b'"}' and state[end:end + opening_size] == opening:
+                    try:
+                        int(oid, 16)  # _is_hex
+                    except ValueError:
+                        pass
+                    else:
+                        head = heads.get((version, topic))  # "\n{version}\n{topic}\n": few of them
+                        if head is None:
+                            head = heads[(version, topic)] = f"\n{version}\n{topic}\n".encode()
+                        inner = new_inner()
+                        inner.update(b"".join((oid.encode(), head, state[:end - 1], b"}")))
+                        outer = new_outer()
+                        outer.update(inner.digest())
+                        if compare(hexlify(outer.digest()[:digest_size]), state[-hex_size - 2:-2]):
+                            if sealed_from is None or seq < sealed_from:
+                                sealed_from = self.sealed_from = seq
+                            append((seq, oid, version, topic, state, None, state, oid))
+                            continue
+            problem, body = judge_one(seq, oid, version, topic, state)
+            sealed_from = self.sealed_from
+            append((seq, oid.hex if isinstance(oid, UUID) else oid, version, topic, state, problem, body, oid))
+        return judged
 
 
 def _is_hex(text: str) -> bool:

@@ -46,9 +46,9 @@ GENESIS = "0" * 64
 CHECKPOINT_FORMAT = "keyledger-audit-checkpoint/v1"
 BASELINE_FORMAT = "keyledger-audit-baseline/v1"
 SEAL_FORMAT = b"keyledger-record-seal/v1\n"
-_SEAL_OPEN = b'"_mac":"'
-_SEAL_HEX = 32  # 128 bits of HMAC-SHA256
-_SEAL_TAIL = len(_SEAL_OPEN) + _SEAL_HEX + 2  # '"_mac":"' + tag + '"}'
+SEAL_OPEN = _SEAL_OPEN = b'"_mac":"'
+SEAL_HEX = _SEAL_HEX = 32  # 128 bits of HMAC-SHA256
+SEAL_TAIL = _SEAL_TAIL = len(_SEAL_OPEN) + _SEAL_HEX + 2  # '"_mac":"' + tag + '"}'
 _SEAL_OPEN_SIZE = len(_SEAL_OPEN)
 
 

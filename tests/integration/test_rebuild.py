@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -307,3 +308,39 @@ def test_a_process_that_finds_another_building_aside_builds_the_rest_and_waits(s
     rebuilding.join(30)
     assert done == [last] and follower.side_builds == 0
     assert dump(system) == live
+
+
+def test_a_big_merge_of_staged_keys_sorts_in_small_runs_and_gives_the_page_cache_back(system, monkeypatch):
+    """SQLite: staged keys past ``_SORT_IN_RUNS_FROM`` go into the view with the page cache (and so the
+    sort's runs) small meanwhile; the rows are the live ones, and the bulk pass's cache is back after."""
+    import projections.verification as verification
+    from projections.store import CACHE_KIB
+
+    make_history(system)
+    for i in range(3):  # the log ends with a run of new keys (staged until the pass ends)
+        system.keys_app.issue_key("app-1", description=f"last {i}", scopes=["Predict"], by=Actor.system("test"),
+                                  request=NO_REQUEST)
+    system.after_command()
+    live = dump(system)
+    system.follower.page_size = 4  # keys staged at the end of each page, merged in the next
+    monkeypatch.setattr(verification, "_SORT_IN_RUNS_FROM", 1)
+    sizes = []
+    sorting_in_runs = verification._sorting_in_runs
+
+    @contextmanager
+    def watched(db):
+        with sorting_in_runs(db):
+            sizes.append(db.execute("PRAGMA cache_size").fetchone()[0])
+            yield
+        sizes.append(db.execute("PRAGMA cache_size").fetchone()[0])
+
+    monkeypatch.setattr(verification, "_sorting_in_runs", watched)
+    system.follower.rebuild(["verification"])
+    assert dump(system) == live
+    if system.views.dialect == "sqlite":
+        from projections.store import BULK_CACHE_KIB
+
+        assert sizes[:2] == [-verification._SORT_RUN_KIB, -BULK_CACHE_KIB] and len(set(sizes[::2])) == 1
+        assert len(set(sizes[1::2])) == 1
+        with system.views.read() as db:
+            assert db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB

@@ -90,3 +90,63 @@ def test_the_seal_is_hmac_sha256_as_rfc_2104_defines_it():
     long_key = b"L" * 100
     expected = hmac.new(long_key, SEAL_FORMAT + f"{OID}\n3\nt\n".encode() + b"{}", hashlib.sha256).hexdigest()[:32]
     assert seal_tag(long_key, OID, 3, "t", b"{}") == expected.encode()
+
+
+def _odd_rows() -> list[tuple]:
+    """Stored rows of every shape the store could return, sealed and not: genuine, tampered, odd."""
+    from uuid import UUID
+
+    def sealed(oid, version, topic, body, key=KEY):
+        return seal(key, oid, version, topic, body)
+
+    topic = "service.domain.keys:ApiKey.Issued"
+    good = sealed(OID, 1, topic, b'{"a":1}')
+    upper = good[:-34] + good[-34:-2].upper() + b'"}'
+    rows = [
+        (1, OID, 1, topic, b'{"a":0}'),  # before sealing began
+        (2, OID, 1, topic, good),
+        (3, OID, 2, topic, sealed(OID, 2, topic, b"{}")),  # the seal of an empty object
+        (4, OID, 3, topic, sealed(OID, 2, topic, b'{"a":1}')),  # another version's seal
+        (5, OID, 1, topic, upper),  # the tag in upper case: not what the service writes
+        (6, OID, 1, topic, sealed(OID, 1, topic, b'{"a":1}', key=b"x" * 32)),
+        (7, OID, 1, topic, b'{"a":3}'),  # no seal after sealed ones
+        (8, OID, 1, topic, memoryview(good)),
+        (9, OID, 1, topic, good.decode()),
+        (10, OID, 1, topic, None),
+        (11, OID, "1", topic, good),
+        (12, OID, True, topic, good),
+        (13, OID, 1, None, good),
+        (14, OID, 1, b"t", good),
+        (15, UUID(OID), 1, topic, good),
+        (16, OID.upper(), 1, topic, sealed(OID.upper(), 1, topic, b'{"a":1}')),
+        (17, "0x" + OID[2:], 1, topic, sealed("0x" + OID[2:], 1, topic, b'{"a":1}')),  # int() reads it
+        (18, " " + OID[1:], 1, topic, sealed(" " + OID[1:], 1, topic, b'{"a":1}')),
+        (19, "1_" + OID[2:], 1, topic, sealed("1_" + OID[2:], 1, topic, b'{"a":1}')),
+        (20, "g" * 32, 1, topic, sealed("g" * 32, 1, topic, b'{"a":1}')),
+        (21, OID + "0", 1, topic, good),
+        (22, None, 1, topic, good),
+        (23, OID, 1, topic, b',"_mac":"' + b"0" * 32 + b'"}'),
+        (24, OID, 1, topic, b'{"a":1 "_mac":"' + b"0" * 32 + b'"}'),
+        (25, OID, 1, topic, good[:-1]),
+        (26, OID, 1, topic, b""),
+        (28, OID, 1, topic, sealed(OID, 1, topic, b'{"a":"\xe2\x80\xa6","b":[1,2]}')),
+    ]
+    return rows
+
+
+@pytest.mark.parametrize("sealed_from, accepted_through", [(None, 0), (2, 0), (100, 0), (None, 6), (3, 24)])
+def test_judging_rows_in_bulk_gives_every_row_the_verdict_judge_gives_it(sealed_from, accepted_through):
+    from uuid import UUID
+
+    rows = _odd_rows()
+    one, bulk = RecordRules(KEY), RecordRules(KEY)
+    one.sealed_from = bulk.sealed_from = sealed_from
+    one.accepted_through = bulk.accepted_through = accepted_through
+    expected = []
+    for seq, oid, version, topic, state in rows:
+        problem, body = one.judge(seq, oid, version, topic, state)
+        expected.append((seq, oid.hex if isinstance(oid, UUID) else oid, version, topic, state, problem, body, oid))
+    judged = bulk.judge_rows(rows)
+    assert [(r[0], r[5]) for r in judged] == [(r[0], r[5]) for r in expected]
+    assert judged == expected and bulk.sealed_from == one.sealed_from
+    assert sum(r[5] is None for r in judged) > 5 and sum(r[5] is not None for r in judged) > 10

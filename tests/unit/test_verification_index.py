@@ -261,3 +261,36 @@ def test_grants_made_by_threads_at_once_keep_their_numbers():
     for thread in threads:
         thread.join()
     assert len(made) == 1200 and all(GRANTS[g.number] is g for g in made)
+
+
+@pytest.mark.parametrize("originator_hex, key_id", [
+    ("0123456789abcdef0123456789abcdef", "01234567-89ab-cdef-0123-456789abcdef"),
+    ("0123456789ABCDEF0123456789ABCDEF", "01234567-89ab-cdef-0123-456789abcdef"),
+    ("0x23456789abcdef0123456789abcdef", None),
+    (" 123456789abcdef0123456789abcdef", None),
+    ("1_23456789abcdef0123456789abcdef", None),
+    ("g123456789abcdef0123456789abcdef", None),
+    ("\u0663" + "123456789abcdef0123456789abcdef", None),  # a digit, but not an ASCII one
+    ("0123456789abcdef0123456789abcde", None),
+    (None, None),
+])
+def test_a_new_key_s_row_read_from_its_stored_json_names_its_key_as_the_decoded_event_would(originator_hex, key_id):
+    import json
+
+    from projections.verification import _issued_row as issued_row
+
+    def _issued_row(originator_hex, state):
+        return issued_row(originator_hex, json.dumps(state).encode())
+
+    state = {"expires_at": {"_type_": "datetime_iso", "_data_": "2027-01-02T03:04:05.5+00:00"}, "scopes": ["A", "B"],
+             "app_id": "app", "digest": "ab" * 32}
+    row = _issued_row(originator_hex, state)
+    if key_id is None:
+        assert row is None
+    else:
+        assert row == (b"\xab" * 32, key_id, "app", "A B", 1798859045.5)
+    assert _issued_row("0" * 32, {**state, "class_version": 2}) is None
+    assert _issued_row("0" * 32, None) is None and _issued_row("0" * 32, ["a"]) is None
+    assert issued_row("0" * 32, b"{") is None
+    assert _issued_row("0" * 32, {**state, "expires_at": "2027-01-02"}) is None
+    assert _issued_row("0" * 32, {**state, "expires_at": None})[4] is None
