@@ -185,12 +185,13 @@ class VerificationView(Projection):
         if judged is None:
             return super().process_page(db, page)
         runs = StatementRuns(db)
-        wanted: list[int] = []
-        for topic, indexes in page.by_topic().items():
-            cls = topic_class(topic)
-            if cls is not None and cls in self._handlers:
-                wanted.extend(indexes)
-        wanted.sort()
+        groups = [(topic, indexes) for topic, indexes in page.by_topic().items()
+                  if (cls := topic_class(topic)) is not None and cls in self._handlers]
+        if len(groups) == 1 and groups[0][0] == _ISSUED_TOPIC and _ISSUED_READABLE:
+            self._new_keys_only(runs, page, groups[0][1])  # a page of new keys alone (most of a big log)
+            runs.flush()
+            return None
+        wanted = sorted(i for _, indexes in groups for i in indexes)
         ops: list[tuple] = []
         issued_row, issued_topic, readable = _issued_row, _ISSUED_TOPIC, _ISSUED_READABLE
         for i in wanted:
@@ -231,6 +232,31 @@ class VerificationView(Projection):
         fold.write()
         runs.flush()
         return None
+
+    def _new_keys_only(self, db: Any, page: Any, indexes: list[int]) -> None:
+        """A page whose only events this view handles are keys issued: their rows read from the stored
+        JSON (``_issued_row``) and staged in the log's order on SQLite (keys staged by earlier pages
+        stay staged), or written in the B-tree's order (a stable sort: of two rows with the same
+        digest, the later still wins)."""
+        judged, issued_row, rows = page.judged, _issued_row, []
+        for i in indexes:
+            record = judged[i]
+            if record[5] is not None:  # refused: decoded as a RefusedRecord, which no handler takes
+                continue
+            row = issued_row(record[1], record[6])
+            if row is None:
+                event = page.event(i)
+                if type(event) is not ApiKey.Issued:
+                    continue
+                row = self._new_key(event)
+            rows.append(row)
+        if not rows:
+            return
+        if _staging(db):
+            db.executemany(self._STAGE, rows)
+        else:
+            rows.sort(key=_first)
+            db.executemany(self._INSERT_NEW_KEY, rows)
 
     def _operation(self, e: Any) -> tuple:
         """A decoded event as an operation of ``_PageFold.apply``: as its handler changes the view."""
