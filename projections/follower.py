@@ -568,8 +568,11 @@ class Follower:
     def _adopt(self, process: Any, path: Any, aside: list[Projection]) -> None:
         try:
             if process.returncode == 0:
-                if self.store.adopt(path, aside) is not None:  # type: ignore[attr-defined]
+                adopted = self.store.adopt(path, aside)  # type: ignore[attr-defined]
+                if adopted is not None:
                     self.side_builds += 1
+                    log.info("views %s built in a second process (through position %d) and adopted",
+                             ", ".join(p.name for p in aside), min(adopted.values()))
             else:
                 log.warning("the second process building views %s failed (exit code %s); building them here",
                             ", ".join(p.name for p in aside), process.returncode)
@@ -590,7 +593,7 @@ class Follower:
             return None
         with self.store.read() as db:
             positions = self.store.positions(db)
-        if any(positions.get(p.name, 0) != 0 for p in aside) or self.source.last_position() < self.side_from:
+        if any(positions.get(p.name, 0) != 0 for p in aside) or self.source.last_position() < max(self.side_from, 1):
             return None
         lock = self.store.side_lock(wait=False)  # type: ignore[attr-defined]
         if lock is None:

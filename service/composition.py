@@ -289,8 +289,10 @@ def build_system(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
                          WebhooksView(audit_trail)],  # after the audit trail: reuses its records
                         [index, limit_book],
                         beacon=beacon)
-    if not settings.uses_postgres:  # two cores build a first start's views (see Follower._build)
+    if not settings.uses_postgres and settings.bulk_second_process_from is not None:
+        # two cores build a long pass's views (see Follower._build)
         follower.side_views, follower.side_start = SIDE_VIEWS, start_side_build(settings)
+        follower.side_from = settings.bulk_second_process_from
     follower.start()
     if follower.views_ahead_at is not None:  # the log ends before the views: truncated, or restored
         mark.note(follower.views_ahead_at, None)

@@ -207,6 +207,9 @@ class Settings:
     audit_signing_key: str | None = field(default=None, repr=False)
     follow_interval: float = 0.2  # seconds between polls for other processes' events
     last_used_interval: float = 60.0  # seconds between writes of keys' last-used times
+    # A bulk pass (first start, rebuild) on SQLite builds the audit trail and the webhooks view in a
+    # second process when the log holds at least this many events; None: never.
+    bulk_second_process_from: int | None = 100_000
     proxy_hops: int = 0  # trusted reverse proxies in front (X-Forwarded-For/-Proto/-Host)
     # Peers whose X-Forwarded-For/Forwarded forward-auth believes (client restrictions by address).
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
@@ -377,6 +380,14 @@ class Settings:
                 kwargs["last_used_interval"] = 0.0
             if not 0.05 <= kwargs["last_used_interval"] <= 3600:
                 raise SettingsError(f"KEYLEDGER_LAST_USED_INTERVAL={v!r}: expected seconds from 0.05 to 3600, e.g. 60")
+        if (v := get("KEYLEDGER_BULK_SECOND_PROCESS_FROM")) is not None:
+            if v.strip().lower() == "off":
+                kwargs["bulk_second_process_from"] = None
+            elif v.strip().isascii() and v.strip().isdigit() and int(v) <= 10**12:
+                kwargs["bulk_second_process_from"] = int(v)
+            else:
+                raise SettingsError(f"KEYLEDGER_BULK_SECOND_PROCESS_FROM={v!r}: expected a number of events "
+                                    "(0 or more, e.g. 100000) or off")
         return cls(**kwargs)
 
     @property

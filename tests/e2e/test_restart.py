@@ -208,3 +208,26 @@ def test_a_graceful_restart_keeps_last_used_at(start_server: StartServer) -> Non
 
     after = server.get(f"/v2/keys/{key['id']}", token=owner["token"]).json
     assert after["last_used_at"] == used, "the key's last use was lost by a graceful restart"
+
+
+@pytest.mark.sqlite_only("removes the SQLite view store of the data directory")
+def test_a_store_restored_from_its_log_alone_builds_its_views_in_two_processes(start_server: StartServer) -> None:
+    """The views gone (a store restored from a backup of the event log alone): the first start builds
+    them again, the audit trail and the webhooks view in a second process (any log is long enough
+    here), and every answer, the audit chain included, is the one given before."""
+    server = start_server(env={"KEYLEDGER_BULK_SECOND_PROCESS_FROM": "0"})
+    world = build_history(server)
+    before = snapshot(server, world)
+    admin = world["admin"]["token"]
+    trail = server.get("/v2/audit/events?limit=1000", token=admin).json["events"]
+    assert server.stop() == 0, server.log_tail()
+    for name in ("views.sqlite", "views.sqlite-wal", "views.sqlite-shm", "verification-index.snapshot"):
+        (server.data_dir / name).unlink(missing_ok=True)
+
+    server.start()
+    assert "built in a second process" in server.log_path.read_text("utf-8", "replace"), server.log_tail()
+    assert snapshot(server, world) == before
+    assert server.get("/v2/audit/events?limit=1000", token=admin).json["events"][:len(trail)] == trail
+    assert server.get("/v2/audit/integrity", token=admin).json["ok"] is True
+    assert_credentials_still_work(server, world)
+    assert not list(server.data_dir.glob("views.sqlite.side-*"))

@@ -344,3 +344,19 @@ def test_a_big_merge_of_staged_keys_sorts_in_small_runs_and_gives_the_page_cache
         assert len(set(sizes[1::2])) == 1
         with system.views.read() as db:
             assert db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+
+
+def test_the_second_process_can_be_turned_off(tmp_path):
+    """KEYLEDGER_BULK_SECOND_PROCESS_FROM=off: every view built in one process, whatever the log."""
+    from service.composition import build_system
+
+    built = build_system(make_settings(data_dir=tmp_path / "var", pepper=TEST_PEPPER, bulk_second_process_from=None,
+                                       legacy_sunset_at=datetime.now(UTC) + timedelta(days=30)), follow=False)
+    try:
+        assert built.follower.side_start is None and built.follower.side_views == ()
+        make_history(built)
+        built.follower.side_from = 0
+        assert built.follower.rebuild() == built.keys_app.last_position()
+        assert built.follower.side_builds == 0
+    finally:
+        built.close()
