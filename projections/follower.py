@@ -45,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from operator import itemgetter
 from typing import Any, Protocol
 
 from projections.beacon import ChangeBeacon
@@ -169,7 +170,15 @@ class Page:
         """The indexes in ``judged`` of each topic's records, in log order (computed once)."""
         if self._by_topic is None:
             groups: dict[Any, list[int]] = {}
-            for i, record in enumerate(self.judged or ()):
+            judged = self.judged or ()
+            try:
+                topics = set(map(_topic_of, judged))
+            except TypeError:  # a topic of an unhashable type (tampered): grouped one by one below
+                topics = set()
+            if len(topics) == 1:  # one topic (a page of new keys, say): no loop in Python
+                self._by_topic = {topics.pop(): list(range(len(judged)))}
+                return self._by_topic
+            for i, record in enumerate(judged):
                 topic = record[3]
                 try:
                     groups.setdefault(topic, []).append(i)
@@ -197,6 +206,7 @@ class Page:
 
 
 _UNPARSED = object()
+_topic_of = itemgetter(3)
 
 try:
     from orjson import loads as _loads

@@ -238,18 +238,16 @@ class VerificationView(Projection):
         JSON (``_issued_row``) and staged in the log's order on SQLite (keys staged by earlier pages
         stay staged), or written in the B-tree's order (a stable sort: of two rows with the same
         digest, the later still wins)."""
-        judged, issued_row, rows = page.judged, _issued_row, []
-        for i in indexes:
-            record = judged[i]
-            if record[5] is not None:  # refused: decoded as a RefusedRecord, which no handler takes
-                continue
-            row = issued_row(record[1], record[6])
-            if row is None:
-                event = page.event(i)
-                if type(event) is not ApiKey.Issued:
-                    continue
-                row = self._new_key(event)
-            rows.append(row)
+        judged, issued_row = page.judged, _issued_row
+        records = judged if len(indexes) == len(judged) else [judged[i] for i in indexes]
+        rows = [issued_row(record[1], record[6]) if record[5] is None else _REFUSED for record in records]
+        if None in rows:  # of a shape the JSON reader does not read: decoded
+            for n, row in enumerate(rows):
+                if row is None:
+                    event = page.event(indexes[n])
+                    rows[n] = self._new_key(event) if type(event) is ApiKey.Issued else _REFUSED
+        if _REFUSED in rows:  # refused: decoded as a RefusedRecord, which no handler takes
+            rows = [row for row in rows if row is not _REFUSED]
         if not rows:
             return
         if _staging(db):
@@ -634,6 +632,7 @@ def _issued_row(originator_hex: Any, body: bytes) -> tuple | None:
 
 
 _fromhex = bytes.fromhex
+_REFUSED = ()  # a record no row comes from
 _uuid_groups = struct.Struct("8s4s4s4s12s").unpack  # a UUID's 32 hex digits, as its text form groups them
 _fromisoformat = datetime.fromisoformat
 
