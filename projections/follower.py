@@ -553,7 +553,13 @@ class Follower:
             return self._build_pages(self.projections)
         process, path, aside, lock = side
         try:
-            count = self._build_pages([p for p in self.projections if p not in aside])
+            here = [p for p in self.projections if p not in aside]
+            count = self._build_pages(here)
+            # Their rows are in: their indexes now, while the second process may still be working
+            # (an index already there is left as it is).
+            with self.store.write() as db:
+                for projection in here:
+                    projection.create_indexes(db)
             if process is None:  # another process's second process builds them: wait for its end
                 lock = self.store.side_lock(wait=True)  # type: ignore[attr-defined]
             else:
