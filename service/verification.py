@@ -148,8 +148,10 @@ class Verifier:
                 # ``Limiter.check`` written out: most keys have no limits of their own, nor their app.
                 key_set = book.keys.get(entry[KEY_ID_BYTES])
                 app_set = book.apps.get(grant.app_id) if book.apps else None
-                decision = (None if key_set is None and app_set is None
-                            else limiter.take(key_set, app_set, now))
+                if key_set is None:  # ``Limiter.take`` written out: the counters asked at once
+                    decision = None if app_set is None else limiter.counters.take(app_set.alone, now)
+                else:
+                    decision = limiter.counters.take(key_set.alone if app_set is None else (key_set, app_set), now)
                 if decision is not None:
                     if decision.allowed:
                         self._valid(entry, now)
