@@ -34,19 +34,31 @@ def key_text(originator_hex: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def moment(value: Any) -> datetime | None:
+    """The time the mapper decodes from a stored time (``{"_type_": "datetime_iso", "_data_": text}``):
+    None for a value of any other shape (not a dict of those two keys, or its ``_data_`` not a str);
+    ValueError when ``datetime.fromisoformat`` refuses the text (as the mapper does)."""
+    if type(value) is dict and len(value) == 2 and value.get("_type_") == "datetime_iso":
+        data = value.get("_data_")
+        if type(data) is str:
+            return _fromisoformat(data)
+    return None
+
+
+_fromisoformat = datetime.fromisoformat
+
+
 def time_text(value: Any) -> str:
     """``rfc3339`` of the time the mapper decodes from a stored value (``datetime_iso``)."""
-    if type(value) is not dict or len(value) != 2 or value.get("_type_") != "datetime_iso":
+    found = moment(value)  # what the mapper decodes (or refuses: ValueError)
+    if found is None:
         raise Unread
-    data = value.get("_data_")
-    if type(data) is not str:
-        raise Unread
-    moment = datetime.fromisoformat(data)  # what the mapper decodes (or refuses: ValueError)
+    data = value["_data_"]
     # The mapper's own times (UTC, with microseconds) are their text: rfc3339's without building it.
     if len(data) == 32 and data[26:] == "+00:00" and data[10] == "T" and data[19] == "." \
-            and moment.microsecond and data[11:13] != "24" and data.isascii():
+            and found.microsecond and data[11:13] != "24" and data.isascii():
         return data[:26] + "Z"
-    return rfc3339(moment)  # type: ignore[return-value]
+    return rfc3339(found)  # type: ignore[return-value]
 
 
 def text(value: Any) -> str:

@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - a dependency
 from projections.follower import collector_paused
 from projections.projection import Projection, StatementRuns, handles, topic_class
 from projections.store import ViewStore, upsert
+from projections.stored import moment
 from projections.timefmt import epoch
 from service.domain.accounts import Account
 from service.domain.keys import ApiKey
@@ -343,19 +344,6 @@ def _touched(op: tuple) -> Sequence[bytes]:
     return op[1] if op[0] != _REPLACE else (op[1], op[2])
 
 
-def _stored_epoch(value: Any) -> float | None:
-    """The epoch seconds of a time as stored ({"_type_": "datetime_iso", "_data_": …}, what the mapper
-    decodes with ``datetime.fromisoformat``); None for anything else."""
-    if type(value) is dict and len(value) == 2 and value.get("_type_") == "datetime_iso":
-        data = value.get("_data_")
-        if type(data) is str:
-            try:
-                return datetime.fromisoformat(data).timestamp()
-            except ValueError:
-                return None
-    return None
-
-
 def _digests(value: Any) -> list[bytes] | None:
     """A stored list of hex digests as bytes; None if it is not one (decoded instead)."""
     if type(value) is not list:
@@ -378,19 +366,23 @@ def _read_rolled(state: dict) -> tuple | None:
     digest, previous = state.get("digest"), state.get("previous_digest")
     if "class_version" in state or type(digest) is not str or type(previous) is not str:
         return None
-    until = _stored_epoch(state.get("previous_valid_until"))
     try:
-        return None if until is None else (_REPLACE, bytes.fromhex(previous), bytes.fromhex(digest), until)
+        until = moment(state.get("previous_valid_until"))
+        return None if until is None else \
+            (_REPLACE, bytes.fromhex(previous), bytes.fromhex(digest), until.timestamp())
     except ValueError:
         return None
 
 
 def _read_revoked(state: dict) -> tuple | None:
     digests = _digests(state.get("digests"))
-    at = _stored_epoch(state.get("timestamp"))
-    if "class_version" in state or digests is None or at is None:
+    try:
+        at = moment(state.get("timestamp"))
+        if "class_version" in state or digests is None or at is None:
+            return None
+        return _END, digests, at.timestamp()
+    except ValueError:
         return None
-    return _END, digests, at
 
 
 # Events read from their stored JSON in a bulk pass, by topic (any other is decoded).
@@ -616,7 +608,7 @@ def _issued_row(originator_hex: Any, body: bytes) -> tuple | None:
         if "class_version" in state:  # an event of a later shape: upcast by the mapper
             return None
         expires = state["expires_at"]
-        if expires is not None:
+        if expires is not None:  # ``stored.moment`` written out: a call less per key (~15% of this reading)
             if expires.get("_type_") != "datetime_iso" or len(expires) != 2:
                 return None
             expires = _fromisoformat(expires["_data_"]).timestamp()
