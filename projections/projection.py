@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from eventsourcing.utils import get_topic, resolve_topic
 
+from projections.store import copy_rows
 from projections.stored import read_checked, readable_class
 
 
@@ -85,10 +86,8 @@ class Projection:
         pass's side build, on SQLite), made the store's: every table of ``tables`` replaced by its
         copy there (same DDL, so the same columns)."""
         for table in self.tables:
-            columns = ", ".join(row[1] for row in db.execute(f"PRAGMA {schema}.table_info({table})").fetchall())
             db.execute(f"DELETE FROM main.{table}")
-            if columns:
-                db.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM {schema}.{table}")
+            copy_rows(db, schema, table)
 
     def side_build(self) -> None:
         """Called in the second process of a bulk pass before it builds this view there: drop what

@@ -94,6 +94,19 @@ def upsert(table: str, columns: Sequence[str], key: Sequence[str], *, update: Se
     return f"INSERT INTO {table} ({names}) {source} ON CONFLICT ({', '.join(key)}) {action}"
 
 
+def copy_rows(db: Any, schema: str, table: str, *, conflict: str | None = None) -> bool:
+    """``INSERT INTO main.table SELECT`` every row of ``schema.table`` (an attached SQLite database:
+    a bulk pass's side build), column by column as that table has them; with ``conflict`` (e.g.
+    ``"(id) DO NOTHING"``) the rows that conflict are left to it. False, and nothing copied, when
+    the table has no columns there (it is not there)."""
+    columns = ", ".join(row[1] for row in db.execute(f"PRAGMA {schema}.table_info({table})").fetchall())
+    if not columns:
+        return False
+    on_conflict = f" WHERE true ON CONFLICT {conflict}" if conflict is not None else ""  # WHERE: SQLite's parse
+    db.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM {schema}.{table}{on_conflict}")
+    return True
+
+
 class ViewStore:
     """What projections and queries see of a store; ``open_view_store`` picks the backend."""
 

@@ -19,13 +19,14 @@ processes never send the same row at once), attempts, "send again", "replay sinc
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
 from projections.audit import AuditLog, AuditTrail, audit_record, event_type, microseconds
 from projections.projection import Projection, topic_class
-from projections.store import ViewStore, upsert
+from projections.store import ViewStore, copy_rows, upsert
 from projections.timefmt import rfc3339
 from service.webhooks.domain import DEPLOYMENT_TYPES, SOURCES, WebhookEndpoint
 
@@ -76,9 +77,8 @@ class WebhooksView(Projection):
         """The endpoints as built aside; the deliveries it queued added to the outbox, which a rebuild
         keeps (one already there, sent or not, stays as it is)."""
         super().adopt(db, schema)
-        columns = ", ".join(row[1] for row in db.execute(f"PRAGMA {schema}.table_info(webhook_deliveries)"))
-        db.execute(f"INSERT INTO main.webhook_deliveries ({columns}) SELECT {columns} FROM {schema}.webhook_deliveries "
-                   "WHERE true ON CONFLICT (id) DO NOTHING")
+        if not copy_rows(db, schema, "webhook_deliveries", conflict="(id) DO NOTHING"):
+            raise sqlite3.OperationalError(f"no such table: {schema}.webhook_deliveries")  # as before: not skipped
 
     def prefetch(self, db: Any) -> None:
         """Ask for the enabled endpoints now: in a pipelined write the question travels with the
