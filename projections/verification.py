@@ -411,23 +411,30 @@ class _PageFold:
         self.restrictions: dict[bytes, str | None] = {}  # digest -> its restriction (None: none)
         self.restricted: dict[bytes, None] = {}  # restrictions changed
 
-    def load(self, digests: set[bytes] | list[bytes]) -> None:
+    def load(self, digests: set[bytes] | list[bytes], *, rows: bool = True) -> None:
+        """The rows of ``digests`` (not with ``rows=False``) and their restrictions, from the view, 500
+        digests a query; None for those it has not."""
         wanted = list(digests)
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
             marks = ", ".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT {', '.join(VerificationView._COLUMNS)} FROM verification "
-                                       f"WHERE digest IN ({marks})", chunk).fetchall():
-                values = list(row)
-                digest = values[0] = bytes(values[0])
-                self.rows[digest] = values
-                self.in_view.add(digest)
+            if rows:
+                for row in self.db.execute(f"SELECT {', '.join(VerificationView._COLUMNS)} FROM verification "
+                                           f"WHERE digest IN ({marks})", chunk).fetchall():
+                    values = list(row)
+                    digest = values[0] = bytes(values[0])
+                    self.rows[digest] = values
+                    self.in_view.add(digest)
             for row in self.db.execute("SELECT digest, restrictions FROM verification_restrictions "
                                        f"WHERE digest IN ({marks})", chunk).fetchall():
                 self.restrictions[bytes(row[0])] = row[1]
-        for digest in wanted:
-            self.rows.setdefault(digest, None)
-            self.restrictions.setdefault(digest, None)
+        if rows:
+            for digest in wanted:
+                self.rows.setdefault(digest, None)
+                self.restrictions.setdefault(digest, None)
+        else:
+            for digest in wanted:
+                self.restrictions.setdefault(digest, None)
 
     def _row(self, digest: bytes) -> list | None:
         if digest not in self.rows:
@@ -487,10 +494,8 @@ class _PageFold:
             self.dirty[new] = None
         self._row(new)  # known from here on (whether in the view or not)
         self._end(old, old_ends)
-        if old not in self.restrictions:
-            found = self.db.execute("SELECT restrictions FROM verification_restrictions WHERE digest = ?",
-                                    (old,)).fetchone()
-            self.restrictions[old] = found[0] if found else None
+        if old not in self.restrictions:  # a row of this page's (put, or a secret's): its restriction not read yet
+            self.load([old], rows=False)
         restriction = self.restrictions[old]
         if restriction is not None:
             self.restrictions[new] = restriction
