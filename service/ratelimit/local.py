@@ -62,8 +62,12 @@ class SharedCounters:
         self._lock = None
         self._opening = threading.Lock()
         self._warned = False
-        # Leases by limit sets: [units left, spend until, the admitted decision, records' offsets]
-        self._leases: dict[tuple[LimitSet, ...], list] = {}
+        # Leases by limit sets: [units left, spend until, the admitted decision]. Public for a caller
+        # that spends a lease without a call (``LocalCounters.take``, the verification hot path), on this
+        # contract: a lease may be spent, without the lock, only while ``lease[0] > 0 and now < lease[1]``,
+        # by ``lease[0] -= 1``, its decision ``lease[2]`` being the answer; anything else (a missing or
+        # spent lease) is ``take``'s, which alone makes, gives back and replaces leases.
+        self.leases: dict[tuple[LimitSet, ...], list] = {}
 
     # -- opening (lazily: a deployment without limits never makes the file) -------------
 
@@ -100,7 +104,7 @@ class SharedCounters:
     # -- the check -----------------------------------------------------------------------
 
     def take(self, sets: tuple[LimitSet, ...], now: float) -> Decision:
-        lease = self._leases.get(sets)
+        lease = self.leases.get(sets)
         if lease is not None and lease[0] > 0 and now < lease[1]:
             lease[0] -= 1
             return lease[2]
@@ -133,7 +137,7 @@ class SharedCounters:
                 for s, offset, tats in zip(sets, offsets, decision._tats, strict=True):
                     _pack(mem, offset, s.id, *tats, *s.padding)
                 if units > 1:
-                    self._leases[sets] = [units - 1, now + seconds, decision]
+                    self.leases[sets] = [units - 1, now + seconds, decision]
             return decision
         finally:
             lock.release()
@@ -206,7 +210,7 @@ class LocalCounters:
 
     def __init__(self, path: Path) -> None:
         self.shared = SharedCounters(path)
-        self._leases = self.shared._leases  # the same dict: its leases spent without a call (``take``)
+        self._leases = self.shared.leases  # the same dict: its leases spent without a call (``take``), by its contract
         self._fallback: ProcessCounters | None = None
 
     def take(self, sets: tuple[LimitSet, ...], now: float) -> Decision:
