@@ -139,10 +139,12 @@ class AuditUseCases(LedgerApplication):
     # -- the stored records ----------------------------------------------------------------
 
     def stored_records(self, after: int, limit: int) -> list[StoredRecord]:
-        """Up to ``limit`` records after position ``after``, as stored (nothing decoded or
-        checked: a value of the wrong type comes as it is); originator ids as 32 hex digits."""
+        """Every record after position ``after``, up to ``limit`` of them, as stored (nothing decoded or
+        checked: a value of the wrong type comes as it is); originator ids as 32 hex digits. The
+        audit trail reads back so the records of a batch just read: from this process's own writes
+        only if they hold all of them (``raw_records(every=True)``)."""
         return [(seq, oid.hex if isinstance(oid, UUID) else oid, version, topic, state)
-                for seq, oid, version, topic, state in self.raw_records(after, limit)]
+                for seq, oid, version, topic, state in self.raw_records(after, limit, every=True)]
 
     def _walk(self, after: int) -> Iterator[StoredRecord]:
         """Every record after ``after``, in order. On an SQLite file: one statement on a

@@ -164,9 +164,12 @@ class LedgerApplication(Application):
         else:
             log.error("refused to apply the stored record at seq %d: %s", seq, problem)
 
-    def raw_records(self, after: int, limit: int) -> list[RawRecord]:
+    def raw_records(self, after: int, limit: int, *, every: bool = False) -> list[RawRecord]:
         """Up to ``limit`` records after ``after`` exactly as the store returns them: nothing
-        converted or decoded, so a value of the wrong type reaches ``RecordRules`` as it is."""
+        converted or decoded, so a value of the wrong type reaches ``RecordRules`` as it is. With
+        ``every``, the caller wants every record up to ``limit`` (records read before, read back):
+        an answer from this process's own writes (``reading_own_writes``) is taken only if it holds
+        ``limit`` records, else the store is read."""
         try:
             if isinstance(self.recorder, SQLiteApplicationRecorder):
                 with self.recorder.datastore.transaction(commit=False) as cursor:
@@ -177,7 +180,7 @@ class LedgerApplication(Application):
                         (after, limit))
                     return cursor.fetchall()
             if _on_postgres(self.recorder):
-                return self._raw_postgres_records(after, limit)
+                return self._raw_postgres_records(after, limit, every=every)
             return [(n.id, n.originator_id, n.originator_version, n.topic, n.state)  # in memory (tests)
                     for n in self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)]
         except PersistenceError as error:
@@ -202,7 +205,7 @@ class LedgerApplication(Application):
             raise Unavailable("The event store cannot be read right now; retry shortly.") from error
 
     def _raw_postgres_records(self, after: int, limit: int | None,
-                              originator_id: UUID | None = None) -> list[RawRecord]:
+                              originator_id: UUID | None = None, *, every: bool = False) -> list[RawRecord]:
         import psycopg
         from psycopg.rows import tuple_row
         from psycopg.sql import SQL, Identifier
@@ -214,7 +217,9 @@ class LedgerApplication(Application):
             where, params = ("originator_id = %s ORDER BY originator_version", (originator_id,))  # type: ignore[assignment]
         elif limit is not None and _own_writes.get() and (recent := getattr(self.recorder, "recent", None)):
             written = recent(after, limit)  # what this process just wrote: no read needed
-            if written is not None:
+            # It may stop short: at another process's record, or at one of this process's whose
+            # thread has not noted it yet. A caller that read those records before wants them all.
+            if written is not None and (not every or len(written) == limit):
                 return written
         statement = SQL("SELECT notification_id, originator_id, originator_version, topic, state FROM {}.{} WHERE "
                         + where).format(Identifier(self.recorder.datastore.schema),  # type: ignore[attr-defined]
