@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,8 +94,37 @@ credentials.generate_opaque = _remembering_generate_opaque
 
 
 def secrets_in(blob: bytes | str, secrets: list[str] | None = None) -> list[str]:
-    text = blob.decode("utf-8", "replace") if isinstance(blob, bytes) else blob
-    return [s for s in (ISSUED_SECRETS if secrets is None else secrets) if s in text]
+    """The ``secrets`` (by default every one issued in this run) found anywhere in ``blob``.
+
+    A search per secret made every test's teardown cost the number of secrets issued so far times
+    the size of its files (quadratic over a run: thousands of secrets, megabytes of SQLite files).
+    Secrets are runs of letters, digits and ``_``: each run of the blob at least as long as the
+    shortest secret is looked up, every window of a secret's length, in a set."""
+    pool = ISSUED_SECRETS if secrets is None else secrets
+    data = blob.encode("utf-8", "surrogatepass") if isinstance(blob, str) else blob
+    by_length: dict[int, set[bytes]] = {}
+    odd = []  # not a run of word characters (none are, today): searched for as before
+    for secret in pool:
+        raw = secret.encode("utf-8", "surrogatepass")
+        if _WORD.fullmatch(raw):
+            by_length.setdefault(len(raw), set()).add(raw)
+        else:
+            odd.append(secret)
+    found: set[bytes] = set()
+    if by_length:
+        shortest = min(by_length)
+        lengths = sorted(by_length.items())
+        for run in re.finditer(rb"[0-9A-Za-z_]{%d,}" % shortest, data):
+            word = run.group()
+            for size, wanted in lengths:
+                if size > len(word):
+                    break
+                found.update(word[i:i + size] for i in range(len(word) - size + 1) if word[i:i + size] in wanted)
+    text = data.decode("utf-8", "replace") if odd else ""
+    return [s for s in pool if (s.encode("utf-8", "surrogatepass") in found) or (s in odd and s in text)]
+
+
+_WORD = re.compile(rb"[0-9A-Za-z_]+")
 
 
 def secrets_in_files(folder: Path, secrets: list[str] | None = None) -> dict[str, list[str]]:
