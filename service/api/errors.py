@@ -89,10 +89,21 @@ class KeyledgerApi(Api):
 
     from service.api.schemas import ErrorSchema as ERROR_SCHEMA  # noqa: N811
 
+    documents = True  # False: blueprints registered without documenting their views (create_app)
+
     def _init_spec(self, *, extra_plugins=None, **options):  # type: ignore[no-untyped-def]
         from service.api.openapi import ContractPlugin  # the document as strict as the server
 
         super()._init_spec(extra_plugins=[ContractPlugin(), *(extra_plugins or ())], **options)
+
+    def register_blueprint(self, blp, *, parameters=None, **options):  # type: ignore[no-untyped-def]
+        """flask-smorest's, but with ``documents`` false only the blueprint's registration (its name
+        known to this Api, its views to the app): the views are in a document made already."""
+        if self.documents:
+            return super().register_blueprint(blp, parameters=parameters, **options)
+        self._app.extensions["flask-smorest"]["blp_name_to_api"][options.get("name", blp.name)] = self
+        self._app.register_blueprint(blp, **options)
+        return None
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         status = error.code or 500
