@@ -100,31 +100,54 @@ def secrets_in(blob: bytes | str, secrets: list[str] | None = None) -> list[str]
     the size of its files (quadratic over a run: thousands of secrets, megabytes of SQLite files).
     Secrets are runs of letters, digits and ``_``: each run of the blob at least as long as the
     shortest secret is looked up, every window of a secret's length, in a set."""
-    pool = ISSUED_SECRETS if secrets is None else secrets
+    if secrets is None:
+        index = _ISSUED.update(ISSUED_SECRETS)
+    else:
+        index = _SecretIndex().update(secrets)
     data = blob.encode("utf-8", "surrogatepass") if isinstance(blob, str) else blob
-    by_length: dict[int, set[bytes]] = {}
-    odd = []  # not a run of word characters (none are, today): searched for as before
-    for secret in pool:
-        raw = secret.encode("utf-8", "surrogatepass")
-        if _WORD.fullmatch(raw):
-            by_length.setdefault(len(raw), set()).add(raw)
-        else:
-            odd.append(secret)
     found: set[bytes] = set()
-    if by_length:
-        shortest = min(by_length)
-        lengths = sorted(by_length.items())
-        for run in re.finditer(rb"[0-9A-Za-z_]{%d,}" % shortest, data):
+    if index.lengths:
+        for run in re.finditer(rb"[0-9A-Za-z_]{%d,}" % index.lengths[0][0], data):
             word = run.group()
-            for size, wanted in lengths:
+            for size, wanted in index.lengths:
                 if size > len(word):
                     break
                 found.update(word[i:i + size] for i in range(len(word) - size + 1) if word[i:i + size] in wanted)
-    text = data.decode("utf-8", "replace") if odd else ""
-    return [s for s in pool if (s.encode("utf-8", "surrogatepass") in found) or (s in odd and s in text)]
+    if index.odd:  # not a run of word characters (none are, today): searched for as before
+        text = data.decode("utf-8", "replace")
+        found.update(s.encode("utf-8", "surrogatepass") for s in index.odd if s in text)
+    if not found:
+        return []
+    hits = {f.decode("utf-8", "surrogatepass") for f in found}
+    return [s for s in (ISSUED_SECRETS if secrets is None else secrets) if s in hits]
+
+
+class _SecretIndex:
+    """Secrets by length (``lengths``: sorted (length, set of their bytes)), and the odd ones; kept up
+    to date with a list that only grows (``update``)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.by_length: dict[int, set[bytes]] = {}
+        self.lengths: list[tuple[int, set[bytes]]] = []
+        self.odd: list[str] = []
+
+    def update(self, pool: list[str]) -> _SecretIndex:
+        if len(pool) == self.seen:
+            return self
+        for secret in pool[self.seen:]:
+            raw = secret.encode("utf-8", "surrogatepass")
+            if _WORD.fullmatch(raw):
+                self.by_length.setdefault(len(raw), set()).add(raw)
+            else:
+                self.odd.append(secret)
+        self.seen = len(pool)
+        self.lengths = sorted(self.by_length.items())
+        return self
 
 
 _WORD = re.compile(rb"[0-9A-Za-z_]+")
+_ISSUED = _SecretIndex()  # ISSUED_SECRETS' index
 
 
 def secrets_in_files(folder: Path, secrets: list[str] | None = None) -> dict[str, list[str]]:
