@@ -13,9 +13,10 @@
   marked test that calls one of those fails in the SQLite pass. So the fixtures ``settings``,
   ``system``, ``flask_app``, ``client``, ``start_server``, ``server`` are out for such a test.
   Unmarked tests (the default: leave new tests unmarked when in doubt) run on both stores.
-* scripts/test runs the two passes at the same time. A test that asserts a wall-clock bound (a
-  verification under 1 s, another instance refusing a revoked key within 1 s, ...) is marked
-  ``timing_sensitive``: it then runs while the other pass runs nothing (tests/pass_lock.py). Tests
+* scripts/test runs the two passes at the same time, each in three processes. A test that asserts a
+  wall-clock bound (a verification under 1 s, another instance refusing a revoked key within 1 s, ...)
+  is marked ``timing_sensitive``: it then runs while no other process of the run runs a test
+  (tests/pass_lock.py). Tests
   that only wait *up to* a deadline for something to happen need no mark.
 * On PostgreSQL, in-process systems find their store ready-made (tests/schema_pool.py): nothing to
   do in a test; ``KEYLEDGER_TEST_SCHEMA_POOL=0`` turns it off.

@@ -1,4 +1,5 @@
-"""The two passes of ``scripts/test`` run at the same time; a test marked ``timing_sensitive`` (it
+"""The two passes of ``scripts/test`` run at the same time (each in parts: a pytest process each; "the
+other pass" below is every other process of the run); a test marked ``timing_sensitive`` (it
 asserts that something happens within a wall-clock bound: a verification under 1 s, a revocation
 seen by another instance within 1 s, …) runs alone.
 
