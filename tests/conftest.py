@@ -13,7 +13,7 @@
   marked test that calls one of those fails in the SQLite pass. So the fixtures ``settings``,
   ``system``, ``flask_app``, ``client``, ``start_server``, ``server`` are out for such a test.
   Unmarked tests (the default: leave new tests unmarked when in doubt) run on both stores.
-* scripts/test runs the two passes at the same time, each in four processes. A test that asserts a
+* scripts/test runs the two passes at the same time, each in three processes. A test that asserts a
   wall-clock bound (a verification under 1 s, another instance refusing a revoked key within 1 s, ...)
   is marked ``timing_sensitive``: it then runs while no other process of the run runs a test
   (tests/pass_lock.py). Tests
