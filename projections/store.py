@@ -218,12 +218,18 @@ def _rollback(db: sqlite3.Connection) -> None:
 
 class SqliteViewStore(ViewStore):
     """SQLite in WAL mode, one connection per thread. Writers take ``BEGIN IMMEDIATE`` so
-    several processes sharing the file serialise their view writes."""
+    several processes sharing the file serialise their view writes.
+
+    A ``scratch`` store is a file one process writes alone and that is thrown away should anything
+    fail (a bulk pass's side file, ``Follower.build_aside``): its rollback journal is kept in
+    memory and nothing waits for the disk, so a page's commit writes its pages once, into the file
+    (not into a WAL, then into the file again at the checkpoint), and no ``fsync``."""
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, scratch: bool = False) -> None:
         self.path = str(path)
+        self.scratch = scratch
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -234,8 +240,8 @@ class SqliteViewStore(ViewStore):
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA journal_mode={'MEMORY' if self.scratch else 'WAL'}")
+            db.execute(f"PRAGMA synchronous={'OFF' if self.scratch else 'NORMAL'}")
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             # Big sorts (an index built over a million rows after a first start or a rebuild) may
@@ -284,6 +290,13 @@ class SqliteViewStore(ViewStore):
         inserts stay in memory; given back afterwards."""
         db = self._connection()
         db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+        if self.scratch:  # no WAL to keep for the end
+            try:
+                yield
+            finally:
+                db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+                db.execute("PRAGMA shrink_memory")
+            return
         # The WAL copied back into the file once at the end rather than after every page's commit
         # (which writes most of a big view's pages again each time).
         db.execute(f"PRAGMA wal_autocheckpoint={BULK_WAL_PAGES}")

@@ -258,7 +258,7 @@ def build_aside(settings: Settings, path: str, names: list[str], page_size: int,
         keys_app.on_refused = lambda seq, problem: None
         audit_trail = AuditTrail(keys_app.stored_records)
         views = {"audit": audit_trail, "webhooks": WebhooksView(audit_trail)}
-        store = SqliteViewStore(path)
+        store = SqliteViewStore(path, scratch=True)  # thrown away unless this process ends well
         try:
             Follower(keys_app, store, [views[name] for name in SIDE_VIEWS if name in names],
                      page_size=page_size).build_aside(parent)

@@ -264,8 +264,13 @@ def test_the_audit_trail_built_in_a_second_process_gives_identical_rows(system, 
     head = audit.on_head
     audit.on_head = lambda seq, digest: (noted.append((seq, digest)), head(seq, digest))
     follower.page_size = 7
+    adopt, formats = system.views.adopt, []
+    # SQLite's header says how the file was written (bytes 18-19: 1 with a rollback journal, 2 in WAL)
+    system.views.adopt = lambda path, views: (formats.append(Path(path).read_bytes()[18:20]), adopt(path, views))[1]
     assert follower.rebuild() == system.keys_app.last_position()
     assert follower.side_builds == (1 if second == "builds" else 0)
+    # The side file is scratch: written once, no WAL (its journal in memory, no fsync), thrown away on failure.
+    assert formats == ([b"\x01\x01"] if second == "builds" else [])
     assert dump(system) == live
     assert index_state(system.index) == live_index
     last = live["audit_events"][-1]
