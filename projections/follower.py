@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 from projections.beacon import ChangeBeacon
 from projections.projection import Projection
-from projections.store import TRANSIENT_ERRORS, ViewStore
+from projections.store import TRANSIENT_ERRORS, ViewStore, sorting_in_runs
 from projections.stored import readable
 from service.domain.errors import Unavailable
 
@@ -301,9 +301,7 @@ class Follower:
                 self._rebuild(ahead)
             self._build()
             if fresh:
-                with self.store.write() as db:
-                    for projection in fresh:
-                        projection.create_indexes(db)
+                self._create_indexes(fresh)
         self._load_indexes()
         if self.beacon is not None:
             published = self.beacon.value()  # before the log's end, which only grows: same reasoning
@@ -536,10 +534,15 @@ class Follower:
                 projection.create(db, with_indexes=False)  # rows first, indexes after: faster
             self.store.set_positions(db, {projection.name: 0 for projection in chosen})
         count = self._build()
-        with self.store.write() as db:
-            for projection in chosen:
-                projection.create_indexes(db)
+        self._create_indexes(chosen)
         return count
+
+    def _create_indexes(self, projections: Sequence[Projection]) -> None:
+        """The indexes of views whose rows were written first (a bulk pass), sorted in runs
+        (``sorting_in_runs``). An index already there is left as it is."""
+        with self.store.write() as db, sorting_in_runs(db):
+            for projection in projections:
+                projection.create_indexes(db)
 
     def _build(self) -> int:
         """Bring every view that is behind to the log's end (``_build_pages``) — the views named in
@@ -555,11 +558,8 @@ class Follower:
         try:
             here = [p for p in self.projections if p not in aside]
             count = self._build_pages(here)
-            # Their rows are in: their indexes now, while the second process may still be working
-            # (an index already there is left as it is).
-            with self.store.write() as db:
-                for projection in here:
-                    projection.create_indexes(db)
+            # Their rows are in: their indexes now, while the second process may still be working.
+            self._create_indexes(here)
             if process is None:  # another process's second process builds them: wait for its end
                 lock = self.store.side_lock(wait=True)  # type: ignore[attr-defined]
             else:

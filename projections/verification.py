@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - a dependency
 
 from projections.follower import collector_paused
 from projections.projection import Projection, StatementRuns, handles, topic_class
-from projections.store import ViewStore, upsert
+from projections.store import ViewStore, sorting_in_runs, upsert
 from projections.stored import moment
 from projections.timefmt import epoch
 from service.domain.accounts import Account
@@ -558,31 +558,21 @@ def _merge_staged(db: Any) -> None:
         db.execute(f"DELETE FROM {VerificationView._STAGED}")
 
 
-# SQLite sorts in memory up to the page cache's size, then in runs ("PMAs") of that size, each sorted
-# by a worker thread (``PRAGMA threads``) while the rows are still read, and merged. A bulk pass's
-# cache (512 MiB) held a million staged keys (~110 MB) as one in-memory list, sorted at the end with
-# a cache miss at nearly every step; in 8 MiB runs the sort was 0.6-0.9 s faster of 2.2-2.6 s (1M
-# keys, six runs each, load 2-3 on 2 cores). Only for a big merge: setting the size drops cached
-# pages (a bulk pass's other views'), and a page's worth of keys sorts in memory either way.
-_SORT_RUN_KIB = 8 * 1024
+# A merge of a few staged keys sorts in memory either way; only a big one sorts in runs
+# (``projections.store.sorting_in_runs``): setting the cache's size drops cached pages (a bulk pass's other views').
 _SORT_IN_RUNS_FROM = 250_000  # staged keys
 
 
 @contextmanager
 def _sorting_in_runs(db: Any) -> Iterator[None]:
-    """For a big merge of staged keys: the page cache (and so SQLite's in-memory sort runs) at
-    ``_SORT_RUN_KIB`` meanwhile."""
+    """For a big merge of staged keys: sorted in runs (``sorting_in_runs``)."""
     staged = db.execute(f"SELECT (SELECT max(rowid) FROM {VerificationView._STAGED}) - "
                         f"(SELECT min(rowid) FROM {VerificationView._STAGED}) + 1").fetchone()[0]  # about their number
     if staged is None or staged < _SORT_IN_RUNS_FROM:
         yield
         return
-    previous = int(db.execute("PRAGMA cache_size").fetchone()[0])
-    db.execute(f"PRAGMA cache_size=-{_SORT_RUN_KIB}")
-    try:
+    with sorting_in_runs(db):
         yield
-    finally:
-        db.execute(f"PRAGMA cache_size={previous}")
 
 
 _SECURE_DELETE = {0: "OFF", 1: "ON", 2: "FAST"}
