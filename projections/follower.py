@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 from projections.beacon import ChangeBeacon
 from projections.projection import Projection
-from projections.store import TRANSIENT_ERRORS, ViewStore, sorting_in_runs
+from projections.store import TRANSIENT_ERRORS, ViewStore, deleting_fast, sorting_in_runs
 from projections.stored import readable
 from service.domain.errors import Unavailable
 
@@ -528,7 +528,9 @@ class Follower:
         return count
 
     def _rebuild(self, chosen: list[Projection]) -> int:
-        with self.store.write() as db:  # the old rows go and the positions restart together
+        # The old rows go and the positions restart together; freed pages not zeroed one by one (the
+        # log the views are rebuilt from holds all they held: ``deleting_fast``).
+        with self.store.write() as db, deleting_fast(db):
             for projection in chosen:
                 projection.drop(db)
                 projection.create(db, with_indexes=False)  # rows first, indexes after: faster

@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - a dependency
 
 from projections.follower import collector_paused
 from projections.projection import Projection, StatementRuns, handles, topic_class
-from projections.store import ViewStore, sorting_in_runs, upsert
+from projections.store import ViewStore, deleting_fast, sorting_in_runs, upsert
 from projections.stored import moment
 from projections.timefmt import epoch
 from service.domain.accounts import Account
@@ -163,12 +163,6 @@ class VerificationView(Projection):
         super().create(db, with_indexes=with_indexes)
         if _staging(db):
             db.execute(_STAGED_DDL)
-
-    def drop(self, db: Any) -> None:
-        if not _staging(db):
-            return super().drop(db)
-        with _deleting_fast(db):  # a rebuild's first step: a million rows' pages not zeroed one by one
-            return super().drop(db)
 
     def finish_bulk(self, db: Any) -> None:
         """At the end of a bulk pass (the log's end reached): staged keys into the view."""
@@ -554,7 +548,7 @@ def _merge_staged(db: Any) -> None:
         db = db.db
     with _sorting_in_runs(db):
         db.execute(_MERGE_STAGED)
-    with _deleting_fast(db):
+    with deleting_fast(db):
         db.execute(f"DELETE FROM {VerificationView._STAGED}")
 
 
@@ -573,23 +567,6 @@ def _sorting_in_runs(db: Any) -> Iterator[None]:
         return
     with sorting_in_runs(db):
         yield
-
-
-_SECURE_DELETE = {0: "OFF", 1: "ON", 2: "FAST"}
-
-
-@contextmanager
-def _deleting_fast(db: Any) -> Iterator[None]:
-    """SQLite's ``secure_delete`` (on in some builds, Debian's among them) as ``FAST`` meanwhile: deleted
-    rows are still zeroed where their page is written anyway, but freed pages are not each written
-    over. For rows the view holds again (staged keys moved into it, a view dropped to be rebuilt from
-    the same log): nothing more is left readable in the file than the view itself holds."""
-    previous = db.execute("PRAGMA secure_delete").fetchone()[0]
-    db.execute("PRAGMA secure_delete = FAST")
-    try:
-        yield
-    finally:
-        db.execute(f"PRAGMA secure_delete = {_SECURE_DELETE.get(previous, 'ON')}")
 
 
 def _issued_row(originator_hex: Any, body: bytes) -> tuple | None:

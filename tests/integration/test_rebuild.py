@@ -379,6 +379,29 @@ def test_the_indexes_after_a_rebuild_are_sorted_in_small_runs(system, monkeypatc
         assert {"audit_by_key", "audit_by_time"} <= names
 
 
+def test_a_rebuild_drops_the_old_rows_without_zeroing_every_freed_page(system, monkeypatch):
+    """SQLite: the views a rebuild drops are dropped with ``secure_delete`` at FAST (the log holds what
+    their rows held), and the connection's own setting is back afterwards; the rows rebuilt are the
+    live ones. PostgreSQL has no such setting: nothing asked."""
+    make_history(system)
+    live = dump(system)
+    sqlite = system.views.dialect == "sqlite"
+    with system.views.read() as db:
+        before = db.execute("PRAGMA secure_delete").fetchone()[0] if sqlite else None
+    seen = {}
+    for projection in system.follower.projections:
+        def drop(db, projection=projection, dropping=projection.drop):
+            seen[projection.name] = db.execute("PRAGMA secure_delete").fetchone()[0] if sqlite else None
+            dropping(db)
+        monkeypatch.setattr(projection, "drop", drop)
+    system.follower.rebuild()
+    assert dump(system) == live
+    assert seen == {p.name: (2 if sqlite else None) for p in system.follower.projections}  # 2: FAST
+    if sqlite:
+        with system.views.read() as db:
+            assert db.execute("PRAGMA secure_delete").fetchone()[0] == before
+
+
 def test_the_second_process_can_be_turned_off(tmp_path):
     """KEYLEDGER_BULK_SECOND_PROCESS_FROM=off: every view built in one process, whatever the log."""
     from service.composition import build_system
