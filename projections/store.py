@@ -31,7 +31,7 @@ import threading
 import weakref
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -103,46 +103,48 @@ def upsert(table: str, columns: Sequence[str], key: Sequence[str], *, update: Se
 SORT_RUN_KIB = 8 * 1024
 
 
+def sqlite_connection(db: Any) -> sqlite3.Connection | None:
+    """The SQLite connection under ``db`` (a connection, a view store's ``_SqliteDb``, or its
+    ``StatementRuns``), or None on PostgreSQL."""
+    connection = getattr(getattr(db, "db", db), "connection", db)
+    return connection if isinstance(connection, sqlite3.Connection) else None
+
+
 @contextmanager
-def sorting_in_runs(db: Any) -> Iterator[None]:
-    """For a big sort on SQLite (indexes built over a view's rows, staged keys merged in the B-tree's
-    order): this connection's page cache at ``SORT_RUN_KIB`` meanwhile, then as it was. Setting it
-    drops the cached pages beyond it. Nothing on PostgreSQL. ``db``: a connection, or a view store's
-    ``_SqliteDb``."""
-    connection = getattr(db, "connection", db)
-    if not isinstance(connection, sqlite3.Connection):
+def _pragma_meanwhile(db: Any, name: str, value: str, restore: Callable[[Any], str] = str) -> Iterator[None]:
+    """SQLite's ``PRAGMA name`` at ``value`` on ``db``'s connection meanwhile, then as it was
+    (``restore`` turns the value read into the one to set again). Nothing on PostgreSQL."""
+    connection = sqlite_connection(db)
+    if connection is None:
         yield
         return
-    previous = int(connection.execute("PRAGMA cache_size").fetchone()[0])
-    connection.execute(f"PRAGMA cache_size=-{SORT_RUN_KIB}")
+    previous = restore(connection.execute(f"PRAGMA {name}").fetchone()[0])
+    connection.execute(f"PRAGMA {name} = {value}")
     try:
         yield
     finally:
-        connection.execute(f"PRAGMA cache_size={previous}")
+        connection.execute(f"PRAGMA {name} = {previous}")
+
+
+def sorting_in_runs(db: Any) -> AbstractContextManager[None]:
+    """For a big sort on SQLite (indexes built over a view's rows, staged keys merged in the B-tree's
+    order): this connection's page cache at ``SORT_RUN_KIB`` meanwhile, then as it was. Setting it
+    drops the cached pages beyond it. Nothing on PostgreSQL."""
+    return _pragma_meanwhile(db, "cache_size", f"-{SORT_RUN_KIB}")
 
 
 _SECURE_DELETE = {0: "OFF", 1: "ON", 2: "FAST"}
 
 
-@contextmanager
-def deleting_fast(db: Any) -> Iterator[None]:
+def deleting_fast(db: Any) -> AbstractContextManager[None]:
     """SQLite's ``secure_delete`` (on in some builds, Debian's among them) as ``FAST`` meanwhile: deleted
     rows are still zeroed where their page is written anyway, but freed pages are not each written
     over. For rows a view holds again (staged keys moved into it, views dropped to be rebuilt from the
     log, whose records hold all their rows hold; a view holds no secret, only digests and hints): what
     is left readable in freed pages is what the store holds anyway (or held, should the log have
     been restored from an older backup). Dropping the audit trail's million rows took 2.5 s with it
-    on. Nothing on PostgreSQL. ``db``: a connection, or a view store's ``_SqliteDb``."""
-    connection = getattr(db, "connection", db)
-    if not isinstance(connection, sqlite3.Connection):
-        yield
-        return
-    previous = connection.execute("PRAGMA secure_delete").fetchone()[0]
-    connection.execute("PRAGMA secure_delete = FAST")
-    try:
-        yield
-    finally:
-        connection.execute(f"PRAGMA secure_delete = {_SECURE_DELETE.get(previous, 'ON')}")
+    on. Nothing on PostgreSQL."""
+    return _pragma_meanwhile(db, "secure_delete", "FAST", lambda previous: _SECURE_DELETE.get(previous, "ON"))
 
 
 def copy_rows(db: Any, schema: str, table: str, *, conflict: str | None = None) -> bool:
@@ -345,24 +347,19 @@ class SqliteViewStore(ViewStore):
         inserts stay in memory; given back afterwards."""
         db = self._connection()
         db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
-        if self.scratch:  # no WAL to keep for the end
-            try:
-                yield
-            finally:
-                db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-                db.execute("PRAGMA shrink_memory")
-            return
         # The WAL copied back into the file once at the end rather than after every page's commit
-        # (which writes most of a big view's pages again each time).
-        db.execute(f"PRAGMA wal_autocheckpoint={BULK_WAL_PAGES}")
+        # (which writes most of a big view's pages again each time). A scratch store has no WAL.
+        if not self.scratch:
+            db.execute(f"PRAGMA wal_autocheckpoint={BULK_WAL_PAGES}")
         try:
             yield
         finally:
-            db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
-            try:  # copied back now, and the WAL file cut back to nothing (best effort: readers may hold it)
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
+            if not self.scratch:
+                db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+                try:  # copied back now, and the WAL file cut back to nothing (best effort: readers may hold it)
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.execute("PRAGMA shrink_memory")
 

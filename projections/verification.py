@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import sqlite3
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +28,7 @@ except ImportError:  # pragma: no cover - a dependency
 
 from projections.follower import collector_paused
 from projections.projection import Projection, StatementRuns, handles, topic_class
-from projections.store import ViewStore, deleting_fast, sorting_in_runs, upsert
+from projections.store import ViewStore, deleting_fast, sorting_in_runs, sqlite_connection, upsert
 from projections.stored import moment
 from projections.timefmt import epoch
 from service.domain.accounts import Account
@@ -535,7 +534,7 @@ _MERGE_STAGED = upsert("verification", VerificationView._COLUMNS, ("digest",), s
 def _staging(db: Any) -> bool:
     """Whether bulk passes stage new keys on this connection (``db``: a view store's, or its
     ``StatementRuns``): on SQLite."""
-    return isinstance(getattr(getattr(db, "db", db), "connection", None), sqlite3.Connection)
+    return sqlite_connection(db) is not None
 
 
 def _has_staged(db: Any) -> bool:

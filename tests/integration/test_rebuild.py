@@ -351,6 +351,21 @@ def test_a_big_merge_of_staged_keys_sorts_in_small_runs_and_gives_the_page_cache
             assert db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
 
 
+def _pragma_in_each(system, monkeypatch, method: str, pragma: str) -> dict:
+    """Every view's ``method`` watched: the SQLite ``PRAGMA pragma`` its connection has when it is
+    called, by view name (None on PostgreSQL), in the dict returned."""
+    seen = {}
+    sqlite = system.views.dialect == "sqlite"
+    for projection in system.follower.projections:
+        call = getattr(projection, method)
+
+        def watched(db, name=projection.name, call=call):
+            seen[name] = db.execute(f"PRAGMA {pragma}").fetchone()[0] if sqlite else None
+            call(db)
+        monkeypatch.setattr(projection, method, watched)
+    return seen
+
+
 def test_the_indexes_after_a_rebuild_are_sorted_in_small_runs(system, monkeypatch):
     """The indexes of views rebuilt in bulk are built with SQLite's page cache (and so its sort runs)
     at ``SORT_RUN_KIB``, the serving cache given back after; on PostgreSQL nothing changes. The rows
@@ -359,15 +374,7 @@ def test_the_indexes_after_a_rebuild_are_sorted_in_small_runs(system, monkeypatc
 
     make_history(system)
     live = dump(system)
-    seen = {}
-    for projection in system.follower.projections:
-        def create_indexes(db, projection=projection, create=projection.create_indexes):
-            if system.views.dialect == "sqlite":
-                seen[projection.name] = db.execute("PRAGMA cache_size").fetchone()[0]
-            else:
-                seen[projection.name] = None
-            create(db)
-        monkeypatch.setattr(projection, "create_indexes", create_indexes)
+    seen = _pragma_in_each(system, monkeypatch, "create_indexes", "cache_size")
     system.follower.rebuild()
     assert dump(system) == live
     expected = -SORT_RUN_KIB if system.views.dialect == "sqlite" else None
@@ -388,12 +395,7 @@ def test_a_rebuild_drops_the_old_rows_without_zeroing_every_freed_page(system, m
     sqlite = system.views.dialect == "sqlite"
     with system.views.read() as db:
         before = db.execute("PRAGMA secure_delete").fetchone()[0] if sqlite else None
-    seen = {}
-    for projection in system.follower.projections:
-        def drop(db, projection=projection, dropping=projection.drop):
-            seen[projection.name] = db.execute("PRAGMA secure_delete").fetchone()[0] if sqlite else None
-            dropping(db)
-        monkeypatch.setattr(projection, "drop", drop)
+    seen = _pragma_in_each(system, monkeypatch, "drop", "secure_delete")
     system.follower.rebuild()
     assert dump(system) == live
     assert seen == {p.name: (2 if sqlite else None) for p in system.follower.projections}  # 2: FAST
