@@ -41,9 +41,13 @@ def test_register_an_endpoint_and_watch_its_delivery_log_in_chromium(chromium, s
         assert server.post("/v2/apps", {"id": "speech", "name": "Speech"}, token=owner["token"]).status == 201
         assert wait_until(lambda: len(receiver.requests) == 1, timeout=15)
         assert receiver.requests[0]["verified"]
-        page.reload()
         row = page.get_by_role("row").filter(has_text="app.created")
-        assert shown(row) and "delivered" in row.inner_text()
+
+        def delivered() -> bool:  # the deliverer records the answer after the receiver has the request
+            page.reload()
+            return shown(row) and "delivered" in row.inner_text()
+
+        assert wait_until(delivered, timeout=15)
         pages.check(page, "webhook")
         page.get_by_role("button", name="Send again").click()
         assert shown(page.get_by_text("The delivery is queued to be sent again."))
