@@ -705,20 +705,24 @@ class Follower:
                 stack.enter_context(collector_paused())
                 stack.enter_context(self.store.bulk())
             while True:
-                written, positions, finished = self.store.again_if_died(lambda: self._write_views(bulk, timeout))
+                written, positions, finished = self.store.again_if_died(
+                    lambda: self._write_views(bulk, timeout, pipelined=not bulk),
+                    at_last=lambda: self._write_views(bulk, timeout, pipelined=False))
                 count += written
                 self.views_position = min(positions.values(), default=0)
                 if finished:
                     self.views_ok_at = time.time()
                     return count
 
-    def _write_views(self, bulk: bool, timeout: float | None) -> tuple[int, dict[str, int], bool]:
+    def _write_views(self, bulk: bool, timeout: float | None, *, pipelined: bool) -> tuple[int, dict[str, int], bool]:
         """One transaction of ``_update_views``: the views' positions, the events after them, the
-        rows and the new positions. Live (not bulk), the rows' statements are sent without waiting
-        for their answers, and the reads the views will need go with the positions' read."""
-        with self.store.write(timeout=timeout, pipelined=not bulk) as db:
+        rows and the new positions. ``pipelined`` (live writes), the rows' statements are sent
+        without waiting for their answers, and the reads the views will need go with the
+        positions' read, made before the writer lock (``PositionsMoved`` if they moved meanwhile);
+        otherwise the lock is taken first."""
+        with self.store.write(timeout=timeout, pipelined=pipelined) as db:
             prefetch = None
-            if not bulk and self.store.pipelines:
+            if pipelined and self.store.pipelines:
                 def prefetch(db: Any) -> None:
                     for projection in self.projections:
                         projection.prefetch(db)

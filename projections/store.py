@@ -192,10 +192,13 @@ class ViewStore:
         yield
 
     @staticmethod
-    def again_if_died(block: Callable[[], T]) -> T:
+    def again_if_died(block: Callable[[], T], *, at_last: Callable[[], T] | None = None) -> T:
         """``block()``, run once more if its pipelined transaction met a connection that died
         while pooled (``ConnectionDied``), and again (a few times) while it finds the positions
-        moved under it (``PositionsMoved``)."""
+        moved under it (``PositionsMoved``). When every one of those runs found them moved (other
+        writers keep winning the race), ``at_last()`` ends it: the same work unpipelined, which
+        takes the writer lock before it reads the positions and so cannot find them moved.
+        Without ``at_last``, ``block()`` runs once more and its error, if any, is the caller's."""
         died = False
         for _ in range(POSITIONS_MOVED_ATTEMPTS):
             try:
@@ -206,7 +209,7 @@ class ViewStore:
                 died = True
             except PositionsMoved:
                 continue
-        return block()
+        return (at_last or block)()
 
     def position(self, db: Any, projection: str) -> int:
         row = db.execute("SELECT position FROM projection_tracking WHERE projection = ?",

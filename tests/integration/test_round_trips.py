@@ -270,3 +270,50 @@ def test_a_view_write_whose_positions_moved_before_its_lock_is_run_again(tmp_pat
     finally:
         other.close()
         first.close()
+
+
+def test_a_view_write_whose_positions_move_before_every_lock_takes_the_lock_first_at_last(tmp_path, monkeypatch):
+    """Other instances writing all the time can move the positions under every optimistic run of
+    a view write (a first start among busy instances did: ``PositionsMoved`` escaped and the
+    instance exited). After ``POSITIONS_MOVED_ATTEMPTS`` such runs the write takes the writer lock
+    before it reads the positions, which then cannot move: it succeeds, each event applied once."""
+    from projections.store import POSITIONS_MOVED_ATTEMPTS, ViewStore
+    from tests.integration.test_views_under_pressure import dump
+
+    settings = backend.make_settings(data_dir=tmp_path / "var", pepper=TEST_PEPPER)
+    first, other = build_system(settings, follow=False), build_system(settings, follow=False)
+    try:
+        owner, _ = first.keys_app.register_account(email="o@example.com", name="O", role="owner",
+                                                   by=Actor.system("test"), request=NO_REQUEST)
+        first.after_command()
+        read_positions = ViewStore.positions
+        optimistic, locked = [], []
+
+        def another_writer_each_time(self, db, **kwargs):  # type: ignore[no-untyped-def]
+            known = read_positions(self, db, **kwargs)
+            if self is first.views:
+                if db.begin_after_positions is None and kwargs.get("then") is None:
+                    locked.append(True)  # read under the lock: nobody can move them now
+                else:
+                    optimistic.append(True)  # another instance's command and views land now
+                    other.keys_app.create_app(name=f"B{len(optimistic)}", slug=f"b{len(optimistic)}",
+                                              owner_id=owner["id"], by=Actor.system("test"),
+                                              request=NO_REQUEST)
+                    other.after_command()
+            return known
+
+        monkeypatch.setattr(ViewStore, "positions", another_writer_each_time)
+        first.keys_app.create_app(name="A", slug="a", owner_id=owner["id"], by=Actor.system("test"),
+                                  request=NO_REQUEST)
+        first.after_command()  # raised PositionsMoved when the last run was optimistic too
+        monkeypatch.undo()
+        assert len(optimistic) == POSITIONS_MOVED_ATTEMPTS and len(locked) == 1
+        assert first.follower.views_position == first.keys_app.last_position()
+        live = dump(first)
+        assert len(live["audit_events"]) == first.keys_app.last_position()
+        assert len(live["directory_apps"]) == 1 + POSITIONS_MOVED_ATTEMPTS
+        first.follower.rebuild(reload=False)
+        assert dump(first) == live
+    finally:
+        other.close()
+        first.close()
