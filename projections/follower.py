@@ -246,7 +246,7 @@ class Follower:
         # with ``wait()``, ``returncode`` and ``kill()``, as ``subprocess.Popen``), when they are all
         # unbuilt and the log holds ``side_from`` events or more.
         self.side_views: tuple[str, ...] = ()
-        self.side_start: Callable[[Any, list[str], int], Any] | None = None  # -> a started process
+        self.side_start: Callable[..., Any] | None = None  # -> a started process
         self.side_from = 100_000
         self.side_builds = 0  # bulk passes whose side views were built aside and adopted
         self.position = 0  # the last event this process's in-memory indexes reflect
@@ -555,6 +555,9 @@ class Follower:
         building them aside builds the rest and waits for that one's end. Returns the events read."""
         side = self._start_side()
         if side is None:
+            halves = self._start_halves()
+            if halves is not None:
+                return self._build_halves(*halves)
             return self._build_pages(self.projections)
         process, path, aside, lock = side
         try:
@@ -627,6 +630,105 @@ class Follower:
             return None
         return process, path, aside, lock
 
+    def _start_halves(self) -> tuple[Any, Any, Projection, int, Any] | None:
+        """A rebuild of one view that stages rows aside (``Projection.stages_aside``: the verification
+        view), all others at the log's end, on a log with ``side_from`` events or more still to read
+        and a store that adopts rows built aside (SQLite): a second process started (``side_start``
+        with the position after which it reads) to read, judge and stage the log's second half while
+        this one builds the first. Returns (process, side file, view, the half's last position, lock)."""
+        if self.side_start is None or not hasattr(self.store, "adopt_staged") \
+                or not hasattr(self.source, "read_judged"):
+            return None
+        with self.store.read() as db:
+            positions = self.store.positions(db)
+        end = self.source.last_position()
+        behind = [p for p in self.projections if positions.get(p.name, 0) < end]
+        if len(behind) != 1 or not behind[0].stages_aside or end - positions.get(behind[0].name, 0) < max(
+                self.side_from, 1):
+            return None
+        view = behind[0]
+        lock = self.store.side_lock(wait=False)  # type: ignore[attr-defined]
+        if lock is None:  # another process has a second process at work: built here alone
+            return None
+        start = positions.get(view.name, 0)
+        half = start + (end - start) // 2
+        self.store.remove_stale_sides()  # type: ignore[attr-defined]
+        path = self.store.side_path(os.getpid())  # type: ignore[attr-defined]
+        self.store.remove_side(path)  # type: ignore[attr-defined]
+        try:
+            process = self.side_start(path, [view.name], self.page_size, half)  # type: ignore[call-arg]
+        except Exception:  # noqa: BLE001 - no second process: built here, as before
+            log.exception("starting a second process to stage %s failed; building it here", view.name)
+            lock.close()
+            return None
+        return process, path, view, half, lock
+
+    def _build_halves(self, process: Any, path: Any, view: Projection, half: int, lock: Any) -> int:
+        """``_build`` in two halves: this process builds ``view`` through position ``half`` while the
+        second process stages the rows of the records after it; then, if that process ended well and
+        the view stands where this one left it, the staged rows are taken in and the view's position
+        moved to where they end, in one transaction. The rest of the log (all of it, should the
+        second process have failed or stopped early) is built here as usual."""
+        try:
+            count = self._build_pages([view], until=half)
+            process.wait()
+            if process.returncode == 0:
+                try:
+                    taken = self.store.adopt_staged(path, view, self.views_position)  # type: ignore[attr-defined]
+                except Exception:  # noqa: BLE001 - built here instead, from where it stands
+                    log.exception("taking in the rows staged by a second process failed; building them here")
+                    taken = None
+                if taken is not None:
+                    through, read, sealed = taken
+                    if sealed is not None and hasattr(self.source, "sealed_seen"):
+                        self.source.sealed_seen(sealed)  # every later record is due to be sealed, as if read here
+                    self.side_builds += 1
+                    log.info("view %s: positions %d to %d staged by a second process and taken in",
+                             view.name, half + 1, through)
+                    count += read
+            else:
+                log.warning("the second process staging %s failed (exit code %s); building it here",
+                            view.name, process.returncode)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            self.store.remove_side(path)  # type: ignore[attr-defined]
+            lock.close()
+        return count + self._build_pages(self.projections)
+
+    def stage_aside(self, parent: int, after: int) -> None:
+        """In the second process of a rebuild in two halves (``_build_halves``): the log after position
+        ``after`` read and judged a page at a time, its rows staged by this follower's one view into its
+        store (the side file), up to the first record that view cannot stage there; the position through
+        which it staged them, the records read up to there and the first found sealed, in table
+        ``staged_through`` (with ``after``). Stops should the process ``parent`` be gone."""
+        store, source = self.store, self.source
+        [view] = self.projections
+        read_judged, vouched = source.read_judged, source.vouched  # type: ignore[attr-defined]
+        with store.write() as db:
+            view.create(db, with_indexes=False)
+            db.execute("CREATE TABLE staged_through (after INTEGER NOT NULL, position INTEGER NOT NULL, "
+                       "read INTEGER NOT NULL, sealed INTEGER)")
+        through, read, sealed = after, 0, None
+        with collector_paused(), store.bulk():
+            while True:
+                if os.getppid() != parent:  # the main process is gone: nobody will take these rows in
+                    raise RuntimeError("the process that started this build is gone")
+                judged = read_judged(through, self.page_size)
+                with store.write() as db:
+                    reached = view.stage_aside(db, judged, vouched, through)
+                    covered = judged if not judged or judged[-1][0] == reached else [r for r in judged if r[0] <= reached]
+                    read += len(covered)
+                    if sealed is None:
+                        sealed = next((r[0] for r in covered if vouched(r)), None)
+                    db.execute("DELETE FROM staged_through")
+                    db.execute("INSERT INTO staged_through VALUES (?, ?, ?, ?)", (after, reached, read, sealed))
+                if len(judged) < self.page_size or reached != judged[-1][0]:
+                    return
+                through = reached
+
     def build_aside(self, parent: int) -> None:
         """In the second process of a bulk pass: this follower's views built from the log's start in
         its store (the side file, ``_build_pages``), stopping should the process ``parent`` be gone."""
@@ -649,12 +751,13 @@ class Follower:
         finally:
             store.close()
 
-    def _build_pages(self, projections: Sequence[Projection]) -> int:
+    def _build_pages(self, projections: Sequence[Projection], until: int | None = None) -> int:
         """Bring every view that is behind to the log's end, a page at a time: each page read once
         (``_read_page``), applied in bulk to every view still behind it, and committed with their
         new positions in one transaction. The positions are read inside that transaction, so
         processes building side by side (instances starting together) share the work and apply
-        each event once. Returns the number of events read."""
+        each event once. ``until``: only the events through that position (and the views' ends left
+        for a later pass). Returns the number of events read."""
         count = 0
         if not projections:
             return count
@@ -668,7 +771,7 @@ class Follower:
                     # that turns out to be behind reads them itself: slower, the same rows).
                     records = any(p.reads_records and positions[p.name] < after + self.page_size
                                   for p in projections)
-                    page = self._read_page(after, self.page_size, records)
+                    page = self._read_page(after, self.page_size, records, until)
                     if page:
                         last = page.last
                         for projection in projections:
@@ -678,7 +781,7 @@ class Follower:
                                 positions[projection.name] = last
                         self.store.set_positions(db, {name: position for name, position in positions.items()
                                                       if position != known.get(name)})
-                    if len(page) < self.page_size:  # the log's end: what the pages left for it
+                    if len(page) < self.page_size and until is None:  # the log's end: what the pages left for it
                         for projection in projections:
                             projection.finish_bulk(db)
                 count += len(page)
@@ -687,11 +790,18 @@ class Follower:
                     self.views_ok_at = time.time()
                     return count
 
-    def _read_page(self, after: int, limit: int, records: bool = True) -> Page:
+    def _read_page(self, after: int, limit: int, records: bool = True, until: int | None = None) -> Page:
+        """Up to ``limit`` events after position ``after`` (through ``until`` only, if given: the
+        page is cut there, short, as at the log's end)."""
         read_judged = getattr(self.source, "read_judged", None)
         if read_judged is not None:
-            return Page(judged=read_judged(after, limit), decode=self.source.decode_judged,  # type: ignore[attr-defined]
+            judged = read_judged(after, limit if until is None else max(0, min(limit, until - after)))
+            if until is not None and judged and judged[-1][0] > until:  # gaps in the positions
+                judged = [record for record in judged if record[0] <= until]
+            return Page(judged=judged, decode=self.source.decode_judged,  # type: ignore[attr-defined]
                         vouched=getattr(self.source, "vouched", None))
+        if until is not None:
+            raise ValueError("a page cut at a position needs a source that reads judged records")
         read_records = getattr(self.source, "read_records", None)
         if read_records is None or not records:
             return Page(self.source.read_events(after, limit))

@@ -89,6 +89,22 @@ class Projection:
             db.execute(f"DELETE FROM main.{table}")
             copy_rows(db, schema, table)
 
+    # Whether a rebuild of this view alone may hand the second half of a long log to a second process
+    # (``Follower._build_halves``): one that stages rows there (``stage_aside``) for this view to take
+    # in (``adopt_staged``), as far as the log holds nothing else it handles.
+    stages_aside: ClassVar[bool] = False
+
+    def stage_aside(self, db: Any, judged: Sequence[tuple], vouched: Callable[[tuple], bool], after: int) -> int:
+        """In a second process: the rows of the judged records after ``after`` (``read_judged``) staged
+        in ``db``, in order, up to the first record this view cannot stage there (one it handles
+        otherwise, or not ``vouched``); returns the position through which it staged them."""
+        raise NotImplementedError
+
+    def adopt_staged(self, db: Any, schema: str) -> None:
+        """The rows ``stage_aside`` staged in the attached database ``schema`` taken in after this
+        view's own, as if this process had staged them."""
+        raise NotImplementedError
+
     def side_build(self) -> None:
         """Called in the second process of a bulk pass before it builds this view there: drop what
         must only happen in the main process (callbacks into it)."""

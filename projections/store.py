@@ -425,6 +425,28 @@ class SqliteViewStore(ViewStore):
         finally:
             db.execute("DETACH DATABASE side")
 
+    def adopt_staged(self, path: Path, projection: Any, at: int) -> tuple[int, int, int | None] | None:
+        """The rows a second process staged for ``projection`` in the side file ``path``
+        (``Follower.stage_aside``) taken in after this store's own, and the view's position moved to
+        where they end, in one transaction — if the view still stands at ``at``, at or before where
+        the second process began reading (the caller applied every event up to there), else nothing.
+        Returns (the new position, the records the second process read up to there, the first it
+        found sealed or None), or None."""
+        db = self._connection()
+        db.execute("ATTACH DATABASE ? AS side", (str(path),))
+        try:
+            with self.write() as tx:
+                if self.positions(tx).get(projection.name, 0) != at:
+                    return None
+                row = tx.execute("SELECT after, position, read, sealed FROM side.staged_through").fetchone()
+                if row is None or at > row[0]:
+                    return None
+                projection.adopt_staged(tx, "side")
+                self.set_positions(tx, {projection.name: row[1]})
+            return row[1], row[2], row[3]
+        finally:
+            db.execute("DETACH DATABASE side")
+
     def scan(self, db: _SqliteDb, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple]:
         cursor = db.connection.cursor()
         cursor.row_factory = None  # plain tuples: no Row object per row

@@ -250,6 +250,40 @@ class VerificationView(Projection):
             rows.sort(key=_first)
             db.executemany(self._INSERT_NEW_KEY, rows)
 
+    stages_aside = True
+
+    def stage_aside(self, db: Any, judged: Sequence[tuple], vouched: Callable[[tuple], bool], after: int) -> int:
+        """A second process's part of a rebuild of this view (``Follower._build_halves``): the new keys
+        of ``judged`` staged in the log's order, as ``_new_keys_only`` stages them — up to the first
+        record this view handles that is not a key issued whose stored JSON reads as one, with its seal
+        held (``vouched``: judged alike whatever came before it). Records of events the view does not
+        handle are passed over, as a bulk pass passes them over."""
+        rows = []
+        through = after
+        issued_topic, issued_row, handlers = _ISSUED_TOPIC, _issued_row, self._handlers
+        others: dict[Any, bool] = {}  # topic -> whether this view handles its events
+        for record in judged:
+            topic = record[3]
+            if topic == issued_topic:
+                row = issued_row(record[1], record[6]) if _ISSUED_READABLE and vouched(record) else None
+                if row is None:
+                    break
+                rows.append(row)
+            else:
+                handled = others.get(topic) if type(topic) is str else True
+                if handled is None:
+                    handled = others[topic] = topic_class(topic) in handlers
+                if handled:
+                    break
+            through = record[0]
+        if rows:
+            db.executemany(self._STAGE, rows)
+        return through
+
+    def adopt_staged(self, db: Any, schema: str) -> None:
+        db.execute(f"INSERT INTO main.{self._STAGED} (digest, key_id, app_id, scopes, expires_at) "
+                   f"SELECT digest, key_id, app_id, scopes, expires_at FROM {schema}.{self._STAGED} ORDER BY rowid")
+
     def _operation(self, e: Any) -> tuple:
         """A decoded event as an operation of ``_PageFold.apply``: as its handler changes the view."""
         kind = type(e)

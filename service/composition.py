@@ -219,12 +219,12 @@ def start_side_build(settings: Settings) -> Callable[[Path, list[str], int], Any
     """``Follower.side_start``: a Python process started afresh (no connection, lock or thread of
     this one's is copied into it, and no main module run again) that runs ``build_aside`` with this
     process's import path; its arguments travel on its standard input, never on its command line."""
-    def start(path: Path, names: list[str], page_size: int) -> subprocess.Popen:
+    def start(path: Path, names: list[str], page_size: int, after: int | None = None) -> subprocess.Popen:
         process = subprocess.Popen([sys.executable, "-c", _SIDE_MAIN], stdin=subprocess.PIPE,
                                    env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
         assert process.stdin is not None
         with process.stdin:
-            process.stdin.write(pickle.dumps((settings, str(path), names, page_size, os.getpid())))
+            process.stdin.write(pickle.dumps((settings, str(path), names, page_size, os.getpid(), after)))
         return process
     return start
 
@@ -247,15 +247,26 @@ def side_main(*args: Any) -> int:
     return 0
 
 
-def build_aside(settings: Settings, path: str, names: list[str], page_size: int, parent: int) -> None:
+def build_aside(settings: Settings, path: str, names: list[str], page_size: int, parent: int,
+                after: int | None = None) -> None:
     """The second process of a bulk pass: the views ``names`` (of ``SIDE_VIEWS``) built from the log
-    into the SQLite file ``path``, for the process ``parent`` to adopt. Records are judged as the
-    parent judges them (the same rules, primed from the ledger); a refused one is reported by the
-    parent's own pass, not here."""
+    into the SQLite file ``path``, for the process ``parent`` to adopt — or, given ``after``, the
+    verification view's rows of the log after that position staged there (a rebuild of that view
+    in two halves: ``Follower.stage_aside``). Records are judged as the parent judges them (the
+    same rules, primed from the ledger); a refused one is reported by the parent's own pass, not here."""
     keys_app, signing_key, _, _ = _ledger(settings)
     try:
         keys_app.prime_record_rules(signing_key.public_key())
         keys_app.on_refused = lambda seq, problem: None
+        if after is not None:
+            if names != ["verification"]:
+                raise ValueError(f"only the verification view stages rows aside, not {names}")
+            store = SqliteViewStore(path, scratch=True)  # thrown away unless this process ends well
+            try:
+                Follower(keys_app, store, [VerificationView()], page_size=page_size).stage_aside(parent, after)
+            finally:
+                store.close()
+            return
         audit_trail = AuditTrail(keys_app.stored_records)
         views = {"audit": audit_trail, "webhooks": WebhooksView(audit_trail)}
         store = SqliteViewStore(path, scratch=True)  # thrown away unless this process ends well

@@ -140,6 +140,11 @@ class LedgerApplication(Application):
         return record[5] is None and type(record[6]) is bytes and has_seal(record[6]) \
             and record[0] > self.record_rules.accepted_through
 
+    def sealed_seen(self, seq: int) -> None:
+        """The record at ``seq`` was judged elsewhere (a second process's part of a rebuild) and its
+        seal held: every later record is due to be sealed, as if it had been judged here."""
+        self.record_rules.seals_due_after(seq - 1)
+
     def decode_judged(self, record: tuple) -> DomainEventProtocol:
         """The event of a record from ``read_judged``: decoded, or — refused, or not decodable — a
         ``RefusedRecord`` (the audit trail shows it, nothing takes effect), reported to ``on_refused``."""

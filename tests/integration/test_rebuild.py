@@ -418,3 +418,91 @@ def test_the_second_process_can_be_turned_off(tmp_path):
         assert built.follower.side_builds == 0
     finally:
         built.close()
+
+
+def _keys_run(system, count: int, *, revoke_at: int | None = None) -> list[dict]:
+    """``count`` new keys, one command each (optionally one of them revoked at the ``revoke_at``-th)."""
+    admin = Actor.system("test")
+    keys = []
+    for i in range(count):
+        key, _ = system.keys_app.issue_key(f"app-{i % 5}", description=f"run {i}", scopes=["Predict"], by=admin,
+                                           request=NO_REQUEST)
+        keys.append(key)
+        if i == revoke_at:
+            system.keys_app.revoke_key(keys[i // 2]["id"], by=admin, request=NO_REQUEST)
+    system.after_command()
+    return keys
+
+
+@pytest.mark.parametrize("second", ["stages the rest", "stops at a revocation", "fails"])
+def test_a_verification_rebuild_in_two_halves_gives_identical_rows(system, second):
+    """On SQLite a rebuild of the verification view alone, on a long log, hands the log's second half
+    to a second process, which reads, judges and stages its new keys while this one builds the first
+    half; its rows are taken in after this one's, in one transaction. It stages up to the first event
+    the view handles otherwise (a revocation), and this process builds the rest; should it fail, this
+    process builds it all. Either way the rows and the index are the live ones."""
+    make_history(system)
+    _keys_run(system, 120, revoke_at=100 if second == "stops at a revocation" else None)
+    live = dump(system)
+    live_index = index_state(system.index)
+    follower = system.follower
+    if system.settings.uses_postgres:
+        assert follower.side_start is None
+        return
+    follower.side_from = 0
+    follower.page_size = 7
+    last = system.keys_app.last_position()
+    started, taken = [], []
+    start = follower.side_start
+    if second == "fails":
+        start = lambda path, names, page_size, after: subprocess.Popen(  # noqa: E731
+            [sys.executable, "-c", "raise SystemExit(3)"])
+    follower.side_start = lambda *args: (started.append(args[1:]), start(*args))[1]
+    adopt = system.views.adopt_staged
+    system.views.adopt_staged = lambda path, view, at: (taken.append(r := adopt(path, view, at)), r)[1]
+    assert follower.rebuild(["verification"]) == last
+    assert started == [(["verification"], 7, last // 2)]  # the half after the log's middle
+    if second == "fails":
+        assert taken == [] and follower.side_builds == 0
+    else:
+        [(through, read, sealed)] = taken
+        assert sealed == last // 2 + 1  # the first record it judged was sealed, as every one is
+        revocation = last - 20 + 1  # the revocation came after the 101st key of the run
+        assert through == (last if second == "stages the rest" else revocation - 1)
+        assert read == through - last // 2
+        assert follower.side_builds == 1
+    assert dump(system) == live
+    assert index_state(system.index) == live_index
+    assert staged_keys(system) == 0
+    assert not list(Path(system.settings.data_dir).glob("*.side-*")), "the side file is removed"
+
+
+def test_a_record_whose_seal_fails_in_the_second_half_is_refused_as_in_one_process(system, settings):
+    """The second process stages only records whose seal holds: a key issued whose stored state was
+    changed outside the service (its scopes made All) stops it there, and this process refuses the
+    record, as a rebuild in one process does — the key is in neither view."""
+    import sqlite3
+
+    if system.settings.uses_postgres:
+        return
+    make_history(system)
+    keys = _keys_run(system, 120)
+    last = system.keys_app.last_position()
+    forged = last - 10  # a key issued in the second half
+    db = sqlite3.connect(settings.events_path)
+    with db:
+        state = db.execute("SELECT state FROM stored_events WHERE rowid = ?", (forged,)).fetchone()[0]
+        assert b'"Predict"' in state
+        db.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (state.replace(b'"Predict"', b'"All"'), forged))
+    db.close()
+    follower = system.follower
+    follower.side_from, follower.page_size = 0, 7
+    follower.rebuild(["verification"])
+    assert follower.side_builds == 1
+    halves = dump(system)["verification"]
+    follower.side_from = last + 1  # one process
+    follower.rebuild(["verification"])
+    assert follower.side_builds == 1
+    assert dump(system)["verification"] == halves
+    ids = {row[2] for row in halves}
+    assert keys[-11]["id"] not in ids and keys[-12]["id"] in ids and keys[-10]["id"] in ids
