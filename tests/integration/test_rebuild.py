@@ -506,3 +506,43 @@ def test_a_record_whose_seal_fails_in_the_second_half_is_refused_as_in_one_proce
     assert dump(system)["verification"] == halves
     ids = {row[2] for row in halves}
     assert keys[-11]["id"] not in ids and keys[-12]["id"] in ids and keys[-10]["id"] in ids
+
+
+def test_a_view_moved_by_another_process_meanwhile_is_not_given_the_staged_rows(system, settings):
+    """Another process (a serving instance's live write) moves the verification view past the log's
+    middle while this one builds the first half: the rows the second process staged would apply some
+    events twice, so they are not taken in, and this process builds on from where the view stands.
+    The rows are those of a rebuild in one process."""
+    from service.composition import build_system
+
+    if system.settings.uses_postgres:
+        return
+    make_history(system)
+    _keys_run(system, 120)
+    follower = system.follower
+    follower.side_from, follower.page_size = 0, 7
+    other = build_system(settings, follow=False)
+    build_pages, taken = follower._build_pages, []
+    adopt = system.views.adopt_staged
+    system.views.adopt_staged = lambda path, view, at: (taken.append(r := adopt(path, view, at)), r)[1]
+
+    def then_another_writes(projections, until=None):  # type: ignore[no-untyped-def]
+        count = build_pages(projections, until)
+        if until is not None:  # the first half built: a live write elsewhere brings the view to the end
+            other.keys_app.issue_key("app-0", description="meanwhile", scopes=["Predict"], by=Actor.system("test"),
+                                     request=NO_REQUEST)
+            other.after_command()
+        return count
+
+    try:
+        follower._build_pages = then_another_writes
+        follower.rebuild(["verification"])
+        del follower._build_pages
+        assert taken == [None] and follower.side_builds == 0
+        halves = dump(system)
+        follower.side_from = system.keys_app.last_position() + 1  # one process
+        follower.rebuild(["verification"])
+        assert dump(system) == halves
+        assert staged_keys(system) == 0
+    finally:
+        other.close()
