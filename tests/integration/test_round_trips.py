@@ -225,95 +225,93 @@ def test_an_insert_whose_connection_dies_after_the_commit_is_tried_again_and_rec
     assert [r[0] for r in system.keys_app.raw_records(positions[0] - 1, 1)] == positions
 
 
-def test_a_view_write_whose_positions_moved_before_its_lock_is_run_again(tmp_path, monkeypatch):
-    """A pipelined view write reads the positions without the writer lock. Another instance that
-    applies the same events in between moves them: the guard under the lock fails the first write,
-    nothing of it is kept, and the run again applies only what is left — each event once, the
-    audit chain unbroken (the views equal a fresh rebuild)."""
-    from tests.integration.test_views_under_pressure import dump
-
+@pytest.fixture
+def two_instances(tmp_path) -> Iterator[tuple[System, System, dict]]:
+    """Two instances on one store, without follower threads, and an owner registered on the first."""
     settings = backend.make_settings(data_dir=tmp_path / "var", pepper=TEST_PEPPER)
     first, other = build_system(settings, follow=False), build_system(settings, follow=False)
     try:
         owner, _ = first.keys_app.register_account(email="o@example.com", name="O", role="owner",
                                                    by=Actor.system("test"), request=NO_REQUEST)
         first.after_command()
-        from projections.store import ViewStore
-
-        read_positions = ViewStore.positions  # the read itself, before the write's lock is queued
-        moved = []
-
-        def positions_then_another_writer(self, db, **kwargs):  # type: ignore[no-untyped-def]
-            known = read_positions(self, db, **kwargs)
-            if self is first.views and kwargs.get("then") is not None and not moved:
-                moved.append(True)  # the other instance writes the same events' views now
-                other.follower.catch_up()
-                other.follower.update_views()
-                other.keys_app.create_app(name="B", slug="b", owner_id=owner["id"], by=Actor.system("test"),
-                                          request=NO_REQUEST)
-                other.after_command()
-            return known
-
-        monkeypatch.setattr(ViewStore, "positions", positions_then_another_writer)
-        first.keys_app.create_app(name="A", slug="a", owner_id=owner["id"], by=Actor.system("test"),
-                                  request=NO_REQUEST)
-        first.after_command()
-        monkeypatch.undo()
-        assert moved
-        first.after_command()
-        assert first.follower.views_position == first.keys_app.last_position()
-        live = dump(first)
-        assert len(live["audit_events"]) == first.keys_app.last_position()
-        assert len(live["directory_apps"]) == 2
-        first.follower.rebuild(reload=False)
-        assert dump(first) == live
+        yield first, other, owner
     finally:
         other.close()
         first.close()
 
 
-def test_a_view_write_whose_positions_move_before_every_lock_takes_the_lock_first_at_last(tmp_path, monkeypatch):
+def _each_event_once(first: System, apps: int) -> None:
+    """The views through the log's end, the audit chain unbroken: equal to a fresh rebuild."""
+    from tests.integration.test_views_under_pressure import dump
+
+    first.after_command()
+    assert first.follower.views_position == first.keys_app.last_position()
+    live = dump(first)
+    assert len(live["audit_events"]) == first.keys_app.last_position()
+    assert len(live["directory_apps"]) == apps
+    first.follower.rebuild(reload=False)
+    assert dump(first) == live
+
+
+def test_a_view_write_whose_positions_moved_before_its_lock_is_run_again(two_instances, monkeypatch):
+    """A pipelined view write reads the positions without the writer lock. Another instance that
+    applies the same events in between moves them: the guard under the lock fails the first write,
+    nothing of it is kept, and the run again applies only what is left — each event once, the
+    audit chain unbroken (the views equal a fresh rebuild)."""
+    from projections.store import ViewStore
+
+    first, other, owner = two_instances
+    read_positions = ViewStore.positions  # the read itself, before the write's lock is queued
+    moved = []
+
+    def positions_then_another_writer(self, db, **kwargs):  # type: ignore[no-untyped-def]
+        known = read_positions(self, db, **kwargs)
+        if self is first.views and kwargs.get("then") is not None and not moved:
+            moved.append(True)  # the other instance writes the same events' views now
+            other.follower.catch_up()
+            other.follower.update_views()
+            other.keys_app.create_app(name="B", slug="b", owner_id=owner["id"], by=Actor.system("test"),
+                                      request=NO_REQUEST)
+            other.after_command()
+        return known
+
+    monkeypatch.setattr(ViewStore, "positions", positions_then_another_writer)
+    first.keys_app.create_app(name="A", slug="a", owner_id=owner["id"], by=Actor.system("test"),
+                              request=NO_REQUEST)
+    first.after_command()
+    monkeypatch.undo()
+    assert moved
+    _each_event_once(first, apps=2)
+
+
+def test_a_view_write_whose_positions_move_before_every_lock_takes_the_lock_first_at_last(two_instances,
+                                                                                          monkeypatch):
     """Other instances writing all the time can move the positions under every optimistic run of
     a view write (a first start among busy instances did: ``PositionsMoved`` escaped and the
     instance exited). After ``POSITIONS_MOVED_ATTEMPTS`` such runs the write takes the writer lock
     before it reads the positions, which then cannot move: it succeeds, each event applied once."""
     from projections.store import POSITIONS_MOVED_ATTEMPTS, ViewStore
-    from tests.integration.test_views_under_pressure import dump
 
-    settings = backend.make_settings(data_dir=tmp_path / "var", pepper=TEST_PEPPER)
-    first, other = build_system(settings, follow=False), build_system(settings, follow=False)
-    try:
-        owner, _ = first.keys_app.register_account(email="o@example.com", name="O", role="owner",
-                                                   by=Actor.system("test"), request=NO_REQUEST)
-        first.after_command()
-        read_positions = ViewStore.positions
-        optimistic, locked = [], []
+    first, other, owner = two_instances
+    read_positions = ViewStore.positions
+    optimistic, locked = [], []
 
-        def another_writer_each_time(self, db, **kwargs):  # type: ignore[no-untyped-def]
-            known = read_positions(self, db, **kwargs)
-            if self is first.views:
-                if db.begin_after_positions is None and kwargs.get("then") is None:
-                    locked.append(True)  # read under the lock: nobody can move them now
-                else:
-                    optimistic.append(True)  # another instance's command and views land now
-                    other.keys_app.create_app(name=f"B{len(optimistic)}", slug=f"b{len(optimistic)}",
-                                              owner_id=owner["id"], by=Actor.system("test"),
-                                              request=NO_REQUEST)
-                    other.after_command()
-            return known
+    def another_writer_each_time(self, db, **kwargs):  # type: ignore[no-untyped-def]
+        known = read_positions(self, db, **kwargs)
+        if self is first.views:
+            if db.begin_after_positions is None and kwargs.get("then") is None:
+                locked.append(True)  # read under the lock: nobody can move them now
+            else:
+                optimistic.append(True)  # another instance's command and views land now
+                other.keys_app.create_app(name=f"B{len(optimistic)}", slug=f"b{len(optimistic)}",
+                                          owner_id=owner["id"], by=Actor.system("test"), request=NO_REQUEST)
+                other.after_command()
+        return known
 
-        monkeypatch.setattr(ViewStore, "positions", another_writer_each_time)
-        first.keys_app.create_app(name="A", slug="a", owner_id=owner["id"], by=Actor.system("test"),
-                                  request=NO_REQUEST)
-        first.after_command()  # raised PositionsMoved when the last run was optimistic too
-        monkeypatch.undo()
-        assert len(optimistic) == POSITIONS_MOVED_ATTEMPTS and len(locked) == 1
-        assert first.follower.views_position == first.keys_app.last_position()
-        live = dump(first)
-        assert len(live["audit_events"]) == first.keys_app.last_position()
-        assert len(live["directory_apps"]) == 1 + POSITIONS_MOVED_ATTEMPTS
-        first.follower.rebuild(reload=False)
-        assert dump(first) == live
-    finally:
-        other.close()
-        first.close()
+    monkeypatch.setattr(ViewStore, "positions", another_writer_each_time)
+    first.keys_app.create_app(name="A", slug="a", owner_id=owner["id"], by=Actor.system("test"),
+                              request=NO_REQUEST)
+    first.after_command()  # raised PositionsMoved when the last run was optimistic too
+    monkeypatch.undo()
+    assert len(optimistic) == POSITIONS_MOVED_ATTEMPTS and len(locked) == 1
+    _each_event_once(first, apps=1 + POSITIONS_MOVED_ATTEMPTS)
