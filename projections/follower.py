@@ -553,6 +553,8 @@ class Follower:
         in one transaction at the end. Should the second process fail, or someone else build those
         views meanwhile, this process builds (or keeps) them as usual. A process that finds another
         building them aside builds the rest and waits for that one's end. Returns the events read."""
+        if hasattr(self.store, "remove_stale_sides"):  # left by a process killed half-way, whatever comes next
+            self.store.remove_stale_sides()
         side = self._start_side()
         if side is None:
             halves = self._start_halves()
@@ -707,6 +709,8 @@ class Follower:
         store, source = self.store, self.source
         [view] = self.projections
         read_judged, vouched = source.read_judged, source.vouched  # type: ignore[attr-defined]
+        if os.getppid() != parent:  # gone before the side file was made: none is left behind
+            raise RuntimeError("the process that started this build is gone")
         with store.write() as db:
             view.create(db, with_indexes=False)
             db.execute("CREATE TABLE staged_through (after INTEGER NOT NULL, position INTEGER NOT NULL, "

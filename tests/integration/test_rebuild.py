@@ -546,3 +546,63 @@ def test_a_view_moved_by_another_process_meanwhile_is_not_given_the_staged_rows(
         assert staged_keys(system) == 0
     finally:
         other.close()
+
+
+_KILLED_MIDWAY = r"""
+import os, signal, sys, time
+from pathlib import Path
+from service.composition import build_system
+from tests.backend import make_settings
+from tests.conftest import TEST_PEPPER
+settings = make_settings(data_dir=Path(sys.argv[1]), pepper=TEST_PEPPER)
+system = build_system(settings, follow=False)
+follower, store = system.follower, system.views
+follower.side_from, follower.page_size = 0, 7
+build_pages = follower._build_pages
+
+def killed_midway(projections, until=None):  # the second process at work, a few pages of the first half in
+    if until is not None:
+        write, commits = store.write, []
+        def write_then_die(*args, **kwargs):
+            if len(commits) == 3:
+                deadline = time.monotonic() + 20  # the second process has opened its side file
+                while not list(Path(sys.argv[1]).glob("*.side-*")) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGKILL)
+            commits.append(1)
+            return write(*args, **kwargs)
+        store.write = write_then_die
+    return build_pages(projections, until)
+
+follower._build_pages = killed_midway
+follower.rebuild(["verification"])
+sys.exit("not killed")
+"""
+
+
+def test_a_rebuild_in_two_halves_killed_midway_is_finished_by_the_next_start(settings):
+    """kill -9 while the first half is built and the second process stages the rest: the next start
+    removes the side file it left and finishes the view from where it stands (keys staged by the
+    killed pass included): the rows and the index are the live ones."""
+    from service.composition import build_system
+
+    if settings.uses_postgres:
+        return
+    built = build_system(settings, follow=False)
+    try:
+        make_history(built)
+        _keys_run(built, 120)
+        live, live_index = dump(built), index_state(built.index)
+    finally:
+        built.close()
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MIDWAY, str(settings.data_dir)],
+                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    restarted = build_system(settings, follow=False)
+    try:
+        assert dump(restarted) == live
+        assert index_state(restarted.index) == live_index
+        assert staged_keys(restarted) == 0
+        assert not list(Path(settings.data_dir).glob("*.side-*")), "the killed process's side file is removed"
+    finally:
+        restarted.close()
