@@ -254,6 +254,8 @@ def build_aside(settings: Settings, path: str, names: list[str], page_size: int,
     verification view's rows of the log after that position staged there (a rebuild of that view
     in two halves: ``Follower.stage_aside``). Records are judged as the parent judges them (the
     same rules, primed from the ledger); a refused one is reported by the parent's own pass, not here."""
+    if os.getppid() != parent:  # gone before the side file is made: none is left behind
+        raise RuntimeError("the process that started this build is gone")
     keys_app, signing_key, _, _ = _ledger(settings)
     try:
         keys_app.prime_record_rules(signing_key.public_key())
