@@ -248,7 +248,7 @@ class Follower:
         self.side_views: tuple[str, ...] = ()
         self.side_start: Callable[..., Any] | None = None  # -> a started process
         self.side_from = 100_000
-        self.side_builds = 0  # bulk passes whose side views were built aside and adopted
+        self.side_builds = 0  # bulk passes whose side views (or second half) were built aside and adopted
         self.position = 0  # the last event this process's in-memory indexes reflect
         self._index_positions: list[int] = []  # each index's (one loaded from a snapshot may be ahead)
         self.views_position = 0  # the lowest view position seen in the last view write
@@ -553,8 +553,13 @@ class Follower:
         in one transaction at the end. Should the second process fail, or someone else build those
         views meanwhile, this process builds (or keeps) them as usual. A process that finds another
         building them aside builds the rest and waits for that one's end. Returns the events read."""
-        if hasattr(self.store, "remove_stale_sides"):  # left by a process killed half-way, whatever comes next
-            self.store.remove_stale_sides()
+        if hasattr(self.store, "side_lock"):  # side files left by a process killed half-way, whatever comes next
+            lock = self.store.side_lock(wait=False)
+            if lock is not None:  # (under the lock: no other process's second process is at work)
+                try:
+                    self.store.remove_stale_sides()  # type: ignore[attr-defined]
+                finally:
+                    lock.close()
         side = self._start_side()
         if side is None:
             halves = self._start_halves()
@@ -654,10 +659,10 @@ class Follower:
             return None
         start = positions.get(view.name, 0)
         half = start + (end - start) // 2
-        self.store.remove_stale_sides()  # type: ignore[attr-defined]
-        path = self.store.side_path(os.getpid())  # type: ignore[attr-defined]
-        self.store.remove_side(path)  # type: ignore[attr-defined]
         try:
+            self.store.remove_stale_sides()  # type: ignore[attr-defined]
+            path = self.store.side_path(os.getpid())  # type: ignore[attr-defined]
+            self.store.remove_side(path)  # type: ignore[attr-defined]
             process = self.side_start(path, [view.name], self.page_size, half)  # type: ignore[call-arg]
         except Exception:  # noqa: BLE001 - no second process: built here, as before
             log.exception("starting a second process to stage %s failed; building it here", view.name)
@@ -704,16 +709,18 @@ class Follower:
         """In the second process of a rebuild in two halves (``_build_halves``): the log after position
         ``after`` read and judged a page at a time, its rows staged by this follower's one view into its
         store (the side file), up to the first record that view cannot stage there; the position through
-        which it staged them, the records read up to there and the first found sealed, in table
-        ``staged_through`` (with ``after``). Stops should the process ``parent`` be gone."""
+        which it staged them, the records read up to there and where this process found seals due
+        (``seals_due_from``), in table ``staged_through`` (with ``after``). Stops should the process
+        ``parent`` be gone."""
         store, source = self.store, self.source
         [view] = self.projections
         read_judged, vouched = source.read_judged, source.vouched  # type: ignore[attr-defined]
+        seals_due_from = getattr(source, "seals_due_from", lambda: None)
         with store.write() as db:
             view.create(db, with_indexes=False)
             db.execute("CREATE TABLE staged_through (after INTEGER NOT NULL, position INTEGER NOT NULL, "
                        "read INTEGER NOT NULL, sealed INTEGER)")
-        through, read, sealed = after, 0, None
+        through, read = after, 0
         with collector_paused(), store.bulk():
             while True:
                 if os.getppid() != parent:  # the main process is gone: nobody will take these rows in
@@ -723,10 +730,9 @@ class Follower:
                     reached = view.stage_aside(db, judged, vouched, through)
                     covered = judged if not judged or judged[-1][0] == reached else [r for r in judged if r[0] <= reached]
                     read += len(covered)
-                    if sealed is None:
-                        sealed = next((r[0] for r in covered if vouched(r)), None)
                     db.execute("DELETE FROM staged_through")
-                    db.execute("INSERT INTO staged_through VALUES (?, ?, ?, ?)", (after, reached, read, sealed))
+                    db.execute("INSERT INTO staged_through VALUES (?, ?, ?, ?)",
+                               (after, reached, read, seals_due_from()))
                 if len(judged) < self.page_size or reached != judged[-1][0]:
                     return
                 through = reached
@@ -789,7 +795,8 @@ class Follower:
                 count += len(page)
                 self.views_position = min(positions.values())
                 if len(page) < self.page_size:
-                    self.views_ok_at = time.time()
+                    if until is None:
+                        self.views_ok_at = time.time()
                     return count
 
     def _read_page(self, after: int, limit: int, records: bool = True, until: int | None = None) -> Page:

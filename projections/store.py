@@ -430,8 +430,8 @@ class SqliteViewStore(ViewStore):
         (``Follower.stage_aside``) taken in after this store's own, and the view's position moved to
         where they end, in one transaction — if the view still stands at ``at``, at or before where
         the second process began reading (the caller applied every event up to there), else nothing.
-        Returns (the new position, the records the second process read up to there, the first it
-        found sealed or None), or None."""
+        Returns (the new position, the records the second process read up to there, where it found
+        seals due or None), or None."""
         db = self._connection()
         db.execute("ATTACH DATABASE ? AS side", (str(path),))
         try:

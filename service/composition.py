@@ -254,29 +254,31 @@ def build_aside(settings: Settings, path: str, names: list[str], page_size: int,
     verification view's rows of the log after that position staged there (a rebuild of that view
     in two halves: ``Follower.stage_aside``). Records are judged as the parent judges them (the
     same rules, primed from the ledger); a refused one is reported by the parent's own pass, not here."""
-    if os.getppid() != parent:  # gone before the side file is made: none is left behind
-        raise RuntimeError("the process that started this build is gone")
     keys_app, signing_key, _, _ = _ledger(settings)
     try:
         keys_app.prime_record_rules(signing_key.public_key())
         keys_app.on_refused = lambda seq, problem: None
+        if os.getppid() != parent:  # gone before the side file is made (opening the store makes it)
+            raise RuntimeError("the process that started this build is gone")
         if after is not None:
             if names != ["verification"]:
                 raise ValueError(f"only the verification view stages rows aside, not {names}")
             store = SqliteViewStore(path, scratch=True)  # thrown away unless this process ends well
-            try:
-                Follower(keys_app, store, [VerificationView()], page_size=page_size).stage_aside(parent, after)
-            finally:
-                store.close()
-            return
-        audit_trail = AuditTrail(keys_app.stored_records)
-        views = {"audit": audit_trail, "webhooks": WebhooksView(audit_trail)}
-        store = SqliteViewStore(path, scratch=True)  # thrown away unless this process ends well
+            follower = Follower(keys_app, store, [VerificationView()], page_size=page_size)
+            build = lambda: follower.stage_aside(parent, after)  # noqa: E731
+        else:
+            audit_trail = AuditTrail(keys_app.stored_records)
+            views = {"audit": audit_trail, "webhooks": WebhooksView(audit_trail)}
+            store = SqliteViewStore(path, scratch=True)  # thrown away unless this process ends well
+            follower = Follower(keys_app, store, [views[name] for name in SIDE_VIEWS if name in names],
+                                page_size=page_size)
+            build = lambda: follower.build_aside(parent)  # noqa: E731
         try:
-            Follower(keys_app, store, [views[name] for name in SIDE_VIEWS if name in names],
-                     page_size=page_size).build_aside(parent)
+            build()
         finally:
             store.close()
+            if os.getppid() != parent:  # nobody will adopt the file: not left behind
+                SqliteViewStore.remove_side(Path(path))
     finally:
         keys_app.close()
 

@@ -140,9 +140,14 @@ class LedgerApplication(Application):
         return record[5] is None and type(record[6]) is bytes and has_seal(record[6]) \
             and record[0] > self.record_rules.accepted_through
 
+    def seals_due_from(self) -> int | None:
+        """From which record on every record must be sealed, as far as the records judged here tell
+        (``RecordRules.sealed_from``): for a second process to pass on (``sealed_seen``)."""
+        return self.record_rules.sealed_from
+
     def sealed_seen(self, seq: int) -> None:
-        """The record at ``seq`` was judged elsewhere (a second process's part of a rebuild) and its
-        seal held: every later record is due to be sealed, as if it had been judged here."""
+        """Records judged elsewhere (a second process's part of a rebuild) found seals due from ``seq``
+        on (a record there was sealed): so they are here, as if those records had been judged here."""
         self.record_rules.seals_due_after(seq - 1)
 
     def decode_judged(self, record: tuple) -> DomainEventProtocol:

@@ -299,7 +299,7 @@ def test_a_view_write_whose_positions_move_before_every_lock_takes_the_lock_firs
     def another_writer_each_time(self, db, **kwargs):  # type: ignore[no-untyped-def]
         known = read_positions(self, db, **kwargs)
         if self is first.views:
-            if db.begin_after_positions is None and kwargs.get("then") is None:
+            if kwargs.get("then") is None:  # unpipelined: no prefetch rides with the read
                 locked.append(True)  # read under the lock: nobody can move them now
             else:
                 optimistic.append(True)  # another instance's command and views land now
