@@ -626,16 +626,21 @@ class Follower:
         lock = self.store.side_lock(wait=False)  # type: ignore[attr-defined]
         if lock is None:
             return None, None, aside, None
-        self.store.remove_stale_sides()  # type: ignore[attr-defined]
-        path = self.store.side_path(os.getpid())  # type: ignore[attr-defined]
-        self.store.remove_side(path)  # type: ignore[attr-defined]
+        launched = self._launch_side(lock, [p.name for p in aside])
+        return None if launched is None else (*launched, aside, lock)
+
+    def _launch_side(self, lock: Any, names: list[str], *more: Any) -> tuple[Any, Any] | None:
+        """With the store's side lock held (stale side files removed by ``_build``): a second process
+        started on a fresh side file (``side_start(path, names, page_size, *more)``). Returns (process,
+        side file), or None — the lock released — if it could not start (built here, as before)."""
         try:
-            process = self.side_start(path, [p.name for p in aside], self.page_size)
+            path = self.store.side_path(os.getpid())  # type: ignore[attr-defined]
+            self.store.remove_side(path)  # type: ignore[attr-defined]
+            return self.side_start(path, names, self.page_size, *more), path  # type: ignore[misc]
         except Exception:  # noqa: BLE001 - no second process: built here, as before
-            log.exception("starting a second process to build views failed; building them here")
+            log.exception("starting a second process for %s failed; building here", ", ".join(names))
             lock.close()
             return None
-        return process, path, aside, lock
 
     def _start_halves(self) -> tuple[Any, Any, Projection, int, Any] | None:
         """A rebuild of one view that stages rows aside (``Projection.stages_aside``: the verification
@@ -659,16 +664,8 @@ class Follower:
             return None
         start = positions.get(view.name, 0)
         half = start + (end - start) // 2
-        try:
-            self.store.remove_stale_sides()  # type: ignore[attr-defined]
-            path = self.store.side_path(os.getpid())  # type: ignore[attr-defined]
-            self.store.remove_side(path)  # type: ignore[attr-defined]
-            process = self.side_start(path, [view.name], self.page_size, half)  # type: ignore[call-arg]
-        except Exception:  # noqa: BLE001 - no second process: built here, as before
-            log.exception("starting a second process to stage %s failed; building it here", view.name)
-            lock.close()
-            return None
-        return process, path, view, half, lock
+        launched = self._launch_side(lock, [view.name], half)
+        return None if launched is None else (*launched, view, half, lock)
 
     def _build_halves(self, process: Any, path: Any, view: Projection, half: int, lock: Any) -> int:
         """``_build`` in two halves: this process builds ``view`` through position ``half`` while the
@@ -728,8 +725,7 @@ class Follower:
                 judged = read_judged(through, self.page_size)
                 with store.write() as db:
                     reached = view.stage_aside(db, judged, vouched, through)
-                    covered = judged if not judged or judged[-1][0] == reached else [r for r in judged if r[0] <= reached]
-                    read += len(covered)
+                    read += sum(1 for record in judged if record[0] <= reached)
                     db.execute("DELETE FROM staged_through")
                     db.execute("INSERT INTO staged_through VALUES (?, ?, ?, ?)",
                                (after, reached, read, seals_due_from()))

@@ -261,7 +261,6 @@ class VerificationView(Projection):
         rows = []
         through = after
         issued_topic, issued_row, handlers = _ISSUED_TOPIC, _issued_row, self._handlers
-        others: dict[Any, bool] = {}  # topic -> whether this view handles its events
         for record in judged:
             topic = record[3]
             if topic == issued_topic:
@@ -269,12 +268,8 @@ class VerificationView(Projection):
                 if row is None:
                     break
                 rows.append(row)
-            else:
-                handled = others.get(topic) if type(topic) is str else True
-                if handled is None:
-                    handled = others[topic] = topic_class(topic) in handlers
-                if handled:
-                    break
+            elif topic_class(topic) in handlers:  # (as ``process_page`` groups a page: by the topic's class)
+                break
             through = record[0]
         if rows:
             db.executemany(self._STAGE, rows)

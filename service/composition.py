@@ -263,18 +263,18 @@ def build_aside(settings: Settings, path: str, names: list[str], page_size: int,
         if after is not None:
             if names != ["verification"]:
                 raise ValueError(f"only the verification view stages rows aside, not {names}")
-            store = SqliteViewStore(path, scratch=True)  # thrown away unless this process ends well
-            follower = Follower(keys_app, store, [VerificationView()], page_size=page_size)
-            build = lambda: follower.stage_aside(parent, after)  # noqa: E731
+            projections: list[Any] = [VerificationView()]
         else:
             audit_trail = AuditTrail(keys_app.stored_records)
             views = {"audit": audit_trail, "webhooks": WebhooksView(audit_trail)}
-            store = SqliteViewStore(path, scratch=True)  # thrown away unless this process ends well
-            follower = Follower(keys_app, store, [views[name] for name in SIDE_VIEWS if name in names],
-                                page_size=page_size)
-            build = lambda: follower.build_aside(parent)  # noqa: E731
+            projections = [views[name] for name in SIDE_VIEWS if name in names]
+        store = SqliteViewStore(path, scratch=True)  # thrown away unless this process ends well
+        follower = Follower(keys_app, store, projections, page_size=page_size)
         try:
-            build()
+            if after is not None:
+                follower.stage_aside(parent, after)
+            else:
+                follower.build_aside(parent)
         finally:
             store.close()
             if os.getppid() != parent:  # nobody will adopt the file: not left behind
